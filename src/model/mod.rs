@@ -1,0 +1,556 @@
+//! Desired state: documents, kinds, and their validation.
+//!
+//! `load` turns the files of a source snapshot into a validated
+//! [`DesiredState`], or into every diagnostic found across all files. It is
+//! pure (no I/O beyond the texts it is given) and never returns a partially
+//! valid state: one invalid document means nothing may be applied.
+
+pub mod diagnostic;
+pub mod schema;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use diagnostic::{Diagnostic, SourceTexts};
+use yaml::{Node, Pos};
+
+/// The closed set of document kinds tend understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Settings = 0,
+    HostFile = 1,
+    HostProcess = 2,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Settings, Kind::HostFile, Kind::HostProcess];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Settings => "Settings",
+            Kind::HostFile => "host.File",
+            Kind::HostProcess => "host.Process",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The provider that manages resources of this kind; `None` for tend's
+    /// own kinds.
+    pub fn provider(self) -> Option<ProviderName> {
+        match self {
+            Kind::Settings => None,
+            Kind::HostFile | Kind::HostProcess => Some(ProviderName::Host),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Kind::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown kind `{s}`")))
+    }
+}
+
+/// The built-in providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderName {
+    Host,
+}
+
+/// A resource's identity: its kind and its name, unique per kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceKey {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl ResourceKey {
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        ResourceKey {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// How far tend may go, ordered: `Observe < Recommend < Auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Observe,
+    Recommend,
+    Auto,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Recommend => "recommend",
+            Mode::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a document was declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Origin {
+    pub file: String,
+    pub line: u32,
+    pub col: u32,
+}
+
+/// One declared resource, validated.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub key: ResourceKey,
+    pub labels: HashMap<String, String>,
+    pub mode: Option<Mode>,
+    pub spec: Value,
+    pub ignore: Vec<String>,
+    pub origin: Origin,
+}
+
+/// The repository-wide settings (kind `Settings`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default = "default_providers")]
+    pub providers: Vec<ProviderName>,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    #[serde(default)]
+    pub prune: Prune,
+    #[serde(default)]
+    pub host: HostSettings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Prune {
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostSettings {
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+fn default_providers() -> Vec<ProviderName> {
+    vec![ProviderName::Host]
+}
+
+fn default_mode() -> Mode {
+    Mode::Auto
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            providers: default_providers(),
+            mode: default_mode(),
+            state_dir: None,
+            prune: Prune::default(),
+            host: HostSettings::default(),
+        }
+    }
+}
+
+/// A validated desired state: settings and resources keyed by identity.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    pub settings: Settings,
+    pub resources: Vec<Resource>,
+    pub documents: usize,
+    pub files: usize,
+}
+
+impl DesiredState {
+    pub fn index(&self) -> HashMap<&ResourceKey, &Resource> {
+        self.resources.iter().map(|r| (&r.key, r)).collect()
+    }
+}
+
+/// One file to load: its display path (relative to the source root) and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// Everything wrong with a desired state, and the texts to quote from.
+#[derive(Debug)]
+pub struct Invalid {
+    pub diagnostics: Vec<Diagnostic>,
+    pub sources: SourceTexts,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.diagnostics.len();
+        write!(f, "desired state is invalid: {n} error{}", if n == 1 { "" } else { "s" })
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// A document that passed its schema, before cross-document checks.
+struct Checked {
+    kind: Kind,
+    name: String,
+    name_pos: Pos,
+    doc: Value,
+    origin: Origin,
+}
+
+/// Loads and validates every document in `files`.
+pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = files.len().div_ceil(threads).max(1);
+    let per_file: Vec<(Vec<Checked>, Vec<Diagnostic>, usize)> = if files.len() <= 1 {
+        files.iter().map(check_file).collect()
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = files
+                .chunks(chunk)
+                .map(|part| s.spawn(move || part.iter().map(check_file).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    };
+
+    let mut diagnostics = Vec::new();
+    let mut checked = Vec::new();
+    let mut documents = 0;
+    for (docs, diags, count) in per_file {
+        documents += count;
+        checked.extend(docs);
+        diagnostics.extend(diags);
+    }
+
+    let mut seen: HashMap<(Kind, &str), (&Origin, Pos)> = HashMap::with_capacity(checked.len());
+    let mut settings_seen: Option<&Origin> = None;
+    for c in &checked {
+        if c.kind == Kind::Settings {
+            if let Some(first) = settings_seen {
+                diagnostics.push(
+                    Diagnostic::new(
+                        &c.origin.file,
+                        Some(Pos::new(c.origin.line, c.origin.col, 1)),
+                        "a repository has at most one Settings document",
+                    )
+                    .with_note(
+                        &first.file,
+                        Pos::new(first.line, first.col, 1),
+                        "the first Settings is here",
+                    ),
+                );
+            }
+            settings_seen = Some(&c.origin);
+            continue;
+        }
+        if let Some((first, first_pos)) = seen.get(&(c.kind, c.name.as_str())) {
+            diagnostics.push(
+                Diagnostic::new(
+                    &c.origin.file,
+                    Some(c.name_pos),
+                    format!("{}/{} is declared twice", c.kind, c.name),
+                )
+                .with_note(&first.file, *first_pos, "first declared here"),
+            );
+        } else {
+            seen.insert((c.kind, c.name.as_str()), (&c.origin, c.name_pos));
+        }
+    }
+
+    if !diagnostics.is_empty() {
+        diagnostics.sort_by(|a, b| {
+            (a.file.as_str(), a.pos.map(|p| (p.line, p.col)))
+                .cmp(&(b.file.as_str(), b.pos.map(|p| (p.line, p.col))))
+        });
+        let mut sources = SourceTexts::default();
+        for f in files {
+            if diagnostics.iter().any(|d| d.file == f.path || d.notes.iter().any(|n| n.file == f.path)) {
+                sources.insert(&f.path, &f.text);
+            }
+        }
+        return Err(Invalid {
+            diagnostics,
+            sources,
+        });
+    }
+
+    let mut settings = Settings::default();
+    let mut resources = Vec::with_capacity(checked.len());
+    for c in checked {
+        if c.kind == Kind::Settings {
+            let spec = c.doc.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
+            settings = serde_json::from_value(spec).map_err(|e| Invalid {
+                diagnostics: vec![Diagnostic::new(
+                    &c.origin.file,
+                    Some(Pos::new(c.origin.line, c.origin.col, 1)),
+                    format!("invalid Settings: {e}"),
+                )],
+                sources: SourceTexts::default(),
+            })?;
+            continue;
+        }
+        resources.push(into_resource(c));
+    }
+    Ok(DesiredState {
+        settings,
+        resources,
+        documents,
+        files: files.len(),
+    })
+}
+
+fn into_resource(c: Checked) -> Resource {
+    // Schema validation guarantees an object; anything else yields an
+    // empty document rather than a panic path.
+    let mut doc = match c.doc {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let metadata = doc.remove("metadata").unwrap_or(Value::Null);
+    let labels = metadata
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mode = metadata
+        .get("mode")
+        .and_then(|m| serde_json::from_value(m.clone()).ok());
+    let ignore = doc
+        .get("ignore")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    Resource {
+        key: ResourceKey::new(c.kind, c.name),
+        labels,
+        mode,
+        spec: doc.remove("spec").unwrap_or(Value::Null),
+        ignore,
+        origin: c.origin,
+    }
+}
+
+fn check_file(file: &SourceFile) -> (Vec<Checked>, Vec<Diagnostic>, usize) {
+    let nodes = match yaml::parse_documents(&file.text) {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![Diagnostic::new(&file.path, e.pos, format!("invalid YAML: {}", e.message))],
+                0,
+            )
+        }
+    };
+    let count = nodes.len();
+    let mut checked = Vec::with_capacity(count);
+    let mut diags = Vec::new();
+    for node in nodes {
+        match check_document(&file.path, &node) {
+            Ok(c) => checked.push(c),
+            Err(mut d) => diags.append(&mut d),
+        }
+    }
+    (checked, diags, count)
+}
+
+fn check_document(file: &str, node: &Node) -> Result<Checked, Vec<Diagnostic>> {
+    let at = |pos: Option<Pos>, msg: String| Diagnostic::new(file, pos, msg);
+    if !matches!(node.value, yaml::NodeValue::Map(_)) {
+        return Err(vec![at(
+            Some(node.pos),
+            "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
+        )]);
+    }
+    let kind = match node.entry("kind") {
+        None => {
+            return Err(vec![at(
+                Some(node.pos),
+                "missing required field `kind`".into(),
+            )
+            .with_help(known_kinds())])
+        }
+        Some(entry) => match &entry.value.value {
+            yaml::NodeValue::Str(s) => match Kind::parse(s) {
+                Some(k) => k,
+                None => {
+                    return Err(vec![at(Some(entry.value.pos), format!("unknown kind `{s}`"))
+                        .with_help(known_kinds())])
+                }
+            },
+            _ => {
+                return Err(vec![at(
+                    Some(entry.value.pos),
+                    "wrong type at kind: expected string".into(),
+                )
+                .with_help(known_kinds())])
+            }
+        },
+    };
+    let doc = node.to_json();
+    let mut diags: Vec<Diagnostic> = schema::validate(kind, &doc)
+        .into_iter()
+        .map(|v| {
+            let pos = node.locate(&v.pointer, v.at_key).or_else(|| {
+                // The value is missing; point at the closest existing parent.
+                let parent = v.pointer.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+                node.locate(parent, true)
+            });
+            let d = at(pos, v.message);
+            match v.help {
+                Some(h) => d.with_help(h),
+                None => d,
+            }
+        })
+        .collect();
+    if let Some(items) = doc.get("ignore").and_then(Value::as_array) {
+        for (i, item) in items.iter().enumerate() {
+            if let Some(p) = item.as_str() {
+                if let Err(why) = check_pointer(p) {
+                    diags.push(
+                        at(
+                            node.locate(&format!("/ignore/{i}"), false),
+                            format!("ignore entry `{p}` is not a valid JSON Pointer: {why}"),
+                        )
+                        .with_help("a JSON Pointer is empty or starts with '/', e.g. /spec/mode; escape '~' as ~0 and '/' as ~1"),
+                    );
+                }
+            }
+        }
+    }
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name_pos = node.locate("/metadata/name", false).unwrap_or(node.pos);
+    Ok(Checked {
+        kind,
+        name,
+        name_pos,
+        doc,
+        origin: Origin {
+            file: file.to_string(),
+            line: node.pos.line,
+            col: node.pos.col,
+        },
+    })
+}
+
+fn known_kinds() -> String {
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    format!("known kinds: {}", kinds.join(", "))
+}
+
+/// RFC 6901: empty, or '/'-separated tokens where '~' is followed by 0 or 1.
+pub fn check_pointer(p: &str) -> Result<(), &'static str> {
+    if p.is_empty() {
+        return Ok(());
+    }
+    if !p.starts_with('/') {
+        return Err("it must start with '/'");
+    }
+    let bytes = p.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'~' && !matches!(bytes.get(i + 1), Some(b'0') | Some(b'1')) {
+            return Err("'~' must be followed by 0 or 1");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, text: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn loads_resources_and_settings() {
+        let state = load(&[file(
+            "a.yaml",
+            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec: {mode: observe}\n---\napiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: f}\nspec: {path: /tmp/x, content: hi}\n",
+        )])
+        .unwrap();
+        assert_eq!(state.settings.mode, Mode::Observe);
+        assert_eq!(state.resources.len(), 1);
+        assert_eq!(state.resources[0].origin.line, 6);
+    }
+
+    #[test]
+    fn duplicate_names_show_both_places() {
+        let doc = "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: f}\nspec: {path: /tmp/x}\n";
+        let err = load(&[file("a.yaml", doc), file("b.yaml", doc)]).unwrap_err();
+        assert_eq!(err.diagnostics.len(), 1);
+        let d = &err.diagnostics[0];
+        assert_eq!(d.location(), "b.yaml:3:18");
+        assert_eq!(d.notes[0].file, "a.yaml");
+    }
+
+    #[test]
+    fn pointers() {
+        assert!(check_pointer("/spec/a~1b").is_ok());
+        assert!(check_pointer("spec").is_err());
+        assert!(check_pointer("/a~2").is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! YAML documents parsed into nodes that remember where they came from.
+//!
+//! Every node carries its line and column so that schema errors, duplicate
+//! names and (later) drift can point at the exact place in a user's file. This
+//! module only parses; it must never interpret kinds or apply defaults.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::options::DuplicateKeyPolicy;
+use serde_saphyr::{Budget, Options, Spanned};
+use serde_json::{Map, Number, Value};
+
+/// A position in a source file: 1-based line and column, and the length of
+/// the token in characters (at least 1) for the caret underline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+    pub len: u32,
+}
+
+impl Pos {
+    pub fn new(line: u32, col: u32, len: u32) -> Self {
+        Pos {
+            line,
+            col,
+            len: len.max(1),
+        }
+    }
+
+    fn from_location(loc: &serde_saphyr::Location) -> Self {
+        let len = loc.span().len().min(u32::MAX as u64) as u32;
+        Pos::new(loc.line() as u32, loc.column() as u32, len)
+    }
+}
+
+/// A parsed YAML node with its position.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub value: NodeValue,
+    pub pos: Pos,
+}
+
+#[derive(Debug, Clone)]
+pub enum NodeValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+/// One mapping entry: the key as text, where the key is written, the value.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub key_pos: Pos,
+    pub value: Node,
+}
+
+/// A YAML error with the position it was found at, when known.
+#[derive(Debug, Clone)]
+pub struct YamlError {
+    pub message: String,
+    pub pos: Option<Pos>,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Limits that keep a hostile document (alias bomb, deep nesting, document
+/// storm) from costing more than a bounded amount of time and memory.
+fn options() -> Options {
+    let mut budget = Budget::default();
+    budget.max_depth = 48;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_documents = 20_000;
+    budget.max_nodes = 2_000_000;
+    budget.max_events = 4_000_000;
+    budget.max_recorded_anchor_events = 20_000;
+    let mut options = Options::default();
+    options.budget = Some(budget);
+    options.duplicate_keys = DuplicateKeyPolicy::Error;
+    options.strict_booleans = true;
+    options.with_snippet = false;
+    options.alias_limits.max_total_replayed_events = 20_000;
+    options.alias_limits.max_replay_stack_depth = 16;
+    options
+}
+
+/// Parses every document of one file. Empty documents are skipped.
+pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
+    if let Some(err) = find_tab_indentation(text) {
+        return Err(err);
+    }
+    let docs: Vec<Option<Spanned<NodeValue>>> =
+        serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| {
+            let pos = e.location().map(|l| Pos::from_location(&l));
+            YamlError {
+                message: clean_message(&e.without_snippet().to_string()),
+                pos,
+            }
+        })?;
+    Ok(docs
+        .into_iter()
+        .flatten()
+        .filter(|d| !matches!(d.value, NodeValue::Null))
+        .map(into_node)
+        .collect())
+}
+
+/// YAML forbids tabs in indentation; parsers report this in many different
+/// ways, so tend checks it first and points at the tab itself.
+fn find_tab_indentation(text: &str) -> Option<YamlError> {
+    let mut in_block_scalar = false;
+    let mut block_indent = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        let lead = &line[..indent];
+        let rest = line.trim_start_matches([' ', '\t']);
+        if in_block_scalar {
+            let spaces = line.len() - line.trim_start_matches(' ').len();
+            if rest.is_empty() || spaces > block_indent {
+                continue;
+            }
+            in_block_scalar = false;
+        }
+        if let Some(col) = lead.find('\t') {
+            if !rest.is_empty() && !rest.starts_with('#') {
+                return Some(YamlError {
+                    message: "tab character used for indentation; YAML allows only spaces"
+                        .to_string(),
+                    pos: Some(Pos::new(i as u32 + 1, col as u32 + 1, 1)),
+                });
+            }
+        }
+        let trimmed = rest.trim_end();
+        let body = trimmed.split(" #").next().unwrap_or(trimmed).trim_end();
+        if body.ends_with('|')
+            || body.ends_with('>')
+            || body.ends_with("|-")
+            || body.ends_with(">-")
+            || body.ends_with("|+")
+            || body.ends_with(">+")
+        {
+            in_block_scalar = true;
+            block_indent = line.len() - line.trim_start_matches(' ').len();
+        }
+    }
+    None
+}
+
+/// The parser appends " at line X column Y" to some messages; tend renders
+/// the location itself, so the suffix is dropped.
+fn clean_message(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message).trim();
+    let cut = first
+        .find(" at line ")
+        .map(|i| &first[..i])
+        .unwrap_or(first);
+    cut.trim_end_matches(':').trim().to_string()
+}
+
+fn into_node(spanned: Spanned<NodeValue>) -> Node {
+    Node {
+        pos: Pos::from_location(&spanned.referenced),
+        value: spanned.value,
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = NodeValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_unit<E>(self) -> Result<NodeValue, E> {
+        Ok(NodeValue::Null)
+    }
+    fn visit_none<E>(self) -> Result<NodeValue, E> {
+        Ok(NodeValue::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<NodeValue, D::Error> {
+        NodeValue::deserialize(d)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<NodeValue, E> {
+        Ok(NodeValue::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<NodeValue, E> {
+        Ok(NodeValue::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<NodeValue, E> {
+        Ok(NodeValue::UInt(v))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<NodeValue, E> {
+        i64::try_from(v)
+            .map(NodeValue::Int)
+            .map_err(|_| E::custom("integer out of range"))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<NodeValue, E> {
+        u64::try_from(v)
+            .map(NodeValue::UInt)
+            .map_err(|_| E::custom("integer out of range"))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<NodeValue, E> {
+        Ok(NodeValue::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<NodeValue, E> {
+        Ok(NodeValue::Str(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<NodeValue, E> {
+        Ok(NodeValue::Str(v))
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<NodeValue, E> {
+        String::from_utf8(v.to_vec())
+            .map(NodeValue::Str)
+            .map_err(|_| E::custom("binary values are not supported"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NodeValue, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element::<Spanned<NodeValue>>()? {
+            items.push(into_node(item));
+        }
+        Ok(NodeValue::Seq(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeValue, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1024));
+        while let Some(key) = map.next_key::<Spanned<NodeValue>>()? {
+            let key_pos = Pos::from_location(&key.referenced);
+            let key = match key.value {
+                NodeValue::Str(s) => s,
+                NodeValue::Int(i) => i.to_string(),
+                NodeValue::UInt(i) => i.to_string(),
+                NodeValue::Bool(b) => b.to_string(),
+                NodeValue::Float(f) => f.to_string(),
+                NodeValue::Null => "null".to_string(),
+                NodeValue::Seq(_) | NodeValue::Map(_) => {
+                    return Err(de::Error::custom(
+                        "mapping keys must be scalars, not sequences or mappings",
+                    ))
+                }
+            };
+            let value = into_node(map.next_value::<Spanned<NodeValue>>()?);
+            entries.push(Entry {
+                key,
+                key_pos,
+                value,
+            });
+        }
+        Ok(NodeValue::Map(entries))
+    }
+}
+
+impl Node {
+    /// Converts to a JSON value for schema validation and diffing.
+    pub fn to_json(&self) -> Value {
+        match &self.value {
+            NodeValue::Null => Value::Null,
+            NodeValue::Bool(b) => Value::Bool(*b),
+            NodeValue::Int(i) => Value::Number((*i).into()),
+            NodeValue::UInt(u) => Value::Number((*u).into()),
+            NodeValue::Float(f) => Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            NodeValue::Str(s) => Value::String(s.clone()),
+            NodeValue::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            NodeValue::Map(entries) => {
+                let mut map = Map::new();
+                for e in entries {
+                    map.insert(e.key.clone(), e.value.to_json());
+                }
+                Value::Object(map)
+            }
+        }
+    }
+
+    /// The entry with this key, when the node is a mapping.
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        match &self.value {
+            NodeValue::Map(entries) => entries.iter().find(|e| e.key == key),
+            _ => None,
+        }
+    }
+
+    /// Finds where a JSON Pointer points. Returns the position of the value;
+    /// with `key` set, the position of the mapping key instead (a better
+    /// place to point at for "unknown field").
+    pub fn locate(&self, pointer: &str, key: bool) -> Option<Pos> {
+        if pointer.is_empty() {
+            return Some(self.pos);
+        }
+        let mut node = self;
+        let mut key_pos = None;
+        for raw in pointer.strip_prefix('/')?.split('/') {
+            let segment = raw.replace("~1", "/").replace("~0", "~");
+            match &node.value {
+                NodeValue::Map(entries) => {
+                    let entry = entries.iter().find(|e| e.key == segment)?;
+                    key_pos = Some(entry.key_pos);
+                    node = &entry.value;
+                }
+                NodeValue::Seq(items) => {
+                    let idx: usize = segment.parse().ok()?;
+                    node = items.get(idx)?;
+                    key_pos = Some(node.pos);
+                }
+                _ => return None,
+            }
+        }
+        if key {
+            key_pos.or(Some(node.pos))
+        } else {
+            Some(node.pos)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_carry_positions() {
+        let docs = parse_documents("a: 1\nb:\n  c: [x, y]\n---\nz: true\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        let c = docs[0].locate("/b/c/1", false).unwrap();
+        assert_eq!((c.line, c.col), (3, 10));
+        let key = docs[0].locate("/b/c", true).unwrap();
+        assert_eq!((key.line, key.col), (3, 3));
+        assert_eq!(docs[1].to_json(), serde_json::json!({"z": true}));
+    }
+
+    #[test]
+    fn tab_indentation_is_located() {
+        let err = parse_documents("a:\n\tb: 1\n").unwrap_err();
+        assert_eq!(err.pos.map(|p| (p.line, p.col)), Some((2, 1)));
+    }
+
+    #[test]
+    fn tabs_inside_block_scalars_are_content() {
+        let docs = parse_documents("a: |\n  x\n  \ty\nb: 2\n").unwrap();
+        assert_eq!(docs[0].to_json()["a"], "x\n\ty\n");
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let err = parse_documents("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(err.pos.map(|p| p.line), Some(3), "{err:?}");
+    }
+
+    #[test]
+    fn yes_is_a_string_not_a_boolean() {
+        let docs = parse_documents("a: yes\n").unwrap();
+        assert_eq!(docs[0].to_json()["a"], "yes");
+    }
+}

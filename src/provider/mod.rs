@@ -1,0 +1,176 @@
+//! Providers: where live state is read from and corrections are applied.
+//!
+//! One small trait with defaulted extras; the binary chooses among the
+//! built-in providers with a closed enum. A provider that cannot list must
+//! return an error, never an empty inventory: missing data is never read as
+//! "deleted".
+
+pub mod host;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use serde_json::Value;
+
+use crate::model::{Kind, ProviderName, Resource, ResourceKey};
+use crate::plan::Action;
+
+/// A live resource as a provider sees it, shaped like a desired `spec`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveResource {
+    pub key: ResourceKey,
+    pub spec: Value,
+    /// Carries tend's ownership marker (tag, record).
+    pub owned: bool,
+    /// The provider's own identifier (a path, a pid, an ARN).
+    pub id: String,
+    /// Something a human should know about this resource's live state.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("failed to list {kind}: {message}")]
+    List { kind: Kind, message: String },
+    #[error("failed to {action} {target}: {message}")]
+    Apply {
+        action: &'static str,
+        target: ResourceKey,
+        message: String,
+    },
+}
+
+/// What a provider needs to list: the kinds in play and the declared
+/// resources (some providers, like `host`, can only look up what is named).
+pub struct ListRequest<'a> {
+    pub kinds: &'a [Kind],
+    pub desired: &'a [&'a Resource],
+}
+
+/// What an applied action did, for the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub detail: String,
+}
+
+pub trait Provider {
+    fn name(&self) -> ProviderName;
+
+    /// The kinds this provider manages.
+    fn kinds(&self) -> &'static [Kind];
+
+    /// Lists live resources of the requested kinds. Fully or not at all.
+    fn list(
+        &self,
+        req: &ListRequest<'_>,
+    ) -> impl Future<Output = Result<Vec<LiveResource>, ProviderError>> + Send;
+
+    /// Carries out one action. Must be idempotent: applying an action whose
+    /// effect is already live changes nothing.
+    fn apply(
+        &self,
+        action: &Action,
+        desired: Option<&Resource>,
+    ) -> impl Future<Output = Result<Applied, ProviderError>> + Send;
+
+    /// Brings a desired spec into the provider's canonical form (defaults,
+    /// casing, set ordering) so that diffing compares like with like.
+    fn normalize(&self, _kind: Kind, _spec: &mut Value) {}
+}
+
+/// The built-in providers, chosen by `Settings`.
+pub enum BuiltIn {
+    Host(host::HostProvider),
+}
+
+impl BuiltIn {
+    pub fn as_provider(&self) -> &host::HostProvider {
+        match self {
+            BuiltIn::Host(h) => h,
+        }
+    }
+
+    pub fn name(&self) -> ProviderName {
+        self.as_provider().name()
+    }
+
+    pub fn kinds(&self) -> &'static [Kind] {
+        self.as_provider().kinds()
+    }
+
+    pub async fn list(&self, req: &ListRequest<'_>) -> Result<Vec<LiveResource>, ProviderError> {
+        match self {
+            BuiltIn::Host(h) => h.list(req).await,
+        }
+    }
+
+    pub async fn apply(
+        &self,
+        action: &Action,
+        desired: Option<&Resource>,
+    ) -> Result<Applied, ProviderError> {
+        match self {
+            BuiltIn::Host(h) => h.apply(action, desired).await,
+        }
+    }
+
+    pub fn normalize(&self, kind: Kind, spec: &mut Value) {
+        match self {
+            BuiltIn::Host(h) => h.normalize(kind, spec),
+        }
+    }
+}
+
+/// The providers of one pass.
+pub struct Providers {
+    pub all: Vec<BuiltIn>,
+}
+
+impl Providers {
+    pub fn for_kind(&self, kind: Kind) -> Option<&BuiltIn> {
+        self.all.iter().find(|p| p.kinds().contains(&kind))
+    }
+
+    /// Normalises every declared spec in place.
+    pub fn normalize_all(&self, resources: &mut [Resource]) {
+        for r in resources {
+            if let Some(p) = self.for_kind(r.key.kind) {
+                p.normalize(r.key.kind, &mut r.spec);
+            }
+        }
+    }
+
+    /// Lists every provider concurrently. Any failure fails the whole
+    /// inventory.
+    pub async fn inventory(
+        &self,
+        desired: &[Resource],
+    ) -> Result<HashMap<ResourceKey, LiveResource>, ProviderError> {
+        let per_provider: Vec<(Vec<&Resource>, &BuiltIn)> = self
+            .all
+            .iter()
+            .map(|p| {
+                let mine = desired
+                    .iter()
+                    .filter(|r| p.kinds().contains(&r.key.kind))
+                    .collect();
+                (mine, p)
+            })
+            .collect();
+        let futures = per_provider.iter().map(|(mine, p)| async move {
+            p.list(&ListRequest {
+                kinds: p.kinds(),
+                desired: mine,
+            })
+            .await
+        });
+        let results = futures::future::join_all(futures).await;
+        let mut out = HashMap::with_capacity(desired.len());
+        for r in results {
+            for live in r? {
+                out.insert(live.key.clone(), live);
+            }
+        }
+        Ok(out)
+    }
+}

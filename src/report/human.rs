@@ -1,0 +1,241 @@
+//! Human text: what a platform engineer reads in a terminal or CI log.
+
+use std::fmt::Write as _;
+
+use super::{is_text_change, show, unified};
+use crate::act::{ActionResult, Outcome};
+use crate::plan::{Action, ActionType, Plan};
+use crate::state::JournalEntry;
+
+struct Palette {
+    bold: &'static str,
+    dim: &'static str,
+    red: &'static str,
+    green: &'static str,
+    yellow: &'static str,
+    cyan: &'static str,
+    reset: &'static str,
+}
+
+impl Palette {
+    fn new(color: bool) -> Self {
+        if color {
+            Palette {
+                bold: "\x1b[1m",
+                dim: "\x1b[2m",
+                red: "\x1b[31m",
+                green: "\x1b[32m",
+                yellow: "\x1b[33m",
+                cyan: "\x1b[36m",
+                reset: "\x1b[0m",
+            }
+        } else {
+            Palette {
+                bold: "",
+                dim: "",
+                red: "",
+                green: "",
+                yellow: "",
+                cyan: "",
+                reset: "",
+            }
+        }
+    }
+}
+
+fn marker(t: ActionType, p: &Palette) -> (String, &'static str) {
+    let (sym, col) = match t {
+        ActionType::Create => ("+", p.green),
+        ActionType::Update => ("~", p.yellow),
+        ActionType::Delete => ("-", p.red),
+        ActionType::Restart => ("↻", p.cyan),
+        ActionType::Stop => ("■", p.yellow),
+    };
+    (sym.to_string(), col)
+}
+
+pub fn render_plan(plan: &Plan, color: bool) -> String {
+    let p = Palette::new(color);
+    let mut out = String::new();
+    let commit = plan
+        .source
+        .commit
+        .as_deref()
+        .map(|c| format!(" at commit {}", &c[..c.len().min(12)]))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{}Plan for {}{commit}{} {}(mode {}){}",
+        p.bold, plan.source.origin, p.reset, p.dim, plan.mode, p.reset
+    );
+    out.push('\n');
+    for a in &plan.actions {
+        render_action(&mut out, a, &p);
+    }
+    for u in &plan.unmanaged {
+        let _ = writeln!(
+            out,
+            "{}? {}{}  {}unmanaged: {}{}",
+            p.dim, u.target, p.reset, p.dim, u.reason, p.reset
+        );
+    }
+    if !plan.actions.is_empty() || !plan.unmanaged.is_empty() {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "{}", summary_line(plan));
+    out
+}
+
+pub(super) fn summary_line(plan: &Plan) -> String {
+    if plan.actions.is_empty() {
+        return format!(
+            "No changes: {} resource{} in sync{}.",
+            plan.in_sync,
+            if plan.in_sync == 1 { "" } else { "s" },
+            unmanaged_suffix(plan)
+        );
+    }
+    let mut parts = Vec::new();
+    for (t, word) in [
+        (ActionType::Create, "to create"),
+        (ActionType::Update, "to update"),
+        (ActionType::Restart, "to restart"),
+        (ActionType::Stop, "to stop"),
+        (ActionType::Delete, "to delete"),
+    ] {
+        let n = plan.count(t);
+        if n > 0 || matches!(t, ActionType::Create | ActionType::Update | ActionType::Delete) {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    format!(
+        "Plan: {}; {} in sync{}.",
+        parts.join(", "),
+        plan.in_sync,
+        unmanaged_suffix(plan)
+    )
+}
+
+fn unmanaged_suffix(plan: &Plan) -> String {
+    if plan.unmanaged.is_empty() {
+        String::new()
+    } else {
+        format!(", {} unmanaged", plan.unmanaged.len())
+    }
+}
+
+fn render_action(out: &mut String, a: &Action, p: &Palette) {
+    let (sym, col) = marker(a.action_type, p);
+    let _ = writeln!(
+        out,
+        "{col}{sym} {}{}{reset}  {}  {}[risk {} · {} · {}]{reset}",
+        p.bold,
+        a.target,
+        a.action_type.as_str(),
+        p.dim,
+        a.risk.as_str(),
+        a.decision.as_str(),
+        a.reasons.join("; "),
+        reset = p.reset,
+    );
+    for c in &a.changes {
+        if is_text_change(&c.from, &c.to) {
+            let _ = writeln!(out, "    {}:", c.path);
+            for line in unified(&c.from, &c.to).lines() {
+                let color = if line.starts_with("+++") || line.starts_with("---") {
+                    p.bold
+                } else if line.starts_with('+') {
+                    p.green
+                } else if line.starts_with('-') {
+                    p.red
+                } else if line.starts_with("@@") {
+                    p.cyan
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "      {color}{line}{}", p.reset);
+            }
+        } else if c.from.is_null() {
+            let _ = writeln!(out, "    {}: {}{}{}", c.path, p.green, show(&c.to), p.reset);
+        } else {
+            let _ = writeln!(
+                out,
+                "    {}: {}{}{} → {}{}{}",
+                c.path,
+                p.red,
+                show(&c.from),
+                p.reset,
+                p.green,
+                show(&c.to),
+                p.reset
+            );
+        }
+    }
+}
+
+pub fn render_results(results: &[ActionResult], color: bool) -> String {
+    let p = Palette::new(color);
+    let mut out = String::new();
+    let (mut synced, mut failed, mut skipped) = (0, 0, 0);
+    for r in results {
+        match &r.outcome {
+            Outcome::Synced { detail } => {
+                synced += 1;
+                let _ = writeln!(
+                    out,
+                    "{}✓{} {}  {}  {}({} ms){}  {detail}",
+                    p.green, p.reset, r.target, r.action_type, p.dim, r.duration_ms, p.reset
+                );
+            }
+            Outcome::Failed { error } => {
+                failed += 1;
+                let _ = writeln!(
+                    out,
+                    "{}✗{} {}  {}  {}failed{}: {error}",
+                    p.red, p.reset, r.target, r.action_type, p.red, p.reset
+                );
+            }
+            Outcome::Skipped { reason } => {
+                skipped += 1;
+                let _ = writeln!(
+                    out,
+                    "{}· {}  {}  not applied: {reason}{}",
+                    p.dim, r.target, r.action_type, p.reset
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "\nApply: {synced} applied, {failed} failed, {skipped} not applied.");
+    out
+}
+
+pub fn render_history(entries: &[JournalEntry]) -> String {
+    let mut out = String::new();
+    if entries.is_empty() {
+        out.push_str("The journal is empty.\n");
+        return out;
+    }
+    for e in entries {
+        let commit = e
+            .commit
+            .as_deref()
+            .map(|c| format!(" @{}", &c[..c.len().min(12)]))
+            .unwrap_or_default();
+        let what = match (&e.phase[..], &e.outcome) {
+            ("intent", _) => "intent ".to_string(),
+            (_, Some(o)) => format!("{o:<7}"),
+            _ => "outcome".to_string(),
+        };
+        let detail = if e.phase == "intent" && (e.detail.is_empty() || e.detail == "[]") {
+            String::new()
+        } else {
+            format!("  {}", e.detail)
+        };
+        let _ = writeln!(
+            out,
+            "{}  run {:<4} {what} {} {}/{}{commit}  [{}]{detail}",
+            e.at, e.run_id, e.action, e.kind, e.name, e.fingerprint
+        );
+    }
+    out
+}

@@ -1,0 +1,65 @@
+//! JSON: the stable, versioned machine format (documented in README).
+
+use serde_json::{json, Value};
+
+use crate::act::ActionResult;
+use crate::plan::{ActionType, Plan};
+use crate::state::JournalEntry;
+
+/// Bumped on any incompatible change to the JSON shape.
+pub const FORMAT_VERSION: u32 = 1;
+
+fn summary(plan: &Plan) -> Value {
+    json!({
+        "resources": plan.resources,
+        "inSync": plan.in_sync,
+        "pending": plan.pending(),
+        "create": plan.count(ActionType::Create),
+        "update": plan.count(ActionType::Update),
+        "restart": plan.count(ActionType::Restart),
+        "stop": plan.count(ActionType::Stop),
+        "delete": plan.count(ActionType::Delete),
+        "unmanaged": plan.unmanaged.len(),
+    })
+}
+
+fn body(plan: &Plan, kind: &str) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("apiVersion".into(), json!("tend.dev/v1"));
+    m.insert("kind".into(), json!(kind));
+    m.insert("formatVersion".into(), json!(FORMAT_VERSION));
+    m.insert("source".into(), json!(plan.source));
+    m.insert("mode".into(), json!(plan.mode));
+    m.insert("summary".into(), summary(plan));
+    m.insert("actions".into(), json!(plan.actions));
+    m.insert("unmanaged".into(), json!(plan.unmanaged));
+    m
+}
+
+pub fn plan_json(plan: &Plan) -> Value {
+    Value::Object(body(plan, "Plan"))
+}
+
+pub fn apply_json(plan: &Plan, results: &[ActionResult]) -> Value {
+    let mut m = body(plan, "Apply");
+    let count = |label: &str| results.iter().filter(|r| r.outcome.label() == label).count();
+    m.insert(
+        "results".into(),
+        json!({
+            "applied": count("synced"),
+            "failed": count("failed"),
+            "skipped": count("skipped"),
+            "actions": results,
+        }),
+    );
+    Value::Object(m)
+}
+
+pub fn history_json(entries: &[JournalEntry]) -> Value {
+    json!({
+        "apiVersion": "tend.dev/v1",
+        "kind": "History",
+        "formatVersion": FORMAT_VERSION,
+        "entries": entries,
+    })
+}

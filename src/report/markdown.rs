@@ -1,0 +1,105 @@
+//! Markdown: pull-request bodies and CI job summaries.
+
+use std::fmt::Write as _;
+
+use super::{human::summary_line, is_text_change, show, unified};
+use crate::act::{ActionResult, Outcome};
+use crate::plan::{ActionType, Plan};
+
+fn icon(t: ActionType) -> &'static str {
+    match t {
+        ActionType::Create => "➕",
+        ActionType::Update => "✏️",
+        ActionType::Delete => "🗑️",
+        ActionType::Restart => "🔄",
+        ActionType::Stop => "⏹️",
+    }
+}
+
+/// Escapes text for a table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String {
+    let mut out = String::new();
+    let pending = plan.pending();
+    let _ = writeln!(
+        out,
+        "### tend plan: {}\n",
+        if pending == 0 {
+            "no changes".to_string()
+        } else {
+            format!("{pending} change{} pending", if pending == 1 { "" } else { "s" })
+        }
+    );
+    let commit = plan
+        .source
+        .commit
+        .as_deref()
+        .map(|c| format!(" at `{}`", &c[..c.len().min(12)]))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Source: `{}`{commit} · mode `{}`\n",
+        cell(&plan.source.origin),
+        plan.mode
+    );
+    if !plan.actions.is_empty() {
+        out.push_str("| | Resource | Action | Risk | Decision | Why |\n|---|---|---|---|---|---|\n");
+        for a in &plan.actions {
+            let _ = writeln!(
+                out,
+                "| {} | `{}` | {} | {} | **{}** | {} |",
+                icon(a.action_type),
+                a.target,
+                a.action_type.as_str(),
+                a.risk.as_str(),
+                a.decision.as_str(),
+                cell(&a.reasons.join("; "))
+            );
+        }
+        out.push('\n');
+        for a in plan.actions.iter().filter(|a| !a.changes.is_empty()) {
+            let _ = writeln!(
+                out,
+                "<details><summary><code>{}</code> {}</summary>\n\n```diff",
+                a.target,
+                a.action_type.as_str()
+            );
+            for c in &a.changes {
+                if is_text_change(&c.from, &c.to) {
+                    let _ = writeln!(out, "# {}", c.path);
+                    out.push_str(&unified(&c.from, &c.to));
+                } else {
+                    if !c.from.is_null() {
+                        let _ = writeln!(out, "- {}: {}", c.path, show(&c.from));
+                    }
+                    let _ = writeln!(out, "+ {}: {}", c.path, show(&c.to));
+                }
+            }
+            out.push_str("```\n\n</details>\n\n");
+        }
+    }
+    if !plan.unmanaged.is_empty() {
+        out.push_str("**Unmanaged** (reported only):\n\n");
+        for u in &plan.unmanaged {
+            let _ = writeln!(out, "- `{}`: {}", u.target, u.reason);
+        }
+        out.push('\n');
+    }
+    if let Some(results) = results {
+        out.push_str("**Applied:**\n\n");
+        for r in results {
+            let line = match &r.outcome {
+                Outcome::Synced { detail } => format!("✅ `{}` {}: {}", r.target, r.action_type, cell(detail)),
+                Outcome::Failed { error } => format!("❌ `{}` {} failed: {}", r.target, r.action_type, cell(error)),
+                Outcome::Skipped { reason } => format!("⏸️ `{}` {} not applied: {}", r.target, r.action_type, cell(reason)),
+            };
+            let _ = writeln!(out, "- {line}");
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "_{}_", summary_line(plan));
+    out
+}

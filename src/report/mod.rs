@@ -1,0 +1,60 @@
+//! Rendering plans, apply results and history for humans and machines.
+//!
+//! Formats: human text (coloured unified diffs), JSON (stable, versioned:
+//! `apiVersion: tend.dev/v1`, `formatVersion: 1`), and Markdown (PR bodies,
+//! job summaries). Rendering is pure and must never print secrets: values of
+//! secret-looking fields are redacted when the plan is made.
+
+mod human;
+mod json;
+mod markdown;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use human::{render_history, render_plan, render_results};
+pub use json::{apply_json, history_json, plan_json, FORMAT_VERSION};
+pub use markdown::render_markdown;
+
+/// How long a text diff may take before it falls back to a coarser one.
+const DIFF_DEADLINE: Duration = Duration::from_millis(200);
+
+/// Output formats of `plan` and `apply`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+    Markdown,
+}
+
+/// A value for one-line display: strings without JSON quotes when simple.
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "(none)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a change is best shown as a text diff.
+fn is_text_change(from: &Value, to: &Value) -> bool {
+    let multiline = |v: &Value| v.as_str().is_some_and(|s| s.contains('\n'));
+    multiline(from) || multiline(to)
+}
+
+/// A unified diff of two texts (live → desired), computed with a deadline
+/// so a pathological input cannot stall a plan.
+fn unified(from: &Value, to: &Value) -> String {
+    let old = from.as_str().unwrap_or_default();
+    let new = to.as_str().unwrap_or_default();
+    let diff = similar::TextDiff::configure()
+        .timeout(DIFF_DEADLINE)
+        .diff_lines(old, new);
+    diff.unified_diff()
+        .context_radius(3)
+        .header("live", "desired")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests;
