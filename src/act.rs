@@ -62,9 +62,16 @@ pub async fn run(
             }
         } else {
             let span = info_span!("action", resource = %action.target, action = action.action_type.as_str(), reason = %action.reasons.join("; "));
-            execute(action, index.get(&action.target).copied(), providers, state, plan, run_id)
-                .instrument(span)
-                .await?
+            execute(
+                action,
+                index.get(&action.target).copied(),
+                providers,
+                state,
+                plan,
+                run_id,
+            )
+            .instrument(span)
+            .await?
         };
         results.push(ActionResult {
             fingerprint: action.fingerprint.clone(),

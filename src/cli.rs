@@ -151,9 +151,14 @@ pub fn main() -> ExitCode {
     let color = match cli.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        ColorChoice::Auto => {
+            std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tend: failed to start the async runtime: {e}");
@@ -164,8 +169,12 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             if let Some(PassError::Invalid(invalid)) = err.downcast_ref::<PassError>() {
-                let color_err = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-                eprint!("{}", model::diagnostic::render(&invalid.diagnostics, &invalid.sources, color_err));
+                let color_err =
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+                eprint!(
+                    "{}",
+                    model::diagnostic::render(&invalid.diagnostics, &invalid.sources, color_err)
+                );
             }
             eprintln!("tend: {err:#}");
             ExitCode::from(1)
@@ -214,7 +223,11 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                 "{} valid: {} document{} in {} file{}{commit}.\n",
                 loaded.origin,
                 loaded.desired.documents,
-                if loaded.desired.documents == 1 { "" } else { "s" },
+                if loaded.desired.documents == 1 {
+                    ""
+                } else {
+                    "s"
+                },
                 loaded.desired.files,
                 if loaded.desired.files == 1 { "" } else { "s" },
             ))?;
@@ -234,9 +247,17 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                 Format::Json => format!("{:#}\n", report::plan_json(plan)),
                 Format::Markdown => report::render_markdown(plan, None),
             })?;
-            Ok(if *detailed_exitcode && plan.pending() > 0 { 2 } else { 0 })
+            Ok(if *detailed_exitcode && plan.pending() > 0 {
+                2
+            } else {
+                0
+            })
         }
-        Command::Apply { source, mode, format } => {
+        Command::Apply {
+            source,
+            mode,
+            format,
+        } => {
             let opts = opts(*mode);
             let mut loaded = reconcile::load(&source.source(), &opts)?;
             let mut state = State::open(&loaded.state_dir)?;
@@ -247,10 +268,17 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             unlocked?;
             Ok(code)
         }
-        Command::History { since, limit, format } => {
+        Command::History {
+            since,
+            limit,
+            format,
+        } => {
             let dir = reconcile::bootstrap_state_dir(&opts(None))?;
             if !dir.join("tend.db").exists() {
-                anyhow::bail!("no journal at {}: nothing has been applied with this state directory", dir.display());
+                anyhow::bail!(
+                    "no journal at {}: nothing has been applied with this state directory",
+                    dir.display()
+                );
             }
             let state = State::open(&dir)?;
             let since = since.as_deref().map(parse_since).transpose()?;
@@ -276,7 +304,12 @@ async fn apply(
     color: bool,
 ) -> anyhow::Result<u8> {
     let mode = opts.mode.unwrap_or(loaded.desired.settings.mode);
-    let run_id = state.begin_run("apply", &loaded.origin, loaded.commit.as_deref(), mode.as_str())?;
+    let run_id = state.begin_run(
+        "apply",
+        &loaded.origin,
+        loaded.commit.as_deref(),
+        mode.as_str(),
+    )?;
     // An earlier run died between calling a provider and recording what
     // happened. Live state is re-read below, so the action is re-planned
     // from facts, never repeated blindly.
@@ -289,7 +322,10 @@ async fn apply(
             name: &d.name,
             commit: d.commit.as_deref(),
             outcome: Some("interrupted"),
-            detail: &format!("run {} ended before recording an outcome; live state re-read by run {run_id}", d.run_id),
+            detail: &format!(
+                "run {} ended before recording an outcome; live state re-read by run {run_id}",
+                d.run_id
+            ),
         })?;
     }
     let planned = match reconcile::plan(loaded, opts).await {
@@ -299,7 +335,14 @@ async fn apply(
             return Err(e.into());
         }
     };
-    let results = crate::act::run(&planned.plan, &loaded.desired, &planned.providers, state, run_id).await?;
+    let results = crate::act::run(
+        &planned.plan,
+        &loaded.desired,
+        &planned.providers,
+        state,
+        run_id,
+    )
+    .await?;
     let failed = results.iter().any(|r| r.outcome.label() == "failed");
     state.finish_run(run_id, if failed { "failed" } else { "ok" })?;
     print(&match format {
@@ -324,8 +367,9 @@ fn parse_since(s: &str) -> anyhow::Result<String> {
             .with_timezone(&chrono::Utc)
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     }
-    let d = humantime::parse_duration(s)
-        .with_context(|| format!("invalid --since `{s}`: expected RFC 3339 or a duration such as 30m, 2h, 7d"))?;
+    let d = humantime::parse_duration(s).with_context(|| {
+        format!("invalid --since `{s}`: expected RFC 3339 or a duration such as 30m, 2h, 7d")
+    })?;
     let d = chrono::Duration::from_std(d).context("--since is too far back")?;
     Ok((chrono::Utc::now() - d).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
@@ -336,7 +380,10 @@ mod tests {
 
     #[test]
     fn since_accepts_times_and_durations() {
-        assert_eq!(parse_since("2026-11-21T10:00:00Z").unwrap(), "2026-11-21T10:00:00.000Z");
+        assert_eq!(
+            parse_since("2026-11-21T10:00:00Z").unwrap(),
+            "2026-11-21T10:00:00.000Z"
+        );
         assert!(parse_since("2h").unwrap() < state::now());
         assert!(parse_since("yesterday-ish").is_err());
     }

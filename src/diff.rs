@@ -128,7 +128,13 @@ fn ignored(path: &str, ignore: &[String]) -> bool {
 
 /// Walks the desired value; objects recurse, everything else (scalars and
 /// arrays, which providers normalise as wholes) is compared as a leaf.
-fn compare(path: &str, desired: &Value, live: &Value, ignore: &[String], out: &mut Vec<FieldChange>) {
+fn compare(
+    path: &str,
+    desired: &Value,
+    live: &Value,
+    ignore: &[String],
+    out: &mut Vec<FieldChange>,
+) {
     if ignored(path, ignore) {
         return;
     }
@@ -190,7 +196,11 @@ mod tests {
     #[test]
     fn only_managed_fields_are_compared() {
         let d = [res("a", json!({"path": "/a", "content": "x"}), &[])];
-        let l = HashMap::from([live("a", json!({"path": "/a", "content": "x", "mode": "0600"}), true)]);
+        let l = HashMap::from([live(
+            "a",
+            json!({"path": "/a", "content": "x", "mode": "0600"}),
+            true,
+        )]);
         let out = diff(&d, &l, DiffOptions::default());
         assert_eq!(out.in_sync, 1);
         assert!(out.changes.is_empty());
@@ -198,8 +208,16 @@ mod tests {
 
     #[test]
     fn ignore_pointers_skip_fields_and_children() {
-        let d = [res("a", json!({"path": "/a", "content": "x", "mode": "0644"}), &["/spec/mode"])];
-        let l = HashMap::from([live("a", json!({"path": "/a", "content": "y", "mode": "0600"}), true)]);
+        let d = [res(
+            "a",
+            json!({"path": "/a", "content": "x", "mode": "0644"}),
+            &["/spec/mode"],
+        )];
+        let l = HashMap::from([live(
+            "a",
+            json!({"path": "/a", "content": "y", "mode": "0600"}),
+            true,
+        )]);
         let out = diff(&d, &l, DiffOptions::default());
         assert_eq!(
             out.changes,

@@ -87,6 +87,10 @@ pub struct Action {
     pub reversible: bool,
     pub decision: Decision,
     pub reasons: Vec<String>,
+    /// What the provider noticed about the live resource (e.g. "pid 42 has
+    /// exited"), for the human reading the plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -161,6 +165,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
             reversible,
             decision,
             reasons,
+            note: None,
         });
     }
     Plan {
@@ -180,12 +185,8 @@ fn update_type(kind: Kind, fields: &[FieldChange]) -> ActionType {
         return ActionType::Update;
     }
     match fields {
-        [only] if only.path == "/spec/state" && only.to == Value::from("running") => {
-            ActionType::Restart
-        }
-        [only] if only.path == "/spec/state" && only.to == Value::from("stopped") => {
-            ActionType::Stop
-        }
+        [only] if only.path == "/spec/state" && only.to == "running" => ActionType::Restart,
+        [only] if only.path == "/spec/state" && only.to == "stopped" => ActionType::Stop,
         _ => ActionType::Update,
     }
 }
@@ -216,9 +217,19 @@ fn ceiling(global: Mode, resource: Option<Mode>) -> (Decision, Vec<String>) {
 /// Whether a field name looks like it holds a secret.
 pub fn is_secret_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "APIKEY", "API_KEY", "PRIVATE_KEY", "CREDENTIAL", "ACCESS_KEY"]
-        .iter()
-        .any(|s| upper.contains(s))
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "APIKEY",
+        "API_KEY",
+        "PRIVATE_KEY",
+        "CREDENTIAL",
+        "ACCESS_KEY",
+    ]
+    .iter()
+    .any(|s| upper.contains(s))
 }
 
 /// Plans are shown, journaled and posted; values of secret-looking fields

@@ -47,7 +47,9 @@ pub struct Loaded {
 pub fn bootstrap_state_dir(opts: &Options) -> Result<PathBuf, PassError> {
     match &opts.state_dir {
         Some(d) => Ok(d.clone()),
-        None => Ok(std::env::current_dir().map_err(PassError::Cwd)?.join(".tend")),
+        None => Ok(std::env::current_dir()
+            .map_err(PassError::Cwd)?
+            .join(".tend")),
     }
 }
 
@@ -93,7 +95,9 @@ pub async fn plan(loaded: &mut Loaded, opts: &Options) -> Result<Planned, PassEr
             .providers
             .iter()
             .map(|p| match p {
-                ProviderName::Host => BuiltIn::Host(HostProvider::new(&loaded.root, &loaded.state_dir)),
+                ProviderName::Host => {
+                    BuiltIn::Host(HostProvider::new(&loaded.root, &loaded.state_dir))
+                }
             })
             .collect(),
     };
@@ -109,7 +113,7 @@ pub async fn plan(loaded: &mut Loaded, opts: &Options) -> Result<Planned, PassEr
     let mode = opts.mode.unwrap_or(desired.settings.mode);
     let index = desired.index();
     let resource_mode = |k: &model::ResourceKey| index.get(k).and_then(|r| r.mode);
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         &diff,
         PlanInput {
             source: SourceInfo {
@@ -121,5 +125,8 @@ pub async fn plan(loaded: &mut Loaded, opts: &Options) -> Result<Planned, PassEr
             resource_mode: &resource_mode,
         },
     );
+    for action in &mut plan.actions {
+        action.note = live.get(&action.target).and_then(|l| l.note.clone());
+    }
     Ok(Planned { providers, plan })
 }

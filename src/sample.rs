@@ -142,10 +142,17 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     out.push_str("# TYPE sample_http_request_duration_seconds histogram\n");
     if let Ok(b) = app.buckets.lock() {
         for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "sample_http_request_duration_seconds_bucket{{le=\"{le}\"}} {}", b.0[i]);
+            let _ = writeln!(
+                out,
+                "sample_http_request_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                b.0[i]
+            );
         }
         let total = b.0[BUCKETS.len()];
-        let _ = writeln!(out, "sample_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(
+            out,
+            "sample_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {total}"
+        );
         let _ = writeln!(out, "sample_http_request_duration_seconds_sum {}", b.1);
         let _ = writeln!(out, "sample_http_request_duration_seconds_count {total}");
     }
@@ -154,12 +161,23 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let _ = writeln!(out, "sample_memory_resident_bytes {}", resident_bytes());
     out.push_str("# HELP sample_memory_leaked_bytes Memory held by the injected leak.\n");
     out.push_str("# TYPE sample_memory_leaked_bytes gauge\n");
-    let _ = writeln!(out, "sample_memory_leaked_bytes {}", app.leaked_bytes.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "sample_memory_leaked_bytes {}",
+        app.leaked_bytes.load(Ordering::Relaxed)
+    );
     out.push_str("# HELP sample_uptime_seconds Seconds since the process started.\n");
     out.push_str("# TYPE sample_uptime_seconds gauge\n");
-    let _ = writeln!(out, "sample_uptime_seconds {:.3}", app.started.elapsed().as_secs_f64());
+    let _ = writeln!(
+        out,
+        "sample_uptime_seconds {:.3}",
+        app.started.elapsed().as_secs_f64()
+    );
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         out,
     )
 }
@@ -175,7 +193,10 @@ async fn fault(
     Query(q): Query<FaultQuery>,
 ) -> impl IntoResponse {
     let Ok(mut f) = app.faults.lock() else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "fault state unavailable\n".to_string());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "fault state unavailable\n".to_string(),
+        );
     };
     match (name.as_str(), q.value) {
         ("crash", _) => {
@@ -239,12 +260,18 @@ pub async fn run(args: SampleArgs) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let rate = leaker.faults.lock().map(|f| f.leak_mib_per_sec).unwrap_or(0.0);
+            let rate = leaker
+                .faults
+                .lock()
+                .map(|f| f.leak_mib_per_sec)
+                .unwrap_or(0.0);
             if rate > 0.0 {
                 let bytes = (rate * 1024.0 * 1024.0 / 10.0) as usize;
                 // Touch every page so the growth is resident, not just reserved.
                 let chunk = vec![1u8; bytes];
-                leaker.leaked_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                leaker
+                    .leaked_bytes
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
                 if let Ok(mut l) = leaker.leaked.lock() {
                     l.push(chunk);
                 }

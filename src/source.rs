@@ -210,11 +210,12 @@ fn read_git_source(
                     commit: commit.to_string(),
                     path: s.to_string(),
                 })?;
-            repo.find_tree(entry.id()).map_err(|_| SourceError::MissingPath {
-                url: shown_url.clone(),
-                commit: commit.to_string(),
-                path: s.to_string(),
-            })?
+            repo.find_tree(entry.id())
+                .map_err(|_| SourceError::MissingPath {
+                    url: shown_url.clone(),
+                    commit: commit.to_string(),
+                    path: s.to_string(),
+                })?
         }
     };
 
@@ -237,8 +238,10 @@ fn read_git_source(
     for (rel, oid) in blobs {
         let shown = format!("{prefix}{rel}");
         let blob = repo.find_blob(oid).map_err(|e| obj_err(&shown, e))?;
-        let text = String::from_utf8(blob.content().to_vec())
-            .map_err(|_| SourceError::NotUtf8 { path: shown.clone() })?;
+        let text =
+            String::from_utf8(blob.content().to_vec()).map_err(|_| SourceError::NotUtf8 {
+                path: shown.clone(),
+            })?;
         files.push(SourceFile { path: shown, text });
     }
     Ok(Snapshot {
@@ -259,7 +262,9 @@ fn fetch(repo: &Repository, url: &str, shown_url: &str) -> Result<(), SourceErro
     let mut callbacks = git2::RemoteCallbacks::new();
     callbacks.credentials(|_url, username, allowed| {
         if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-            if let Ok(token) = std::env::var("TEND_GIT_TOKEN").or_else(|_| std::env::var("GITHUB_TOKEN")) {
+            if let Ok(token) =
+                std::env::var("TEND_GIT_TOKEN").or_else(|_| std::env::var("GITHUB_TOKEN"))
+            {
                 return git2::Cred::userpass_plaintext("x-access-token", &token);
             }
         }
@@ -267,7 +272,9 @@ fn fetch(repo: &Repository, url: &str, shown_url: &str) -> Result<(), SourceErro
             return git2::Cred::default();
         }
         let _ = username;
-        Err(git2::Error::from_str("no credentials available (set TEND_GIT_TOKEN)"))
+        Err(git2::Error::from_str(
+            "no credentials available (set TEND_GIT_TOKEN)",
+        ))
     });
     opts.remote_callbacks(callbacks);
     remote
@@ -294,7 +301,8 @@ fn resolve(repo: &Repository, reference: Option<&str>) -> Option<Oid> {
     let candidates = [
         format!("refs/remotes/origin/{reference}"),
         format!("refs/tags/{reference}"),
-        reference.strip_prefix("refs/heads/")
+        reference
+            .strip_prefix("refs/heads/")
             .map(|b| format!("refs/remotes/origin/{b}"))
             .unwrap_or_else(|| reference.to_string()),
     ];
@@ -344,7 +352,9 @@ mod tests {
         std::fs::write(dir.path().join("a.yaml"), "a: 1").unwrap();
         std::fs::write(dir.path().join(".git/c.yaml"), "a: 1").unwrap();
         std::fs::write(dir.path().join("readme.md"), "").unwrap();
-        let snap = Source::Dir(dir.path().to_path_buf()).snapshot(dir.path()).unwrap();
+        let snap = Source::Dir(dir.path().to_path_buf())
+            .snapshot(dir.path())
+            .unwrap();
         let names: Vec<_> = snap
             .files
             .iter()

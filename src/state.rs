@@ -183,7 +183,13 @@ impl State {
         Ok(())
     }
 
-    pub fn begin_run(&self, command: &str, origin: &str, commit: Option<&str>, mode: &str) -> Result<i64, StateError> {
+    pub fn begin_run(
+        &self,
+        command: &str,
+        origin: &str,
+        commit: Option<&str>,
+        mode: &str,
+    ) -> Result<i64, StateError> {
         self.conn.execute(
             "INSERT INTO runs (started_at, command, origin, commit_sha, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![now(), command, origin, commit, mode],
@@ -232,7 +238,11 @@ impl State {
     }
 
     /// Journal entries at or after `since` (RFC 3339), oldest first.
-    pub fn history(&self, since: Option<&str>, limit: usize) -> Result<Vec<JournalEntry>, StateError> {
+    pub fn history(
+        &self,
+        since: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StateError> {
         let mut stmt = self.conn.prepare(
             "SELECT id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail
              FROM (SELECT * FROM journal WHERE at >= ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
@@ -281,7 +291,11 @@ mod tests {
         let s = State::open(dir.path()).unwrap();
         let run = s.begin_run("apply", "x", None, "auto").unwrap();
         s.intent(&rec(run, "a")).unwrap();
-        s.outcome(&JournalRecord { outcome: Some("synced"), ..rec(run, "a") }).unwrap();
+        s.outcome(&JournalRecord {
+            outcome: Some("synced"),
+            ..rec(run, "a")
+        })
+        .unwrap();
         s.intent(&rec(run, "b")).unwrap();
         let d = s.dangling_intents().unwrap();
         assert_eq!(d.len(), 1);
@@ -301,9 +315,14 @@ mod tests {
                 params![start_time(1).unwrap_or(0)],
             )
             .unwrap();
-        assert!(matches!(s.lock("apply"), Err(StateError::Locked { pid: 1, .. })));
+        assert!(matches!(
+            s.lock("apply"),
+            Err(StateError::Locked { pid: 1, .. })
+        ));
         // A holder whose start time no longer matches is gone.
-        s.conn.execute("UPDATE run_lock SET start_time = -5", []).unwrap();
+        s.conn
+            .execute("UPDATE run_lock SET start_time = -5", [])
+            .unwrap();
         s.lock("apply").unwrap();
     }
 }

@@ -42,7 +42,12 @@ impl Diagnostic {
         self
     }
 
-    pub fn with_note(mut self, file: impl Into<String>, pos: Pos, message: impl Into<String>) -> Self {
+    pub fn with_note(
+        mut self,
+        file: impl Into<String>,
+        pos: Pos,
+        message: impl Into<String>,
+    ) -> Self {
         self.notes.push(Label {
             file: file.into(),
             pos,
@@ -98,7 +103,14 @@ pub fn render(diags: &[Diagnostic], sources: &SourceTexts, color: bool) -> Strin
                 "  {blue}-->{reset} {}:{}:{}",
                 note.file, note.pos.line, note.pos.col
             );
-            quote(&mut out, sources, &note.file, note.pos, &note.message, (blue, blue, reset));
+            quote(
+                &mut out,
+                sources,
+                &note.file,
+                note.pos,
+                &note.message,
+                (blue, blue, reset),
+            );
         }
         if let Some(help) = &d.help {
             let _ = writeln!(out, "   {blue}={reset} help: {help}");

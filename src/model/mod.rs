@@ -225,7 +225,11 @@ pub struct Invalid {
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.diagnostics.len();
-        write!(f, "desired state is invalid: {n} error{}", if n == 1 { "" } else { "s" })
+        write!(
+            f,
+            "desired state is invalid: {n} error{}",
+            if n == 1 { "" } else { "s" }
+        )
     }
 }
 
@@ -313,7 +317,10 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
         });
         let mut sources = SourceTexts::default();
         for f in files {
-            if diagnostics.iter().any(|d| d.file == f.path || d.notes.iter().any(|n| n.file == f.path)) {
+            if diagnostics
+                .iter()
+                .any(|d| d.file == f.path || d.notes.iter().any(|n| n.file == f.path))
+            {
                 sources.insert(&f.path, &f.text);
             }
         }
@@ -327,7 +334,11 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
     let mut resources = Vec::with_capacity(checked.len());
     for c in checked {
         if c.kind == Kind::Settings {
-            let spec = c.doc.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
+            let spec = c
+                .doc
+                .get("spec")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
             settings = serde_json::from_value(spec).map_err(|e| Invalid {
                 diagnostics: vec![Diagnostic::new(
                     &c.origin.file,
@@ -371,7 +382,11 @@ fn into_resource(c: Checked) -> Resource {
     let ignore = doc
         .get("ignore")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     Resource {
         key: ResourceKey::new(c.kind, c.name),
@@ -389,7 +404,11 @@ fn check_file(file: &SourceFile) -> (Vec<Checked>, Vec<Diagnostic>, usize) {
         Err(e) => {
             return (
                 Vec::new(),
-                vec![Diagnostic::new(&file.path, e.pos, format!("invalid YAML: {}", e.message))],
+                vec![Diagnostic::new(
+                    &file.path,
+                    e.pos,
+                    format!("invalid YAML: {}", e.message),
+                )],
                 0,
             )
         }
@@ -426,8 +445,11 @@ fn check_document(file: &str, node: &Node) -> Result<Checked, Vec<Diagnostic>> {
             yaml::NodeValue::Str(s) => match Kind::parse(s) {
                 Some(k) => k,
                 None => {
-                    return Err(vec![at(Some(entry.value.pos), format!("unknown kind `{s}`"))
-                        .with_help(known_kinds())])
+                    return Err(vec![at(
+                        Some(entry.value.pos),
+                        format!("unknown kind `{s}`"),
+                    )
+                    .with_help(known_kinds())])
                 }
             },
             _ => {
@@ -539,7 +561,8 @@ mod tests {
 
     #[test]
     fn duplicate_names_show_both_places() {
-        let doc = "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: f}\nspec: {path: /tmp/x}\n";
+        let doc =
+            "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: f}\nspec: {path: /tmp/x}\n";
         let err = load(&[file("a.yaml", doc), file("b.yaml", doc)]).unwrap_err();
         assert_eq!(err.diagnostics.len(), 1);
         let d = &err.diagnostics[0];

@@ -116,7 +116,12 @@ pub fn validate(kind: Kind, doc: &Value) -> Vec<Violation> {
             ValidationErrorKind::Enum { options } => {
                 let opts = options
                     .as_array()
-                    .map(|a| a.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))
+                    .map(|a| {
+                        a.iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
                     .unwrap_or_default();
                 out.push(Violation {
                     pointer: pointer.clone(),
@@ -239,7 +244,10 @@ mod tests {
         let v = validate(Kind::HostFile, &doc);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].pointer, "/spec/contnet");
-        assert_eq!(v[0].help.as_deref(), Some("expected one of: path, content, mode"));
+        assert_eq!(
+            v[0].help.as_deref(),
+            Some("expected one of: path, content, mode")
+        );
     }
 
     #[test]
@@ -247,6 +255,9 @@ mod tests {
         let doc = json!({"apiVersion": "tend.dev/v1", "kind": "host.File",
             "metadata": {"name": "a", "lables": {}}, "spec": {"path": "/x"}});
         let v = validate(Kind::HostFile, &doc);
-        assert_eq!(v[0].help.as_deref(), Some("expected one of: name, labels, annotations, mode"));
+        assert_eq!(
+            v[0].help.as_deref(),
+            Some("expected one of: name, labels, annotations, mode")
+        );
     }
 }

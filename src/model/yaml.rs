@@ -7,9 +7,9 @@
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 use serde_saphyr::options::DuplicateKeyPolicy;
 use serde_saphyr::{Budget, Options, Spanned};
-use serde_json::{Map, Number, Value};
 
 /// A position in a source file: 1-based line and column, and the length of
 /// the token in characters (at least 1) for the caret underline.

@@ -104,7 +104,12 @@ pub(super) fn summary_line(plan: &Plan) -> String {
         (ActionType::Delete, "to delete"),
     ] {
         let n = plan.count(t);
-        if n > 0 || matches!(t, ActionType::Create | ActionType::Update | ActionType::Delete) {
+        if n > 0
+            || matches!(
+                t,
+                ActionType::Create | ActionType::Update | ActionType::Delete
+            )
+        {
             parts.push(format!("{n} {word}"));
         }
     }
@@ -138,6 +143,9 @@ fn render_action(out: &mut String, a: &Action, p: &Palette) {
         a.reasons.join("; "),
         reset = p.reset,
     );
+    if let Some(note) = &a.note {
+        let _ = writeln!(out, "    {}note: {note}{}", p.dim, p.reset);
+    }
     for c in &a.changes {
         if is_text_change(&c.from, &c.to) {
             let _ = writeln!(out, "    {}:", c.path);
@@ -205,7 +213,10 @@ pub fn render_results(results: &[ActionResult], color: bool) -> String {
             }
         }
     }
-    let _ = writeln!(out, "\nApply: {synced} applied, {failed} failed, {skipped} not applied.");
+    let _ = writeln!(
+        out,
+        "\nApply: {synced} applied, {failed} failed, {skipped} not applied."
+    );
     out
 }
 
@@ -226,8 +237,8 @@ pub fn render_history(entries: &[JournalEntry]) -> String {
             (_, Some(o)) => format!("{o:<7}"),
             _ => "outcome".to_string(),
         };
-        let detail = if e.phase == "intent" && (e.detail.is_empty() || e.detail == "[]") {
-            String::new()
+        let detail = if e.phase == "intent" {
+            changed_paths(&e.detail)
         } else {
             format!("  {}", e.detail)
         };
@@ -238,4 +249,18 @@ pub fn render_history(entries: &[JournalEntry]) -> String {
         );
     }
     out
+}
+
+/// An intent's detail is its JSON change list; history shows the paths.
+fn changed_paths(detail: &str) -> String {
+    let paths: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(detail)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.get("path").and_then(|p| p.as_str()).map(str::to_string))
+        .collect();
+    if paths.is_empty() {
+        String::new()
+    } else {
+        format!("  changes {}", paths.join(", "))
+    }
 }

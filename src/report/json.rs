@@ -42,7 +42,12 @@ pub fn plan_json(plan: &Plan) -> Value {
 
 pub fn apply_json(plan: &Plan, results: &[ActionResult]) -> Value {
     let mut m = body(plan, "Apply");
-    let count = |label: &str| results.iter().filter(|r| r.outcome.label() == label).count();
+    let count = |label: &str| {
+        results
+            .iter()
+            .filter(|r| r.outcome.label() == label)
+            .count()
+    };
     m.insert(
         "results".into(),
         json!({

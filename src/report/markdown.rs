@@ -30,7 +30,10 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
         if pending == 0 {
             "no changes".to_string()
         } else {
-            format!("{pending} change{} pending", if pending == 1 { "" } else { "s" })
+            format!(
+                "{pending} change{} pending",
+                if pending == 1 { "" } else { "s" }
+            )
         }
     );
     let commit = plan
@@ -46,8 +49,14 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
         plan.mode
     );
     if !plan.actions.is_empty() {
-        out.push_str("| | Resource | Action | Risk | Decision | Why |\n|---|---|---|---|---|---|\n");
+        out.push_str(
+            "| | Resource | Action | Risk | Decision | Why |\n|---|---|---|---|---|---|\n",
+        );
         for a in &plan.actions {
+            let mut why = a.reasons.join("; ");
+            if let Some(note) = &a.note {
+                why.push_str(&format!("; {note}"));
+            }
             let _ = writeln!(
                 out,
                 "| {} | `{}` | {} | {} | **{}** | {} |",
@@ -56,7 +65,7 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
                 a.action_type.as_str(),
                 a.risk.as_str(),
                 a.decision.as_str(),
-                cell(&a.reasons.join("; "))
+                cell(&why)
             );
         }
         out.push('\n');
@@ -92,9 +101,21 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
         out.push_str("**Applied:**\n\n");
         for r in results {
             let line = match &r.outcome {
-                Outcome::Synced { detail } => format!("✅ `{}` {}: {}", r.target, r.action_type, cell(detail)),
-                Outcome::Failed { error } => format!("❌ `{}` {} failed: {}", r.target, r.action_type, cell(error)),
-                Outcome::Skipped { reason } => format!("⏸️ `{}` {} not applied: {}", r.target, r.action_type, cell(reason)),
+                Outcome::Synced { detail } => {
+                    format!("✅ `{}` {}: {}", r.target, r.action_type, cell(detail))
+                }
+                Outcome::Failed { error } => format!(
+                    "❌ `{}` {} failed: {}",
+                    r.target,
+                    r.action_type,
+                    cell(error)
+                ),
+                Outcome::Skipped { reason } => format!(
+                    "⏸️ `{}` {} not applied: {}",
+                    r.target,
+                    r.action_type,
+                    cell(reason)
+                ),
             };
             let _ = writeln!(out, "- {line}");
         }

@@ -1,0 +1,158 @@
+//! Snapshots of the rendered plan formats.
+
+use serde_json::json;
+
+use super::*;
+use crate::act::{ActionResult, Outcome};
+use crate::diff::FieldChange;
+use crate::model::{Kind, Mode, ResourceKey};
+use crate::plan::{fingerprint, Action, ActionType, Decision, Plan, Risk, SourceInfo, Unmanaged};
+
+fn action(
+    t: ActionType,
+    kind: Kind,
+    name: &str,
+    changes: Vec<FieldChange>,
+    decision: Decision,
+) -> Action {
+    let target = ResourceKey::new(kind, name);
+    Action {
+        fingerprint: fingerprint(t, &target, &changes),
+        action_type: t,
+        target,
+        changes,
+        risk: if t == ActionType::Delete {
+            Risk::High
+        } else {
+            Risk::Low
+        },
+        reversible: t != ActionType::Delete,
+        decision,
+        reasons: vec!["mode is auto".into()],
+        note: None,
+    }
+}
+
+fn sample_plan() -> Plan {
+    let mut restart = action(
+        ActionType::Restart,
+        Kind::HostProcess,
+        "sample-app",
+        vec![FieldChange {
+            path: "/spec/state".into(),
+            from: json!("stopped"),
+            to: json!("running"),
+        }],
+        Decision::Auto,
+    );
+    restart.note = Some("pid 4242 has exited".into());
+    Plan {
+        source: SourceInfo {
+            origin: "git://127.0.0.1/infra.git@main".into(),
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        },
+        mode: Mode::Auto,
+        resources: 4,
+        in_sync: 1,
+        actions: vec![
+            action(
+                ActionType::Create,
+                Kind::HostFile,
+                "banner",
+                vec![
+                    FieldChange {
+                        path: "/spec/path".into(),
+                        from: json!(null),
+                        to: json!("/etc/banner"),
+                    },
+                    FieldChange {
+                        path: "/spec/content".into(),
+                        from: json!(null),
+                        to: json!("hi\n"),
+                    },
+                ],
+                Decision::Auto,
+            ),
+            action(
+                ActionType::Update,
+                Kind::HostFile,
+                "motd",
+                vec![
+                    FieldChange {
+                        path: "/spec/content".into(),
+                        from: json!("welcome\nto mars\nbye\n"),
+                        to: json!("welcome\nto earth\nbye\n"),
+                    },
+                    FieldChange {
+                        path: "/spec/mode".into(),
+                        from: json!("0666"),
+                        to: json!("0644"),
+                    },
+                ],
+                Decision::Review,
+            ),
+            restart,
+        ],
+        unmanaged: vec![Unmanaged {
+            target: ResourceKey::new(Kind::HostFile, "old"),
+            reason: "no longer declared; prune is disabled".into(),
+        }],
+    }
+}
+
+#[test]
+fn human_plan() {
+    insta::assert_snapshot!(render_plan(&sample_plan(), false));
+}
+
+#[test]
+fn json_plan() {
+    insta::assert_json_snapshot!(plan_json(&sample_plan()));
+}
+
+#[test]
+fn markdown_plan_with_results() {
+    let plan = sample_plan();
+    let results = vec![
+        ActionResult {
+            fingerprint: plan.actions[0].fingerprint.clone(),
+            target: plan.actions[0].target.clone(),
+            action_type: "create".into(),
+            outcome: Outcome::Synced {
+                detail: "/etc/banner: wrote 3 bytes".into(),
+            },
+            duration_ms: 1,
+        },
+        ActionResult {
+            fingerprint: plan.actions[1].fingerprint.clone(),
+            target: plan.actions[1].target.clone(),
+            action_type: "update".into(),
+            outcome: Outcome::Skipped {
+                reason: "decision is review".into(),
+            },
+            duration_ms: 0,
+        },
+        ActionResult {
+            fingerprint: plan.actions[2].fingerprint.clone(),
+            target: plan.actions[2].target.clone(),
+            action_type: "restart".into(),
+            outcome: Outcome::Failed {
+                error: "failed to restart host.Process/sample-app: `x` exited at once".into(),
+            },
+            duration_ms: 300,
+        },
+    ];
+    insta::assert_snapshot!(render_markdown(&plan, Some(&results)));
+    insta::assert_snapshot!(render_results(&results, false));
+}
+
+#[test]
+fn empty_plan_says_so() {
+    let mut plan = sample_plan();
+    plan.actions.clear();
+    plan.unmanaged.clear();
+    assert_eq!(
+        render_plan(&plan, false),
+        "Plan for git://127.0.0.1/infra.git@main at commit 0123456789ab (mode auto)\n\nNo changes: 1 resource in sync.\n"
+    );
+}

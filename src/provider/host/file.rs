@@ -55,14 +55,21 @@ fn read_live(refs: &HostRefs, declared: &str) -> Result<Option<Value>, ProviderE
     }
     let mode = format!("{:04o}", meta.permissions().mode() & 0o7777);
     let (content, sha) = if meta.len() <= MAX_TEXT {
-        let bytes = std::fs::read(&path).map_err(|e| list_err(format!("{}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| list_err(format!("{}: {e}", path.display())))?;
         let sha = hex::encode(Sha256::digest(&bytes));
         match String::from_utf8(bytes) {
             Ok(text) => (Value::String(text), sha),
-            Err(_) => (Value::String(format!("<binary content, sha256 {sha}>")), sha),
+            Err(_) => (
+                Value::String(format!("<binary content, sha256 {sha}>")),
+                sha,
+            ),
         }
     } else {
-        (Value::String(format!("<{} bytes, not compared as text>", meta.len())), String::new())
+        (
+            Value::String(format!("<{} bytes, not compared as text>", meta.len())),
+            String::new(),
+        )
     };
     Ok(Some(json!({
         "path": declared,
@@ -125,7 +132,11 @@ pub(super) fn list(
     Ok(out)
 }
 
-pub(super) fn apply(refs: &HostRefs, action: &Action, spec: Option<&Value>) -> Result<Applied, ProviderError> {
+pub(super) fn apply(
+    refs: &HostRefs,
+    action: &Action,
+    spec: Option<&Value>,
+) -> Result<Applied, ProviderError> {
     let fail = |message: String| ProviderError::Apply {
         action: action.action_type.as_str(),
         target: action.target.clone(),
@@ -135,7 +146,9 @@ pub(super) fn apply(refs: &HostRefs, action: &Action, spec: Option<&Value>) -> R
     match action.action_type {
         ActionType::Delete => {
             let Some(own) = read_ownership(refs, name).map_err(|e| fail(e.to_string()))? else {
-                return Err(fail("tend does not own this file; refusing to delete it".into()));
+                return Err(fail(
+                    "tend does not own this file; refusing to delete it".into(),
+                ));
             };
             let path = refs.resolve(&own.path);
             match std::fs::remove_file(&path) {
@@ -179,7 +192,8 @@ pub(super) fn apply(refs: &HostRefs, action: &Action, spec: Option<&Value>) -> R
                 }
                 None => {
                     if !path.exists() {
-                        write_atomic(&path, b"").map_err(|e| fail(format!("{}: {e}", path.display())))?;
+                        write_atomic(&path, b"")
+                            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
                         did.push("created empty file".to_string());
                     }
                 }

@@ -59,7 +59,10 @@ fn record_names(dir: &Path) -> std::io::Result<Vec<String>> {
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tend-tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -109,7 +112,11 @@ impl Provider for HostProvider {
         })?
     }
 
-    async fn apply(&self, action: &Action, desired: Option<&Resource>) -> Result<Applied, ProviderError> {
+    async fn apply(
+        &self,
+        action: &Action,
+        desired: Option<&Resource>,
+    ) -> Result<Applied, ProviderError> {
         let action = action.clone();
         let spec = desired.map(|r| r.spec.clone());
         let refs = self.refs.clone();
@@ -171,5 +178,8 @@ impl HostRefs {
 }
 
 fn spec_str(spec: &Value, field: &str) -> String {
-    spec.get(field).and_then(Value::as_str).unwrap_or_default().to_string()
+    spec.get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }

@@ -153,12 +153,19 @@ fn live_from_record(rec: &ProcessRecord, owned: bool) -> LiveResource {
         key: ResourceKey::new(Kind::HostProcess, rec.name.clone()),
         spec: with_state(&rec.spec, state),
         owned,
-        id: if rec.pid > 0 { format!("pid {}", rec.pid) } else { "not running".into() },
+        id: if rec.pid > 0 {
+            format!("pid {}", rec.pid)
+        } else {
+            "not running".into()
+        },
         note,
     }
 }
 
-pub(super) fn list(refs: &HostRefs, desired: &[(String, Value)]) -> Result<Vec<LiveResource>, ProviderError> {
+pub(super) fn list(
+    refs: &HostRefs,
+    desired: &[(String, Value)],
+) -> Result<Vec<LiveResource>, ProviderError> {
     let mut out = Vec::new();
     let mut names = std::collections::HashSet::new();
     for (name, spec) in desired {
@@ -182,7 +189,9 @@ pub(super) fn list(refs: &HostRefs, desired: &[(String, Value)]) -> Result<Vec<L
         if names.contains(name.as_str()) {
             continue;
         }
-        if let Some(rec) = read_record(&refs.procs_dir, &name).map_err(|e| list_err(format!("{name}: {e}")))? {
+        if let Some(rec) =
+            read_record(&refs.procs_dir, &name).map_err(|e| list_err(format!("{name}: {e}")))?
+        {
             out.push(live_from_record(&rec, true));
         }
     }
@@ -211,7 +220,10 @@ fn stop(rec: &ProcessRecord) -> Result<String, String> {
         }
     }
     if wait_gone(rec, Duration::from_secs(2)) {
-        Ok(format!("killed pid {pid} after {}s", STOP_TIMEOUT.as_secs()))
+        Ok(format!(
+            "killed pid {pid} after {}s",
+            STOP_TIMEOUT.as_secs()
+        ))
     } else {
         Err(format!("pid {pid} did not exit after SIGKILL"))
     }
@@ -244,7 +256,11 @@ fn launch_of(refs: &HostRefs, exe: &Path, spec: &Value) -> Launch {
             .unwrap_or_default()
     };
     Launch {
-        command: expand(spec.get("command").and_then(Value::as_str).unwrap_or_default()),
+        command: expand(
+            spec.get("command")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        ),
         args: str_list(spec.get("args")),
         env: spec
             .get("env")
@@ -255,7 +271,11 @@ fn launch_of(refs: &HostRefs, exe: &Path, spec: &Value) -> Launch {
                     .collect()
             })
             .unwrap_or_default(),
-        dir: refs.resolve(spec.get("workingDir").and_then(Value::as_str).unwrap_or(".")),
+        dir: refs.resolve(
+            spec.get("workingDir")
+                .and_then(Value::as_str)
+                .unwrap_or("."),
+        ),
     }
 }
 
@@ -267,7 +287,8 @@ fn tail(path: &Path, lines: usize) -> String {
 
 fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<ProcessRecord, String> {
     let launch = launch_of(refs, exe, spec);
-    std::fs::create_dir_all(&refs.procs_dir).map_err(|e| format!("{}: {e}", refs.procs_dir.display()))?;
+    std::fs::create_dir_all(&refs.procs_dir)
+        .map_err(|e| format!("{}: {e}", refs.procs_dir.display()))?;
     let log_path = refs.procs_dir.join(format!("{name}.log"));
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -327,7 +348,11 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
         return Err(if last.is_empty() {
             format!("`{}` exited at once ({status})", launch.command)
         } else {
-            format!("`{}` exited at once ({status}); last lines of {}:\n{last}", launch.command, log_path.display())
+            format!(
+                "`{}` exited at once ({status}); last lines of {}:\n{last}",
+                launch.command,
+                log_path.display()
+            )
         });
     }
     // Until exec completes, /proc shows tend's own command line; the kernel
@@ -354,7 +379,12 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
     Ok(rec)
 }
 
-pub(super) fn apply(refs: &HostRefs, exe: &Path, action: &Action, spec: Option<&Value>) -> Result<Applied, ProviderError> {
+pub(super) fn apply(
+    refs: &HostRefs,
+    exe: &Path,
+    action: &Action,
+    spec: Option<&Value>,
+) -> Result<Applied, ProviderError> {
     let fail = |message: String| ProviderError::Apply {
         action: action.action_type.as_str(),
         target: action.target.clone(),

@@ -1,0 +1,222 @@
+//! Plan and apply against files: drift, modes, prune, the journal, the lock.
+
+use std::time::Duration;
+
+use crate::{file_doc, Workspace};
+
+#[test]
+fn a_drifted_file_is_corrected() {
+    let ws = Workspace::new();
+    ws.write("motd.yaml", &file_doc("motd", "etc/motd", "hello\nworld\n"));
+    ws.run(&["apply"]).ok();
+    let path = ws.path().join("etc/motd");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\nworld\n");
+
+    // A person edits the file and loosens its mode behind tend's back.
+    std::fs::write(&path, "hello\nmars\n").unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+
+    let plan = ws.run(&["plan", "--detailed-exitcode"]);
+    plan.code(2);
+    assert!(
+        plan.stdout.contains("~ host.File/motd  update"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("-mars") && plan.stdout.contains("+world"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("/spec/mode: \"0666\" → \"0644\""),
+        "{}",
+        plan.stdout
+    );
+
+    let json = ws.run(&["plan", "--format", "json"]).ok().json();
+    assert_eq!(json["summary"]["update"], 1);
+    let changes = &json["actions"][0]["changes"];
+    assert_eq!(changes.as_array().unwrap().len(), 2);
+    assert_eq!(json["actions"][0]["decision"], "auto");
+
+    ws.run(&["apply"]).ok();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\nworld\n");
+    let mode = std::fs::metadata(&path).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o644
+    );
+    ws.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn observe_acts_on_nothing() {
+    let ws = Workspace::new();
+    ws.write("f.yaml", &file_doc("f", "f.txt", "x"));
+    let run = ws.run(&["apply", "--mode", "observe"]);
+    run.ok();
+    assert!(
+        run.stdout.contains("not applied: decision is observe"),
+        "{}",
+        run.stdout
+    );
+    assert!(!ws.path().join("f.txt").exists());
+
+    // The same holds when Settings say so, and for one resource only.
+    ws.write(
+        "s.yaml",
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec: {mode: recommend}\n",
+    );
+    let run = ws.run(&["apply"]);
+    run.ok();
+    assert!(
+        run.stdout.contains("not applied: decision is review"),
+        "{}",
+        run.stdout
+    );
+    assert!(!ws.path().join("f.txt").exists());
+}
+
+#[test]
+fn a_resource_in_observe_mode_is_left_alone_while_others_are_corrected() {
+    let ws = Workspace::new();
+    ws.write("a.yaml", &file_doc("a", "a.txt", "a"));
+    ws.write(
+        "b.yaml",
+        "apiVersion: tend.dev/v1\nkind: host.File\nmetadata:\n  name: b\n  mode: observe\nspec:\n  path: b.txt\n  content: b\n",
+    );
+    ws.run(&["apply"]).ok();
+    assert!(ws.path().join("a.txt").exists());
+    assert!(!ws.path().join("b.txt").exists());
+}
+
+#[test]
+fn prune_deletes_only_owned_resources_when_enabled() {
+    let ws = Workspace::new();
+    ws.write("a.yaml", &file_doc("a", "a.txt", "a"));
+    ws.run(&["apply"]).ok();
+    std::fs::write(ws.path().join("b.txt"), "not tend's").unwrap();
+    ws.remove("a.yaml");
+    ws.write("b.yaml", &file_doc("b", "keep.txt", "k"));
+
+    // Prune off: the undeclared file is reported, not touched.
+    let run = ws.run(&["apply"]);
+    run.ok();
+    assert!(
+        run.stdout
+            .contains("? host.File/a  unmanaged: no longer declared; prune is disabled"),
+        "{}",
+        run.stdout
+    );
+    assert!(ws.path().join("a.txt").exists());
+
+    ws.write(
+        "s.yaml",
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  prune: {enabled: true}\n",
+    );
+    let run = ws.run(&["apply"]);
+    run.ok();
+    assert!(
+        run.stdout.contains("- host.File/a  delete"),
+        "{}",
+        run.stdout
+    );
+    assert!(!ws.path().join("a.txt").exists());
+    assert!(
+        ws.path().join("b.txt").exists(),
+        "a file tend never owned is never pruned"
+    );
+    ws.run(&["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn the_journal_records_intent_and_outcome() {
+    let ws = Workspace::new();
+    ws.write("f.yaml", &file_doc("f", "f.txt", "x"));
+    ws.run(&["apply"]).ok();
+    let run = ws.run_raw(&["history"]);
+    run.ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(
+        lines[0].contains("intent") && lines[0].contains("create host.File/f"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[1].contains("synced") && lines[1].contains("create host.File/f"),
+        "{}",
+        run.stdout
+    );
+
+    let json = ws.run_raw(&["history", "--format", "json"]).ok().json();
+    assert_eq!(json["entries"].as_array().unwrap().len(), 2);
+    let later = ws
+        .run_raw(&[
+            "history",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(later["entries"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn history_without_a_journal_is_a_clear_error() {
+    let ws = Workspace::new();
+    let run = ws.run_raw(&["history"]);
+    run.code(1);
+    assert!(
+        run.stderr.starts_with("tend: no journal at"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_concurrent_second_apply_is_refused() {
+    let ws = Workspace::new();
+    // A process that ignores SIGTERM: replacing it keeps the first apply
+    // busy for the whole stop timeout, holding the lock.
+    let doc = |tag: &str| {
+        format!(
+            "apiVersion: tend.dev/v1\nkind: host.Process\nmetadata:\n  name: stubborn\nspec:\n  command: sh\n  args: [-c, \"trap '' TERM; while true; do sleep 0.2; done\", {tag}]\n"
+        )
+    };
+    ws.write("p.yaml", &doc("one"));
+    ws.run(&["apply"]).ok();
+    ws.write("p.yaml", &doc("two"));
+
+    let mut first = ws.cmd();
+    first.arg("apply").arg(ws.desired());
+    let first = first
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first_pid = first.id();
+    // Wait until the first apply is stopping the old process.
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = ws.run(&["apply"]);
+    second.code(1);
+    assert!(
+        second.stderr.contains("holds the state lock"),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        second.stderr.contains(&format!("pid {first_pid}")),
+        "{}",
+        second.stderr
+    );
+    let first = crate::Run::from(first.wait_with_output().unwrap());
+    first.ok();
+    assert!(first.stdout.contains("killed pid"), "{}", first.stdout);
+    // With the first done, the lock is free again.
+    ws.run(&["plan", "--detailed-exitcode"]).code(0);
+    ws.run(&["apply"]).ok();
+}
