@@ -11,6 +11,10 @@ use tend::plan::{PlanInput, SourceInfo};
 use tend::provider::host::HostProvider;
 use tend::provider::{BuiltIn, LiveResource, Providers};
 
+// The same allocator as the tend binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DOCS_PER_FILE: usize = 500;
 
 fn desired_files(n: usize) -> Vec<SourceFile> {
@@ -55,7 +59,11 @@ fn live_inventory(n: usize) -> HashMap<ResourceKey, LiveResource> {
         .collect()
 }
 
-fn pass(files: &[SourceFile], live: &HashMap<ResourceKey, LiveResource>, providers: &Providers) -> usize {
+fn pass(
+    files: &[SourceFile],
+    live: &HashMap<ResourceKey, LiveResource>,
+    providers: &Providers,
+) -> usize {
     let mut desired = tend::load(files).expect("valid synthetic state");
     providers.normalize_all(&mut desired.resources);
     let diff = tend::diff(&desired.resources, live, tend::DiffOptions { prune: false });
@@ -113,5 +121,8 @@ criterion_group!(benches, bench);
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    println!("peak RSS of the benchmark process (includes the 100k inputs): {:.0} MiB", peak_rss_mib());
+    println!(
+        "peak RSS of the benchmark process (includes the 100k inputs): {:.0} MiB",
+        peak_rss_mib()
+    );
 }

@@ -6,10 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v git >/dev/null 2>&1 || need_apt+=(git)
-# git daemon serves the Git-source tests.
-if command -v git >/dev/null 2>&1 && [ ! -x "$(git --exec-path)/git-daemon" ]; then
-  need_apt+=(git-daemon-run)
+# git, with git-daemon, serves the Git-source tests.
+if ! command -v git >/dev/null 2>&1 || [ ! -x "$(git --exec-path)/git-daemon" ]; then
+  need_apt+=(git)
 fi
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)

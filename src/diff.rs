@@ -167,7 +167,7 @@ mod tests {
     fn res(name: &str, spec: Value, ignore: &[&str]) -> Resource {
         Resource {
             key: ResourceKey::new(Kind::HostFile, name),
-            labels: Default::default(),
+            labels: Vec::new(),
             mode: None,
             spec,
             ignore: ignore.iter().map(|s| s.to_string()).collect(),

@@ -44,6 +44,7 @@ pub struct State {
 
 /// One journal line.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct JournalEntry {
     pub id: i64,
     pub run_id: i64,

@@ -11,6 +11,7 @@ pub mod yaml;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -127,7 +128,8 @@ impl fmt::Display for Mode {
 /// Where a document was declared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Origin {
-    pub file: String,
+    /// Shared by every document of the file.
+    pub file: Arc<str>,
     pub line: u32,
     pub col: u32,
 }
@@ -136,7 +138,7 @@ pub struct Origin {
 #[derive(Debug, Clone)]
 pub struct Resource {
     pub key: ResourceKey,
-    pub labels: HashMap<String, String>,
+    pub labels: Vec<(String, String)>,
     pub mode: Option<Mode>,
     pub spec: Value,
     pub ignore: Vec<String>,
@@ -235,15 +237,6 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// A document that passed its schema, before cross-document checks.
-struct Checked {
-    kind: Kind,
-    name: String,
-    name_pos: Pos,
-    doc: Value,
-    origin: Origin,
-}
-
 /// Loads and validates every document in `files`.
 pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
     let threads = std::thread::available_parallelism()
@@ -251,7 +244,7 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
         .unwrap_or(1)
         .clamp(1, 8);
     let chunk = files.len().div_ceil(threads).max(1);
-    let per_file: Vec<(Vec<Checked>, Vec<Diagnostic>, usize)> = if files.len() <= 1 {
+    let per_file: Vec<FileResult> = if files.len() <= 1 {
         files.iter().map(check_file).collect()
     } else {
         std::thread::scope(|s| {
@@ -267,48 +260,48 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
     };
 
     let mut diagnostics = Vec::new();
-    let mut checked = Vec::new();
     let mut documents = 0;
-    for (docs, diags, count) in per_file {
-        documents += count;
-        checked.extend(docs);
-        diagnostics.extend(diags);
+    let mut settings_docs: Vec<(Value, Origin)> = Vec::new();
+    let mut resources = Vec::with_capacity(per_file.iter().map(|f| f.resources.len()).sum());
+    for f in per_file {
+        documents += f.count;
+        resources.extend(f.resources);
+        settings_docs.extend(f.settings);
+        diagnostics.extend(f.diags);
     }
 
-    let mut seen: HashMap<(Kind, &str), (&Origin, Pos)> = HashMap::with_capacity(checked.len());
-    let mut settings_seen: Option<&Origin> = None;
-    for c in &checked {
-        if c.kind == Kind::Settings {
-            if let Some(first) = settings_seen {
-                diagnostics.push(
-                    Diagnostic::new(
-                        &c.origin.file,
-                        Some(Pos::new(c.origin.line, c.origin.col, 1)),
-                        "a repository has at most one Settings document",
-                    )
-                    .with_note(
-                        &first.file,
-                        Pos::new(first.line, first.col, 1),
-                        "the first Settings is here",
-                    ),
-                );
-            }
-            settings_seen = Some(&c.origin);
-            continue;
-        }
-        if let Some((first, first_pos)) = seen.get(&(c.kind, c.name.as_str())) {
+    let pos_of = |o: &Origin| Pos::new(o.line, o.col, 1);
+    for pair in settings_docs.windows(2) {
+        diagnostics.push(
+            Diagnostic::new(
+                &*pair[1].1.file,
+                Some(pos_of(&pair[1].1)),
+                "a repository has at most one Settings document",
+            )
+            .with_note(
+                &*pair[0].1.file,
+                pos_of(&pair[0].1),
+                "the first Settings is here",
+            ),
+        );
+    }
+    let mut seen: HashMap<(Kind, &str), &Origin> = HashMap::with_capacity(resources.len());
+    for r in &resources {
+        if let Some(first) = seen.get(&(r.key.kind, r.key.name.as_str())) {
+            let name_pos = |o: &Origin| name_position(files, o).unwrap_or(pos_of(o));
             diagnostics.push(
                 Diagnostic::new(
-                    &c.origin.file,
-                    Some(c.name_pos),
-                    format!("{}/{} is declared twice", c.kind, c.name),
+                    &*r.origin.file,
+                    Some(name_pos(&r.origin)),
+                    format!("{} is declared twice", r.key),
                 )
-                .with_note(&first.file, *first_pos, "first declared here"),
+                .with_note(&*first.file, name_pos(first), "first declared here"),
             );
         } else {
-            seen.insert((c.kind, c.name.as_str()), (&c.origin, c.name_pos));
+            seen.insert((r.key.kind, r.key.name.as_str()), &r.origin);
         }
     }
+    drop(seen);
 
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| {
@@ -330,27 +323,17 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
         });
     }
 
-    let mut settings = Settings::default();
-    let mut resources = Vec::with_capacity(checked.len());
-    for c in checked {
-        if c.kind == Kind::Settings {
-            let spec = c
-                .doc
-                .get("spec")
-                .cloned()
-                .unwrap_or(Value::Object(Default::default()));
-            settings = serde_json::from_value(spec).map_err(|e| Invalid {
-                diagnostics: vec![Diagnostic::new(
-                    &c.origin.file,
-                    Some(Pos::new(c.origin.line, c.origin.col, 1)),
-                    format!("invalid Settings: {e}"),
-                )],
-                sources: SourceTexts::default(),
-            })?;
-            continue;
-        }
-        resources.push(into_resource(c));
-    }
+    let settings = match settings_docs.pop() {
+        None => Settings::default(),
+        Some((spec, origin)) => serde_json::from_value(spec).map_err(|e| Invalid {
+            diagnostics: vec![Diagnostic::new(
+                &*origin.file,
+                Some(pos_of(&origin)),
+                format!("invalid Settings: {e}"),
+            )],
+            sources: SourceTexts::default(),
+        })?,
+    };
     Ok(DesiredState {
         settings,
         resources,
@@ -359,10 +342,20 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
     })
 }
 
-fn into_resource(c: Checked) -> Resource {
+/// Where `metadata.name` of the document that starts at `origin` is written.
+fn name_position(files: &[SourceFile], origin: &Origin) -> Option<Pos> {
+    let file = files.iter().find(|f| *f.path == *origin.file)?;
+    let nodes = yaml::parse_documents(&file.text).ok()?;
+    let node = nodes
+        .iter()
+        .find(|n| n.pos.line == origin.line && n.pos.col == origin.col)?;
+    node.locate("/metadata/name", false)
+}
+
+fn into_resource(kind: Kind, name: String, doc: Value, origin: Origin) -> Resource {
     // Schema validation guarantees an object; anything else yields an
     // empty document rather than a panic path.
-    let mut doc = match c.doc {
+    let mut doc = match doc {
         Value::Object(m) => m,
         _ => serde_json::Map::new(),
     };
@@ -379,85 +372,173 @@ fn into_resource(c: Checked) -> Resource {
     let mode = metadata
         .get("mode")
         .and_then(|m| serde_json::from_value(m.clone()).ok());
-    let ignore = doc
-        .get("ignore")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let ignore = match doc.remove("ignore") {
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Resource {
-        key: ResourceKey::new(c.kind, c.name),
+        key: ResourceKey::new(kind, name),
         labels,
         mode,
         spec: doc.remove("spec").unwrap_or(Value::Null),
         ignore,
-        origin: c.origin,
+        origin,
     }
 }
 
-fn check_file(file: &SourceFile) -> (Vec<Checked>, Vec<Diagnostic>, usize) {
+#[derive(Default)]
+struct FileResult {
+    resources: Vec<Resource>,
+    settings: Vec<(Value, Origin)>,
+    diags: Vec<Diagnostic>,
+    count: usize,
+}
+
+impl FileResult {
+    fn push(&mut self, checked: Checked) {
+        match checked {
+            Checked::Resource(r) => self.resources.push(r),
+            Checked::Settings(spec, origin) => self.settings.push((spec, origin)),
+        }
+    }
+}
+
+/// A document that passed every per-document check.
+enum Checked {
+    Resource(Resource),
+    Settings(Value, Origin),
+}
+
+/// Validates one file. The fast path parses straight to JSON; only a file
+/// with an error is parsed again with positions for every node, so valid
+/// repositories pay nothing for precise diagnostics.
+fn check_file(file: &SourceFile) -> FileResult {
+    let values = match yaml::parse_values(&file.text) {
+        Ok(v) => v,
+        Err(e) => return yaml_failure(file, e),
+    };
+    let path: Arc<str> = Arc::from(file.path.as_str());
+    let mut out = FileResult {
+        count: values.len(),
+        ..FileResult::default()
+    };
+    out.resources.reserve(values.len());
+    for (doc, pos) in values {
+        match accept(&path, doc, pos) {
+            Some(c) => out.push(c),
+            None => return check_file_precisely(file),
+        }
+    }
+    out
+}
+
+fn yaml_failure(file: &SourceFile, e: yaml::YamlError) -> FileResult {
+    FileResult {
+        diags: vec![Diagnostic::new(
+            &file.path,
+            e.pos,
+            format!("invalid YAML: {}", e.message),
+        )],
+        ..FileResult::default()
+    }
+}
+
+/// The fast check of one document: `None` when anything is wrong.
+fn accept(path: &Arc<str>, mut doc: Value, pos: Pos) -> Option<Checked> {
+    let kind = Kind::parse(doc.get("kind")?.as_str()?)?;
+    if !schema::for_kind(kind).validator.is_valid(&doc) {
+        return None;
+    }
+    if let Some(items) = doc.get("ignore").and_then(Value::as_array) {
+        if items
+            .iter()
+            .any(|i| i.as_str().is_none_or(|p| check_pointer(p).is_err()))
+        {
+            return None;
+        }
+    }
+    let name = doc.pointer("/metadata/name")?.as_str()?.to_string();
+    let origin = Origin {
+        file: Arc::clone(path),
+        line: pos.line,
+        col: pos.col,
+    };
+    Some(if kind == Kind::Settings {
+        let spec = doc
+            .get_mut("spec")
+            .map(Value::take)
+            .unwrap_or(Value::Object(Default::default()));
+        Checked::Settings(spec, origin)
+    } else {
+        Checked::Resource(into_resource(kind, name, doc, origin))
+    })
+}
+
+/// The slow path: every diagnostic of a file, located.
+fn check_file_precisely(file: &SourceFile) -> FileResult {
     let nodes = match yaml::parse_documents(&file.text) {
         Ok(nodes) => nodes,
-        Err(e) => {
-            return (
-                Vec::new(),
-                vec![Diagnostic::new(
-                    &file.path,
-                    e.pos,
-                    format!("invalid YAML: {}", e.message),
-                )],
-                0,
-            )
-        }
+        Err(e) => return yaml_failure(file, e),
     };
-    let count = nodes.len();
-    let mut checked = Vec::with_capacity(count);
-    let mut diags = Vec::new();
-    for node in nodes {
-        match check_document(&file.path, &node) {
-            Ok(c) => checked.push(c),
-            Err(mut d) => diags.append(&mut d),
+    let path: Arc<str> = Arc::from(file.path.as_str());
+    let mut out = FileResult {
+        count: nodes.len(),
+        ..FileResult::default()
+    };
+    for node in &nodes {
+        let found = check_document(&file.path, node);
+        if found.is_empty() {
+            // Both paths apply the same rules; a document the fast path
+            // refused is still never dropped silently.
+            match accept(&path, node.to_json(), node.pos) {
+                Some(c) => out.push(c),
+                None => out.diags.push(Diagnostic::new(
+                    &file.path,
+                    Some(node.pos),
+                    "document could not be validated",
+                )),
+            }
         }
+        out.diags.extend(found);
     }
-    (checked, diags, count)
+    out
 }
 
-fn check_document(file: &str, node: &Node) -> Result<Checked, Vec<Diagnostic>> {
+/// Every problem of one document, located.
+fn check_document(file: &str, node: &Node) -> Vec<Diagnostic> {
     let at = |pos: Option<Pos>, msg: String| Diagnostic::new(file, pos, msg);
     if !matches!(node.value, yaml::NodeValue::Map(_)) {
-        return Err(vec![at(
+        return vec![at(
             Some(node.pos),
             "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
-        )]);
+        )];
     }
     let kind = match node.entry("kind") {
         None => {
-            return Err(vec![at(
-                Some(node.pos),
-                "missing required field `kind`".into(),
-            )
-            .with_help(known_kinds())])
+            return vec![
+                at(Some(node.pos), "missing required field `kind`".into()).with_help(known_kinds())
+            ]
         }
         Some(entry) => match &entry.value.value {
             yaml::NodeValue::Str(s) => match Kind::parse(s) {
                 Some(k) => k,
                 None => {
-                    return Err(vec![at(
-                        Some(entry.value.pos),
-                        format!("unknown kind `{s}`"),
-                    )
-                    .with_help(known_kinds())])
+                    return vec![at(Some(entry.value.pos), format!("unknown kind `{s}`"))
+                        .with_help(known_kinds())]
                 }
             },
             _ => {
-                return Err(vec![at(
+                return vec![at(
                     Some(entry.value.pos),
                     "wrong type at kind: expected string".into(),
                 )
-                .with_help(known_kinds())])
+                .with_help(known_kinds())]
             }
         },
     };
@@ -492,26 +573,7 @@ fn check_document(file: &str, node: &Node) -> Result<Checked, Vec<Diagnostic>> {
             }
         }
     }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let name_pos = node.locate("/metadata/name", false).unwrap_or(node.pos);
-    Ok(Checked {
-        kind,
-        name,
-        name_pos,
-        doc,
-        origin: Origin {
-            file: file.to_string(),
-            line: node.pos.line,
-            col: node.pos.col,
-        },
-    })
+    diags
 }
 
 fn known_kinds() -> String {

@@ -96,19 +96,39 @@ fn options() -> Options {
     options
 }
 
-/// Parses every document of one file. Empty documents are skipped.
+fn yaml_error(e: serde_saphyr::Error) -> YamlError {
+    let pos = e.location().map(|l| Pos::from_location(&l));
+    YamlError {
+        message: clean_message(&e.without_snippet().to_string()),
+        pos,
+    }
+}
+
+/// Parses every document of one file straight into JSON values, with the
+/// position of each document only: the fast path for valid files. Empty
+/// documents are skipped, as in [`parse_documents`].
+pub fn parse_values(text: &str) -> Result<Vec<(Value, Pos)>, YamlError> {
+    if let Some(err) = find_tab_indentation(text) {
+        return Err(err);
+    }
+    let docs: Vec<Option<Spanned<Value>>> =
+        serde_saphyr::from_multiple_with_options(text, options()).map_err(yaml_error)?;
+    Ok(docs
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.value.is_null())
+        .map(|d| (d.value, Pos::from_location(&d.referenced)))
+        .collect())
+}
+
+/// Parses every document of one file into nodes that carry positions.
+/// Empty documents are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
     if let Some(err) = find_tab_indentation(text) {
         return Err(err);
     }
     let docs: Vec<Option<Spanned<NodeValue>>> =
-        serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| {
-            let pos = e.location().map(|l| Pos::from_location(&l));
-            YamlError {
-                message: clean_message(&e.without_snippet().to_string()),
-                pos,
-            }
-        })?;
+        serde_saphyr::from_multiple_with_options(text, options()).map_err(yaml_error)?;
     Ok(docs
         .into_iter()
         .flatten()
@@ -347,6 +367,18 @@ mod tests {
         let key = docs[0].locate("/b/c", true).unwrap();
         assert_eq!((key.line, key.col), (3, 3));
         assert_eq!(docs[1].to_json(), serde_json::json!({"z": true}));
+    }
+
+    #[test]
+    fn fast_and_positioned_parsers_agree() {
+        let text = "a: 1\n---\n---\nb: [x]\n";
+        let values = parse_values(text).unwrap();
+        let nodes = parse_documents(text).unwrap();
+        assert_eq!(values.len(), nodes.len());
+        for ((v, pos), n) in values.iter().zip(&nodes) {
+            assert_eq!(*v, n.to_json());
+            assert_eq!(pos.line, n.pos.line);
+        }
     }
 
     #[test]
