@@ -44,21 +44,45 @@ pub struct ActionResult {
     pub duration_ms: u64,
 }
 
-/// Runs every `auto` action of the plan, in plan order.
+/// Runs every `auto` action of the plan, in plan order. After
+/// `breaker_failures` consecutive failures the circuit breaker opens and the
+/// remaining actions are skipped.
 pub async fn run(
     plan: &Plan,
     desired: &DesiredState,
     providers: &Providers,
     state: &State,
     run_id: i64,
+    breaker_failures: usize,
 ) -> Result<Vec<ActionResult>, StateError> {
     let index = desired.index();
     let mut results = Vec::with_capacity(plan.actions.len());
+    let mut consecutive_failures = 0;
     for action in &plan.actions {
         let started = Instant::now();
+        if action.decision != Decision::Auto {
+            state.record_decision(
+                &JournalRecord {
+                    run_id,
+                    fingerprint: &action.fingerprint,
+                    action: action.action_type.as_str(),
+                    kind: action.target.kind.as_str(),
+                    name: &action.target.name,
+                    commit: plan.source.commit.as_deref(),
+                    outcome: None,
+                    detail: "",
+                },
+                action.decision.as_str(),
+                &action.reasons,
+            )?;
+        }
         let outcome = if action.decision != Decision::Auto {
             Outcome::Skipped {
                 reason: format!("decision is {}", action.decision.as_str()),
+            }
+        } else if consecutive_failures >= breaker_failures {
+            Outcome::Skipped {
+                reason: format!("circuit breaker opened after {consecutive_failures} consecutive failures in this pass"),
             }
         } else {
             let span = info_span!("action", resource = %action.target, action = action.action_type.as_str(), reason = %action.reasons.join("; "));
@@ -73,6 +97,11 @@ pub async fn run(
             .instrument(span)
             .await?
         };
+        match &outcome {
+            Outcome::Failed { .. } => consecutive_failures += 1,
+            Outcome::Synced { .. } => consecutive_failures = 0,
+            Outcome::Skipped { .. } => {}
+        }
         results.push(ActionResult {
             fingerprint: action.fingerprint.clone(),
             target: action.target.clone(),
@@ -93,7 +122,12 @@ async fn execute(
     run_id: i64,
 ) -> Result<Outcome, StateError> {
     let kind = action.target.kind.as_str();
-    let detail = serde_json::to_string(&action.changes).unwrap_or_default();
+    let detail = serde_json::json!({
+        "changes": action.changes,
+        "decision": action.decision,
+        "reasons": action.reasons,
+    })
+    .to_string();
     let record = |outcome: Option<&'static str>, detail: &str| -> Result<i64, StateError> {
         let r = JournalRecord {
             run_id,
@@ -121,6 +155,10 @@ async fn execute(
         Ok(applied) => {
             info!(detail = %applied.detail, "Action applied.");
             record(Some("synced"), &applied.detail)?;
+            if action.action_type != crate::plan::ActionType::Delete {
+                let paths: Vec<&str> = action.changes.iter().map(|c| c.path.as_str()).collect();
+                state.record_corrections(kind, &action.target.name, &paths)?;
+            }
             Ok(Outcome::Synced {
                 detail: applied.detail,
             })

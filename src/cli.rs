@@ -111,8 +111,34 @@ enum Command {
         #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
         format: HistoryFormat,
     },
+    /// Test and debug Rego policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Run the sample HTTP workload (used by examples/desired-state).
     SampleApp(crate::sample::SampleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Run every test_* rule (like `opa test`). Without DIR, the default
+    /// pack's own tests; with DIR, the tests in DIR against the default pack
+    /// plus DIR's policies.
+    Test {
+        /// A directory of *.rego files.
+        dir: Option<PathBuf>,
+        /// List policy lines no test reached.
+        #[arg(long)]
+        coverage: bool,
+    },
+    /// Print the decision for one policy input (a JSON file, `-` for stdin).
+    Eval {
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// A directory of *.rego files to add to the default pack.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -240,7 +266,10 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         } => {
             let opts = opts(None);
             let mut loaded = reconcile::load(&source.source(), &opts)?;
-            let planned = reconcile::plan(&mut loaded, &opts).await?;
+            let now = chrono::Utc::now();
+            let state = State::open_existing(&loaded.state_dir)?;
+            let facts = reconcile::facts(state.as_ref(), &loaded.desired.settings, now)?;
+            let planned = reconcile::plan(&mut loaded, &opts, &facts, now).await?;
             let plan = &planned.plan;
             print(&match format {
                 Format::Human => report::render_plan(plan, color),
@@ -289,6 +318,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Policy { command } => policy_command(command),
         Command::SampleApp(args) => {
             crate::sample::run(args.clone()).await?;
             Ok(0)
@@ -328,19 +358,26 @@ async fn apply(
             ),
         })?;
     }
-    let planned = match reconcile::plan(loaded, opts).await {
+    let now = chrono::Utc::now();
+    let planned = match reconcile::facts(Some(state), &loaded.desired.settings, now) {
+        Ok(facts) => reconcile::plan(loaded, opts, &facts, now).await,
+        Err(e) => Err(e),
+    };
+    let planned = match planned {
         Ok(p) => p,
         Err(e) => {
             state.finish_run(run_id, "error")?;
             return Err(e.into());
         }
     };
+    let breaker = loaded.desired.settings.safety.circuit_breaker.failures;
     let results = crate::act::run(
         &planned.plan,
         &loaded.desired,
         &planned.providers,
         state,
         run_id,
+        breaker,
     )
     .await?;
     let failed = results.iter().any(|r| r.outcome.label() == "failed");
@@ -358,6 +395,110 @@ async fn apply(
         Format::Markdown => report::render_markdown(&planned.plan, Some(&results)),
     })?;
     Ok(if failed { 1 } else { 0 })
+}
+
+/// The `*.rego` files of a directory, as (path relative to it, file).
+fn rego_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, model::SourceFile)>> {
+    let snapshot = Source::Dir(dir.to_path_buf())
+        .snapshot(dir)
+        .with_context(|| format!("failed to read policies from {}", dir.display()))?;
+    Ok(snapshot.rego)
+}
+
+fn policy_command(command: &PolicyCommand) -> anyhow::Result<u8> {
+    use crate::policy::{self, testing};
+    let (dir, rest) = match command {
+        PolicyCommand::Test { dir, .. } | PolicyCommand::Eval { dir, .. } => (dir, command),
+    };
+    let repo = match dir {
+        Some(d) => rego_files(d)?,
+        None => Vec::new(),
+    };
+    let files = policy::policy_files(&[".".to_string()], &repo);
+    let invalid = |diagnostics: Vec<model::Diagnostic>| {
+        let mut sources = model::SourceTexts::default();
+        for f in &files {
+            sources.insert(&f.path, &f.text);
+        }
+        anyhow::Error::from(PassError::Invalid(model::Invalid {
+            diagnostics,
+            sources,
+        }))
+    };
+    match rest {
+        PolicyCommand::Test { coverage, .. } => {
+            // The directory's tests when one is given, else the pack's own.
+            let tests: Vec<String> = files
+                .iter()
+                .filter(|f| {
+                    f.is_test() && (dir.is_none() || repo.iter().any(|(_, r)| r.text == f.text))
+                })
+                .map(|f| f.path.clone())
+                .collect();
+            let report = testing::run(&files, &tests, *coverage).map_err(invalid)?;
+            let mut out = String::new();
+            let mut last_file = "";
+            for r in &report.results {
+                if r.file != last_file {
+                    out.push_str(&format!("{}:\n", r.file));
+                    last_file = &r.file;
+                }
+                let verdict = if r.passed { "PASS" } else { "FAIL" };
+                out.push_str(&format!(
+                    "  {verdict} {} ({:.1} ms)",
+                    r.name,
+                    r.micros as f64 / 1000.0
+                ));
+                if let Some(e) = &r.error {
+                    out.push_str(&format!(": {e}"));
+                }
+                out.push('\n');
+            }
+            for u in &report.uncovered {
+                out.push_str(&format!(
+                    "not covered: {} lines {}\n",
+                    u.file,
+                    testing::ranges(&u.lines)
+                ));
+            }
+            let total = report.results.len();
+            let failed = report.failed();
+            out.push_str(&format!(
+                "{}\n{} passed, {} failed\n",
+                "-".repeat(40),
+                total - failed,
+                failed
+            ));
+            print(&out)?;
+            if total == 0 {
+                anyhow::bail!("no test_* rules found");
+            }
+            Ok(if failed > 0 { 1 } else { 0 })
+        }
+        PolicyCommand::Eval { input, .. } => {
+            let text = if input.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .context("failed to read the input from stdin")?
+            } else {
+                std::fs::read_to_string(input)
+                    .with_context(|| format!("failed to read {}", input.display()))?
+            };
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", input.display()))?;
+            let mut policies = policy::Policies::compile(&files).map_err(invalid)?;
+            let d = policies.decide(&value);
+            let verdict = match d.decision {
+                policy::Verdict::Auto => "auto",
+                policy::Verdict::Review => "review",
+                policy::Verdict::Deny => "deny",
+            };
+            print(&format!(
+                "{:#}\n",
+                serde_json::json!({"decision": verdict, "reasons": d.reasons})
+            ))?;
+            Ok(0)
+        }
+    }
 }
 
 /// `--since`: an RFC 3339 time, or a duration before now.

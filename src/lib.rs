@@ -10,6 +10,7 @@ pub mod cli;
 pub mod diff;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod provider;
 pub mod reconcile;
 pub mod report;

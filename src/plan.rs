@@ -52,12 +52,14 @@ impl Risk {
     }
 }
 
-/// What may happen to an action: run it (`auto`), propose it to a human
-/// (`review`), only report it (`observe`), or refuse it (`deny`).
+/// What may happen to an action: run it (`auto`), hold it for a later pass
+/// (`deferred`, by a safety gate), propose it to a human (`review`), only
+/// report it (`observe`), or refuse it (`deny`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Auto,
+    Deferred,
     Review,
     Observe,
     Deny,
@@ -67,6 +69,7 @@ impl Decision {
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Auto => "auto",
+            Decision::Deferred => "deferred",
             Decision::Review => "review",
             Decision::Observe => "observe",
             Decision::Deny => "deny",
@@ -91,6 +94,9 @@ pub struct Action {
     /// exited"), for the human reading the plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Fight detection stopped auto-correcting this action's fields.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub contested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -166,6 +172,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
             decision,
             reasons,
             note: None,
+            contested: false,
         });
     }
     Plan {

@@ -10,8 +10,10 @@ use std::path::PathBuf;
 use crate::diff::{self, DiffOptions};
 use crate::model::{self, DesiredState, Invalid, Mode, ProviderName};
 use crate::plan::{self, Plan, PlanInput, SourceInfo};
+use crate::policy::{self, Facts, GateError, Policies, PolicyFile};
 use crate::provider::{host::HostProvider, BuiltIn, ProviderError, Providers};
 use crate::source::{Source, SourceError};
+use crate::state::{State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -23,6 +25,10 @@ pub enum PassError {
     Inventory(#[from] ProviderError),
     #[error("failed to determine the working directory: {0}")]
     Cwd(std::io::Error),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Where tend keeps state, as given on the command line or in the
@@ -40,6 +46,9 @@ pub struct Loaded {
     pub desired: DesiredState,
     pub root: PathBuf,
     pub state_dir: PathBuf,
+    /// The default pack and the repository's policies, compiled once to
+    /// check them; compiled again per pass to decide.
+    pub policy_files: Vec<PolicyFile>,
 }
 
 /// The state directory before desired state is known (it holds the Git
@@ -58,6 +67,17 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
     let cache = bootstrap_state_dir(opts)?.join("sources");
     let snapshot = source.snapshot(&cache)?;
     let desired = model::load(&snapshot.files)?;
+    let policy_files = policy::policy_files(&desired.settings.policies.dirs, &snapshot.rego);
+    if let Err(diagnostics) = Policies::compile(&policy_files) {
+        let mut sources = model::SourceTexts::default();
+        for f in &policy_files {
+            sources.insert(&f.path, &f.text);
+        }
+        return Err(PassError::Invalid(Invalid {
+            diagnostics,
+            sources,
+        }));
+    }
     let root = host_root(&desired)?;
     let state_dir = match (&opts.state_dir, &desired.settings.state_dir) {
         (None, Some(d)) => root.join(d),
@@ -69,6 +89,60 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
         desired,
         root,
         state_dir,
+        policy_files,
+    })
+}
+
+/// What the journal says about recent passes, as the safety gates need it.
+pub fn facts(
+    state: Option<&State>,
+    settings: &model::Settings,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Facts, PassError> {
+    let Some(state) = state else {
+        return Ok(Facts::default());
+    };
+    let parse = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let back = |d: std::time::Duration| {
+        (now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let safety = &settings.safety;
+    let horizon = safety
+        .cooldown
+        .0
+        .max(safety.circuit_breaker.window.0)
+        .max(std::time::Duration::from_secs(24 * 3600));
+    let outcomes = state
+        .outcomes_since(&back(horizon))?
+        .into_iter()
+        .filter_map(|e| {
+            Some(policy::PastOutcome {
+                key: model::ResourceKey::new(model::Kind::parse(&e.kind)?, e.name),
+                action: e.action,
+                outcome: e.outcome?,
+                at: parse(&e.at)?,
+            })
+        })
+        .collect();
+    let corrections = state
+        .corrections_since(&back(safety.fight_detection.window.0))?
+        .into_iter()
+        .filter_map(|(at, kind, name, path)| {
+            Some(policy::Correction {
+                key: model::ResourceKey::new(model::Kind::parse(&kind)?, name),
+                path,
+                at: parse(&at)?,
+            })
+        })
+        .collect();
+    Ok(Facts {
+        corrections,
+        outcomes,
     })
 }
 
@@ -86,8 +160,14 @@ pub struct Planned {
     pub plan: Plan,
 }
 
-/// Inventories, diffs and plans. Normalises the declared specs in place.
-pub async fn plan(loaded: &mut Loaded, opts: &Options) -> Result<Planned, PassError> {
+/// Inventories, diffs, plans and decides. Normalises the declared specs in
+/// place.
+pub async fn plan(
+    loaded: &mut Loaded,
+    opts: &Options,
+    facts: &Facts,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Planned, PassError> {
     let desired = &mut loaded.desired;
     let providers = Providers {
         all: desired
@@ -128,5 +208,23 @@ pub async fn plan(loaded: &mut Loaded, opts: &Options) -> Result<Planned, PassEr
     for action in &mut plan.actions {
         action.note = live.get(&action.target).and_then(|l| l.note.clone());
     }
+    // Compiled before: a failure here would be a defect, and still fails
+    // closed (the pass stops).
+    let mut policies = Policies::compile(&loaded.policy_files).map_err(|diagnostics| {
+        PassError::Invalid(Invalid {
+            diagnostics,
+            sources: model::SourceTexts::default(),
+        })
+    })?;
+    policy::decide(
+        &mut plan,
+        &mut policies,
+        &policy::Context {
+            desired: &loaded.desired,
+            live: &live,
+            facts,
+            now,
+        },
+    )?;
     Ok(Planned { providers, plan })
 }

@@ -63,7 +63,11 @@ pub struct Snapshot {
     pub origin: String,
     /// The commit the files were read at; `None` for a plain directory.
     pub commit: Option<String>,
+    /// Every `*.yaml`/`*.yml` file.
     pub files: Vec<SourceFile>,
+    /// Every `*.rego` file, with its path relative to the source root (to
+    /// match the policy directories named in Settings).
+    pub rego: Vec<(String, SourceFile)>,
 }
 
 impl Source {
@@ -93,6 +97,10 @@ fn is_yaml(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
+fn is_wanted(name: &str) -> bool {
+    is_yaml(name) || name.ends_with(".rego")
+}
+
 fn read_dir_source(dir: &Path) -> Result<Snapshot, SourceError> {
     let display = dir.display().to_string();
     let meta = std::fs::metadata(dir).map_err(|source| SourceError::Read {
@@ -106,6 +114,7 @@ fn read_dir_source(dir: &Path) -> Result<Snapshot, SourceError> {
     collect_yaml(dir, &mut paths)?;
     paths.sort();
     let mut files = Vec::with_capacity(paths.len());
+    let mut rego = Vec::new();
     for p in paths {
         let text = std::fs::read(&p).map_err(|source| SourceError::Read {
             path: p.display().to_string(),
@@ -116,12 +125,18 @@ fn read_dir_source(dir: &Path) -> Result<Snapshot, SourceError> {
         let text = String::from_utf8(text).map_err(|_| SourceError::NotUtf8 {
             path: shown.clone(),
         })?;
-        files.push(SourceFile { path: shown, text });
+        let file = SourceFile { path: shown, text };
+        if is_yaml(&rel.to_string_lossy()) {
+            files.push(file);
+        } else {
+            rego.push((rel.to_string_lossy().to_string(), file));
+        }
     }
     Ok(Snapshot {
         origin: display,
         commit: None,
         files,
+        rego,
     })
 }
 
@@ -147,7 +162,7 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
         })?;
         if ty.is_dir() {
             collect_yaml(&path, out)?;
-        } else if is_yaml(&name) {
+        } else if is_wanted(&name) {
             out.push(path);
         }
     }
@@ -225,7 +240,7 @@ fn read_git_source(
         if name.starts_with('.') {
             return git2::TreeWalkResult::Skip;
         }
-        if entry.kind() == Some(git2::ObjectType::Blob) && is_yaml(name) {
+        if entry.kind() == Some(git2::ObjectType::Blob) && is_wanted(name) {
             blobs.push((format!("{dir}{name}"), entry.id()));
         }
         git2::TreeWalkResult::Ok
@@ -235,6 +250,7 @@ fn read_git_source(
 
     let prefix = sub.map(|s| format!("{s}/")).unwrap_or_default();
     let mut files = Vec::with_capacity(blobs.len());
+    let mut rego = Vec::new();
     for (rel, oid) in blobs {
         let shown = format!("{prefix}{rel}");
         let blob = repo.find_blob(oid).map_err(|e| obj_err(&shown, e))?;
@@ -242,12 +258,18 @@ fn read_git_source(
             String::from_utf8(blob.content().to_vec()).map_err(|_| SourceError::NotUtf8 {
                 path: shown.clone(),
             })?;
-        files.push(SourceFile { path: shown, text });
+        let file = SourceFile { path: shown, text };
+        if is_yaml(&rel) {
+            files.push(file);
+        } else {
+            rego.push((rel, file));
+        }
     }
     Ok(Snapshot {
         origin: format!("{shown_url}@{}", reference.unwrap_or("HEAD")),
         commit: Some(commit.to_string()),
         files,
+        rego,
     })
 }
 

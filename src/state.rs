@@ -96,6 +96,25 @@ CREATE TABLE IF NOT EXISTS journal (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS journal_at ON journal(at);
+CREATE TABLE IF NOT EXISTS corrections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS corrections_at ON corrections(at);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    at TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    action TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reasons TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS run_lock (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER NOT NULL,
@@ -124,6 +143,16 @@ fn start_time(pid: i64) -> Option<i64> {
 }
 
 impl State {
+    /// Opens an existing state database, or `None` when there is none yet
+    /// (a plan before the first apply).
+    pub fn open_existing(dir: &Path) -> Result<Option<State>, StateError> {
+        if dir.join("tend.db").exists() {
+            State::open(dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     pub fn open(dir: &Path) -> Result<State, StateError> {
         std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
             path: dir.display().to_string(),
@@ -221,6 +250,70 @@ impl State {
             params![r.run_id, now(), phase, r.fingerprint, r.action, r.kind, r.name, r.commit, r.outcome, r.detail],
         )?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records that tend set these fields of a resource (fight detection).
+    pub fn record_corrections(
+        &self,
+        kind: &str,
+        name: &str,
+        paths: &[&str],
+    ) -> Result<(), StateError> {
+        let at = now();
+        for p in paths {
+            self.conn.execute(
+                "INSERT INTO corrections (at, kind, name, path) VALUES (?1, ?2, ?3, ?4)",
+                params![at, kind, name, p],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Records why an action was or was not taken (`r.outcome` unused).
+    pub fn record_decision(
+        &self,
+        r: &JournalRecord<'_>,
+        decision: &str,
+        reasons: &[String],
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "INSERT INTO decisions (run_id, at, fingerprint, action, kind, name, decision, reasons) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                r.run_id,
+                now(),
+                r.fingerprint,
+                r.action,
+                r.kind,
+                r.name,
+                decision,
+                serde_json::to_string(reasons).unwrap_or_default()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Corrections at or after `since` (RFC 3339), oldest first.
+    pub fn corrections_since(
+        &self,
+        since: &str,
+    ) -> Result<Vec<(String, String, String, String)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at, kind, name, path FROM corrections WHERE at >= ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![since], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Outcomes (synced, failed) at or after `since`, oldest first.
+    pub fn outcomes_since(&self, since: &str) -> Result<Vec<JournalEntry>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail
+             FROM journal WHERE phase = 'outcome' AND outcome IN ('synced', 'failed') AND at >= ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![since], row_entry)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Intents of earlier runs that never got an outcome (the run was killed

@@ -159,13 +159,151 @@ pub struct Settings {
     pub prune: Prune,
     #[serde(default)]
     pub host: HostSettings,
+    #[serde(default)]
+    pub safety: Safety,
+    #[serde(default)]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+    #[serde(default)]
+    pub policies: PolicySettings,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Prune {
     #[serde(default)]
     pub enabled: bool,
+    #[serde(default = "default_max_delete_share")]
+    pub max_delete_share: f64,
+}
+
+impl Default for Prune {
+    fn default() -> Self {
+        Prune {
+            enabled: false,
+            max_delete_share: default_max_delete_share(),
+        }
+    }
+}
+
+fn default_max_delete_share() -> f64 {
+    0.3
+}
+
+/// A duration written as text ("30s", "1h 30m").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span(pub std::time::Duration);
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Span)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Safety {
+    #[serde(default = "default_max_actions")]
+    pub max_actions_per_run: usize,
+    #[serde(default)]
+    pub cooldown: Span,
+    #[serde(default)]
+    pub fight_detection: FightDetection,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+}
+
+fn default_max_actions() -> usize {
+    25
+}
+
+impl Default for Safety {
+    fn default() -> Self {
+        Safety {
+            max_actions_per_run: default_max_actions(),
+            cooldown: Span::default(),
+            fight_detection: FightDetection::default(),
+            circuit_breaker: CircuitBreaker::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FightDetection {
+    #[serde(default = "default_corrections")]
+    pub corrections: usize,
+    #[serde(default = "default_fight_window")]
+    pub window: Span,
+}
+
+fn default_corrections() -> usize {
+    3
+}
+
+fn default_fight_window() -> Span {
+    Span(std::time::Duration::from_secs(3600))
+}
+
+impl Default for FightDetection {
+    fn default() -> Self {
+        FightDetection {
+            corrections: default_corrections(),
+            window: default_fight_window(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    #[serde(default = "default_failures")]
+    pub failures: usize,
+    #[serde(default = "default_breaker_window")]
+    pub window: Span,
+}
+
+fn default_failures() -> usize {
+    3
+}
+
+fn default_breaker_window() -> Span {
+    Span(std::time::Duration::from_secs(600))
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            failures: default_failures(),
+            window: default_breaker_window(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    pub name: String,
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySettings {
+    #[serde(default)]
+    pub dirs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -191,6 +329,9 @@ impl Default for Settings {
             state_dir: None,
             prune: Prune::default(),
             host: HostSettings::default(),
+            safety: Safety::default(),
+            maintenance_windows: Vec::new(),
+            policies: PolicySettings::default(),
         }
     }
 }
@@ -325,14 +466,31 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
 
     let settings = match settings_docs.pop() {
         None => Settings::default(),
-        Some((spec, origin)) => serde_json::from_value(spec).map_err(|e| Invalid {
-            diagnostics: vec![Diagnostic::new(
-                &*origin.file,
-                Some(pos_of(&origin)),
-                format!("invalid Settings: {e}"),
-            )],
-            sources: SourceTexts::default(),
-        })?,
+        Some((spec, origin)) => {
+            let invalid = |msg: String| {
+                let mut sources = SourceTexts::default();
+                if let Some(f) = files.iter().find(|f| *f.path == *origin.file) {
+                    sources.insert(&f.path, &f.text);
+                }
+                Invalid {
+                    diagnostics: vec![Diagnostic::new(&*origin.file, Some(pos_of(&origin)), msg)],
+                    sources,
+                }
+            };
+            let settings: Settings = serde_json::from_value(spec)
+                .map_err(|e| invalid(format!("invalid Settings: {e}")))?;
+            for w in &settings.maintenance_windows {
+                if let Some(tz) = &w.time_zone {
+                    if tz.parse::<chrono_tz::Tz>().is_err() {
+                        return Err(invalid(format!(
+                            "invalid Settings: maintenance window `{}` has an unknown time zone `{tz}` (use an IANA name such as Europe/Berlin)",
+                            w.name
+                        )));
+                    }
+                }
+            }
+            settings
+        }
     };
     Ok(DesiredState {
         settings,

@@ -251,9 +251,13 @@ pub fn render_history(entries: &[JournalEntry]) -> String {
     out
 }
 
-/// An intent's detail is its JSON change list; history shows the paths.
+/// An intent's detail holds its changes; history shows the paths.
 fn changed_paths(detail: &str) -> String {
-    let paths: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(detail)
+    let parsed: serde_json::Value = serde_json::from_str(detail).unwrap_or_default();
+    let paths: Vec<String> = parsed
+        .get("changes")
+        .and_then(|c| c.as_array())
+        .cloned()
         .unwrap_or_default()
         .iter()
         .filter_map(|c| c.get("path").and_then(|p| p.as_str()).map(str::to_string))

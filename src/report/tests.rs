@@ -30,6 +30,7 @@ fn action(
         decision,
         reasons: vec!["mode is auto".into()],
         note: None,
+        contested: false,
     }
 }
 

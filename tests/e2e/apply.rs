@@ -92,13 +92,17 @@ fn a_resource_in_observe_mode_is_left_alone_while_others_are_corrected() {
 }
 
 #[test]
-fn prune_deletes_only_owned_resources_when_enabled() {
+fn prune_proposes_deleting_only_owned_resources() {
     let ws = Workspace::new();
-    ws.write("a.yaml", &file_doc("a", "a.txt", "a"));
+    for name in ["a", "b", "c", "d"] {
+        ws.write(
+            &format!("{name}.yaml"),
+            &file_doc(name, &format!("{name}.txt"), name),
+        );
+    }
     ws.run(&["apply"]).ok();
-    std::fs::write(ws.path().join("b.txt"), "not tend's").unwrap();
+    std::fs::write(ws.path().join("foreign.txt"), "not tend's").unwrap();
     ws.remove("a.yaml");
-    ws.write("b.yaml", &file_doc("b", "keep.txt", "k"));
 
     // Prune off: the undeclared file is reported, not touched.
     let run = ws.run(&["apply"]);
@@ -111,6 +115,7 @@ fn prune_deletes_only_owned_resources_when_enabled() {
     );
     assert!(ws.path().join("a.txt").exists());
 
+    // Prune on: the deletion is planned, and the default policy asks a human.
     ws.write(
         "s.yaml",
         "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  prune: {enabled: true}\n",
@@ -118,16 +123,49 @@ fn prune_deletes_only_owned_resources_when_enabled() {
     let run = ws.run(&["apply"]);
     run.ok();
     assert!(
-        run.stdout.contains("- host.File/a  delete"),
+        run.stdout.contains(
+            "- host.File/a  delete  [risk high · review · deleting a resource needs a human]"
+        ),
         "{}",
         run.stdout
     );
-    assert!(!ws.path().join("a.txt").exists());
-    assert!(
-        ws.path().join("b.txt").exists(),
-        "a file tend never owned is never pruned"
+    assert!(ws.path().join("a.txt").exists());
+    assert!(ws.path().join("foreign.txt").exists());
+}
+
+#[test]
+fn the_prune_guard_stops_a_pass_that_would_delete_too_much() {
+    let ws = Workspace::new();
+    for name in ["a", "b", "c", "d"] {
+        ws.write(
+            &format!("{name}.yaml"),
+            &file_doc(name, &format!("{name}.txt"), name),
+        );
+    }
+    ws.write(
+        "s.yaml",
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  prune: {enabled: true, maxDeleteShare: 0.5}\n",
     );
-    ws.run(&["plan", "--detailed-exitcode"]).code(0);
+    ws.run(&["apply"]).ok();
+    // Someone emptied most of the repository, and a kept file drifted.
+    for name in ["a", "b", "c"] {
+        ws.remove(&format!("{name}.yaml"));
+    }
+    std::fs::write(ws.path().join("d.txt"), "drifted").unwrap();
+    for cmd in ["plan", "apply"] {
+        let run = ws.run(&[cmd]);
+        run.code(1);
+        assert!(
+            run.stderr.contains("tend: prune guard: this pass would delete 3 of 4 managed resources (75%), more than the 50% allowed"),
+            "{}",
+            run.stderr
+        );
+    }
+    // The whole pass stopped: not even the drifted file was corrected.
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("d.txt")).unwrap(),
+        "drifted"
+    );
 }
 
 #[test]

@@ -1,0 +1,285 @@
+//! Rego policies evaluated by regorus.
+//!
+//! Policies are parsed and compiled once per pass, then evaluated for every
+//! action with the input contract of DESIGN.md. Evaluation fails closed: a
+//! runtime error, an undefined decision or a malformed result is `deny` with
+//! the error as the reason, never `auto`.
+
+use std::sync::Arc;
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::vm::RegoVM;
+use regorus::{CompiledPolicy, Engine};
+use serde_json::Value;
+
+use crate::model::diagnostic::Diagnostic;
+use crate::model::yaml::Pos;
+
+/// The rule every policy pack must define.
+pub const ENTRY_POINT: &str = "data.tend.decision";
+
+/// One Rego file: its display path and text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFile {
+    pub path: String,
+    pub text: String,
+}
+
+impl PolicyFile {
+    pub fn is_test(&self) -> bool {
+        self.path.ends_with("_test.rego")
+    }
+}
+
+macro_rules! pack {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../policies/", $name)))),*]
+    };
+}
+
+/// The default pack compiled into tend, tests included.
+const DEFAULT_PACK: &[(&str, &str)] = pack![
+    "decision.rego",
+    "host.rego",
+    "delete.rego",
+    "scale.rego",
+    "maintenance.rego",
+    "critical.rego",
+    "network.rego",
+    "host_test.rego",
+    "delete_test.rego",
+    "scale_test.rego",
+    "maintenance_test.rego",
+    "critical_test.rego",
+    "network_test.rego",
+];
+
+pub fn default_pack() -> Vec<PolicyFile> {
+    DEFAULT_PACK
+        .iter()
+        .map(|(name, text)| PolicyFile {
+            path: format!("policies/{name}"),
+            text: text.to_string(),
+        })
+        .collect()
+}
+
+/// What a policy decided for one action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    pub decision: Verdict,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Auto,
+    Review,
+    Deny,
+}
+
+/// Turns a regorus error (`--> path:line:col`, a source excerpt, then
+/// `error: message`) into a located diagnostic.
+pub fn rego_diagnostic(err: &str, files: &[PolicyFile]) -> Diagnostic {
+    let message = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("error:"))
+        .map(str::trim)
+        .unwrap_or_else(|| first_line(err));
+    let located = err.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("-->")?.trim();
+        let (path, nums) = files
+            .iter()
+            .find_map(|f| Some((f.path.as_str(), rest.strip_prefix(&format!("{}:", f.path))?)))?;
+        let mut parts = nums.split(':');
+        let line = parts.next()?.trim().parse::<u32>().ok()?;
+        let col = parts.next()?.trim().parse::<u32>().ok()?;
+        Some((path.to_string(), Pos::new(line, col, 1)))
+    });
+    match located {
+        Some((path, pos)) => Diagnostic::new(path, Some(pos), format!("invalid policy: {message}")),
+        None => Diagnostic::new(
+            files.first().map(|f| f.path.clone()).unwrap_or_default(),
+            None,
+            format!("invalid policy: {message}"),
+        ),
+    }
+}
+
+/// A compiled policy set, ready to decide.
+pub struct Policies {
+    eval: Evaluator,
+}
+
+enum Evaluator {
+    /// regorus's register VM: the fast path.
+    Vm(Box<RegoVM>),
+    /// The compiled interpreter, for policies the VM cannot compile.
+    Interpreter(CompiledPolicy),
+}
+
+impl Policies {
+    /// Parses and compiles every non-test file. Errors carry the Rego file,
+    /// line and column.
+    pub fn compile(files: &[PolicyFile]) -> Result<Policies, Vec<Diagnostic>> {
+        let mut engine = Engine::new();
+        let mut diags = Vec::new();
+        for f in files.iter().filter(|f| !f.is_test()) {
+            if let Err(e) = engine.add_policy(f.path.clone(), f.text.clone()) {
+                diags.push(rego_diagnostic(&e.to_string(), files));
+            }
+        }
+        if !diags.is_empty() {
+            return Err(diags);
+        }
+        let entry: Arc<str> = ENTRY_POINT.into();
+        let compiled = engine
+            .compile_with_entrypoint(&entry)
+            .map_err(|e| vec![rego_diagnostic(&e.to_string(), files)])?;
+        let eval = match Compiler::compile_from_policy(&compiled, &[ENTRY_POINT]) {
+            Ok(program) => {
+                let mut vm = RegoVM::new();
+                vm.load_program(Arc::clone(&program));
+                Evaluator::Vm(Box::new(vm))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "Policies run in the interpreter.");
+                Evaluator::Interpreter(compiled)
+            }
+        };
+        Ok(Policies { eval })
+    }
+
+    /// Decides one action. Never fails: any problem is a `deny`.
+    pub fn decide(&mut self, input: &Value) -> PolicyDecision {
+        let input = regorus::Value::from(input.clone());
+        let result = match &mut self.eval {
+            Evaluator::Vm(vm) => {
+                vm.set_input(input);
+                vm.execute().map_err(|e| e.to_string())
+            }
+            Evaluator::Interpreter(p) => p.eval_with_input(input).map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(v) => interpret(&v),
+            Err(e) => deny(format!("policy evaluation failed: {}", first_line(&e))),
+        }
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim()
+}
+
+fn deny(reason: String) -> PolicyDecision {
+    PolicyDecision {
+        decision: Verdict::Deny,
+        reasons: vec![reason],
+    }
+}
+
+/// Checks the shape of `data.tend.decision`.
+fn interpret(v: &regorus::Value) -> PolicyDecision {
+    if *v == regorus::Value::Undefined {
+        return deny(format!(
+            "policy produced no decision ({ENTRY_POINT} is undefined)"
+        ));
+    }
+    let json: Value = match v
+        .to_json_str()
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+    {
+        Some(j) => j,
+        None => return deny("policy result is not JSON".into()),
+    };
+    let decision = match json.get("decision").and_then(Value::as_str) {
+        Some("auto") => Verdict::Auto,
+        Some("review") => Verdict::Review,
+        Some("deny") => Verdict::Deny,
+        _ => {
+            return deny(format!(
+                "malformed policy result {json}: `decision` must be auto, review or deny"
+            ))
+        }
+    };
+    let reasons = match json.get("reasons") {
+        None => Vec::new(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect(),
+        Some(other) => {
+            return deny(format!(
+                "malformed policy result: `reasons` must be a list of strings, got {other}"
+            ))
+        }
+    };
+    PolicyDecision { decision, reasons }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn one(text: &str) -> Vec<PolicyFile> {
+        vec![PolicyFile {
+            path: "p/custom.rego".into(),
+            text: text.into(),
+        }]
+    }
+
+    #[test]
+    fn default_pack_compiles_and_decides() {
+        let mut p = Policies::compile(&default_pack()).unwrap();
+        let d = p.decide(&json!({"action": {"type": "delete", "target": {"kind": "host.File", "name": "a"}, "changes": []},
+            "resource": {"desired": null, "live": {}}, "incident": null, "context": {"in_maintenance_window": false}}));
+        assert_eq!(d.decision, Verdict::Review);
+        assert_eq!(d.reasons, vec!["deleting a resource needs a human"]);
+    }
+
+    #[test]
+    fn a_syntax_error_is_located() {
+        let err = Policies::compile(&one("package tend\n\ndecision := {\"decision\": \n"))
+            .err()
+            .unwrap();
+        assert_eq!(err[0].location(), "p/custom.rego:4:1");
+        assert_eq!(err[0].message, "invalid policy: expecting expression");
+    }
+
+    #[test]
+    fn an_undefined_decision_is_deny() {
+        let mut p = Policies::compile(&one(
+            "package tend\n\ndecision := {\"decision\": \"auto\"} if input.never\n",
+        ))
+        .unwrap();
+        let d = p.decide(&json!({}));
+        assert_eq!(d.decision, Verdict::Deny);
+        assert!(d.reasons[0].contains("undefined"), "{d:?}");
+    }
+
+    #[test]
+    fn a_malformed_decision_is_deny() {
+        let mut p = Policies::compile(&one(
+            "package tend\n\ndecision := {\"decision\": \"yes please\"}\n",
+        ))
+        .unwrap();
+        assert_eq!(p.decide(&json!({})).decision, Verdict::Deny);
+        let mut p = Policies::compile(&one(
+            "package tend\n\ndecision := {\"decision\": \"auto\", \"reasons\": [1]}\n",
+        ))
+        .unwrap();
+        assert_eq!(p.decide(&json!({})).decision, Verdict::Deny);
+    }
+
+    #[test]
+    fn a_runtime_error_is_deny() {
+        let mut p = Policies::compile(&one(
+            "package tend\n\ndecision := {\"decision\": \"auto\", \"reasons\": [sprintf(\"%d\", [to_number(input.x)])]}\n",
+        ))
+        .unwrap();
+        let d = p.decide(&json!({"x": "not a number"}));
+        assert_eq!(d.decision, Verdict::Deny, "{d:?}");
+    }
+}

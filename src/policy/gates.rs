@@ -1,0 +1,451 @@
+//! Built-in safety gates that no policy can switch off.
+//!
+//! Each gate only ever makes a decision stricter: an `auto` action may become
+//! `deferred` (held for a later pass) or `review` (contested), never the
+//! other way round. Gates are pure: the clock and the journal's facts are
+//! passed in, so they are tested with any time they like.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
+
+use crate::model::{MaintenanceWindow, ResourceKey, Settings};
+use crate::plan::{ActionType, Decision, Plan};
+
+/// One field tend corrected, from the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Correction {
+    pub key: ResourceKey,
+    pub path: String,
+    pub at: DateTime<Utc>,
+}
+
+/// One recorded outcome of an action, from the journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastOutcome {
+    pub key: ResourceKey,
+    pub action: String,
+    pub outcome: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What the journal says about recent passes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    pub corrections: Vec<Correction>,
+    /// Oldest first.
+    pub outcomes: Vec<PastOutcome>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum GateError {
+    #[error(
+        "prune guard: this pass would delete {deletes} of {managed} managed resources ({percent:.0}%), more than the {limit:.0}% allowed by Settings spec.prune.maxDeleteShare; nothing was changed"
+    )]
+    PruneGuard {
+        deletes: usize,
+        managed: usize,
+        percent: f64,
+        limit: f64,
+    },
+}
+
+/// Stops the whole pass when prune would delete too large a share of what
+/// tend manages (a wrong path or an emptied directory in Git looks exactly
+/// like "delete everything").
+pub fn prune_guard(plan: &Plan, settings: &Settings) -> Result<(), GateError> {
+    let deletes = plan.count(ActionType::Delete);
+    if deletes == 0 {
+        return Ok(());
+    }
+    let managed = plan.resources + deletes;
+    let share = deletes as f64 / managed as f64;
+    if share > settings.prune.max_delete_share {
+        return Err(GateError::PruneGuard {
+            deletes,
+            managed,
+            percent: share * 100.0,
+            limit: settings.prune.max_delete_share * 100.0,
+        });
+    }
+    Ok(())
+}
+
+fn hold(action: &mut crate::plan::Action, decision: Decision, reason: String) {
+    action.decision = decision;
+    action.reasons.push(reason);
+}
+
+fn ago(now: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Applies fight detection, the per-resource cooldown, the circuit breaker
+/// and the action budget, in that order, to the actions that would run.
+pub fn apply(plan: &mut Plan, settings: &Settings, facts: &Facts, now: DateTime<Utc>) {
+    let safety = &settings.safety;
+
+    // Fight detection: the same field corrected again and again.
+    let fight_since = ago(now, safety.fight_detection.window.0);
+    let mut counts: HashMap<(&ResourceKey, &str), Vec<DateTime<Utc>>> = HashMap::new();
+    for c in facts.corrections.iter().filter(|c| c.at >= fight_since) {
+        counts
+            .entry((&c.key, c.path.as_str()))
+            .or_default()
+            .push(c.at);
+    }
+    for action in &mut plan.actions {
+        if !matches!(action.decision, Decision::Auto) {
+            continue;
+        }
+        let mut contested = Vec::new();
+        for change in &action.changes {
+            if let Some(times) = counts.get(&(&action.target, change.path.as_str())) {
+                if times.len() >= safety.fight_detection.corrections {
+                    let list: Vec<String> = times.iter().map(|t| fmt_time(*t)).collect();
+                    contested.push(format!(
+                        "contested: {} was corrected {} times since {} ({}); something keeps changing it back, so tend stops correcting it",
+                        change.path,
+                        times.len(),
+                        fmt_time(fight_since),
+                        list.join(", ")
+                    ));
+                }
+            }
+        }
+        if !contested.is_empty() {
+            action.contested = true;
+            action.decision = Decision::Review;
+            action.reasons.extend(contested);
+        }
+    }
+
+    // Cooldown per resource.
+    if !safety.cooldown.0.is_zero() {
+        let since = ago(now, safety.cooldown.0);
+        let mut last: HashMap<&ResourceKey, DateTime<Utc>> = HashMap::new();
+        for o in facts.outcomes.iter().filter(|o| o.at >= since) {
+            last.insert(&o.key, o.at);
+        }
+        for action in &mut plan.actions {
+            if action.decision != Decision::Auto {
+                continue;
+            }
+            if let Some(at) = last.get(&action.target) {
+                let until = *at + chrono::Duration::from_std(safety.cooldown.0).unwrap_or_default();
+                hold(
+                    action,
+                    Decision::Deferred,
+                    format!(
+                        "cooldown: last action at {}, next one allowed after {}",
+                        fmt_time(*at),
+                        fmt_time(until)
+                    ),
+                );
+            }
+        }
+    }
+
+    // Circuit breaker across passes: the latest outcomes all failed.
+    let breaker = &safety.circuit_breaker;
+    let since = ago(now, breaker.window.0);
+    let recent: Vec<&PastOutcome> = facts.outcomes.iter().filter(|o| o.at >= since).collect();
+    let streak = recent
+        .iter()
+        .rev()
+        .take_while(|o| o.outcome == "failed")
+        .count();
+    if streak >= breaker.failures {
+        for action in plan
+            .actions
+            .iter_mut()
+            .filter(|a| a.decision == Decision::Auto)
+        {
+            hold(
+                action,
+                Decision::Deferred,
+                format!(
+                    "circuit breaker open: the last {streak} actions failed; tend acts again once the window ({}) has passed without new failures",
+                    humantime::format_duration(breaker.window.0)
+                ),
+            );
+        }
+    }
+
+    // Budget: at most max_actions_per_run actions per pass.
+    let mut budget = safety.max_actions_per_run;
+    for action in &mut plan.actions {
+        if action.decision != Decision::Auto {
+            continue;
+        }
+        if budget == 0 {
+            hold(
+                action,
+                Decision::Deferred,
+                format!(
+                    "deferred: at most {} actions per pass (Settings spec.safety.maxActionsPerRun)",
+                    safety.max_actions_per_run
+                ),
+            );
+        } else {
+            budget -= 1;
+        }
+    }
+}
+
+/// The window open at `now`, if any.
+pub fn open_window(
+    windows: &[MaintenanceWindow],
+    now: DateTime<Utc>,
+) -> Option<&MaintenanceWindow> {
+    windows.iter().find(|w| window_open(w, now))
+}
+
+fn window_open(w: &MaintenanceWindow, now: DateTime<Utc>) -> bool {
+    let tz: chrono_tz::Tz = w
+        .time_zone
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(chrono_tz::UTC);
+    let local = tz.from_utc_datetime(&now.naive_utc());
+    let parse = |s: &str| -> Option<NaiveTime> {
+        if s == "24:00" {
+            return NaiveTime::from_hms_opt(23, 59, 59);
+        }
+        NaiveTime::parse_from_str(s, "%H:%M").ok()
+    };
+    let (Some(start), Some(end)) = (parse(&w.start), parse(&w.end)) else {
+        return false;
+    };
+    let day = |d: chrono::Weekday| -> &'static str {
+        match d {
+            chrono::Weekday::Mon => "mon",
+            chrono::Weekday::Tue => "tue",
+            chrono::Weekday::Wed => "wed",
+            chrono::Weekday::Thu => "thu",
+            chrono::Weekday::Fri => "fri",
+            chrono::Weekday::Sat => "sat",
+            chrono::Weekday::Sun => "sun",
+        }
+    };
+    let t = local.time();
+    let today = day(local.weekday());
+    let yesterday = day(local.weekday().pred());
+    let listed = |d: &str| w.days.iter().any(|x| x == d);
+    if start <= end {
+        listed(today) && t >= start && (t < end || (w.end == "24:00" && t <= end))
+    } else {
+        // Crosses midnight: started today, or started yesterday.
+        (listed(today) && t >= start) || (listed(yesterday) && t < end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::FieldChange;
+    use crate::model::{Kind, Mode, Span};
+    use crate::plan::{Action, Risk, SourceInfo};
+    use serde_json::json;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn action(name: &str, path: &str) -> Action {
+        Action {
+            fingerprint: name.into(),
+            action_type: ActionType::Update,
+            target: ResourceKey::new(Kind::HostFile, name),
+            changes: vec![FieldChange {
+                path: path.into(),
+                from: json!("a"),
+                to: json!("b"),
+            }],
+            risk: Risk::Low,
+            reversible: true,
+            decision: Decision::Auto,
+            reasons: vec![],
+            note: None,
+            contested: false,
+        }
+    }
+
+    fn plan(actions: Vec<Action>) -> Plan {
+        Plan {
+            source: SourceInfo {
+                origin: "x".into(),
+                commit: None,
+            },
+            mode: Mode::Auto,
+            resources: 10,
+            in_sync: 0,
+            actions,
+            unmanaged: vec![],
+        }
+    }
+
+    #[test]
+    fn budget_defers_the_rest() {
+        let mut settings = Settings::default();
+        settings.safety.max_actions_per_run = 2;
+        let mut p = plan(
+            (0..4)
+                .map(|i| action(&format!("r{i}"), "/spec/content"))
+                .collect(),
+        );
+        apply(
+            &mut p,
+            &settings,
+            &Facts::default(),
+            t("2026-11-21T10:00:00Z"),
+        );
+        let d: Vec<Decision> = p.actions.iter().map(|a| a.decision).collect();
+        assert_eq!(
+            d,
+            vec![
+                Decision::Auto,
+                Decision::Auto,
+                Decision::Deferred,
+                Decision::Deferred
+            ]
+        );
+    }
+
+    #[test]
+    fn cooldown_holds_until_it_passes() {
+        let mut settings = Settings::default();
+        settings.safety.cooldown = Span(std::time::Duration::from_secs(300));
+        let facts = Facts {
+            corrections: vec![],
+            outcomes: vec![PastOutcome {
+                key: ResourceKey::new(Kind::HostFile, "a"),
+                action: "update".into(),
+                outcome: "synced".into(),
+                at: t("2026-11-21T10:00:00Z"),
+            }],
+        };
+        let mut p = plan(vec![
+            action("a", "/spec/content"),
+            action("b", "/spec/content"),
+        ]);
+        apply(&mut p, &settings, &facts, t("2026-11-21T10:04:59Z"));
+        assert_eq!(p.actions[0].decision, Decision::Deferred);
+        assert!(p.actions[0].reasons[0].contains("next one allowed after 2026-11-21T10:05:00Z"));
+        assert_eq!(p.actions[1].decision, Decision::Auto);
+        let mut p = plan(vec![action("a", "/spec/content")]);
+        apply(&mut p, &settings, &facts, t("2026-11-21T10:05:01Z"));
+        assert_eq!(p.actions[0].decision, Decision::Auto);
+    }
+
+    #[test]
+    fn fights_are_detected_per_field_within_the_window() {
+        let settings = Settings::default();
+        let key = ResourceKey::new(Kind::HostFile, "a");
+        let facts = Facts {
+            corrections: ["09:10", "09:30", "09:50"]
+                .iter()
+                .map(|hm| Correction {
+                    key: key.clone(),
+                    path: "/spec/content".into(),
+                    at: t(&format!("2026-11-21T{hm}:00Z")),
+                })
+                .collect(),
+            outcomes: vec![],
+        };
+        let mut p = plan(vec![
+            action("a", "/spec/content"),
+            action("a", "/spec/mode"),
+        ]);
+        apply(&mut p, &settings, &facts, t("2026-11-21T10:00:00Z"));
+        assert_eq!(p.actions[0].decision, Decision::Review);
+        assert!(p.actions[0].contested);
+        assert!(p.actions[0].reasons[0].contains("corrected 3 times"));
+        assert_eq!(
+            p.actions[1].decision,
+            Decision::Auto,
+            "another field is not contested"
+        );
+        // An hour later the first correction has left the window.
+        let mut p = plan(vec![action("a", "/spec/content")]);
+        apply(&mut p, &settings, &facts, t("2026-11-21T10:11:00Z"));
+        assert_eq!(p.actions[0].decision, Decision::Auto);
+    }
+
+    #[test]
+    fn the_breaker_opens_after_consecutive_failures() {
+        let settings = Settings::default();
+        let fail = |m: u32, outcome: &str| PastOutcome {
+            key: ResourceKey::new(Kind::HostFile, "x"),
+            action: "update".into(),
+            outcome: outcome.into(),
+            at: t(&format!("2026-11-21T10:0{m}:00Z")),
+        };
+        let facts = Facts {
+            corrections: vec![],
+            outcomes: vec![
+                fail(1, "synced"),
+                fail(2, "failed"),
+                fail(3, "failed"),
+                fail(4, "failed"),
+            ],
+        };
+        let mut p = plan(vec![action("a", "/spec/content")]);
+        apply(&mut p, &settings, &facts, t("2026-11-21T10:05:00Z"));
+        assert_eq!(p.actions[0].decision, Decision::Deferred);
+        assert!(p.actions[0].reasons[0].starts_with("circuit breaker open"));
+        let mut p = plan(vec![action("a", "/spec/content")]);
+        apply(&mut p, &settings, &facts, t("2026-11-21T10:13:30Z"));
+        assert_eq!(
+            p.actions[0].decision,
+            Decision::Auto,
+            "closed once the window passed"
+        );
+    }
+
+    #[test]
+    fn prune_guard_stops_a_mass_deletion() {
+        let settings = Settings::default();
+        let mut p = plan(vec![]);
+        p.resources = 2;
+        for i in 0..3 {
+            let mut a = action(&format!("d{i}"), "/");
+            a.action_type = ActionType::Delete;
+            p.actions.push(a);
+        }
+        assert!(matches!(
+            prune_guard(&p, &settings),
+            Err(GateError::PruneGuard {
+                deletes: 3,
+                managed: 5,
+                ..
+            })
+        ));
+        p.resources = 20;
+        assert!(prune_guard(&p, &settings).is_ok());
+    }
+
+    #[test]
+    fn maintenance_windows_follow_their_time_zone_and_cross_midnight() {
+        let w = MaintenanceWindow {
+            name: "nightly".into(),
+            days: vec!["sat".into()],
+            start: "23:00".into(),
+            end: "02:00".into(),
+            time_zone: Some("Europe/Berlin".into()),
+        };
+        let ws = [w];
+        // Saturday 23:30 in Berlin (UTC+1 in November) is 22:30 UTC.
+        assert!(open_window(&ws, t("2026-11-21T22:30:00Z")).is_some());
+        // Sunday 01:30 Berlin: still the Saturday window.
+        assert!(open_window(&ws, t("2026-11-22T00:30:00Z")).is_some());
+        // Saturday 22:30 Berlin: not yet.
+        assert!(open_window(&ws, t("2026-11-21T21:30:00Z")).is_none());
+        // Sunday 23:30 Berlin: Sunday is not listed.
+        assert!(open_window(&ws, t("2026-11-22T22:30:00Z")).is_none());
+    }
+}
