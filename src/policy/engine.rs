@@ -7,9 +7,7 @@
 
 use std::sync::Arc;
 
-use regorus::languages::rego::compiler::Compiler;
-use regorus::rvm::vm::RegoVM;
-use regorus::{CompiledPolicy, Engine};
+use regorus::Engine;
 use serde_json::Value;
 
 use crate::model::diagnostic::Diagnostic;
@@ -107,15 +105,13 @@ pub fn rego_diagnostic(err: &str, files: &[PolicyFile]) -> Diagnostic {
 }
 
 /// A compiled policy set, ready to decide.
+///
+/// Evaluation uses regorus's interpreter with strict builtin errors. Its
+/// register VM is faster but turns runtime errors inside rules into
+/// "undefined", which would let a broken deny rule silently allow; tend
+/// must fail closed, so it does not use the VM.
 pub struct Policies {
-    eval: Evaluator,
-}
-
-enum Evaluator {
-    /// regorus's register VM: the fast path.
-    Vm(Box<RegoVM>),
-    /// The compiled interpreter, for policies the VM cannot compile.
-    Interpreter(CompiledPolicy),
+    engine: Engine,
 }
 
 impl Policies {
@@ -123,6 +119,9 @@ impl Policies {
     /// line and column.
     pub fn compile(files: &[PolicyFile]) -> Result<Policies, Vec<Diagnostic>> {
         let mut engine = Engine::new();
+        // A builtin that fails (to_number("x")) is an error, not a silently
+        // undefined expression: errors must surface so they can deny.
+        engine.set_strict_builtin_errors(true);
         let mut diags = Vec::new();
         for f in files.iter().filter(|f| !f.is_test()) {
             if let Err(e) = engine.add_policy(f.path.clone(), f.text.clone()) {
@@ -133,37 +132,37 @@ impl Policies {
             return Err(diags);
         }
         let entry: Arc<str> = ENTRY_POINT.into();
-        let compiled = engine
+        // Compiling checks every rule reachable from the entry point once,
+        // so later evaluations only run.
+        engine
             .compile_with_entrypoint(&entry)
             .map_err(|e| vec![rego_diagnostic(&e.to_string(), files)])?;
-        let eval = match Compiler::compile_from_policy(&compiled, &[ENTRY_POINT]) {
-            Ok(program) => {
-                let mut vm = RegoVM::new();
-                vm.load_program(Arc::clone(&program));
-                Evaluator::Vm(Box::new(vm))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "Policies run in the interpreter.");
-                Evaluator::Interpreter(compiled)
-            }
-        };
-        Ok(Policies { eval })
+        Ok(Policies { engine })
     }
 
     /// Decides one action. Never fails: any problem is a `deny`.
     pub fn decide(&mut self, input: &Value) -> PolicyDecision {
-        let input = regorus::Value::from(input.clone());
-        let result = match &mut self.eval {
-            Evaluator::Vm(vm) => {
-                vm.set_input(input);
-                vm.execute().map_err(|e| e.to_string())
-            }
-            Evaluator::Interpreter(p) => p.eval_with_input(input).map_err(|e| e.to_string()),
-        };
-        match result {
+        self.engine.set_input(regorus::Value::from(input.clone()));
+        match self.engine.eval_rule(ENTRY_POINT.to_string()) {
             Ok(v) => interpret(&v),
-            Err(e) => deny(format!("policy evaluation failed: {}", first_line(&e))),
+            Err(e) => deny(format!(
+                "policy evaluation failed: {}",
+                one_line(&e.to_string())
+            )),
         }
+    }
+}
+
+/// A regorus error on one line: `message (at path:line:col)`.
+fn one_line(err: &str) -> String {
+    let message = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("error:"))
+        .map(str::trim)
+        .unwrap_or_else(|| first_line(err));
+    match err.lines().find_map(|l| l.trim().strip_prefix("-->")) {
+        Some(at) => format!("{message} (at {})", at.trim()),
+        None => message.to_string(),
     }
 }
 

@@ -114,11 +114,31 @@ pub(super) fn summary_line(plan: &Plan) -> String {
         }
     }
     format!(
-        "Plan: {}; {} in sync{}.",
+        "Plan: {}; {} in sync{}. Decisions: {}.",
         parts.join(", "),
         plan.in_sync,
-        unmanaged_suffix(plan)
+        unmanaged_suffix(plan),
+        decision_counts(plan)
     )
+}
+
+/// "2 auto, 1 review" in a fixed order.
+fn decision_counts(plan: &Plan) -> String {
+    use crate::plan::Decision;
+    [
+        Decision::Auto,
+        Decision::Deferred,
+        Decision::Review,
+        Decision::Observe,
+        Decision::Deny,
+    ]
+    .iter()
+    .filter_map(|d| {
+        let n = plan.actions.iter().filter(|a| a.decision == *d).count();
+        (n > 0).then(|| format!("{n} {}", d.as_str()))
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 fn unmanaged_suffix(plan: &Plan) -> String {

@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::act::ActionResult;
-use crate::plan::{ActionType, Plan};
+use crate::plan::{ActionType, Decision, Plan};
 use crate::state::JournalEntry;
 
 /// Bumped on any incompatible change to the JSON shape.
@@ -20,7 +20,19 @@ fn summary(plan: &Plan) -> Value {
         "stop": plan.count(ActionType::Stop),
         "delete": plan.count(ActionType::Delete),
         "unmanaged": plan.unmanaged.len(),
+        "decisions": {
+            "auto": decided(plan, Decision::Auto),
+            "deferred": decided(plan, Decision::Deferred),
+            "review": decided(plan, Decision::Review),
+            "observe": decided(plan, Decision::Observe),
+            "deny": decided(plan, Decision::Deny),
+        },
+        "contested": plan.actions.iter().filter(|a| a.contested).count(),
     })
+}
+
+fn decided(plan: &Plan, d: Decision) -> usize {
+    plan.actions.iter().filter(|a| a.decision == d).count()
 }
 
 fn body(plan: &Plan, kind: &str) -> serde_json::Map<String, Value> {

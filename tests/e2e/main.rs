@@ -4,6 +4,7 @@
 mod apply;
 mod git_source;
 mod invalid;
+mod policy;
 mod process;
 
 use std::path::{Path, PathBuf};
