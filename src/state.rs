@@ -60,6 +60,7 @@ pub struct JournalEntry {
 }
 
 /// What one journal write describes.
+#[derive(Clone, Copy)]
 pub struct JournalRecord<'a> {
     pub run_id: i64,
     pub fingerprint: &'a str,
@@ -86,7 +87,7 @@ CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id INTEGER NOT NULL REFERENCES runs(id),
     at TEXT NOT NULL,
-    phase TEXT NOT NULL CHECK (phase IN ('intent', 'outcome')),
+    phase TEXT NOT NULL CHECK (phase IN ('intent', 'outcome', 'decision')),
     fingerprint TEXT NOT NULL,
     action TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -104,17 +105,6 @@ CREATE TABLE IF NOT EXISTS corrections (
     path TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS corrections_at ON corrections(at);
-CREATE TABLE IF NOT EXISTS decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    at TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    action TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    reasons TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS run_lock (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER NOT NULL,
@@ -269,25 +259,22 @@ impl State {
         Ok(())
     }
 
-    /// Records why an action was or was not taken (`r.outcome` unused).
+    /// Records why an action was not taken: a `decision` entry whose
+    /// outcome is the decision and whose detail is the reasons.
     pub fn record_decision(
         &self,
         r: &JournalRecord<'_>,
         decision: &str,
         reasons: &[String],
     ) -> Result<(), StateError> {
-        self.conn.execute(
-            "INSERT INTO decisions (run_id, at, fingerprint, action, kind, name, decision, reasons) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                r.run_id,
-                now(),
-                r.fingerprint,
-                r.action,
-                r.kind,
-                r.name,
-                decision,
-                serde_json::to_string(reasons).unwrap_or_default()
-            ],
+        let detail = reasons.join("; ");
+        self.write(
+            "decision",
+            &JournalRecord {
+                outcome: Some(decision),
+                detail: &detail,
+                ..*r
+            },
         )?;
         Ok(())
     }

@@ -254,6 +254,7 @@ pub fn render_history(entries: &[JournalEntry]) -> String {
             .unwrap_or_default();
         let what = match (&e.phase[..], &e.outcome) {
             ("intent", _) => "intent ".to_string(),
+            ("decision", Some(d)) => format!("{d:<7}"),
             (_, Some(o)) => format!("{o:<7}"),
             _ => "outcome".to_string(),
         };

@@ -131,6 +131,14 @@ fn prune_proposes_deleting_only_owned_resources() {
     );
     assert!(ws.path().join("a.txt").exists());
     assert!(ws.path().join("foreign.txt").exists());
+    // The journal records why nothing was done.
+    let history = ws.run_raw(&["history"]);
+    assert!(
+        history.stdout.contains("review  delete host.File/a")
+            && history.stdout.contains("deleting a resource needs a human"),
+        "{}",
+        history.stdout
+    );
 }
 
 #[test]
