@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use crate::diff::{self, DiffOptions};
 use crate::model::{self, DesiredState, Invalid, Mode, ProviderName};
 use crate::plan::{self, Plan, PlanInput, SourceInfo};
-use crate::policy::{self, Facts, GateError, Policies, PolicyFile};
+use crate::policy::{self, Facts, GateError, Policies};
 use crate::provider::{host::HostProvider, BuiltIn, ProviderError, Providers};
 use crate::source::{Source, SourceError};
 use crate::state::{State, StateError};
@@ -46,9 +46,8 @@ pub struct Loaded {
     pub desired: DesiredState,
     pub root: PathBuf,
     pub state_dir: PathBuf,
-    /// The default pack and the repository's policies, compiled once to
-    /// check them; compiled again per pass to decide.
-    pub policy_files: Vec<PolicyFile>,
+    /// The default pack and the repository's policies, compiled once.
+    pub policies: Policies,
 }
 
 /// The state directory before desired state is known (it holds the Git
@@ -68,16 +67,16 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
     let snapshot = source.snapshot(&cache)?;
     let desired = model::load(&snapshot.files)?;
     let policy_files = policy::policy_files(&desired.settings.policies.dirs, &snapshot.rego);
-    if let Err(diagnostics) = Policies::compile(&policy_files) {
+    let policies = Policies::compile(&policy_files).map_err(|diagnostics| {
         let mut sources = model::SourceTexts::default();
         for f in &policy_files {
             sources.insert(&f.path, &f.text);
         }
-        return Err(PassError::Invalid(Invalid {
+        PassError::Invalid(Invalid {
             diagnostics,
             sources,
-        }));
-    }
+        })
+    })?;
     let root = host_root(&desired)?;
     let state_dir = match (&opts.state_dir, &desired.settings.state_dir) {
         (None, Some(d)) => root.join(d),
@@ -89,7 +88,7 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
         desired,
         root,
         state_dir,
-        policy_files,
+        policies,
     })
 }
 
@@ -208,17 +207,9 @@ pub async fn plan(
     for action in &mut plan.actions {
         action.note = live.get(&action.target).and_then(|l| l.note.clone());
     }
-    // Compiled before: a failure here would be a defect, and still fails
-    // closed (the pass stops).
-    let mut policies = Policies::compile(&loaded.policy_files).map_err(|diagnostics| {
-        PassError::Invalid(Invalid {
-            diagnostics,
-            sources: model::SourceTexts::default(),
-        })
-    })?;
     policy::decide(
         &mut plan,
-        &mut policies,
+        &mut loaded.policies,
         &policy::Context {
             desired: &loaded.desired,
             live: &live,
