@@ -272,6 +272,22 @@ mod tests {
         assert_eq!(p.decide(&json!({})).decision, Verdict::Deny);
     }
 
+    /// Regression: regorus's register VM turns an error inside a rule body
+    /// into "undefined", so a failing review rule let the action through as
+    /// auto. The interpreter with strict builtin errors must deny instead.
+    #[test]
+    fn a_runtime_error_inside_one_rule_denies_the_action() {
+        let mut files = default_pack();
+        files.push(PolicyFile {
+            path: "p/broken.rego".into(),
+            text: "package tend\n\nreview contains \"never\" if {\n\tinput.n / 0 > 1\n}\n".into(),
+        });
+        let mut p = Policies::compile(&files).unwrap();
+        let d = p.decide(&json!({"n": 1, "action": {"type": "restart", "target": {"kind": "host.Process", "name": "web"}, "changes": []}, "context": {}}));
+        assert_eq!(d.decision, Verdict::Deny, "{d:?}");
+        assert!(d.reasons[0].contains("divide by zero"), "{d:?}");
+    }
+
     #[test]
     fn a_runtime_error_is_deny() {
         let mut p = Policies::compile(&one(
