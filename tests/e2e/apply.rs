@@ -266,3 +266,82 @@ fn a_concurrent_second_apply_is_refused() {
     ws.run(&["plan", "--detailed-exitcode"]).code(0);
     ws.run(&["apply"]).ok();
 }
+
+#[test]
+fn an_intent_left_by_a_crash_is_marked_interrupted_and_live_state_reread() {
+    let ws = Workspace::new();
+    ws.write("f.yaml", &file_doc("f", "f.txt", "x"));
+    ws.run(&["apply"]).ok();
+    // Simulate a run killed between calling the provider and recording the
+    // outcome: an intent with no outcome.
+    let db = rusqlite::Connection::open(ws.state().join("tend.db")).unwrap();
+    db.execute(
+        "INSERT INTO runs (started_at, command, origin, mode) VALUES ('2026-01-01T00:00:00.000Z', 'apply', 'x', 'auto')",
+        [],
+    )
+    .unwrap();
+    let run = db.last_insert_rowid();
+    db.execute(
+        "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, detail) VALUES (?1, '2026-01-01T00:00:01.000Z', 'intent', 'dead', 'update', 'host.File', 'f', '{}')",
+        [run],
+    )
+    .unwrap();
+    drop(db);
+    std::fs::write(ws.path().join("f.txt"), "drifted").unwrap();
+    ws.run(&["apply"]).ok();
+    let history = ws.run_raw(&["history"]).ok().stdout.clone();
+    assert!(
+        history.contains("interrupted update host.File/f  [dead]"),
+        "{history}"
+    );
+    assert!(history.contains("live state re-read by run"), "{history}");
+    // The correction came from re-reading live state, not from replaying.
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("f.txt")).unwrap(),
+        "x"
+    );
+}
+
+#[test]
+fn secrets_never_reach_plans_or_the_journal() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        "apiVersion: tend.dev/v1\nkind: host.Process\nmetadata:\n  name: app\nspec:\n  command: sleep\n  args: [\"300\"]\n  env:\n    API_TOKEN: hunter2-very-secret\n    PORT: \"8080\"\n",
+    );
+    for format in ["human", "json", "markdown"] {
+        let run = ws.run(&["plan", "--format", format]);
+        run.ok();
+        assert!(!run.stdout.contains("hunter2"), "{format}: {}", run.stdout);
+        assert!(
+            run.stdout.contains("(redacted)"),
+            "{format}: {}",
+            run.stdout
+        );
+        assert!(run.stdout.contains("8080"), "{format}: {}", run.stdout);
+    }
+    let run = ws.run(&["apply", "--format", "json"]);
+    run.ok();
+    assert!(!run.stdout.contains("hunter2"));
+    let history = ws
+        .run_raw(&["history", "--format", "json"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(!history.contains("hunter2"), "{history}");
+    let db = std::fs::read(ws.state().join("tend.db")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&db).contains("hunter2"),
+        "the journal holds the secret"
+    );
+    // The record that lets tend recognise the process is private.
+    let meta = std::fs::metadata(ws.state().join("host/processes/app.json")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    // The process itself gets it.
+    let pid = ws.pid("app");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("API_TOKEN=hunter2-very-secret"));
+}

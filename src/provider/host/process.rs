@@ -65,9 +65,14 @@ pub fn read_record(procs_dir: &Path, name: &str) -> std::io::Result<Option<Proce
     }
 }
 
+/// Records hold the declared environment, which may include secrets: they
+/// are readable by tend's user only.
 fn write_record(refs: &HostRefs, rec: &ProcessRecord) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let bytes = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
-    write_atomic(&record_path(refs, &rec.name), &bytes)?;
+    let path = record_path(refs, &rec.name);
+    write_atomic(&path, &bytes)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let pidfile = refs.procs_dir.join(format!("{}.pid", rec.name));
     if rec.pid > 0 {
         write_atomic(&pidfile, format!("{}\n", rec.pid).as_bytes())
