@@ -275,6 +275,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                 Format::Human => report::render_plan(plan, color),
                 Format::Json => format!("{:#}\n", report::plan_json(plan)),
                 Format::Markdown => report::render_markdown(plan, None),
+                Format::Sarif => format!("{:#}\n", report::plan_sarif(plan)),
             })?;
             Ok(if *detailed_exitcode && plan.pending() > 0 {
                 2
@@ -393,6 +394,7 @@ async fn apply(
         }
         Format::Json => format!("{:#}\n", report::apply_json(&planned.plan, &results)),
         Format::Markdown => report::render_markdown(&planned.plan, Some(&results)),
+        Format::Sarif => format!("{:#}\n", report::plan_sarif(&planned.plan)),
     })?;
     Ok(if failed { 1 } else { 0 })
 }

@@ -97,6 +97,9 @@ pub struct Action {
     /// Fight detection stopped auto-correcting this action's fields.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub contested: bool,
+    /// Where the resource is declared (absent for deletions).
+    #[serde(rename = "declaredAt", skip_serializing_if = "Option::is_none")]
+    pub declared_at: Option<crate::model::Origin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -173,6 +176,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
             reasons,
             note: None,
             contested: false,
+            declared_at: None,
         });
     }
     Plan {

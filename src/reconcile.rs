@@ -204,9 +204,12 @@ pub async fn plan(
             resource_mode: &resource_mode,
         },
     );
+    let index = loaded.desired.index();
     for action in &mut plan.actions {
         action.note = live.get(&action.target).and_then(|l| l.note.clone());
+        action.declared_at = index.get(&action.target).map(|r| r.origin.clone());
     }
+    drop(index);
     policy::decide(
         &mut plan,
         &mut loaded.policies,

@@ -272,6 +272,7 @@ mod tests {
             reasons: vec![],
             note: None,
             contested: false,
+            declared_at: None,
         }
     }
 

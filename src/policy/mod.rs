@@ -184,6 +184,7 @@ mod tests {
             reasons: vec!["mode is recommend".into()],
             note: None,
             contested: false,
+            declared_at: None,
         }
     }
 

@@ -1,13 +1,14 @@
 //! Rendering plans, apply results and history for humans and machines.
 //!
 //! Formats: human text (coloured unified diffs), JSON (stable, versioned:
-//! `apiVersion: tend.dev/v1`, `formatVersion: 1`), and Markdown (PR bodies,
-//! job summaries). Rendering is pure and must never print secrets: values of
+//! `apiVersion: tend.dev/v1`, `formatVersion: 1`), Markdown (PR bodies,
+//! job summaries) and SARIF (code scanning). Rendering is pure and must never print secrets: values of
 //! secret-looking fields are redacted when the plan is made.
 
 mod human;
 mod json;
 mod markdown;
+mod sarif;
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use serde_json::Value;
 pub use human::{render_history, render_plan, render_results};
 pub use json::{apply_json, history_json, plan_json, FORMAT_VERSION};
 pub use markdown::render_markdown;
+pub use sarif::plan_sarif;
 
 /// How long a text diff may take before it falls back to a coarser one.
 const DIFF_DEADLINE: Duration = Duration::from_millis(200);
@@ -26,6 +28,8 @@ pub enum Format {
     Human,
     Json,
     Markdown,
+    /// SARIF 2.1.0, for code scanning (drift located at declarations).
+    Sarif,
 }
 
 /// A value for one-line display: strings without JSON quotes when simple.

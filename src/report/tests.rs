@@ -31,6 +31,7 @@ fn action(
         reasons: vec!["mode is auto".into()],
         note: None,
         contested: false,
+        declared_at: None,
     }
 }
 
@@ -104,6 +105,17 @@ fn sample_plan() -> Plan {
 #[test]
 fn human_plan() {
     insta::assert_snapshot!(render_plan(&sample_plan(), false));
+}
+
+#[test]
+fn sarif_plan() {
+    let mut plan = sample_plan();
+    plan.actions[1].declared_at = Some(crate::model::Origin {
+        file: "desired/motd.yaml".into(),
+        line: 5,
+        col: 1,
+    });
+    insta::assert_json_snapshot!(plan_sarif(&plan));
 }
 
 #[test]

@@ -34,8 +34,22 @@ fn a_drifted_file_is_corrected() {
         plan.stdout
     );
 
+    let sarif = ws.run(&["plan", "--format", "sarif"]).ok().json();
+    let result = &sarif["runs"][0]["results"][0];
+    assert_eq!(result["ruleId"], "tend/drift");
+    let location = &result["locations"][0]["physicalLocation"];
+    assert!(
+        location["artifactLocation"]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("desired/motd.yaml"),
+        "{result}"
+    );
+    assert_eq!(location["region"]["startLine"], 1);
+
     let json = ws.run(&["plan", "--format", "json"]).ok().json();
     assert_eq!(json["summary"]["update"], 1);
+    assert_eq!(json["actions"][0]["declaredAt"]["line"], 1);
     let changes = &json["actions"][0]["changes"];
     assert_eq!(changes.as_array().unwrap().len(), 2);
     assert_eq!(json["actions"][0]["decision"], "auto");
