@@ -306,3 +306,32 @@ fn the_circuit_breaker_stops_acting_when_actions_keep_failing() {
         run.stdout
     );
 }
+
+#[test]
+fn the_example_repository_policies_pass_their_tests_and_apply() {
+    let ws = Workspace::new();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/desired-state");
+    let run = ws.run_raw(&["policy", "test", example.join("policies").to_str().unwrap()]);
+    run.ok();
+    assert!(run.stdout.contains("2 passed, 0 failed"), "{}", run.stdout);
+    let run = ws.run_raw(&["validate", example.to_str().unwrap()]);
+    run.ok();
+    // A file declared outside .tend/ is denied by the example's own policy.
+    ws.write("settings.yaml", "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  policies: {dirs: [policies]}\n");
+    std::fs::create_dir_all(ws.desired().join("policies")).unwrap();
+    std::fs::copy(
+        example.join("policies/paths.rego"),
+        ws.desired().join("policies/paths.rego"),
+    )
+    .unwrap();
+    ws.write("f.yaml", &file_doc("f", "elsewhere.txt", "x"));
+    let run = ws.run(&["apply"]);
+    run.ok();
+    assert!(
+        run.stdout
+            .contains("deny · this repository only manages files under .tend/, not elsewhere.txt"),
+        "{}",
+        run.stdout
+    );
+    assert!(!ws.path().join("elsewhere.txt").exists());
+}
