@@ -190,6 +190,7 @@ pub async fn plan(
         },
     );
     let mode = opts.mode.unwrap_or(desired.settings.mode);
+    let desired = &loaded.desired;
     let index = desired.index();
     let resource_mode = |k: &model::ResourceKey| index.get(k).and_then(|r| r.mode);
     let mut plan = plan::plan(
@@ -204,7 +205,6 @@ pub async fn plan(
             resource_mode: &resource_mode,
         },
     );
-    let index = loaded.desired.index();
     for action in &mut plan.actions {
         action.note = live.get(&action.target).and_then(|l| l.note.clone());
         action.declared_at = index.get(&action.target).map(|r| r.origin.clone());
@@ -214,7 +214,7 @@ pub async fn plan(
         &mut plan,
         &mut loaded.policies,
         &policy::Context {
-            desired: &loaded.desired,
+            desired,
             live: &live,
             facts,
             now,
