@@ -209,12 +209,12 @@ pub async fn plan(
         action.note = live.get(&action.target).and_then(|l| l.note.clone());
         action.declared_at = index.get(&action.target).map(|r| r.origin.clone());
     }
-    drop(index);
     policy::decide(
         &mut plan,
         &mut loaded.policies,
         &policy::Context {
             desired,
+            index: &index,
             live: &live,
             facts,
             now,

@@ -73,6 +73,8 @@ fn resource_json(desired: Option<&Resource>, live: Option<&LiveResource>) -> Val
 /// Everything a decision depends on besides the action itself.
 pub struct Context<'a> {
     pub desired: &'a DesiredState,
+    /// `desired` keyed by identity, as the plan already built it.
+    pub index: &'a HashMap<&'a ResourceKey, &'a Resource>,
     pub live: &'a HashMap<ResourceKey, LiveResource>,
     pub facts: &'a Facts,
     pub now: DateTime<Utc>,
@@ -126,11 +128,10 @@ pub fn decide(
     let settings = &ctx.desired.settings;
     gates::prune_guard(plan, settings)?;
     let window = gates::open_window(&settings.maintenance_windows, ctx.now).map(|w| w.name.clone());
-    let index = ctx.desired.index();
     let inputs: Vec<Value> = plan
         .actions
         .iter()
-        .map(|a| input_for(a, plan, ctx, window.as_deref(), &index))
+        .map(|a| input_for(a, plan, ctx, window.as_deref(), ctx.index))
         .collect();
     for (action, input) in plan.actions.iter_mut().zip(inputs) {
         let verdict = policies.decide(&input);
