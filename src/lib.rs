@@ -8,6 +8,7 @@
 pub mod act;
 pub mod cli;
 pub mod diff;
+pub mod health;
 pub mod model;
 pub mod plan;
 pub mod policy;

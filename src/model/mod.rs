@@ -6,6 +6,7 @@
 //! valid state: one invalid document means nothing may be applied.
 
 pub mod diagnostic;
+pub mod health;
 pub mod schema;
 pub mod yaml;
 
@@ -25,16 +26,26 @@ pub enum Kind {
     Settings = 0,
     HostFile = 1,
     HostProcess = 2,
+    Signature = 3,
+    Runbook = 4,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Settings, Kind::HostFile, Kind::HostProcess];
+    pub const ALL: [Kind; 5] = [
+        Kind::Settings,
+        Kind::HostFile,
+        Kind::HostProcess,
+        Kind::Signature,
+        Kind::Runbook,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Settings => "Settings",
             Kind::HostFile => "host.File",
             Kind::HostProcess => "host.Process",
+            Kind::Signature => "Signature",
+            Kind::Runbook => "Runbook",
         }
     }
 
@@ -46,7 +57,7 @@ impl Kind {
     /// own kinds.
     pub fn provider(self) -> Option<ProviderName> {
         match self {
-            Kind::Settings => None,
+            Kind::Settings | Kind::Signature | Kind::Runbook => None,
             Kind::HostFile | Kind::HostProcess => Some(ProviderName::Host),
         }
     }
@@ -143,6 +154,9 @@ pub struct Resource {
     pub spec: Value,
     pub ignore: Vec<String>,
     pub origin: Origin,
+    /// Probes and SLOs (`health`), boxed: most resources declare none.
+    pub health: Option<Box<health::Health>>,
+    pub remediation: Option<health::Remediation>,
 }
 
 /// The repository-wide settings (kind `Settings`).
@@ -165,6 +179,8 @@ pub struct Settings {
     pub maintenance_windows: Vec<MaintenanceWindow>,
     #[serde(default)]
     pub policies: PolicySettings,
+    #[serde(default)]
+    pub healing: health::Healing,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -332,6 +348,7 @@ impl Default for Settings {
             safety: Safety::default(),
             maintenance_windows: Vec::new(),
             policies: PolicySettings::default(),
+            healing: health::Healing::default(),
         }
     }
 }
@@ -341,6 +358,8 @@ impl Default for Settings {
 pub struct DesiredState {
     pub settings: Settings,
     pub resources: Vec<Resource>,
+    pub signatures: Vec<health::Signature>,
+    pub runbooks: Vec<health::Runbook>,
     pub documents: usize,
     pub files: usize,
 }
@@ -492,12 +511,98 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
             settings
         }
     };
+    let (resources, signatures, runbooks) = split_healing(resources, files)?;
+    let problems = health::check(&settings, &resources, &signatures, &runbooks);
+    if !problems.is_empty() {
+        return Err(located(files, problems));
+    }
     Ok(DesiredState {
         settings,
         resources,
+        signatures,
+        runbooks,
         documents,
         files: files.len(),
     })
+}
+
+type Split = (Vec<Resource>, Vec<health::Signature>, Vec<health::Runbook>);
+
+/// Takes the `Signature` and `Runbook` documents out of the resources and
+/// types them.
+fn split_healing(resources: Vec<Resource>, files: &[SourceFile]) -> Result<Split, Invalid> {
+    if !resources
+        .iter()
+        .any(|r| matches!(r.key.kind, Kind::Signature | Kind::Runbook))
+    {
+        return Ok((resources, Vec::new(), Vec::new()));
+    }
+    let mut kept = Vec::with_capacity(resources.len());
+    let (mut signatures, mut runbooks, mut problems) = (Vec::new(), Vec::new(), Vec::new());
+    for r in resources {
+        let spec = r.spec.clone();
+        let fail = |e: String| health::Problem {
+            origin: r.origin.clone(),
+            pointer: "/spec".into(),
+            message: format!("invalid {}: {e}", r.key.kind),
+            help: None,
+        };
+        match r.key.kind {
+            Kind::Signature => match health::typed(spec) {
+                Ok(spec) => signatures.push(health::Signature {
+                    name: r.key.name,
+                    spec,
+                    origin: r.origin,
+                }),
+                Err(e) => problems.push(fail(e)),
+            },
+            Kind::Runbook => match health::typed(spec) {
+                Ok(spec) => runbooks.push(health::Runbook {
+                    name: r.key.name,
+                    spec,
+                    origin: r.origin,
+                }),
+                Err(e) => problems.push(fail(e)),
+            },
+            _ => kept.push(r),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(located(files, problems));
+    }
+    signatures.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((kept, signatures, runbooks))
+}
+
+/// Diagnostics for problems found after the per-document checks, each
+/// located at the field it is about.
+fn located(files: &[SourceFile], problems: Vec<health::Problem>) -> Invalid {
+    let mut sources = SourceTexts::default();
+    let mut diagnostics = Vec::with_capacity(problems.len());
+    for p in problems {
+        let file = files.iter().find(|f| *f.path == *p.origin.file);
+        let pos = file
+            .and_then(|f| {
+                let nodes = yaml::parse_documents(&f.text).ok()?;
+                let node = nodes
+                    .iter()
+                    .find(|n| n.pos.line == p.origin.line && n.pos.col == p.origin.col)?;
+                node.locate(&p.pointer, false)
+            })
+            .unwrap_or(Pos::new(p.origin.line, p.origin.col, 1));
+        if let Some(f) = file {
+            sources.insert(&f.path, &f.text);
+        }
+        let d = Diagnostic::new(&*p.origin.file, Some(pos), p.message);
+        diagnostics.push(match p.help {
+            Some(h) => d.with_help(h),
+            None => d,
+        });
+    }
+    Invalid {
+        diagnostics,
+        sources,
+    }
 }
 
 /// Where `metadata.name` of the document that starts at `origin` is written.
@@ -510,7 +615,7 @@ fn name_position(files: &[SourceFile], origin: &Origin) -> Option<Pos> {
     node.locate("/metadata/name", false)
 }
 
-fn into_resource(kind: Kind, name: String, doc: Value, origin: Origin) -> Resource {
+fn into_resource(kind: Kind, name: String, doc: Value, origin: Origin) -> Result<Resource, String> {
     // Schema validation guarantees an object; anything else yields an
     // empty document rather than a panic path.
     let mut doc = match doc {
@@ -540,14 +645,24 @@ fn into_resource(kind: Kind, name: String, doc: Value, origin: Origin) -> Resour
             .collect(),
         _ => Vec::new(),
     };
-    Resource {
+    let health = match doc.remove("health") {
+        Some(h) => Some(Box::new(health::typed(h)?)),
+        None => None,
+    };
+    let remediation = match doc.remove("remediation") {
+        Some(r) => Some(health::typed(r)?),
+        None => None,
+    };
+    Ok(Resource {
         key: ResourceKey::new(kind, name),
         labels,
         mode,
         spec: doc.remove("spec").unwrap_or(Value::Null),
         ignore,
         origin,
-    }
+        health,
+        remediation,
+    })
 }
 
 #[derive(Default)]
@@ -634,7 +749,7 @@ fn accept(path: &Arc<str>, mut doc: Value, pos: Pos) -> Option<Checked> {
             .unwrap_or(Value::Object(Default::default()));
         Checked::Settings(spec, origin)
     } else {
-        Checked::Resource(into_resource(kind, name, doc, origin))
+        Checked::Resource(into_resource(kind, name, doc, origin).ok()?)
     })
 }
 

@@ -19,6 +19,8 @@ fn schema_text(kind: Kind) -> &'static str {
         Kind::Settings => include_str!("../../schemas/settings.schema.json"),
         Kind::HostFile => include_str!("../../schemas/host.file.schema.json"),
         Kind::HostProcess => include_str!("../../schemas/host.process.schema.json"),
+        Kind::Signature => include_str!("../../schemas/signature.schema.json"),
+        Kind::Runbook => include_str!("../../schemas/runbook.schema.json"),
     }
 }
 

@@ -1,0 +1,333 @@
+//! Probes: HTTP, TCP and Prometheus readings, each bounded by a timeout.
+//!
+//! A target that cannot be reached at all (HTTP connection refused,
+//! Prometheus down, a query that returns nothing) reads as unknown; a
+//! target that answers wrongly or too slowly reads as unhealthy.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{builtin_readings, slo_signal_name, Reading, Status};
+use crate::model::health::{Healing, HttpProbe, PrometheusProbe, Slo, TcpProbe};
+use crate::model::Resource;
+use crate::provider::LiveResource;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Reads signals. One per pass (it holds a connection pool).
+#[derive(Clone)]
+pub struct Prober {
+    client: reqwest::Client,
+    prometheus: Option<(String, Duration)>,
+}
+
+impl Prober {
+    pub fn new(healing: &Healing) -> Prober {
+        Prober {
+            client: reqwest::Client::builder()
+                .user_agent(concat!("tend/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            prometheus: healing.prometheus.as_ref().map(|p| {
+                (
+                    p.url.trim_end_matches('/').to_string(),
+                    p.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
+                )
+            }),
+        }
+    }
+
+    /// Every signal of a resource: built-in ones from the live inventory,
+    /// then its probes and burn-rate SLOs, read concurrently.
+    pub async fn read(&self, r: &Resource, live: Option<&LiveResource>) -> Vec<Reading> {
+        let mut out = builtin_readings(r, live);
+        let Some(h) = &r.health else { return out };
+        let probes = h.probes.iter().map(|p| async move {
+            let (status, value, detail) = if let Some(http) = &p.http {
+                self.http(http).await
+            } else if let Some(tcp) = &p.tcp {
+                tcp_probe(tcp).await
+            } else if let Some(q) = &p.prometheus {
+                self.threshold(q).await
+            } else {
+                (Status::Unknown, None, "probe has no type".into())
+            };
+            Reading {
+                signal: p.name.clone(),
+                status,
+                value,
+                detail,
+            }
+        });
+        let burn = h
+            .slos
+            .iter()
+            .filter(|s| s.error_ratio.is_some())
+            .map(|s| self.burn_rate(s));
+        let (probes, burn) =
+            futures::future::join(futures::future::join_all(probes), futures::future::join_all(burn))
+                .await;
+        out.extend(probes);
+        out.extend(burn);
+        out
+    }
+
+    async fn http(&self, p: &HttpProbe) -> (Status, Option<f64>, String) {
+        let timeout = p.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT);
+        let started = Instant::now();
+        let resp = match self.client.get(&p.url).timeout(timeout).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => {
+                return (
+                    Status::Unhealthy,
+                    None,
+                    format!("no response within {}", humantime::format_duration(timeout)),
+                )
+            }
+            Err(e) => return (Status::Unknown, None, format!("target down: {}", root_cause(&e))),
+        };
+        let code = resp.status().as_u16();
+        let body = match resp.text().await {
+            Ok(b) => b,
+            Err(e) => return (Status::Unhealthy, None, format!("failed to read the body: {e}")),
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let status_ok = match p.status {
+            Some(want) => code == want,
+            None => (200..300).contains(&code),
+        };
+        if !status_ok {
+            return (Status::Unhealthy, Some(ms), format!("status {code}"));
+        }
+        if let Some(pattern) = &p.body_match {
+            match regex::Regex::new(pattern) {
+                Ok(re) if re.is_match(&body) => {}
+                Ok(_) => {
+                    return (
+                        Status::Unhealthy,
+                        Some(ms),
+                        format!("status {code}, body does not match /{pattern}/"),
+                    )
+                }
+                Err(e) => return (Status::Unknown, None, format!("invalid bodyMatch: {e}")),
+            }
+        }
+        if let Some(max) = p.max_latency {
+            if started.elapsed() > max.0 {
+                return (
+                    Status::Unhealthy,
+                    Some(ms),
+                    format!("status {code} after {ms:.0} ms (max {})", humantime::format_duration(max.0)),
+                );
+            }
+        }
+        (Status::Healthy, Some(ms), format!("status {code} in {ms:.0} ms"))
+    }
+
+    /// One instant query: `Ok(None)` when it returned no sample.
+    async fn query(&self, promql: &str) -> Result<Option<f64>, String> {
+        let Some((base, timeout)) = &self.prometheus else {
+            return Err("no Prometheus server is configured".into());
+        };
+        let resp = self
+            .client
+            .get(format!("{base}/api/v1/query"))
+            .query(&[("query", promql)])
+            .timeout(*timeout)
+            .send()
+            .await
+            .map_err(|e| format!("Prometheus unreachable: {}", root_cause(&e)))?;
+        let code = resp.status();
+        let body: Value = resp
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| format!("Prometheus answered {code} with an unreadable body: {e}"))?;
+        if body.get("status").and_then(Value::as_str) != Some("success") {
+            let why = body.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+            return Err(format!("query failed: {why}"));
+        }
+        let data = body.get("data").cloned().unwrap_or(Value::Null);
+        let sample = match data.get("resultType").and_then(Value::as_str) {
+            Some("vector") => data.pointer("/result/0/value/1").cloned(),
+            Some("scalar") => data.pointer("/result/1").cloned(),
+            _ => None,
+        };
+        Ok(sample
+            .and_then(|v| v.as_str().and_then(|s| s.parse::<f64>().ok()))
+            .filter(|v| v.is_finite()))
+    }
+
+    async fn threshold(&self, p: &PrometheusProbe) -> (Status, Option<f64>, String) {
+        match self.query(&p.query).await {
+            Err(e) => (Status::Unknown, None, e),
+            Ok(None) => (Status::Unknown, None, "the query returned no sample".into()),
+            Ok(Some(v)) => {
+                let bad = match (p.above, p.below) {
+                    (Some(a), _) if v > a => Some(format!("{} > {a}", fmt(v))),
+                    (_, Some(b)) if v < b => Some(format!("{} < {b}", fmt(v))),
+                    _ => None,
+                };
+                match bad {
+                    Some(why) => (Status::Unhealthy, Some(v), why),
+                    None => (Status::Healthy, Some(v), format!("value {}", fmt(v))),
+                }
+            }
+        }
+    }
+
+    /// Multi-window burn rate: unhealthy when, for any pair, the error
+    /// budget burns faster than `factor` over both the long and the short
+    /// window.
+    async fn burn_rate(&self, slo: &Slo) -> Reading {
+        let name = slo_signal_name(slo);
+        let (Some(objective), Some(template)) = (slo.objective, &slo.error_ratio) else {
+            return Reading {
+                signal: name,
+                status: Status::Unknown,
+                value: None,
+                detail: "not a burn-rate SLO".into(),
+            };
+        };
+        let budget = (1.0 - objective).max(f64::EPSILON);
+        let mut worst: Option<f64> = None;
+        let mut breached = Vec::new();
+        let mut unknown = Vec::new();
+        for pair in &slo.burn_rates {
+            let mut burns = Vec::with_capacity(2);
+            for w in [pair.long.0, pair.short.0] {
+                let window = prom_duration(w);
+                match self.query(&template.replace("$window", &window)).await {
+                    Ok(Some(ratio)) => burns.push(ratio / budget),
+                    Ok(None) => unknown.push(format!("no sample over {window}")),
+                    Err(e) => unknown.push(e),
+                }
+            }
+            if let [long, short] = burns[..] {
+                worst = Some(worst.map_or(short, |w: f64| w.max(short)));
+                if long > pair.factor && short > pair.factor {
+                    breached.push(format!(
+                        "burn rate {} over {} and {} over {} (> {})",
+                        fmt(long),
+                        prom_duration(pair.long.0),
+                        fmt(short),
+                        prom_duration(pair.short.0),
+                        pair.factor
+                    ));
+                }
+            }
+        }
+        let (status, detail) = if !breached.is_empty() {
+            (Status::Unhealthy, breached.join("; "))
+        } else if !unknown.is_empty() {
+            (Status::Unknown, unknown.join("; "))
+        } else {
+            (
+                Status::Healthy,
+                format!("burn rate {}", fmt(worst.unwrap_or(0.0))),
+            )
+        };
+        Reading {
+            signal: name,
+            status,
+            value: worst,
+            detail,
+        }
+    }
+}
+
+async fn tcp_probe(p: &TcpProbe) -> (Status, Option<f64>, String) {
+    let timeout = p.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT);
+    let started = Instant::now();
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&p.address)).await {
+        Ok(Ok(_)) => {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            (Status::Healthy, Some(ms), format!("connected in {ms:.0} ms"))
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            (Status::Unhealthy, None, format!("{}: connection refused", p.address))
+        }
+        Ok(Err(e)) => (Status::Unknown, None, format!("{}: {e}", p.address)),
+        Err(_) => (
+            Status::Unknown,
+            None,
+            format!("{}: no answer within {}", p.address, humantime::format_duration(timeout)),
+        ),
+    }
+}
+
+/// A duration as PromQL writes it ("90s", "5m").
+fn prom_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_millis() != 0 || s == 0 {
+        format!("{}ms", d.as_millis().max(1))
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn fmt(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promql_durations() {
+        assert_eq!(prom_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(prom_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(prom_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(prom_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unknown_for_http_and_unhealthy_for_tcp() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let prober = Prober::new(&Healing::default());
+        let (s, _, _) = prober
+            .http(&HttpProbe {
+                url: format!("http://127.0.0.1:{port}/"),
+                status: None,
+                body_match: None,
+                max_latency: None,
+                timeout: None,
+            })
+            .await;
+        assert_eq!(s, Status::Unknown);
+        let (s, _, _) = tcp_probe(&TcpProbe {
+            address: format!("127.0.0.1:{port}"),
+            timeout: None,
+        })
+        .await;
+        assert_eq!(s, Status::Unhealthy);
+        let (s, _, d) = prober
+            .threshold(&PrometheusProbe {
+                query: "up".into(),
+                above: Some(1.0),
+                below: None,
+            })
+            .await;
+        assert_eq!(s, Status::Unknown, "{d}");
+    }
+}

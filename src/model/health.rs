@@ -1,0 +1,547 @@
+//! Health objectives, failure signatures and runbooks as declared in Git.
+//!
+//! These are the typed forms of the `health` and `remediation` blocks of a
+//! resource and of the `Signature` and `Runbook` kinds, plus the checks that
+//! a JSON Schema cannot express (exactly one probe type, references between
+//! documents, the command allowlist). Nothing here probes or acts.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Kind, Origin, Settings, Span};
+
+/// Signals every resource of a kind has without declaring a probe.
+pub fn builtin_signals(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::HostProcess => &["liveness", "status"],
+        _ => &["status"],
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Health {
+    #[serde(default)]
+    pub probes: Vec<Probe>,
+    #[serde(default)]
+    pub slos: Vec<Slo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probe {
+    pub name: String,
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+    #[serde(default)]
+    pub tcp: Option<TcpProbe>,
+    #[serde(default)]
+    pub prometheus: Option<PrometheusProbe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpProbe {
+    pub url: String,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub body_match: Option<String>,
+    #[serde(default)]
+    pub max_latency: Option<Span>,
+    #[serde(default)]
+    pub timeout: Option<Span>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpProbe {
+    pub address: String,
+    #[serde(default)]
+    pub timeout: Option<Span>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusProbe {
+    pub query: String,
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Slo {
+    pub name: String,
+    #[serde(default)]
+    pub signal: Option<String>,
+    #[serde(default, rename = "for")]
+    pub for_: Option<Span>,
+    #[serde(default)]
+    pub recovery: Option<Span>,
+    #[serde(default)]
+    pub objective: Option<f64>,
+    #[serde(default)]
+    pub error_ratio: Option<String>,
+    #[serde(default)]
+    pub burn_rates: Vec<BurnRate>,
+}
+
+impl Slo {
+    pub fn for_duration(&self) -> std::time::Duration {
+        self.for_.unwrap_or_default().0
+    }
+
+    /// Hysteresis: how long the SLO must be met again before it counts as
+    /// recovered. Defaults to the breach duration.
+    pub fn recovery_duration(&self) -> std::time::Duration {
+        self.recovery.map(|s| s.0).unwrap_or(self.for_duration())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BurnRate {
+    pub long: Span,
+    pub short: Span,
+    pub factor: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Remediation {
+    pub runbook: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    #[serde(default)]
+    pub signal: Option<String>,
+    #[serde(default)]
+    pub slo: Option<String>,
+    #[serde(default, rename = "for")]
+    pub for_: Option<Span>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignatureSpec {
+    pub cause: String,
+    pub runbook: String,
+    #[serde(default)]
+    pub severity: Severity,
+    #[serde(default)]
+    pub selector: Selector,
+    #[serde(default)]
+    pub all: Vec<Condition>,
+    #[serde(default)]
+    pub any: Vec<Condition>,
+}
+
+/// A known failure (kind `Signature`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signature {
+    pub name: String,
+    pub spec: SignatureSpec,
+    pub origin: Origin,
+}
+
+impl Signature {
+    /// More conditions make a signature more specific.
+    pub fn specificity(&self) -> usize {
+        self.spec.all.len() + usize::from(!self.spec.any.is_empty())
+    }
+
+    pub fn selects(&self, r: &super::Resource) -> bool {
+        let sel = &self.spec.selector;
+        sel.kind.as_deref().is_none_or(|k| k == r.key.kind.as_str())
+            && (sel.names.is_empty() || sel.names.iter().any(|n| *n == r.key.name))
+            && sel
+                .labels
+                .iter()
+                .all(|(k, v)| r.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepAction {
+    Restart,
+    Replace,
+    Reapply,
+    ReapplyLastGood,
+    Scale,
+    Command,
+    Escalate,
+}
+
+impl StepAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepAction::Restart => "restart",
+            StepAction::Replace => "replace",
+            StepAction::Reapply => "reapply",
+            StepAction::ReapplyLastGood => "reapply-last-good",
+            StepAction::Scale => "scale",
+            StepAction::Command => "command",
+            StepAction::Escalate => "escalate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Step {
+    pub action: StepAction,
+    #[serde(default)]
+    pub within: Option<Span>,
+    #[serde(default)]
+    pub hold: Option<Span>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub by: Option<i64>,
+}
+
+impl Step {
+    pub fn within(&self) -> std::time::Duration {
+        self.within
+            .map(|s| s.0)
+            .unwrap_or(std::time::Duration::from_secs(30))
+    }
+
+    pub fn hold(&self) -> std::time::Duration {
+        self.hold
+            .map(|s| s.0)
+            .unwrap_or(std::time::Duration::from_secs(1))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunbookSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+/// An approved procedure (kind `Runbook`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runbook {
+    pub name: String,
+    pub spec: RunbookSpec,
+    pub origin: Origin,
+}
+
+/// `Settings spec.healing`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Healing {
+    #[serde(default)]
+    pub prometheus: Option<PrometheusSettings>,
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default = "default_ineffective_after")]
+    pub ineffective_after: u32,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_ineffective_after() -> u32 {
+    3
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+impl Default for Healing {
+    fn default() -> Self {
+        Healing {
+            prometheus: None,
+            commands: Vec::new(),
+            ineffective_after: default_ineffective_after(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusSettings {
+    pub url: String,
+    #[serde(default)]
+    pub timeout: Option<Span>,
+}
+
+/// A problem found by the cross-document checks: the document, a JSON
+/// Pointer into it, and what is wrong.
+pub struct Problem {
+    pub origin: Origin,
+    pub pointer: String,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// Turns a schema-valid document body into its typed form.
+pub fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+/// Checks what a schema cannot: one probe type each, references to signals,
+/// SLOs and runbooks that exist, and commands on the allowlist.
+pub fn check(
+    settings: &Settings,
+    resources: &[super::Resource],
+    signatures: &[Signature],
+    runbooks: &[Runbook],
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut problem = |origin: &Origin, pointer: String, message: String, help: Option<String>| {
+        out.push(Problem {
+            origin: origin.clone(),
+            pointer,
+            message,
+            help,
+        })
+    };
+    let runbook_names: HashSet<&str> = runbooks.iter().map(|r| r.name.as_str()).collect();
+    let known_runbooks = || {
+        let mut names: Vec<&str> = runbook_names.iter().copied().collect();
+        names.sort_unstable();
+        if names.is_empty() {
+            "no Runbook is declared".to_string()
+        } else {
+            format!("declared runbooks: {}", names.join(", "))
+        }
+    };
+    let prometheus = settings.healing.prometheus.is_some();
+    let no_prometheus = || Some("set Settings spec.healing.prometheus.url".to_string());
+
+    for r in resources {
+        if let Some(rem) = &r.remediation {
+            if !runbook_names.contains(rem.runbook.as_str()) {
+                problem(
+                    &r.origin,
+                    "/remediation/runbook".into(),
+                    format!("unknown runbook `{}`", rem.runbook),
+                    Some(known_runbooks()),
+                );
+            }
+        }
+        let Some(h) = &r.health else { continue };
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, p) in h.probes.iter().enumerate() {
+            let at = format!("/health/probes/{i}");
+            let kinds = [p.http.is_some(), p.tcp.is_some(), p.prometheus.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if kinds != 1 {
+                problem(
+                    &r.origin,
+                    at.clone(),
+                    format!("probe `{}` must have exactly one of http, tcp, prometheus", p.name),
+                    None,
+                );
+            }
+            if builtin_signals(r.key.kind).contains(&p.name.as_str()) {
+                problem(
+                    &r.origin,
+                    format!("{at}/name"),
+                    format!("`{}` is a built-in signal of {}; name the probe differently", p.name, r.key.kind),
+                    None,
+                );
+            }
+            if let Some(first) = names.insert(p.name.as_str(), i) {
+                problem(
+                    &r.origin,
+                    format!("{at}/name"),
+                    format!("probe `{}` is declared twice (first at probes[{first}])", p.name),
+                    None,
+                );
+            }
+            if let Some(prom) = &p.prometheus {
+                if prom.above.is_some() == prom.below.is_some() {
+                    problem(
+                        &r.origin,
+                        format!("{at}/prometheus"),
+                        format!("prometheus probe `{}` needs exactly one of above, below", p.name),
+                        None,
+                    );
+                }
+                if !prometheus {
+                    problem(
+                        &r.origin,
+                        format!("{at}/prometheus"),
+                        format!("prometheus probe `{}` needs a Prometheus server", p.name),
+                        no_prometheus(),
+                    );
+                }
+            }
+            if let Some(m) = p.http.as_ref().and_then(|h| h.body_match.as_ref()) {
+                if let Err(e) = regex_check(m) {
+                    problem(
+                        &r.origin,
+                        format!("{at}/http/bodyMatch"),
+                        format!("invalid regular expression: {e}"),
+                        None,
+                    );
+                }
+            }
+        }
+        let signals = |name: &str| {
+            builtin_signals(r.key.kind).contains(&name) || names.contains_key(name)
+        };
+        let known_signals = || {
+            let mut all: Vec<&str> = builtin_signals(r.key.kind).to_vec();
+            all.extend(h.probes.iter().map(|p| p.name.as_str()));
+            format!("signals of {}: {}", r.key, all.join(", "))
+        };
+        let mut slo_names = HashSet::new();
+        for (i, slo) in h.slos.iter().enumerate() {
+            let at = format!("/health/slos/{i}");
+            if !slo_names.insert(slo.name.as_str()) {
+                problem(&r.origin, format!("{at}/name"), format!("SLO `{}` is declared twice", slo.name), None);
+            }
+            let burn = slo.objective.is_some() || slo.error_ratio.is_some() || !slo.burn_rates.is_empty();
+            match (&slo.signal, burn) {
+                (Some(s), false) => {
+                    if !signals(s) {
+                        problem(
+                            &r.origin,
+                            format!("{at}/signal"),
+                            format!("SLO `{}` refers to unknown signal `{s}`", slo.name),
+                            Some(known_signals()),
+                        );
+                    }
+                }
+                (None, true) => {
+                    if slo.objective.is_none() || slo.error_ratio.is_none() || slo.burn_rates.is_empty() {
+                        problem(
+                            &r.origin,
+                            at.clone(),
+                            format!("burn-rate SLO `{}` needs objective, errorRatio and burnRates", slo.name),
+                            None,
+                        );
+                    }
+                    if slo.error_ratio.as_deref().is_some_and(|q| !q.contains("$window")) {
+                        problem(
+                            &r.origin,
+                            format!("{at}/errorRatio"),
+                            "errorRatio must use `$window` where the range goes, e.g. rate(errors[$window])".into(),
+                            None,
+                        );
+                    }
+                    if !prometheus {
+                        problem(&r.origin, at.clone(), format!("burn-rate SLO `{}` needs a Prometheus server", slo.name), no_prometheus());
+                    }
+                }
+                _ => problem(
+                    &r.origin,
+                    at.clone(),
+                    format!("SLO `{}` needs either a signal, or objective, errorRatio and burnRates", slo.name),
+                    None,
+                ),
+            }
+        }
+    }
+
+    for s in signatures {
+        if !runbook_names.contains(s.spec.runbook.as_str()) {
+            problem(
+                &s.origin,
+                "/spec/runbook".into(),
+                format!("unknown runbook `{}`", s.spec.runbook),
+                Some(known_runbooks()),
+            );
+        }
+        if let Some(k) = &s.spec.selector.kind {
+            if Kind::parse(k).is_none_or(|k| k.provider().is_none()) {
+                problem(&s.origin, "/spec/selector/kind".into(), format!("unknown resource kind `{k}`"), None);
+            }
+        }
+        if s.spec.all.is_empty() && s.spec.any.is_empty() {
+            problem(&s.origin, "/spec".into(), "a signature needs at least one condition in `all` or `any`".into(), None);
+        }
+        for (list, conds) in [("all", &s.spec.all), ("any", &s.spec.any)] {
+            for (i, c) in conds.iter().enumerate() {
+                if c.signal.is_some() == c.slo.is_some() {
+                    problem(
+                        &s.origin,
+                        format!("/spec/{list}/{i}"),
+                        "a condition names exactly one of signal, slo".into(),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    let allowed: HashSet<&str> = settings.healing.commands.iter().map(String::as_str).collect();
+    for rb in runbooks {
+        for (i, step) in rb.spec.steps.iter().enumerate() {
+            let at = format!("/spec/steps/{i}");
+            match step.action {
+                StepAction::Command => match step.command.first() {
+                    None => problem(&rb.origin, at, "a command step needs `command`".into(), None),
+                    Some(prog) if !allowed.contains(prog.as_str()) => problem(
+                        &rb.origin,
+                        format!("{at}/command/0"),
+                        format!("`{prog}` is not an allowed command"),
+                        Some("list it in Settings spec.healing.commands".into()),
+                    ),
+                    Some(_) => {}
+                },
+                StepAction::Scale if step.by.is_none() => {
+                    problem(&rb.origin, at, "a scale step needs `by`".into(), None)
+                }
+                _ if !step.command.is_empty() => problem(
+                    &rb.origin,
+                    format!("{at}/command"),
+                    format!("`command` belongs to command steps, not {}", step.action.as_str()),
+                    None,
+                ),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn regex_check(pattern: &str) -> Result<(), String> {
+    regex::Regex::new(pattern).map(|_| ()).map_err(|e| e.to_string())
+}
