@@ -20,6 +20,12 @@ pub enum ActionType {
     Delete,
     Restart,
     Stop,
+    /// Delete and re-create (a runbook step).
+    Replace,
+    /// Change capacity (a runbook step).
+    Scale,
+    /// Run an allowlisted command on the host (a runbook step).
+    Command,
 }
 
 impl ActionType {
@@ -30,6 +36,9 @@ impl ActionType {
             ActionType::Delete => "delete",
             ActionType::Restart => "restart",
             ActionType::Stop => "stop",
+            ActionType::Replace => "replace",
+            ActionType::Scale => "scale",
+            ActionType::Command => "command",
         }
     }
 }
@@ -100,6 +109,23 @@ pub struct Action {
     /// Where the resource is declared (absent for deletions).
     #[serde(rename = "declaredAt", skip_serializing_if = "Option::is_none")]
     pub declared_at: Option<crate::model::Origin>,
+    /// The incident this action is a runbook step of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentRef>,
+}
+
+/// Which incident and runbook step an action carries out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentRef {
+    pub cause: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    pub runbook: String,
+    /// Zero-based index of the step in the runbook.
+    pub step: usize,
+    pub step_action: crate::model::health::StepAction,
+    pub severity: crate::model::health::Severity,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -177,6 +203,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
             note: None,
             contested: false,
             declared_at: None,
+            incident: None,
         });
     }
     Plan {

@@ -8,6 +8,7 @@
 //! This module reads; it never acts.
 
 mod probe;
+pub mod remedy;
 
 use std::collections::HashMap;
 use std::time::Duration;

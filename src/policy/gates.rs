@@ -273,6 +273,7 @@ mod tests {
             note: None,
             contested: false,
             declared_at: None,
+            incident: None,
         }
     }
 

@@ -50,6 +50,9 @@ fn marker(t: ActionType, p: &Palette) -> (String, &'static str) {
         ActionType::Delete => ("-", p.red),
         ActionType::Restart => ("↻", p.cyan),
         ActionType::Stop => ("■", p.yellow),
+        ActionType::Replace => ("±", p.red),
+        ActionType::Scale => ("⇅", p.yellow),
+        ActionType::Command => ("$", p.cyan),
     };
     (sym.to_string(), col)
 }

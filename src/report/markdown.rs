@@ -13,6 +13,9 @@ fn icon(t: ActionType) -> &'static str {
         ActionType::Delete => "🗑️",
         ActionType::Restart => "🔄",
         ActionType::Stop => "⏹️",
+        ActionType::Replace => "♻️",
+        ActionType::Scale => "↕️",
+        ActionType::Command => "⚙️",
     }
 }
 

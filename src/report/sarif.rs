@@ -12,6 +12,7 @@ fn rule_id(t: ActionType) -> &'static str {
         ActionType::Delete => "tend/undeclared",
         ActionType::Restart => "tend/not-running",
         ActionType::Stop => "tend/should-be-stopped",
+        ActionType::Replace | ActionType::Scale | ActionType::Command => "tend/unhealthy",
     }
 }
 
@@ -24,6 +25,10 @@ fn rule(t: ActionType) -> Value {
         ActionType::Stop => (
             "ShouldBeStopped",
             "A process declared as stopped is running.",
+        ),
+        ActionType::Replace | ActionType::Scale | ActionType::Command => (
+            "Unhealthy",
+            "A resource is unhealthy and a runbook step heals it.",
         ),
     };
     json!({"id": rule_id(t), "name": name, "shortDescription": {"text": text}})

@@ -32,6 +32,7 @@ fn action(
         note: None,
         contested: false,
         declared_at: None,
+        incident: None,
     }
 }
 

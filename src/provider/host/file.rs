@@ -161,10 +161,26 @@ pub(super) fn apply(
                 detail: format!("removed {}", path.display()),
             })
         }
-        ActionType::Create | ActionType::Update | ActionType::Restart | ActionType::Stop => {
+        ActionType::Scale | ActionType::Command => Err(fail(format!(
+            "a host.File has no {} action",
+            action.action_type.as_str()
+        ))),
+        ActionType::Create
+        | ActionType::Update
+        | ActionType::Restart
+        | ActionType::Stop
+        | ActionType::Replace => {
             let spec = spec.ok_or_else(|| fail("no desired state for this file".into()))?;
             let declared = spec.get("path").and_then(Value::as_str).unwrap_or_default();
             let path = refs.resolve(declared);
+            if action.action_type == ActionType::Replace {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => {
+                        return Err(fail(format!("{}: {e}", path.display())))
+                    }
+                    _ => {}
+                }
+            }
             let mode = spec
                 .get("mode")
                 .and_then(Value::as_str)

@@ -7,6 +7,8 @@
 mod file;
 mod process;
 
+pub use process::RESTART_PATH;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;

@@ -384,6 +384,10 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
     Ok(rec)
 }
 
+/// The change a runbook restart carries: from the running instance (`pid
+/// N`) to a new one.
+pub const RESTART_PATH: &str = "/status/instance";
+
 pub(super) fn apply(
     refs: &HostRefs,
     exe: &Path,
@@ -398,10 +402,22 @@ pub(super) fn apply(
     let name = &action.target.name;
     let existing = read_record(&refs.procs_dir, name).map_err(|e| fail(e.to_string()))?;
     let mut did = Vec::new();
+    if action.action_type == ActionType::Scale {
+        return Err(fail("a host.Process cannot be scaled".into()));
+    }
     if let Some(rec) = &existing {
         // Idempotence: a restart whose process already runs as declared is
-        // a no-op, not a second restart.
-        if action.action_type == ActionType::Restart && process_alive(rec) == Liveness::Ours {
+        // a no-op, not a second restart. A runbook restart names the
+        // instance it replaces, so it acts only while that one still runs.
+        let instance = format!("pid {}", rec.pid);
+        let names_this_instance = action
+            .changes
+            .iter()
+            .any(|c| c.path == RESTART_PATH && c.from.as_str() == Some(instance.as_str()));
+        if action.action_type == ActionType::Restart
+            && process_alive(rec) == Liveness::Ours
+            && !names_this_instance
+        {
             return Ok(Applied {
                 detail: format!("already running as pid {}", rec.pid),
             });

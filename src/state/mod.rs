@@ -8,7 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
+mod incidents;
+
 use rusqlite::{params, Connection, OptionalExtension};
+
+pub use incidents::{Incident, IncidentStep, NewIncident};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,66 @@ CREATE TABLE IF NOT EXISTS corrections (
     path TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS corrections_at ON corrections(at);
+CREATE TABLE IF NOT EXISTS signal_state (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    signal TEXT NOT NULL,
+    status TEXT NOT NULL,
+    since TEXT NOT NULL,
+    last_healthy TEXT,
+    value REAL,
+    detail TEXT NOT NULL,
+    observed_at TEXT NOT NULL,
+    PRIMARY KEY (kind, name, signal)
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'escalated', 'resolved')),
+    cause TEXT NOT NULL,
+    signature TEXT,
+    runbook TEXT,
+    severity TEXT NOT NULL,
+    symptoms TEXT NOT NULL,
+    onset_at TEXT NOT NULL,
+    detected_at TEXT NOT NULL,
+    resolved_at TEXT,
+    next_step INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT '',
+    recommendation TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS incidents_resource ON incidents(kind, name, status);
+CREATE TABLE IF NOT EXISTS incident_steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id INTEGER NOT NULL REFERENCES incidents(id),
+    step INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS remediation_stats (
+    cause TEXT NOT NULL,
+    runbook TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    successes INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (cause, runbook, step)
+);
+CREATE TABLE IF NOT EXISTS last_good (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    commit_sha TEXT,
+    spec TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
 CREATE TABLE IF NOT EXISTS run_lock (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER NOT NULL,

@@ -1,0 +1,256 @@
+//! From a diagnosed problem to the runbook step to take next. Pure: the
+//! incident so far and the remediation statistics are passed in.
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::Problem;
+use crate::diff::FieldChange;
+use crate::model::health::{Runbook, RunbookSpec, Step, StepAction};
+use crate::model::{Kind, Resource, ResourceKey};
+use crate::plan::{Action, ActionType, Decision, IncidentRef, Risk};
+use crate::provider::LiveResource;
+
+/// The runbook tend uses when none is named: restart a process (re-apply
+/// anything else), then hand over.
+pub fn builtin_runbook(kind: Kind) -> RunbookSpec {
+    let first = if kind == Kind::HostProcess {
+        StepAction::Restart
+    } else {
+        StepAction::Reapply
+    };
+    let step = |action| Step {
+        action,
+        within: None,
+        hold: None,
+        command: Vec::new(),
+        by: None,
+    };
+    RunbookSpec {
+        description: Some("built in: correct the resource once, then escalate".into()),
+        steps: vec![step(first), step(StepAction::Escalate)],
+    }
+}
+
+pub const BUILTIN_RUNBOOK: &str = "built-in";
+
+/// A step passed over because it has stopped working for this cause.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Skipped {
+    pub step: usize,
+    pub action: StepAction,
+    pub reason: String,
+}
+
+/// What the incident so far says about a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prior {
+    pub id: i64,
+    pub escalated: bool,
+    pub next_step: usize,
+}
+
+/// A resource that needs healing and what comes next.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Remedy {
+    pub target: ResourceKey,
+    pub problem: Problem,
+    /// The unresolved incident this continues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<i64>,
+    pub runbook: String,
+    /// The next step to take; `None` when the runbook is exhausted (or
+    /// reaches `escalate`) and the incident is handed to a human.
+    pub step: Option<usize>,
+    pub skipped: Vec<Skipped>,
+    /// The incident was escalated earlier; nothing more is tried.
+    pub escalated: bool,
+}
+
+impl Remedy {
+    /// The key remediation statistics are counted under.
+    pub fn cause_key(&self) -> String {
+        cause_key(&self.target, &self.problem)
+    }
+}
+
+pub fn cause_key(target: &ResourceKey, problem: &Problem) -> String {
+    problem
+        .signature
+        .clone()
+        .unwrap_or_else(|| target.to_string())
+}
+
+/// Chooses the next step: continue an open incident where it stopped,
+/// skip steps that failed verification `ineffective_after` consecutive
+/// times for this cause, stop at `escalate` or the end.
+pub fn next_step(
+    spec: &RunbookSpec,
+    from: usize,
+    failures: &dyn Fn(usize) -> i64,
+    ineffective_after: u32,
+    skipped: &mut Vec<Skipped>,
+) -> Option<usize> {
+    let mut i = from;
+    while let Some(step) = spec.steps.get(i) {
+        if step.action == StepAction::Escalate {
+            return None;
+        }
+        let failed = failures(i);
+        if failed >= i64::from(ineffective_after) {
+            skipped.push(Skipped {
+                step: i,
+                action: step.action,
+                reason: format!(
+                    "ineffective: failed verification {failed} consecutive times for this cause"
+                ),
+            });
+            i += 1;
+            continue;
+        }
+        return Some(i);
+    }
+    None
+}
+
+pub fn remedy(
+    r: &Resource,
+    problem: Problem,
+    runbooks: &[Runbook],
+    prior: Option<&Prior>,
+    failures: &dyn Fn(&str, usize) -> i64,
+    ineffective_after: u32,
+) -> Remedy {
+    let (name, spec) = runbook_for(r.key.kind, problem.runbook.as_deref(), runbooks);
+    let key = cause_key(&r.key, &problem);
+    let mut skipped = Vec::new();
+    let escalated = prior.is_some_and(|p| p.escalated);
+    let step = if escalated {
+        None
+    } else {
+        next_step(
+            &spec,
+            prior.map(|p| p.next_step).unwrap_or(0),
+            &|i| failures(&key, i),
+            ineffective_after,
+            &mut skipped,
+        )
+    };
+    Remedy {
+        target: r.key.clone(),
+        problem,
+        incident: prior.map(|p| p.id),
+        runbook: name,
+        step,
+        skipped,
+        escalated,
+    }
+}
+
+/// The runbook by name, or the built-in one when none is named.
+pub fn runbook_for(kind: Kind, name: Option<&str>, runbooks: &[Runbook]) -> (String, RunbookSpec) {
+    match name.and_then(|n| runbooks.iter().find(|r| r.name == n)) {
+        Some(rb) => (rb.name.clone(), rb.spec.clone()),
+        None => (BUILTIN_RUNBOOK.to_string(), builtin_runbook(kind)),
+    }
+}
+
+/// The action that carries out a runbook step, before any decision.
+pub fn step_action(
+    remedy: &Remedy,
+    index: usize,
+    step: &Step,
+    live: Option<&LiveResource>,
+    drift: &[FieldChange],
+) -> Action {
+    let target = remedy.target.clone();
+    let (action_type, changes, risk, reversible) = match step.action {
+        StepAction::Restart => (
+            ActionType::Restart,
+            vec![FieldChange {
+                path: crate::provider::host::RESTART_PATH.into(),
+                from: json!(live.map(|l| l.id.clone()).unwrap_or_else(|| "not running".into())),
+                to: json!("a new instance"),
+            }],
+            Risk::Low,
+            true,
+        ),
+        StepAction::Replace => (ActionType::Replace, drift.to_vec(), Risk::Medium, false),
+        StepAction::Reapply | StepAction::ReapplyLastGood => {
+            (ActionType::Update, drift.to_vec(), Risk::Low, true)
+        }
+        StepAction::Scale => (
+            ActionType::Scale,
+            vec![FieldChange {
+                path: "/spec/capacity".into(),
+                from: serde_json::Value::Null,
+                to: json!(format!("{:+}", step.by.unwrap_or(0))),
+            }],
+            Risk::Medium,
+            true,
+        ),
+        StepAction::Command => (
+            ActionType::Command,
+            vec![FieldChange {
+                path: "/command".into(),
+                from: serde_json::Value::Null,
+                to: json!(step.command),
+            }],
+            Risk::Medium,
+            false,
+        ),
+        StepAction::Escalate => (ActionType::Command, Vec::new(), Risk::Low, true),
+    };
+    let incident = IncidentRef {
+        cause: remedy.problem.cause.clone(),
+        signature: remedy.problem.signature.clone(),
+        runbook: remedy.runbook.clone(),
+        step: index,
+        step_action: step.action,
+        severity: remedy.problem.severity,
+    };
+    let fingerprint = crate::plan::fingerprint(action_type, &target, &changes);
+    Action {
+        fingerprint,
+        action_type,
+        target,
+        changes,
+        risk,
+        reversible,
+        decision: Decision::Auto,
+        reasons: Vec::new(),
+        note: Some(format!(
+            "runbook {} step {} ({}) for: {}",
+            remedy.runbook,
+            index + 1,
+            step.action.as_str(),
+            remedy.problem.cause
+        )),
+        contested: false,
+        declared_at: None,
+        incident: Some(incident),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ineffective_steps_are_skipped_and_escalate_ends_the_runbook() {
+        let spec: RunbookSpec = serde_json::from_value(json!({"steps": [
+            {"action": "restart"}, {"action": "replace"}, {"action": "escalate"}, {"action": "restart"}
+        ]}))
+        .unwrap();
+        let mut skipped = Vec::new();
+        assert_eq!(next_step(&spec, 0, &|_| 0, 3, &mut skipped), Some(0));
+        assert_eq!(
+            next_step(&spec, 0, &|i| if i == 0 { 3 } else { 0 }, 3, &mut skipped),
+            Some(1)
+        );
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(next_step(&spec, 2, &|_| 0, 3, &mut skipped), None);
+        assert_eq!(next_step(&spec, 9, &|_| 0, 3, &mut skipped), None);
+    }
+}
