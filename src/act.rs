@@ -54,11 +54,13 @@ pub async fn run(
     state: &State,
     run_id: i64,
     breaker_failures: usize,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<ActionResult>, StateError> {
     let index = desired.index();
     let mut results = Vec::with_capacity(plan.actions.len());
     let mut consecutive_failures = 0;
-    for action in &plan.actions {
+    // Runbook steps are carried out and verified by `verify`.
+    for action in plan.actions.iter().filter(|a| a.incident.is_none()) {
         let started = Instant::now();
         if action.decision != Decision::Auto {
             state.record_decision(
@@ -79,6 +81,10 @@ pub async fn run(
         let outcome = if action.decision != Decision::Auto {
             Outcome::Skipped {
                 reason: format!("decision is {}", action.decision.as_str()),
+            }
+        } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            Outcome::Skipped {
+                reason: "tend is stopping; the next pass re-plans it".into(),
             }
         } else if consecutive_failures >= breaker_failures {
             Outcome::Skipped {

@@ -15,7 +15,7 @@ use crate::model::{self, Mode};
 use crate::reconcile::{self, Options, PassError};
 use crate::report::{self, Format};
 use crate::source::Source;
-use crate::state::{self, State};
+use crate::state::State;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,6 +99,45 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Reconcile and heal in a loop until SIGINT/SIGTERM.
+    Watch {
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Time between full reconciles (fetch, validate, diff, act, heal).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Time between healing passes (health of watched resources only).
+        /// Default: the interval.
+        #[arg(long, value_parser = parse_duration)]
+        heal_interval: Option<std::time::Duration>,
+        /// Share of each wait that is randomised, so many watchers do not
+        /// act in lockstep.
+        #[arg(long, default_value_t = 0.1)]
+        jitter: f64,
+        /// Stop after this many passes (0: run until stopped).
+        #[arg(long, default_value_t = 0)]
+        max_passes: u64,
+        /// Overrides the mode in Settings.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// human: a report per pass that did something; json: one JSON
+        /// document per pass, one per line.
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
+    /// List incidents (unresolved ones unless --all), or show one.
+    Incidents {
+        #[command(subcommand)]
+        command: Option<IncidentsCommand>,
+        /// Include resolved incidents.
+        #[arg(long)]
+        all: bool,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
     /// Print the journal of intents and outcomes.
     History {
         /// Only entries since this time: RFC 3339 (2026-11-21T10:00:00Z) or
@@ -118,6 +157,20 @@ enum Command {
     },
     /// Run the sample HTTP workload (used by examples/desired-state).
     SampleApp(crate::sample::SampleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum IncidentsCommand {
+    /// One incident's full summary.
+    Show {
+        id: i64,
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}`: {e}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,7 +322,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             let now = chrono::Utc::now();
             let state = State::open_existing(&loaded.state_dir)?;
             let facts = reconcile::facts(state.as_ref(), &loaded.desired.settings, now)?;
-            let planned = reconcile::plan(&mut loaded, &opts, &facts, now).await?;
+            let planned = reconcile::plan(&mut loaded, &opts, &facts, state.as_ref(), now).await?;
             let plan = &planned.plan;
             print(&match format {
                 Format::Human => report::render_plan(plan, color),
@@ -297,6 +350,72 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             let code = result?;
             unlocked?;
             Ok(code)
+        }
+        Command::Watch {
+            source,
+            interval,
+            heal_interval,
+            jitter,
+            max_passes,
+            mode,
+            format,
+        } => {
+            if !(0.0..=0.5).contains(jitter) {
+                anyhow::bail!("--jitter must be between 0 and 0.5, got {jitter}");
+            }
+            if interval.is_zero() {
+                anyhow::bail!("--interval must be greater than zero");
+            }
+            let opts = opts(*mode);
+            let wo = crate::watch::WatchOptions {
+                interval: *interval,
+                heal_interval: heal_interval.unwrap_or(*interval),
+                jitter: *jitter,
+                max_passes: *max_passes,
+            };
+            let format = *format;
+            crate::watch::run(&source.source(), &opts, &wo, |pass| {
+                let text = watch_report(pass, format, color);
+                if !text.is_empty() {
+                    let _ = print(&text);
+                }
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Incidents {
+            command,
+            all,
+            limit,
+            format,
+        } => {
+            let dir = reconcile::bootstrap_state_dir(&opts(None))?;
+            let Some(state) = State::open_existing(&dir)? else {
+                anyhow::bail!(
+                    "no state database at {}: nothing has been applied with this state directory",
+                    dir.display()
+                );
+            };
+            match command {
+                None => {
+                    let list = state.incidents(*all, *limit)?;
+                    print(&match format {
+                        HistoryFormat::Human => report::render_incidents(&list, color),
+                        HistoryFormat::Json => format!("{:#}\n", report::incidents_json(&list)),
+                    })?;
+                    Ok(0)
+                }
+                Some(IncidentsCommand::Show { id, format }) => {
+                    let Some(i) = state.incident(*id)? else {
+                        anyhow::bail!("no incident #{id} in {}", dir.display());
+                    };
+                    print(&match format {
+                        HistoryFormat::Human => report::render_incident(&i, color),
+                        HistoryFormat::Json => format!("{:#}\n", serde_json::json!(i)),
+                    })?;
+                    Ok(0)
+                }
+            }
         }
         Command::History {
             since,
@@ -334,72 +453,62 @@ async fn apply(
     format: Format,
     color: bool,
 ) -> anyhow::Result<u8> {
-    let mode = opts.mode.unwrap_or(loaded.desired.settings.mode);
-    let run_id = state.begin_run(
-        "apply",
-        &loaded.origin,
-        loaded.commit.as_deref(),
-        mode.as_str(),
-    )?;
-    // An earlier run died between calling a provider and recording what
-    // happened. Live state is re-read below, so the action is re-planned
-    // from facts, never repeated blindly.
-    for d in state.dangling_intents()? {
-        state.outcome(&state::JournalRecord {
-            run_id: d.run_id,
-            fingerprint: &d.fingerprint,
-            action: &d.action,
-            kind: &d.kind,
-            name: &d.name,
-            commit: d.commit.as_deref(),
-            outcome: Some("interrupted"),
-            detail: &format!(
-                "run {} ended before recording an outcome; live state re-read by run {run_id}",
-                d.run_id
-            ),
-        })?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let applied = reconcile::apply(loaded, opts, state, "tend apply", &stop).await?;
+    print(&report::render_applied(&applied, format, color))?;
+    let escalated = applied.escalated();
+    if escalated > 0 {
+        eprintln!(
+            "tend: {escalated} incident{} escalated: a human must act (see `tend incidents`)",
+            if escalated == 1 { " is" } else { "s are" }
+        );
     }
-    let now = chrono::Utc::now();
-    let planned = match reconcile::facts(Some(state), &loaded.desired.settings, now) {
-        Ok(facts) => reconcile::plan(loaded, opts, &facts, now).await,
-        Err(e) => Err(e),
-    };
-    let planned = match planned {
-        Ok(p) => p,
-        Err(e) => {
-            state.finish_run(run_id, "error")?;
-            return Err(e.into());
-        }
-    };
-    let breaker = loaded.desired.settings.safety.circuit_breaker.failures;
-    let results = crate::act::run(
-        &planned.plan,
-        &loaded.desired,
-        &planned.providers,
-        state,
-        run_id,
-        breaker,
-    )
-    .await?;
-    let failed = results.iter().any(|r| r.outcome.label() == "failed");
-    state.finish_run(run_id, if failed { "failed" } else { "ok" })?;
-    print(&match format {
-        Format::Human => {
-            let mut text = report::render_plan(&planned.plan, color);
-            if !results.is_empty() {
-                text.push('\n');
-                text.push_str(&report::render_results(&results, color));
-            }
-            text
-        }
-        Format::Json => format!("{:#}\n", report::apply_json(&planned.plan, &results)),
-        Format::Markdown => report::render_markdown(&planned.plan, Some(&results)),
-        Format::Sarif => format!("{:#}\n", report::plan_sarif(&planned.plan)),
-    })?;
-    Ok(if failed { 1 } else { 0 })
+    Ok(if applied.failed() || escalated > 0 { 1 } else { 0 })
 }
 
 /// The `*.rego` files of a directory, as (path relative to it, file).
+/// One pass of `tend watch`, as text: quiet when nothing happened.
+fn watch_report(pass: crate::watch::PassReport<'_>, format: HistoryFormat, color: bool) -> String {
+    use crate::watch::PassReport;
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match (pass, format) {
+        (PassReport::Failed { error, .. }, HistoryFormat::Json) => format!(
+            "{}\n",
+            serde_json::json!({"apiVersion": "tend.dev/v1", "kind": "WatchPass", "at": at, "error": format!("{error:#}")})
+        ),
+        (PassReport::Failed { error, .. }, HistoryFormat::Human) => {
+            let mut text = format!("[{at}] pass failed, nothing changed: {error}\n");
+            if let PassError::Invalid(inv) = error {
+                text.push_str(&model::diagnostic::render(&inv.diagnostics, &inv.sources, color));
+            }
+            text
+        }
+        (PassReport::Done { full, applied }, HistoryFormat::Json) => {
+            let mut doc: serde_json::Value = serde_json::from_str(&report::render_applied(applied, Format::Json, false)).unwrap_or_default();
+            if let Some(m) = doc.as_object_mut() {
+                m.insert("kind".into(), "WatchPass".into());
+                m.insert("at".into(), at.into());
+                m.insert("full".into(), full.into());
+            }
+            format!("{doc}\n")
+        }
+        (PassReport::Done { full, applied }, HistoryFormat::Human) => {
+            let quiet = applied.plan.actions.is_empty()
+                && applied.incidents.iter().all(|i| i.status == "escalated")
+                && applied.healed.is_empty()
+                && applied.plan.health.iter().all(|a| a.problem.is_none());
+            if quiet {
+                return String::new();
+            }
+            format!(
+                "[{at}] {} pass\n{}",
+                if full { "full" } else { "healing" },
+                report::render_applied(applied, Format::Human, color)
+            )
+        }
+    }
+}
+
 fn rego_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, model::SourceFile)>> {
     let snapshot = Source::Dir(dir.to_path_buf())
         .snapshot(dir)

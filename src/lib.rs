@@ -18,6 +18,8 @@ pub mod report;
 pub mod sample;
 pub mod source;
 pub mod state;
+pub mod verify;
+pub mod watch;
 
 pub use diff::{diff, Change, Diff, DiffOptions, FieldChange};
 pub use model::{load, DesiredState, Kind, Mode, Resource, ResourceKey, Settings, SourceFile};

@@ -150,6 +150,12 @@ pub struct Plan {
     pub in_sync: usize,
     pub actions: Vec<Action>,
     pub unmanaged: Vec<Unmanaged>,
+    /// The health of every watched resource.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<crate::health::Assessment>,
+    /// Unhealthy resources and the runbook step each takes next.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remedies: Vec<crate::health::remedy::Remedy>,
 }
 
 impl Plan {
@@ -213,6 +219,8 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
         in_sync: diff.in_sync,
         actions,
         unmanaged,
+        health: Vec::new(),
+        remedies: Vec::new(),
     }
 }
 
@@ -238,7 +246,7 @@ fn classify(kind: Kind, t: ActionType) -> (Risk, bool) {
     }
 }
 
-fn ceiling(global: Mode, resource: Option<Mode>) -> (Decision, Vec<String>) {
+pub fn ceiling(global: Mode, resource: Option<Mode>) -> (Decision, Vec<String>) {
     let effective = resource.map_or(global, |r| r.min(global));
     let why = match resource {
         Some(r) if r < global => format!("metadata.mode is {r}"),

@@ -288,6 +288,8 @@ mod tests {
             in_sync: 0,
             actions,
             unmanaged: vec![],
+            health: vec![],
+            remedies: vec![],
         }
     }
 

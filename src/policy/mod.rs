@@ -106,7 +106,7 @@ pub fn input_for(
             "reversible": action.reversible,
         },
         "resource": resource_json(index.get(&action.target).copied(), ctx.live.get(&action.target)),
-        "incident": Value::Null,
+        "incident": action.incident.as_ref().map_or(Value::Null, |i| json!(i)),
         "context": {
             "mode": plan.mode.as_str(),
             "now": ctx.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -7,18 +7,18 @@ use crate::act::{ActionResult, Outcome};
 use crate::plan::{Action, ActionType, Plan};
 use crate::state::JournalEntry;
 
-struct Palette {
-    bold: &'static str,
-    dim: &'static str,
-    red: &'static str,
-    green: &'static str,
-    yellow: &'static str,
-    cyan: &'static str,
-    reset: &'static str,
+pub(super) struct Palette {
+    pub(super) bold: &'static str,
+    pub(super) dim: &'static str,
+    pub(super) red: &'static str,
+    pub(super) green: &'static str,
+    pub(super) yellow: &'static str,
+    pub(super) cyan: &'static str,
+    pub(super) reset: &'static str,
 }
 
 impl Palette {
-    fn new(color: bool) -> Self {
+    pub(super) fn new(color: bool) -> Self {
         if color {
             Palette {
                 bold: "\x1b[1m",
@@ -85,6 +85,7 @@ pub fn render_plan(plan: &Plan, color: bool) -> String {
     if !plan.actions.is_empty() || !plan.unmanaged.is_empty() {
         out.push('\n');
     }
+    super::incidents::render_health(&mut out, plan, color);
     let _ = writeln!(out, "{}", summary_line(plan));
     out
 }
@@ -104,6 +105,9 @@ pub(super) fn summary_line(plan: &Plan) -> String {
         (ActionType::Update, "to update"),
         (ActionType::Restart, "to restart"),
         (ActionType::Stop, "to stop"),
+        (ActionType::Replace, "to replace"),
+        (ActionType::Scale, "to scale"),
+        (ActionType::Command, "commands to run"),
         (ActionType::Delete, "to delete"),
     ] {
         let n = plan.count(t);

@@ -6,6 +6,7 @@
 //! secret-looking fields are redacted when the plan is made.
 
 mod human;
+mod incidents;
 mod json;
 mod markdown;
 mod sarif;
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 pub use human::{render_history, render_plan, render_results};
 pub use json::{apply_json, history_json, plan_json, FORMAT_VERSION};
+pub use incidents::{incidents_json, render_applied, render_incident, render_incidents};
 pub use markdown::render_markdown;
 pub use sarif::plan_sarif;
 

@@ -100,6 +100,8 @@ fn sample_plan() -> Plan {
             target: ResourceKey::new(Kind::HostFile, "old"),
             reason: "no longer declared; prune is disabled".into(),
         }],
+        health: vec![],
+        remedies: vec![],
     }
 }
 

@@ -1,0 +1,275 @@
+//! Health and incidents in every output format.
+//!
+//! An escalated incident is the loudest thing in any report: it means tend
+//! tried every approved step and a human must act.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Value};
+
+use super::human::{render_plan, render_results, Palette};
+use super::{apply_json, plan_sarif, render_markdown, Format, FORMAT_VERSION};
+use crate::health::Status;
+use crate::plan::Plan;
+use crate::reconcile::Applied;
+use crate::state::Incident;
+
+fn ms(v: i64) -> String {
+    if v < 10_000 {
+        format!("{v} ms")
+    } else {
+        format!("{:.1} s", v as f64 / 1000.0)
+    }
+}
+
+/// The health part of a plan: signals that are not healthy, and what tend
+/// would do about each unhealthy resource.
+pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
+    let p = Palette::new(color);
+    let mut lines = Vec::new();
+    for a in &plan.health {
+        for s in &a.signals {
+            let since = s.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            match s.reading.status {
+                Status::Healthy => {}
+                Status::Unhealthy => lines.push(format!(
+                    "{}✗{} {}  {} unhealthy since {since}: {}",
+                    p.red, p.reset, a.target, s.reading.signal, s.reading.detail
+                )),
+                Status::Unknown => lines.push(format!(
+                    "{}? {}  {} unknown since {since}: {} (no action on unknown signals){}",
+                    p.dim, a.target, s.reading.signal, s.reading.detail, p.reset
+                )),
+            }
+        }
+        for slo in a.slos.iter().filter(|s| s.breached) {
+            lines.push(format!(
+                "{}✗{} {}  SLO {} breached since {}",
+                p.red,
+                p.reset,
+                a.target,
+                slo.name,
+                slo.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+    }
+    for r in &plan.remedies {
+        let next = match (r.escalated, r.step) {
+            (true, _) => "already escalated; waiting for a human".to_string(),
+            (false, Some(i)) => format!("runbook {} step {}", r.runbook, i + 1),
+            (false, None) => format!("runbook {} is exhausted: escalate", r.runbook),
+        };
+        lines.push(format!(
+            "{}!{} {}  {}{}{} → {next}",
+            p.yellow, p.reset, r.target, p.bold, r.problem.cause, p.reset
+        ));
+        for s in &r.skipped {
+            lines.push(format!(
+                "{}    skip step {} ({}): {}{}",
+                p.dim,
+                s.step + 1,
+                s.action.as_str(),
+                s.reason,
+                p.reset
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(out, "{}Health{}", p.bold, p.reset);
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+        out.push('\n');
+    }
+}
+
+/// One incident as a summary: resource, symptoms, probable cause, actions
+/// tried, current state, recommended next action, and the timings.
+pub fn render_incident(i: &Incident, color: bool) -> String {
+    let p = Palette::new(color);
+    let mut out = String::new();
+    let status_color = match i.status.as_str() {
+        "escalated" => p.red,
+        "open" => p.yellow,
+        _ => p.green,
+    };
+    let _ = writeln!(
+        out,
+        "{}Incident #{}{} {}{}{}  {}/{}",
+        p.bold,
+        i.id,
+        p.reset,
+        status_color,
+        i.status.to_uppercase(),
+        p.reset,
+        i.kind,
+        i.name
+    );
+    let _ = writeln!(out, "  resource:        {}/{}", i.kind, i.name);
+    let _ = writeln!(out, "  symptoms:");
+    for s in i.symptoms.as_array().into_iter().flatten() {
+        let value = s
+            .get("value")
+            .and_then(Value::as_f64)
+            .map(|v| format!(" = {v:.3}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    - {} {}{value} since {}: {}",
+            s.get("signal").and_then(Value::as_str).unwrap_or("?"),
+            s.get("status").and_then(Value::as_str).unwrap_or("?"),
+            s.get("since").and_then(Value::as_str).unwrap_or("?"),
+            s.get("detail").and_then(Value::as_str).unwrap_or(""),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  probable cause:  {}{}",
+        i.cause,
+        i.signature
+            .as_deref()
+            .map(|s| format!(" (signature {s})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  runbook:         {}",
+        i.runbook.as_deref().unwrap_or("none")
+    );
+    let _ = writeln!(out, "  actions tried:");
+    if i.steps.is_empty() {
+        let _ = writeln!(out, "    (none yet)");
+    }
+    for s in &i.steps {
+        let step = if s.step >= 0 {
+            format!("step {} ", s.step + 1)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "    - {step}{} [{}] {} at {} ({}): {}",
+            s.action,
+            s.decision,
+            s.outcome,
+            s.started_at,
+            ms(s.duration_ms),
+            s.detail
+        );
+    }
+    let _ = writeln!(out, "  current state:   {}", i.state);
+    let _ = writeln!(out, "  next action:     {}", i.recommendation);
+    let _ = writeln!(
+        out,
+        "  onset {}, detected {}{}",
+        i.onset_at,
+        i.detected_at,
+        i.resolved_at
+            .as_deref()
+            .map(|r| format!(", resolved {r}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  time to detect {}{}",
+        ms(i.time_to_detect_ms),
+        i.time_to_recover_ms
+            .map(|t| format!(", time to recover {}", ms(t)))
+            .unwrap_or_default()
+    );
+    out
+}
+
+/// A list of incidents, one line each.
+pub fn render_incidents(list: &[Incident], color: bool) -> String {
+    let p = Palette::new(color);
+    if list.is_empty() {
+        return "No incidents.\n".into();
+    }
+    let mut out = String::new();
+    for i in list {
+        let _ = writeln!(
+            out,
+            "#{:<5} {:<9} {}/{}  {}  detected {}{}",
+            i.id,
+            i.status,
+            i.kind,
+            i.name,
+            i.cause,
+            i.detected_at,
+            i.time_to_recover_ms
+                .map(|t| format!(", recovered in {}", ms(t)))
+                .unwrap_or_default()
+        );
+    }
+    let escalated = list.iter().filter(|i| i.status == "escalated").count();
+    if escalated > 0 {
+        let _ = writeln!(
+            out,
+            "{}{escalated} escalated: a human must act (tend incidents show ID){}",
+            p.red, p.reset
+        );
+    }
+    out
+}
+
+pub fn incidents_json(list: &[Incident]) -> Value {
+    json!({
+        "apiVersion": "tend.dev/v1",
+        "kind": "Incidents",
+        "formatVersion": FORMAT_VERSION,
+        "incidents": list,
+    })
+}
+
+/// What `apply` prints, in the chosen format.
+pub fn render_applied(a: &Applied, format: Format, color: bool) -> String {
+    match format {
+        Format::Human => {
+            let mut text = render_plan(&a.plan, color);
+            if !a.results.is_empty() {
+                text.push('\n');
+                text.push_str(&render_results(&a.results, color));
+            }
+            for i in &a.incidents {
+                text.push('\n');
+                text.push_str(&render_incident(i, color));
+            }
+            text
+        }
+        Format::Json => {
+            let mut doc = apply_json(&a.plan, &a.results);
+            if let Some(m) = doc.as_object_mut() {
+                m.insert("health".into(), json!(a.plan.health));
+                m.insert("incidents".into(), json!(a.incidents));
+                m.insert(
+                    "escalated".into(),
+                    json!(a.incidents.iter().filter(|i| i.status == "escalated").count()),
+                );
+            }
+            format!("{doc:#}\n")
+        }
+        Format::Markdown => {
+            let mut text = String::new();
+            let escalated: Vec<&Incident> =
+                a.incidents.iter().filter(|i| i.status == "escalated").collect();
+            if !escalated.is_empty() {
+                let _ = writeln!(
+                    text,
+                    "> [!CAUTION]\n> {} incident{} escalated: tend tried every approved step and a human must act.\n",
+                    escalated.len(),
+                    if escalated.len() == 1 { "" } else { "s" }
+                );
+            }
+            text.push_str(&render_markdown(&a.plan, Some(&a.results)));
+            if !a.incidents.is_empty() {
+                text.push_str("\n#### Incidents\n\n");
+                for i in &a.incidents {
+                    let _ = writeln!(text, "```text\n{}```\n", render_incident(i, false));
+                }
+            }
+            text
+        }
+        Format::Sarif => format!("{:#}\n", plan_sarif(&a.plan)),
+    }
+}
