@@ -463,7 +463,11 @@ async fn apply(
             if escalated == 1 { " is" } else { "s are" }
         );
     }
-    Ok(if applied.failed() || escalated > 0 { 1 } else { 0 })
+    Ok(if applied.failed() || escalated > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 /// The `*.rego` files of a directory, as (path relative to it, file).
@@ -479,12 +483,18 @@ fn watch_report(pass: crate::watch::PassReport<'_>, format: HistoryFormat, color
         (PassReport::Failed { error, .. }, HistoryFormat::Human) => {
             let mut text = format!("[{at}] pass failed, nothing changed: {error}\n");
             if let PassError::Invalid(inv) = error {
-                text.push_str(&model::diagnostic::render(&inv.diagnostics, &inv.sources, color));
+                text.push_str(&model::diagnostic::render(
+                    &inv.diagnostics,
+                    &inv.sources,
+                    color,
+                ));
             }
             text
         }
         (PassReport::Done { full, applied }, HistoryFormat::Json) => {
-            let mut doc: serde_json::Value = serde_json::from_str(&report::render_applied(applied, Format::Json, false)).unwrap_or_default();
+            let mut doc: serde_json::Value =
+                serde_json::from_str(&report::render_applied(applied, Format::Json, false))
+                    .unwrap_or_default();
             if let Some(m) = doc.as_object_mut() {
                 m.insert("kind".into(), "WatchPass".into());
                 m.insert("at".into(), at.into());
@@ -636,7 +646,7 @@ mod tests {
             parse_since("2026-11-21T10:00:00Z").unwrap(),
             "2026-11-21T10:00:00.000Z"
         );
-        assert!(parse_since("2h").unwrap() < state::now());
+        assert!(parse_since("2h").unwrap() < crate::state::now());
         assert!(parse_since("yesterday-ish").is_err());
     }
 

@@ -176,6 +176,8 @@ mod tests {
                 line: 1,
                 col: 1,
             },
+            health: None,
+            remediation: None,
         }
     }
 

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use futures::StreamExt;
 
 use crate::diff::{self, DiffOptions};
-use crate::model::{self, DesiredState, Invalid, Mode, ProviderName};
-use crate::plan::{self, Plan, PlanInput, SourceInfo};
-use crate::policy::{self, Facts, GateError, Policies};
 use crate::health::remedy::{self, Prior};
 use crate::health::{self as health_stage, Prober};
 use crate::model::ResourceKey;
+use crate::model::{self, DesiredState, Invalid, Mode, ProviderName};
+use crate::plan::{self, Plan, PlanInput, SourceInfo};
+use crate::policy::{self, Facts, GateError, Policies};
 use crate::provider::{host::HostProvider, BuiltIn, LiveResource, ProviderError, Providers};
 use crate::source::{Source, SourceError};
 use crate::state::{State, StateError};
@@ -259,14 +259,11 @@ async fn assess_health(
     if watched.is_empty() {
         return Ok(Vec::new());
     }
-    let readings: Vec<_> = futures::stream::iter(
-        watched
-            .iter()
-            .map(|r| prober.read(r, live.get(&r.key))),
-    )
-    .buffered(16)
-    .collect()
-    .await;
+    let readings: Vec<_> =
+        futures::stream::iter(watched.iter().map(|r| prober.read(r, live.get(&r.key))))
+            .buffered(16)
+            .collect()
+            .await;
     let ineffective_after = desired.settings.healing.ineffective_after;
     let mut recovered = Vec::new();
     for (r, readings) in watched.iter().zip(readings) {
@@ -275,13 +272,16 @@ async fn assess_health(
             Some(s) => s.remembered(kind, name)?,
             None => HashMap::new(),
         };
-        let assessment =
-            health_stage::assess(r, readings, &remembered, &desired.signatures, now);
+        let assessment = health_stage::assess(r, readings, &remembered, &desired.signatures, now);
         let active = match state {
             Some(s) => s.active_incident(kind, name)?,
             None => None,
         };
-        match &assessment.problem {
+        // A resource that does not exist yet is created by the drift
+        // correction; that is not an incident.
+        let exists = live.contains_key(&r.key);
+        match assessment.problem.as_ref().filter(|_| exists) {
+            None if !exists => {}
             None => recovered.extend(active.map(|i| i.id)),
             Some(problem) => {
                 let prior = active.map(|i| Prior {
@@ -292,8 +292,12 @@ async fn assess_health(
                 let failures = |cause: &str, step: usize| {
                     state
                         .and_then(|s| {
-                            s.consecutive_failures(cause, &runbook_name(desired, r, problem), step as i64)
-                                .ok()
+                            s.consecutive_failures(
+                                cause,
+                                &runbook_name(desired, r, problem),
+                                step as i64,
+                            )
+                            .ok()
                         })
                         .unwrap_or(0)
                 };
@@ -306,8 +310,11 @@ async fn assess_health(
                     ineffective_after,
                 );
                 if let Some(i) = remedy.step {
-                    let (_, spec) =
-                        remedy::runbook_for(r.key.kind, problem.runbook.as_deref(), &desired.runbooks);
+                    let (_, spec) = remedy::runbook_for(
+                        r.key.kind,
+                        problem.runbook.as_deref(),
+                        &desired.runbooks,
+                    );
                     let drift: Vec<_> = plan
                         .actions
                         .iter()
@@ -315,17 +322,9 @@ async fn assess_health(
                         .flat_map(|a| a.changes.clone())
                         .collect();
                     plan.actions.retain(|a| a.target != r.key);
-                    let mut action = remedy::step_action(
-                        &remedy,
-                        i,
-                        &spec.steps[i],
-                        live.get(&r.key),
-                        &drift,
-                    );
-                    let (decision, reasons) = plan::ceiling(
-                        plan.mode,
-                        r.mode,
-                    );
+                    let mut action =
+                        remedy::step_action(&remedy, i, &spec.steps[i], live.get(&r.key), &drift);
+                    let (decision, reasons) = plan::ceiling(plan.mode, r.mode);
                     action.decision = decision;
                     action.reasons = reasons;
                     action.declared_at = Some(r.origin.clone());

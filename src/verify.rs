@@ -79,13 +79,15 @@ pub async fn heal_all(
         .into_iter()
         .filter(|w| seen.insert(w.remedy.target.clone()))
         .collect();
-    let results: Vec<Result<Healed, StateError>> = futures::stream::iter(work.into_iter().map(|w| {
-        let span = info_span!("heal", resource = %w.remedy.target, cause = %w.remedy.problem.cause);
-        heal(h, w).instrument(span)
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .collect()
-    .await;
+    let results: Vec<Result<Healed, StateError>> =
+        futures::stream::iter(work.into_iter().map(|w| {
+            let span =
+                info_span!("heal", resource = %w.remedy.target, cause = %w.remedy.problem.cause);
+            heal(h, w).instrument(span)
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
     results.into_iter().collect()
 }
 
@@ -163,10 +165,17 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
         .map(|t| t.reading.signal.clone())
         .collect();
     while let Some((index, action)) = next.take() {
-        let Some(step) = spec.steps.get(index) else { break };
+        let Some(step) = spec.steps.get(index) else {
+            break;
+        };
         if h.stop.load(Ordering::SeqCst) {
-            h.state
-                .update_incident(id, "open", index as i64, "unhealthy", "tend stopped before this step; the next pass continues")?;
+            h.state.update_incident(
+                id,
+                "open",
+                index as i64,
+                "unhealthy",
+                "tend stopped before this step; the next pass continues",
+            )?;
             return Ok(Healed {
                 incident: id,
                 standing: Standing::Interrupted,
@@ -193,8 +202,19 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
                 id,
                 "open",
                 index as i64,
-                &format!("unhealthy; step {} ({}) is held: {}", index + 1, step.action.as_str(), action.decision.as_str()),
-                &format!("approve or carry out step {} ({}) of runbook `{}`: {}", index + 1, step.action.as_str(), remedy.runbook, action.reasons.join("; ")),
+                &format!(
+                    "unhealthy; step {} ({}) is held: {}",
+                    index + 1,
+                    step.action.as_str(),
+                    action.decision.as_str()
+                ),
+                &format!(
+                    "approve or carry out step {} ({}) of runbook `{}`: {}",
+                    index + 1,
+                    step.action.as_str(),
+                    remedy.runbook,
+                    action.reasons.join("; ")
+                ),
             )?;
             return Ok(Healed {
                 incident: id,
@@ -207,11 +227,21 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
             Ok(detail) => verify(h, resource, &symptoms, step)
                 .await
                 .map(|v| format!("{detail}; verified: {v}"))
-                .map_err(|v| format!("{detail}; not verified within {}: {v}", humantime::format_duration(step.within()))),
+                .map_err(|v| {
+                    format!(
+                        "{detail}; not verified within {}: {v}",
+                        humantime::format_duration(step.within())
+                    )
+                }),
         };
         let verified = verdict.is_ok();
-        h.state
-            .record_step_result(&cause, &remedy.runbook, index as i64, step.action.as_str(), verified)?;
+        h.state.record_step_result(
+            &cause,
+            &remedy.runbook,
+            index as i64,
+            step.action.as_str(),
+            verified,
+        )?;
         let (outcome, detail) = match &verdict {
             Ok(d) => ("verified", d.clone()),
             Err(d) => ("not-verified", d.clone()),
@@ -235,7 +265,11 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
                 id,
                 "resolved",
                 index as i64 + 1,
-                &format!("healthy, verified after step {} ({})", index + 1, step.action.as_str()),
+                &format!(
+                    "healthy, verified after step {} ({})",
+                    index + 1,
+                    step.action.as_str()
+                ),
                 "none",
             )?;
             settle(h, resource, &remedy)?;
@@ -244,7 +278,11 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
                 standing: Standing::Resolved,
             });
         }
-        warn!(incident = id, step = index + 1, "Step did not heal the resource.");
+        warn!(
+            incident = id,
+            step = index + 1,
+            "Step did not heal the resource."
+        );
         let mut skipped = Vec::new();
         let failures = |i: usize| {
             h.state
@@ -411,14 +449,20 @@ async fn execute(
     h.state.intent(&record(h, action, None, &intent))?;
     let result = match step.action {
         StepAction::Command => run_command(h, resource, step, incident).await,
-        StepAction::ReapplyLastGood => match h.state.last_good(resource.key.kind.as_str(), &resource.key.name)? {
+        StepAction::ReapplyLastGood => match h
+            .state
+            .last_good(resource.key.kind.as_str(), &resource.key.name)?
+        {
             None => Err("no last known good state is recorded for this resource".to_string()),
             Some((commit, spec)) => {
                 let mut good = resource.clone();
                 good.spec = spec;
-                apply(h, action, &good)
-                    .await
-                    .map(|d| format!("{d} (spec of commit {})", commit.as_deref().unwrap_or("unknown")))
+                apply(h, action, &good).await.map(|d| {
+                    format!(
+                        "{d} (spec of commit {})",
+                        commit.as_deref().unwrap_or("unknown")
+                    )
+                })
             }
         },
         _ => apply(h, action, resource).await,
@@ -454,7 +498,14 @@ async fn run_command(
     let Some((program, args)) = step.command.split_first() else {
         return Err("the step has no command".into());
     };
-    if !h.desired.settings.healing.commands.iter().any(|c| c == program) {
+    if !h
+        .desired
+        .settings
+        .healing
+        .commands
+        .iter()
+        .any(|c| c == program)
+    {
         return Err(format!("`{program}` is not an allowed command"));
     }
     let mut cmd = tokio::process::Command::new(program);
@@ -467,7 +518,12 @@ async fn run_command(
         .kill_on_drop(true);
     let out = tokio::time::timeout(step.within(), cmd.output())
         .await
-        .map_err(|_| format!("`{program}` did not finish within {}", humantime::format_duration(step.within())))?
+        .map_err(|_| {
+            format!(
+                "`{program}` did not finish within {}",
+                humantime::format_duration(step.within())
+            )
+        })?
         .map_err(|e| format!("failed to run `{program}`: {e}"))?;
     let text = |b: &[u8]| {
         let s = String::from_utf8_lossy(b);
@@ -477,7 +533,11 @@ async fn run_command(
     if out.status.success() {
         Ok(format!("`{program}` succeeded: {}", text(&out.stdout)))
     } else {
-        Err(format!("`{program}` exited with {}: {}", out.status, text(&out.stderr)))
+        Err(format!(
+            "`{program}` exited with {}: {}",
+            out.status,
+            text(&out.stderr)
+        ))
     }
 }
 
@@ -496,11 +556,16 @@ pub fn drift_of(r: &Resource, live: Option<&LiveResource>) -> Vec<crate::diff::F
     if let Some(l) = live {
         map.insert(r.key.clone(), l.clone());
     }
-    let d = crate::diff::diff(std::slice::from_ref(r), &map, crate::diff::DiffOptions { prune: false });
+    let d = crate::diff::diff(
+        std::slice::from_ref(r),
+        &map,
+        crate::diff::DiffOptions { prune: false },
+    );
     d.changes
         .into_iter()
         .flat_map(|c| match c {
-            crate::diff::Change::Create { fields, .. } | crate::diff::Change::Update { fields, .. } => fields,
+            crate::diff::Change::Create { fields, .. }
+            | crate::diff::Change::Update { fields, .. } => fields,
             _ => Vec::new(),
         })
         .collect()

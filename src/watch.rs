@@ -32,14 +32,8 @@ pub struct WatchOptions {
 
 /// What one pass produced, for the caller to print.
 pub enum PassReport<'a> {
-    Done {
-        full: bool,
-        applied: &'a Applied,
-    },
-    Failed {
-        full: bool,
-        error: &'a PassError,
-    },
+    Done { full: bool, applied: &'a Applied },
+    Failed { full: bool, error: &'a PassError },
 }
 
 enum Wake {
@@ -81,9 +75,8 @@ pub async fn run(
         if stop.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let full = force_full
-            || loaded.is_none()
-            || last_full.is_none_or(|t| t.elapsed() >= wo.interval);
+        let full =
+            force_full || loaded.is_none() || last_full.is_none_or(|t| t.elapsed() >= wo.interval);
         if full {
             last_full = Some(Instant::now());
             match reconcile::load(source, opts) {
@@ -168,7 +161,10 @@ async fn heal_pass(
     result
 }
 
-fn spawn_signal_handler(stop: Arc<AtomicBool>, tx: mpsc::UnboundedSender<Wake>) -> anyhow::Result<()> {
+fn spawn_signal_handler(
+    stop: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Wake>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -193,7 +189,8 @@ fn watch_dir(
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let Ok(ev) = ev else { return };
         let relevant = ev.paths.iter().any(|p| {
-            !p.components().any(|c| c.as_os_str() == ".tend" || c.as_os_str() == ".git")
+            !p.components()
+                .any(|c| c.as_os_str() == ".tend" || c.as_os_str() == ".git")
                 && matches!(
                     p.extension().and_then(|e| e.to_str()),
                     Some("yaml" | "yml" | "rego")
@@ -215,8 +212,14 @@ mod tests {
     fn jitter_stays_within_its_share() {
         for _ in 0..1000 {
             let d = jittered(Duration::from_secs(10), 0.1);
-            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
         }
-        assert_eq!(jittered(Duration::from_secs(3), 0.0), Duration::from_secs(3));
+        assert_eq!(
+            jittered(Duration::from_secs(3), 0.0),
+            Duration::from_secs(3)
+        );
     }
 }

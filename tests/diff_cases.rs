@@ -71,6 +71,8 @@ fn diff_cases() {
                     line: 1,
                     col: 1,
                 },
+                health: None,
+                remediation: None,
             })
             .collect();
         let live: HashMap<ResourceKey, LiveResource> = case

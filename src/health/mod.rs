@@ -126,7 +126,9 @@ pub fn slo_state(
     before: Option<&Remembered>,
     now: DateTime<Utc>,
 ) -> SloState {
-    let was = before.map(|b| b.status == Status::Unhealthy).unwrap_or(false);
+    let was = before
+        .map(|b| b.status == Status::Unhealthy)
+        .unwrap_or(false);
     let since_before = before.map(|b| b.since).unwrap_or(now);
     let lasted = elapsed(signal.since, now);
     let breached = match (was, signal.reading.status) {
@@ -439,7 +441,10 @@ mod tests {
     #[test]
     fn an_slo_breaches_only_after_its_for_duration() {
         use Status::*;
-        let got = run(&slo(5, 5), &[(0, Unhealthy), (3, Unhealthy), (6, Unhealthy)]);
+        let got = run(
+            &slo(5, 5),
+            &[(0, Unhealthy), (3, Unhealthy), (6, Unhealthy)],
+        );
         assert_eq!(got, vec![false, false, true]);
     }
 
@@ -457,7 +462,13 @@ mod tests {
         use Status::*;
         let got = run(
             &slo(0, 10),
-            &[(0, Unhealthy), (1, Healthy), (5, Unknown), (8, Healthy), (12, Healthy)],
+            &[
+                (0, Unhealthy),
+                (1, Healthy),
+                (5, Unknown),
+                (8, Healthy),
+                (12, Healthy),
+            ],
         );
         // healthy since 8 after the unknown reading; met again at 18 at
         // the earliest

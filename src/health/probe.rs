@@ -66,9 +66,11 @@ impl Prober {
             .iter()
             .filter(|s| s.error_ratio.is_some())
             .map(|s| self.burn_rate(s));
-        let (probes, burn) =
-            futures::future::join(futures::future::join_all(probes), futures::future::join_all(burn))
-                .await;
+        let (probes, burn) = futures::future::join(
+            futures::future::join_all(probes),
+            futures::future::join_all(burn),
+        )
+        .await;
         out.extend(probes);
         out.extend(burn);
         out
@@ -86,12 +88,24 @@ impl Prober {
                     format!("no response within {}", humantime::format_duration(timeout)),
                 )
             }
-            Err(e) => return (Status::Unknown, None, format!("target down: {}", root_cause(&e))),
+            Err(e) => {
+                return (
+                    Status::Unknown,
+                    None,
+                    format!("target down: {}", root_cause(&e)),
+                )
+            }
         };
         let code = resp.status().as_u16();
         let body = match resp.text().await {
             Ok(b) => b,
-            Err(e) => return (Status::Unhealthy, None, format!("failed to read the body: {e}")),
+            Err(e) => {
+                return (
+                    Status::Unhealthy,
+                    None,
+                    format!("failed to read the body: {e}"),
+                )
+            }
         };
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let status_ok = match p.status {
@@ -119,11 +133,18 @@ impl Prober {
                 return (
                     Status::Unhealthy,
                     Some(ms),
-                    format!("status {code} after {ms:.0} ms (max {})", humantime::format_duration(max.0)),
+                    format!(
+                        "status {code} after {ms:.0} ms (max {})",
+                        humantime::format_duration(max.0)
+                    ),
                 );
             }
         }
-        (Status::Healthy, Some(ms), format!("status {code} in {ms:.0} ms"))
+        (
+            Status::Healthy,
+            Some(ms),
+            format!("status {code} in {ms:.0} ms"),
+        )
     }
 
     /// One instant query: `Ok(None)` when it returned no sample.
@@ -147,7 +168,10 @@ impl Prober {
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("Prometheus answered {code} with an unreadable body: {e}"))?;
         if body.get("status").and_then(Value::as_str) != Some("success") {
-            let why = body.get("error").and_then(Value::as_str).unwrap_or("unknown error");
+            let why = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error");
             return Err(format!("query failed: {why}"));
         }
         let data = body.get("data").cloned().unwrap_or(Value::Null);
@@ -245,16 +269,26 @@ async fn tcp_probe(p: &TcpProbe) -> (Status, Option<f64>, String) {
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&p.address)).await {
         Ok(Ok(_)) => {
             let ms = started.elapsed().as_secs_f64() * 1000.0;
-            (Status::Healthy, Some(ms), format!("connected in {ms:.0} ms"))
+            (
+                Status::Healthy,
+                Some(ms),
+                format!("connected in {ms:.0} ms"),
+            )
         }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            (Status::Unhealthy, None, format!("{}: connection refused", p.address))
-        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => (
+            Status::Unhealthy,
+            None,
+            format!("{}: connection refused", p.address),
+        ),
         Ok(Err(e)) => (Status::Unknown, None, format!("{}: {e}", p.address)),
         Err(_) => (
             Status::Unknown,
             None,
-            format!("{}: no answer within {}", p.address, humantime::format_duration(timeout)),
+            format!(
+                "{}: no answer within {}",
+                p.address,
+                humantime::format_duration(timeout)
+            ),
         ),
     }
 }

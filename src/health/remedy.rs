@@ -170,7 +170,9 @@ pub fn step_action(
             ActionType::Restart,
             vec![FieldChange {
                 path: crate::provider::host::RESTART_PATH.into(),
-                from: json!(live.map(|l| l.id.clone()).unwrap_or_else(|| "not running".into())),
+                from: json!(live
+                    .map(|l| l.id.clone())
+                    .unwrap_or_else(|| "not running".into())),
                 to: json!("a new instance"),
             }],
             Risk::Low,

@@ -374,7 +374,10 @@ pub fn check(
                 problem(
                     &r.origin,
                     at.clone(),
-                    format!("probe `{}` must have exactly one of http, tcp, prometheus", p.name),
+                    format!(
+                        "probe `{}` must have exactly one of http, tcp, prometheus",
+                        p.name
+                    ),
                     None,
                 );
             }
@@ -382,7 +385,10 @@ pub fn check(
                 problem(
                     &r.origin,
                     format!("{at}/name"),
-                    format!("`{}` is a built-in signal of {}; name the probe differently", p.name, r.key.kind),
+                    format!(
+                        "`{}` is a built-in signal of {}; name the probe differently",
+                        p.name, r.key.kind
+                    ),
                     None,
                 );
             }
@@ -390,7 +396,10 @@ pub fn check(
                 problem(
                     &r.origin,
                     format!("{at}/name"),
-                    format!("probe `{}` is declared twice (first at probes[{first}])", p.name),
+                    format!(
+                        "probe `{}` is declared twice (first at probes[{first}])",
+                        p.name
+                    ),
                     None,
                 );
             }
@@ -399,7 +408,10 @@ pub fn check(
                     problem(
                         &r.origin,
                         format!("{at}/prometheus"),
-                        format!("prometheus probe `{}` needs exactly one of above, below", p.name),
+                        format!(
+                            "prometheus probe `{}` needs exactly one of above, below",
+                            p.name
+                        ),
                         None,
                     );
                 }
@@ -423,9 +435,8 @@ pub fn check(
                 }
             }
         }
-        let signals = |name: &str| {
-            builtin_signals(r.key.kind).contains(&name) || names.contains_key(name)
-        };
+        let signals =
+            |name: &str| builtin_signals(r.key.kind).contains(&name) || names.contains_key(name);
         let known_signals = || {
             let mut all: Vec<&str> = builtin_signals(r.key.kind).to_vec();
             all.extend(h.probes.iter().map(|p| p.name.as_str()));
@@ -435,9 +446,15 @@ pub fn check(
         for (i, slo) in h.slos.iter().enumerate() {
             let at = format!("/health/slos/{i}");
             if !slo_names.insert(slo.name.as_str()) {
-                problem(&r.origin, format!("{at}/name"), format!("SLO `{}` is declared twice", slo.name), None);
+                problem(
+                    &r.origin,
+                    format!("{at}/name"),
+                    format!("SLO `{}` is declared twice", slo.name),
+                    None,
+                );
             }
-            let burn = slo.objective.is_some() || slo.error_ratio.is_some() || !slo.burn_rates.is_empty();
+            let burn =
+                slo.objective.is_some() || slo.error_ratio.is_some() || !slo.burn_rates.is_empty();
             match (&slo.signal, burn) {
                 (Some(s), false) => {
                     if !signals(s) {
@@ -450,15 +467,25 @@ pub fn check(
                     }
                 }
                 (None, true) => {
-                    if slo.objective.is_none() || slo.error_ratio.is_none() || slo.burn_rates.is_empty() {
+                    if slo.objective.is_none()
+                        || slo.error_ratio.is_none()
+                        || slo.burn_rates.is_empty()
+                    {
                         problem(
                             &r.origin,
                             at.clone(),
-                            format!("burn-rate SLO `{}` needs objective, errorRatio and burnRates", slo.name),
+                            format!(
+                                "burn-rate SLO `{}` needs objective, errorRatio and burnRates",
+                                slo.name
+                            ),
                             None,
                         );
                     }
-                    if slo.error_ratio.as_deref().is_some_and(|q| !q.contains("$window")) {
+                    if slo
+                        .error_ratio
+                        .as_deref()
+                        .is_some_and(|q| !q.contains("$window"))
+                    {
                         problem(
                             &r.origin,
                             format!("{at}/errorRatio"),
@@ -467,13 +494,21 @@ pub fn check(
                         );
                     }
                     if !prometheus {
-                        problem(&r.origin, at.clone(), format!("burn-rate SLO `{}` needs a Prometheus server", slo.name), no_prometheus());
+                        problem(
+                            &r.origin,
+                            at.clone(),
+                            format!("burn-rate SLO `{}` needs a Prometheus server", slo.name),
+                            no_prometheus(),
+                        );
                     }
                 }
                 _ => problem(
                     &r.origin,
                     at.clone(),
-                    format!("SLO `{}` needs either a signal, or objective, errorRatio and burnRates", slo.name),
+                    format!(
+                        "SLO `{}` needs either a signal, or objective, errorRatio and burnRates",
+                        slo.name
+                    ),
                     None,
                 ),
             }
@@ -491,11 +526,21 @@ pub fn check(
         }
         if let Some(k) = &s.spec.selector.kind {
             if Kind::parse(k).is_none_or(|k| k.provider().is_none()) {
-                problem(&s.origin, "/spec/selector/kind".into(), format!("unknown resource kind `{k}`"), None);
+                problem(
+                    &s.origin,
+                    "/spec/selector/kind".into(),
+                    format!("unknown resource kind `{k}`"),
+                    None,
+                );
             }
         }
         if s.spec.all.is_empty() && s.spec.any.is_empty() {
-            problem(&s.origin, "/spec".into(), "a signature needs at least one condition in `all` or `any`".into(), None);
+            problem(
+                &s.origin,
+                "/spec".into(),
+                "a signature needs at least one condition in `all` or `any`".into(),
+                None,
+            );
         }
         for (list, conds) in [("all", &s.spec.all), ("any", &s.spec.any)] {
             for (i, c) in conds.iter().enumerate() {
@@ -511,13 +556,23 @@ pub fn check(
         }
     }
 
-    let allowed: HashSet<&str> = settings.healing.commands.iter().map(String::as_str).collect();
+    let allowed: HashSet<&str> = settings
+        .healing
+        .commands
+        .iter()
+        .map(String::as_str)
+        .collect();
     for rb in runbooks {
         for (i, step) in rb.spec.steps.iter().enumerate() {
             let at = format!("/spec/steps/{i}");
             match step.action {
                 StepAction::Command => match step.command.first() {
-                    None => problem(&rb.origin, at, "a command step needs `command`".into(), None),
+                    None => problem(
+                        &rb.origin,
+                        at,
+                        "a command step needs `command`".into(),
+                        None,
+                    ),
                     Some(prog) if !allowed.contains(prog.as_str()) => problem(
                         &rb.origin,
                         format!("{at}/command/0"),
@@ -532,7 +587,10 @@ pub fn check(
                 _ if !step.command.is_empty() => problem(
                     &rb.origin,
                     format!("{at}/command"),
-                    format!("`command` belongs to command steps, not {}", step.action.as_str()),
+                    format!(
+                        "`command` belongs to command steps, not {}",
+                        step.action.as_str()
+                    ),
                     None,
                 ),
                 _ => {}
@@ -543,5 +601,7 @@ pub fn check(
 }
 
 fn regex_check(pattern: &str) -> Result<(), String> {
-    regex::Regex::new(pattern).map(|_| ()).map_err(|e| e.to_string())
+    regex::Regex::new(pattern)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -44,12 +44,14 @@ const DEFAULT_PACK: &[(&str, &str)] = pack![
     "maintenance.rego",
     "critical.rego",
     "network.rego",
+    "healing.rego",
     "host_test.rego",
     "delete_test.rego",
     "scale_test.rego",
     "maintenance_test.rego",
     "critical_test.rego",
     "network_test.rego",
+    "healing_test.rego",
 ];
 
 pub fn default_pack() -> Vec<PolicyFile> {

@@ -244,15 +244,22 @@ pub fn render_applied(a: &Applied, format: Format, color: bool) -> String {
                 m.insert("incidents".into(), json!(a.incidents));
                 m.insert(
                     "escalated".into(),
-                    json!(a.incidents.iter().filter(|i| i.status == "escalated").count()),
+                    json!(a
+                        .incidents
+                        .iter()
+                        .filter(|i| i.status == "escalated")
+                        .count()),
                 );
             }
             format!("{doc:#}\n")
         }
         Format::Markdown => {
             let mut text = String::new();
-            let escalated: Vec<&Incident> =
-                a.incidents.iter().filter(|i| i.status == "escalated").collect();
+            let escalated: Vec<&Incident> = a
+                .incidents
+                .iter()
+                .filter(|i| i.status == "escalated")
+                .collect();
             if !escalated.is_empty() {
                 let _ = writeln!(
                     text,

@@ -117,7 +117,14 @@ impl State {
         &self,
         kind: &str,
         name: &str,
-        rows: &[(String, Status, DateTime<Utc>, Option<DateTime<Utc>>, Option<f64>, String)],
+        rows: &[(
+            String,
+            Status,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            Option<f64>,
+            String,
+        )],
     ) -> Result<(), StateError> {
         let at = now();
         let mut stmt = self.conn.prepare_cached(
@@ -228,7 +235,11 @@ impl State {
         let ids: Vec<i64> = {
             let mut stmt = self.conn.prepare(&format!(
                 "SELECT id FROM incidents {} ORDER BY id DESC LIMIT ?1",
-                if all { "" } else { "WHERE status != 'resolved'" }
+                if all {
+                    ""
+                } else {
+                    "WHERE status != 'resolved'"
+                }
             ))?;
             let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
@@ -290,7 +301,15 @@ impl State {
             "SELECT cause, runbook, step, action, successes, failures, consecutive_failures FROM remediation_stats ORDER BY cause, runbook, step",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

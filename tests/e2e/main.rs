@@ -3,6 +3,7 @@
 
 mod apply;
 mod git_source;
+mod healing;
 mod invalid;
 mod policy;
 mod process;
@@ -185,4 +186,147 @@ pub fn kill_and_wait(pid: i32) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     panic!("pid {pid} did not die");
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.1 request to 127.0.0.1: (status, body).
+pub fn http(method: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// Waits until the sample app answers on `port`.
+pub fn wait_http(port: u16) {
+    for _ in 0..200 {
+        if http("GET", port, "/healthz").is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("nothing answers on {port}");
+}
+
+/// A real Prometheus server on 127.0.0.1 scraping the given ports every
+/// second. Stopped when dropped.
+pub struct Prometheus {
+    child: Option<std::process::Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[u16]) -> Prometheus {
+        let bin = which("prometheus").unwrap_or_else(|| {
+            panic!("the `prometheus` binary is missing: run ./scripts/test.sh, which installs it")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let targets: Vec<String> = targets
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: sample\n    static_configs: [{{targets: [{}]}}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            if http("GET", port, "/-/ready").is_some_and(|(s, _)| s == 200) {
+                return p;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("prometheus did not become ready on {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The first sample of an instant query.
+    pub fn query(&self, q: &str) -> Option<f64> {
+        let enc: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (_, body) = http("GET", self.port, &format!("/api/v1/query?query={enc}"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v.pointer("/data/result/0/value/1")?.as_str()?.parse().ok()
+    }
+
+    /// Waits until `q` has a sample for which `ok` holds.
+    pub fn wait_for(&self, q: &str, ok: impl Fn(f64) -> bool, what: &str) {
+        for _ in 0..120 {
+            if self.query(q).is_some_and(&ok) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        panic!("prometheus never saw {what} ({q} = {:?})", self.query(q));
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
 }

@@ -1,0 +1,490 @@
+//! Self-healing end to end: the real binary, the sample workload, and a real
+//! Prometheus server on 127.0.0.1 scraping it every second.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const TEND: &str = env!("CARGO_BIN_EXE_tend");
+
+fn settings(extra: &str) -> String {
+    format!("apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n{extra}")
+}
+
+fn incidents(ws: &Workspace) -> Vec<serde_json::Value> {
+    let out = ws.run_raw(&["incidents", "--all", "--format", "json"]);
+    out.ok();
+    out.json()["incidents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A listener that can be opened and closed, for a TCP probe to see.
+struct Toggle {
+    port: u16,
+    listener: Option<std::net::TcpListener>,
+}
+
+impl Toggle {
+    fn new() -> Toggle {
+        Toggle {
+            port: free_port(),
+            listener: None,
+        }
+    }
+
+    fn open(&mut self) {
+        if self.listener.is_none() {
+            self.listener = Some(std::net::TcpListener::bind(("127.0.0.1", self.port)).unwrap());
+        }
+    }
+
+    fn close(&mut self) {
+        self.listener = None;
+    }
+}
+
+/// A watched file whose health is a TCP probe on `port`.
+fn probed_file(port: u16, slo_for: &str, runbook: &str) -> String {
+    format!(
+        "{}health:\n  probes:\n    - name: port\n      tcp: {{address: \"127.0.0.1:{port}\", timeout: 1s}}\n  slos:\n    - {{name: reachable, signal: port, for: {slo_for}, recovery: 0s}}\nremediation:\n  runbook: {runbook}\n",
+        file_doc("f", "f.txt", "x")
+    )
+}
+
+#[test]
+fn a_crash_is_restarted_verified_and_resolved_with_timings() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\", status: 200}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    ws.run(&["apply"]).ok();
+    wait_http(port);
+    assert!(
+        incidents(&ws).is_empty(),
+        "starting a new process is no incident"
+    );
+    let before = ws.pid("web");
+    kill_and_wait(before);
+
+    let out = ws.run(&["apply", "--format", "json"]);
+    out.ok();
+    let j = out.json();
+    let inc = &j["incidents"][0];
+    assert_eq!(inc["status"], "resolved", "{inc:#}");
+    assert!(inc["cause"].as_str().unwrap().contains("not running"));
+    assert_eq!(inc["steps"][0]["action"], "restart");
+    assert_eq!(inc["steps"][0]["outcome"], "verified");
+    assert_eq!(inc["symptoms"][0]["signal"], "liveness");
+    assert!(inc["timeToDetectMs"].as_i64().unwrap() >= 0);
+    assert!(inc["timeToRecoverMs"].as_i64().is_some(), "{inc:#}");
+    let after = ws.pid("web");
+    assert_ne!(before, after);
+    assert!(alive(after));
+    wait_http(port);
+
+    // Healthy again: the next pass has nothing to do.
+    let again = ws.run(&["apply", "--format", "json"]);
+    again.ok();
+    assert_eq!(again.json()["summary"]["pending"], 0);
+    let all = incidents(&ws);
+    assert_eq!(all.len(), 1);
+    let shown = ws.run_raw(&["incidents", "show", &all[0]["id"].to_string()]);
+    shown.ok();
+    for part in [
+        "resource:",
+        "symptoms:",
+        "probable cause:",
+        "actions tried:",
+        "current state:",
+        "next action:",
+        "time to detect",
+        "time to recover",
+    ] {
+        assert!(
+            shown.stdout.contains(part),
+            "{part} missing:\n{}",
+            shown.stdout
+        );
+    }
+}
+
+#[test]
+fn tend_watch_heals_a_crash_and_stops_cleanly_on_sigterm() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\"}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "2s", "--format", "json"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_http(port);
+    // Let a healthy pass be recorded, so detection is measured from it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let pid = ws.pid("web");
+    let killed_at = chrono::Utc::now();
+    let t0 = Instant::now();
+    kill_and_wait(pid);
+    let resolved = loop {
+        assert!(t0.elapsed() < Duration::from_secs(60), "not healed in 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(i) = incidents(&ws)
+            .into_iter()
+            .find(|i| i["status"] == "resolved")
+        {
+            break i;
+        }
+    };
+    let ts = |k: &str| {
+        chrono::DateTime::parse_from_rfc3339(resolved[k].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let detect = (ts("detectedAt") - killed_at).num_milliseconds();
+    let recover = (ts("resolvedAt") - killed_at).num_milliseconds();
+    eprintln!(
+        "tend watch --interval 2s, crash: detected {detect} ms after the kill, recovery verified {recover} ms after the kill (recorded: time to detect {} ms, time to recover {} ms)",
+        resolved["timeToDetectMs"], resolved["timeToRecoverMs"]
+    );
+    assert!(alive(ws.pid("web")));
+
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    let status = watch.wait().unwrap();
+    assert!(status.success(), "watch exited with {status}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(
+        out.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "one JSON document per line:\n{out}"
+    );
+    // The lock is released: a plain apply runs.
+    ws.run(&["apply"]).ok();
+}
+
+#[test]
+fn an_error_ratio_matching_a_signature_runs_its_runbook_and_unknown_never_acts() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let mut prom = Prometheus::start(&[port]);
+    let ratio = r#"sum(rate(sample_http_requests_total{code="500"}[5s])) / sum(rate(sample_http_requests_total[5s]))"#;
+    ws.write(
+        "settings.yaml",
+        &settings(&format!(
+            "  healing:\n    prometheus: {{url: \"{}\", timeout: 1s}}\n",
+            prom.url()
+        )),
+    );
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: error-ratio\n      prometheus:\n        query: '{ratio}'\n        above: 0.3\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    ws.write(
+        "healing.yaml",
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: errors}\nspec:\n  cause: the service fails requests\n  all: [{signal: error-ratio, for: 1s}]\n  runbook: restart\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart}\nspec:\n  steps:\n    - {action: restart, within: 40s, hold: 2s}\n    - {action: escalate}\n",
+    );
+    ws.run(&["apply"]).ok();
+    wait_http(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = http("GET", port, "/");
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    prom.wait_for(ratio, |v| v < 0.3, "healthy traffic");
+    let before = ws.pid("web");
+    http("POST", port, "/fault/error-ratio?value=0.9").unwrap();
+    prom.wait_for(ratio, |v| v > 0.3, "the injected error ratio");
+
+    let mut healed = None;
+    for _ in 0..5 {
+        let out = ws.run(&["apply", "--format", "json"]);
+        out.ok();
+        if let Some(i) = out.json()["incidents"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+        {
+            healed = Some(i);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let inc = healed.expect("an incident was opened");
+    assert_eq!(inc["status"], "resolved", "{inc:#}");
+    assert_eq!(inc["signature"], "errors");
+    assert_eq!(inc["cause"], "the service fails requests");
+    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+    assert!(inc["symptoms"][0]["value"].as_f64().unwrap() > 0.3);
+    assert_ne!(ws.pid("web"), before, "restarted");
+
+    // Prometheus stopped: the signal is unknown, reported, and nothing acts
+    // even though the workload fails again.
+    prom.stop();
+    http("POST", port, "/fault/error-ratio?value=0.9").unwrap();
+    let pid = ws.pid("web");
+    for _ in 0..2 {
+        let out = ws.run(&["apply", "--format", "json"]);
+        out.ok();
+        let j = out.json();
+        let sig = j["health"][0]["signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["signal"] == "error-ratio")
+            .cloned()
+            .unwrap();
+        assert_eq!(sig["status"], "unknown", "{sig:#}");
+        assert!(sig["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Prometheus unreachable"));
+        assert_eq!(j["summary"]["pending"], 0);
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let human = ws.run(&["plan"]);
+    human.ok();
+    assert!(
+        human.stdout.contains("no action on unknown signals"),
+        "{}",
+        human.stdout
+    );
+    assert_eq!(ws.pid("web"), pid, "not restarted on an unknown signal");
+    assert_eq!(incidents(&ws).len(), 1);
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+}
+
+#[test]
+fn a_fix_that_does_not_hold_moves_on_and_escalates_with_a_summary() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}remediation: {{runbook: two-restarts}}\n",
+            process_doc(
+                "web",
+                TEND,
+                &[
+                    "sample-app",
+                    "--port",
+                    &port.to_string(),
+                    "--crash-after",
+                    "0.8"
+                ]
+            )
+        ),
+    );
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: two-restarts}\nspec:\n  steps:\n    - {action: restart, within: 4s, hold: 2s}\n    - {action: reapply, within: 4s, hold: 2s}\n    - {action: escalate}\n",
+    );
+    ws.run(&["apply"]).ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = ws.run(&["apply"]);
+    out.code(1);
+    assert!(
+        out.stderr.contains("1 incident is escalated"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("ESCALATED"), "{}", out.stdout);
+
+    let list = incidents(&ws);
+    assert_eq!(list.len(), 1);
+    let inc = &list[0];
+    assert_eq!(inc["status"], "escalated");
+    let outcomes: Vec<&str> = inc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["not-verified", "not-verified", "escalated"],
+        "{inc:#}"
+    );
+    assert!(inc["recommendation"]
+        .as_str()
+        .unwrap()
+        .contains("a human should investigate"));
+
+    let shown = ws.run_raw(&["incidents", "show", &inc["id"].to_string()]);
+    shown.ok();
+    assert!(shown.stdout.contains("ESCALATED"));
+    assert!(
+        shown.stdout.contains("step 1 restart [auto] not-verified"),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        shown.stdout.contains("step 2 reapply [auto] not-verified"),
+        "{}",
+        shown.stdout
+    );
+
+    // It stays escalated and nothing more is tried until a human acts.
+    let again = ws.run(&["apply", "--format", "markdown"]);
+    again.code(1);
+    assert!(again.stdout.contains("[!CAUTION]"), "{}", again.stdout);
+    assert_eq!(incidents(&ws)[0]["steps"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_signal_that_flaps_within_its_for_window_causes_no_action() {
+    let ws = Workspace::new();
+    let mut t = Toggle::new();
+    ws.write("f.yaml", &probed_file(t.port, "2s", "again"));
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: again}\nspec:\n  steps:\n    - {action: reapply, within: 1s, hold: 0s}\n    - {action: escalate}\n",
+    );
+    for i in 0..6 {
+        if i % 2 == 0 {
+            t.close()
+        } else {
+            t.open()
+        }
+        ws.run(&["apply"]).ok();
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    assert!(
+        incidents(&ws).is_empty(),
+        "a flapping signal opened an incident"
+    );
+    // The same signal failing for longer than `for` does breach.
+    t.close();
+    ws.run(&["apply"]).ok();
+    std::thread::sleep(Duration::from_millis(2200));
+    let out = ws.run(&["apply"]);
+    out.code(1);
+    let list = incidents(&ws);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["cause"], "SLO `reachable` is breached");
+}
+
+#[test]
+fn a_maintenance_window_holds_the_step_for_review() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let app = format!(
+        "{}health:\n  probes:\n    - name: port\n      tcp: {{address: \"127.0.0.1:{port}\"}}\n",
+        process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+    );
+    ws.write("app.yaml", &app);
+    ws.run(&["apply"]).ok();
+    wait_http(port);
+    ws.write(
+        "settings.yaml",
+        &settings("  maintenanceWindows:\n    - {name: always, days: [mon, tue, wed, thu, fri, sat, sun], start: \"00:00\", end: \"24:00\"}\n"),
+    );
+    let pid = ws.pid("web");
+    kill_and_wait(pid);
+    let out = ws.run(&["apply", "--format", "json"]);
+    out.ok();
+    let j = out.json();
+    let action = &j["actions"][0];
+    assert_eq!(action["decision"], "review", "{action:#}");
+    assert_eq!(action["incident"]["runbook"], "built-in");
+    let inc = &j["incidents"][0];
+    assert_eq!(inc["status"], "open");
+    assert_eq!(inc["steps"][0]["outcome"], "held");
+    assert!(inc["steps"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("maintenance window"));
+    assert!(!alive(pid));
+    assert_eq!(ws.record("web")["pid"], pid, "not restarted");
+}
+
+#[test]
+fn a_step_that_keeps_failing_is_demoted_as_ineffective() {
+    let ws = Workspace::new();
+    let mut t = Toggle::new();
+    ws.write(
+        "settings.yaml",
+        &settings("  healing:\n    commands: [/bin/sh]\n    ineffectiveAfter: 2\n"),
+    );
+    ws.write("f.yaml", &probed_file(t.port, "0s", "poke"));
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: poke}\nspec:\n  steps:\n    - {action: command, command: [/bin/sh, -c, \"echo poked $TEND_RESOURCE\"], within: 1s, hold: 0s}\n    - {action: escalate}\n",
+    );
+    ws.run(&["apply"]).ok();
+    ws.run(&["apply"]).code(1);
+    for _ in 0..2 {
+        t.open();
+        ws.run(&["apply"]).ok();
+        t.close();
+        ws.run(&["apply"]).code(1);
+    }
+    let list = incidents(&ws);
+    assert_eq!(list.len(), 3);
+    // Newest first.
+    let first = &list[2];
+    assert_eq!(first["steps"][0]["action"], "command");
+    assert_eq!(first["steps"][0]["outcome"], "not-verified");
+    assert!(first["steps"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("poked host.File/f"));
+    assert_eq!(list[1]["status"], "resolved", "{:#}", list[1]);
+    let last = &list[0];
+    assert_eq!(last["steps"][0]["outcome"], "skipped", "{last:#}");
+    assert!(last["steps"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("ineffective"));
+    assert_eq!(last["status"], "escalated");
+}
+
+#[test]
+fn a_runbook_command_must_be_allowlisted() {
+    let ws = Workspace::new();
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: poke}\nspec:\n  steps:\n    - action: command\n      command: [/usr/bin/rm, -rf, /]\n",
+    );
+    ws.write(
+        "f.yaml",
+        &format!(
+            "{}remediation: {{runbook: pokey}}\n",
+            file_doc("f", "f.txt", "x")
+        ),
+    );
+    let out = ws.run(&["validate"]);
+    out.code(1);
+    assert!(out.stderr.contains("runbook.yaml:7:"), "{}", out.stderr);
+    assert!(out
+        .stderr
+        .contains("`/usr/bin/rm` is not an allowed command"));
+    assert!(out.stderr.contains("f.yaml:"), "{}", out.stderr);
+    assert!(out.stderr.contains("unknown runbook `pokey`"));
+    assert!(!ws.path().join("f.txt").exists());
+}
