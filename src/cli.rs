@@ -161,6 +161,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum IncidentsCommand {
+    /// What tend learned: verified successes and failures of each runbook
+    /// step, per cause.
+    Stats {
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
     /// One incident's full summary.
     Show {
         id: i64,
@@ -402,6 +408,17 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                     print(&match format {
                         HistoryFormat::Human => report::render_incidents(&list, color),
                         HistoryFormat::Json => format!("{:#}\n", report::incidents_json(&list)),
+                    })?;
+                    Ok(0)
+                }
+                Some(IncidentsCommand::Stats { format }) => {
+                    let stats = state.remediation_stats()?;
+                    print(&match format {
+                        HistoryFormat::Human => report::render_stats(&stats),
+                        HistoryFormat::Json => format!(
+                            "{:#}\n",
+                            serde_json::json!({"apiVersion": "tend.dev/v1", "kind": "RemediationStats", "formatVersion": report::FORMAT_VERSION, "steps": stats})
+                        ),
                     })?;
                     Ok(0)
                 }

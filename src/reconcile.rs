@@ -19,7 +19,7 @@ use crate::plan::{self, Plan, PlanInput, SourceInfo};
 use crate::policy::{self, Facts, GateError, Policies};
 use crate::provider::{host::HostProvider, BuiltIn, LiveResource, ProviderError, Providers};
 use crate::source::{Source, SourceError};
-use crate::state::{State, StateError};
+use crate::state::{SignalRow, State, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -559,34 +559,12 @@ async fn apply_run(
 /// durations hold across passes.
 fn remember_health(state: &State, plan: &Plan) -> Result<(), PassError> {
     for a in &plan.health {
-        let mut rows: Vec<_> = a
-            .signals
-            .iter()
-            .map(|t| {
-                (
-                    t.reading.signal.clone(),
-                    t.reading.status,
-                    t.since,
-                    t.last_healthy,
-                    t.reading.value,
-                    t.reading.detail.clone(),
-                )
-            })
-            .collect();
-        rows.extend(a.slos.iter().map(|s| {
-            (
-                health_stage::slo_key(&s.name),
-                if s.breached {
-                    health_stage::Status::Unhealthy
-                } else {
-                    health_stage::Status::Healthy
-                },
-                s.since,
-                None,
-                None,
-                String::new(),
-            )
-        }));
+        let mut rows: Vec<SignalRow> = a.signals.iter().map(SignalRow::signal).collect();
+        rows.extend(
+            a.slos
+                .iter()
+                .map(|s| SignalRow::slo(&s.name, s.breached, s.since)),
+        );
         state.remember(a.target.kind.as_str(), &a.target.name, &rows)?;
     }
     Ok(())

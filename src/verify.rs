@@ -22,7 +22,7 @@ use crate::model::health::{RunbookSpec, Step, StepAction};
 use crate::model::{DesiredState, Resource};
 use crate::plan::{Action, Decision};
 use crate::provider::{LiveResource, Providers};
-use crate::state::{IncidentStep, JournalRecord, NewIncident, State, StateError};
+use crate::state::{IncidentStep, JournalRecord, NewIncident, SignalRow, State, StateError};
 
 /// How often verification re-reads the resource and its signals.
 const POLL: Duration = Duration::from_millis(250);
@@ -373,32 +373,21 @@ fn escalate(
 /// spec is the last known good one.
 fn settle(h: &Healer<'_>, r: &Resource, remedy: &Remedy) -> Result<(), StateError> {
     let now = chrono::Utc::now();
-    let mut rows: Vec<_> = remedy
+    let mut rows: Vec<SignalRow> = remedy
         .problem
         .symptoms
         .iter()
-        .map(|t| {
-            (
-                t.reading.signal.clone(),
-                Status::Healthy,
-                now,
-                Some(now),
-                None,
-                "verified healthy".to_string(),
-            )
+        .map(|t| SignalRow {
+            signal: t.reading.signal.clone(),
+            status: Status::Healthy,
+            since: now,
+            last_healthy: Some(now),
+            value: None,
+            detail: "verified healthy".to_string(),
         })
         .collect();
     if let Some(hl) = &r.health {
-        rows.extend(hl.slos.iter().map(|s| {
-            (
-                crate::health::slo_key(&s.name),
-                Status::Healthy,
-                now,
-                None,
-                None,
-                String::new(),
-            )
-        }));
+        rows.extend(hl.slos.iter().map(|s| SignalRow::slo(&s.name, false, now)));
     }
     h.state.remember(r.key.kind.as_str(), &r.key.name, &rows)?;
     h.state

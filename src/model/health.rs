@@ -188,7 +188,7 @@ impl Signature {
     pub fn selects(&self, r: &super::Resource) -> bool {
         let sel = &self.spec.selector;
         sel.kind.as_deref().is_none_or(|k| k == r.key.kind.as_str())
-            && (sel.names.is_empty() || sel.names.iter().any(|n| *n == r.key.name))
+            && (sel.names.is_empty() || sel.names.contains(&r.key.name))
             && sel
                 .labels
                 .iter()

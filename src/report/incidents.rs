@@ -12,7 +12,7 @@ use super::{apply_json, plan_sarif, render_markdown, Format, FORMAT_VERSION};
 use crate::health::Status;
 use crate::plan::Plan;
 use crate::reconcile::Applied;
-use crate::state::Incident;
+use crate::state::{Incident, StepStats};
 
 fn ms(v: i64) -> String {
     if v < 10_000 {
@@ -279,4 +279,28 @@ pub fn render_applied(a: &Applied, format: Format, color: bool) -> String {
         }
         Format::Sarif => format!("{:#}\n", plan_sarif(&a.plan)),
     }
+}
+
+/// What tend learned from verified outcomes, one line per runbook step.
+pub fn render_stats(stats: &[StepStats]) -> String {
+    if stats.is_empty() {
+        return "No runbook step has been verified yet.\n".into();
+    }
+    let mut out = String::from(
+        "cause / runbook / step: verified successes, failures (consecutive failures)\n",
+    );
+    for s in stats {
+        let _ = writeln!(
+            out,
+            "{} / {} / step {} ({}): {} succeeded, {} failed ({} in a row)",
+            s.cause,
+            s.runbook,
+            s.step + 1,
+            s.action,
+            s.successes,
+            s.failures,
+            s.consecutive_failures
+        );
+    }
+    out
 }

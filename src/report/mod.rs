@@ -16,7 +16,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use human::{render_history, render_plan, render_results};
-pub use incidents::{incidents_json, render_applied, render_incident, render_incidents};
+pub use incidents::{
+    incidents_json, render_applied, render_incident, render_incidents, render_stats,
+};
 pub use json::{apply_json, history_json, plan_json, FORMAT_VERSION};
 pub use markdown::render_markdown;
 pub use sarif::plan_sarif;

@@ -10,6 +10,61 @@ use serde::Serialize;
 use super::{now, State, StateError};
 use crate::health::{Remembered, Status, Tracked};
 
+/// A signal (or SLO) state to remember.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRow {
+    pub signal: String,
+    pub status: Status,
+    pub since: DateTime<Utc>,
+    pub last_healthy: Option<DateTime<Utc>>,
+    pub value: Option<f64>,
+    pub detail: String,
+}
+
+impl SignalRow {
+    pub fn signal(t: &Tracked) -> SignalRow {
+        SignalRow {
+            signal: t.reading.signal.clone(),
+            status: t.reading.status,
+            since: t.since,
+            last_healthy: t.last_healthy,
+            value: t.reading.value,
+            detail: t.reading.detail.clone(),
+        }
+    }
+
+    /// An SLO's breach state, kept under `slo/<name>`.
+    pub fn slo(name: &str, breached: bool, since: DateTime<Utc>) -> SignalRow {
+        SignalRow {
+            signal: crate::health::slo_key(name),
+            status: if breached {
+                Status::Unhealthy
+            } else {
+                Status::Healthy
+            },
+            since,
+            last_healthy: None,
+            value: None,
+            detail: String::new(),
+        }
+    }
+}
+
+/// Verified successes and failures of one runbook step for one cause.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStats {
+    /// The signature, or the resource for problems no signature names.
+    pub cause: String,
+    pub runbook: String,
+    /// Zero-based step index.
+    pub step: i64,
+    pub action: String,
+    pub successes: i64,
+    pub failures: i64,
+    pub consecutive_failures: i64,
+}
+
 /// One step tried for an incident.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -113,34 +168,22 @@ impl State {
 
     /// Remembers signal states (`(signal, status, since, last healthy,
     /// value, detail)`).
-    pub fn remember(
-        &self,
-        kind: &str,
-        name: &str,
-        rows: &[(
-            String,
-            Status,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-            Option<f64>,
-            String,
-        )],
-    ) -> Result<(), StateError> {
+    pub fn remember(&self, kind: &str, name: &str, rows: &[SignalRow]) -> Result<(), StateError> {
         let at = now();
         let mut stmt = self.conn.prepare_cached(
             "INSERT OR REPLACE INTO signal_state (kind, name, signal, status, since, last_healthy, value, detail, observed_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
-        for (signal, status, since, last, value, detail) in rows {
+        for r in rows {
             stmt.execute(params![
                 kind,
                 name,
-                signal,
-                status.as_str(),
-                ts(*since),
-                last.map(ts),
-                value,
-                detail,
+                r.signal,
+                r.status.as_str(),
+                ts(r.since),
+                r.last_healthy.map(ts),
+                r.value,
+                r.detail,
                 at
             ])?;
         }
@@ -292,24 +335,21 @@ impl State {
         Ok(())
     }
 
-    /// Every remediation statistic: (cause, runbook, step, action,
-    /// successes, failures, consecutive failures).
-    pub fn remediation_stats(
-        &self,
-    ) -> Result<Vec<(String, String, i64, String, i64, i64, i64)>, StateError> {
+    /// Every remediation statistic, by cause, runbook and step.
+    pub fn remediation_stats(&self) -> Result<Vec<StepStats>, StateError> {
         let mut stmt = self.conn.prepare(
             "SELECT cause, runbook, step, action, successes, failures, consecutive_failures FROM remediation_stats ORDER BY cause, runbook, step",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok(StepStats {
+                cause: r.get(0)?,
+                runbook: r.get(1)?,
+                step: r.get(2)?,
+                action: r.get(3)?,
+                successes: r.get(4)?,
+                failures: r.get(5)?,
+                consecutive_failures: r.get(6)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -12,7 +12,7 @@ mod incidents;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use incidents::{Incident, IncidentStep, NewIncident};
+pub use incidents::{Incident, IncidentStep, NewIncident, SignalRow, StepStats};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]

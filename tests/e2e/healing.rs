@@ -462,6 +462,20 @@ fn a_step_that_keeps_failing_is_demoted_as_ineffective() {
         .unwrap()
         .contains("ineffective"));
     assert_eq!(last["status"], "escalated");
+
+    let stats = ws.run_raw(&["incidents", "stats", "--format", "json"]);
+    stats.ok();
+    let step = &stats.json()["steps"][0];
+    assert_eq!(step["cause"], "host.File/f");
+    assert_eq!(step["action"], "command");
+    assert_eq!(
+        (
+            step["failures"].as_i64(),
+            step["consecutiveFailures"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(step["successes"], 0);
 }
 
 #[test]
