@@ -196,8 +196,9 @@ fn an_error_ratio_matching_a_signature_runs_its_runbook_and_unknown_never_acts()
     ws.write(
         "app.yaml",
         &format!(
-            "{}health:\n  probes:\n    - name: error-ratio\n      prometheus:\n        query: '{ratio}'\n        above: 0.3\n",
-            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+            "{}health:\n  probes:\n    - name: error-ratio\n      prometheus:\n        query: '{ratio}'\n        above: 0.3\n  slos:\n    - name: budget\n      for: 1h\n      objective: 0.9\n      errorRatio: '{}'\n      burnRates: [{{long: 10s, short: 5s, factor: 2}}]\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()]),
+            ratio.replace("[5s]", "[$window]")
         ),
     );
     ws.write(
@@ -222,9 +223,17 @@ fn an_error_ratio_matching_a_signature_runs_its_runbook_and_unknown_never_acts()
     prom.wait_for(ratio, |v| v > 0.3, "the injected error ratio");
 
     let mut healed = None;
+    let mut burn = None;
     for _ in 0..5 {
         let out = ws.run(&["apply", "--format", "json"]);
         out.ok();
+        burn = burn.or_else(|| {
+            out.json()["health"][0]["signals"]
+                .as_array()?
+                .iter()
+                .find(|s| s["signal"] == "burn-rate/budget")
+                .cloned()
+        });
         if let Some(i) = out.json()["incidents"]
             .as_array()
             .and_then(|a| a.first().cloned())
@@ -235,6 +244,10 @@ fn an_error_ratio_matching_a_signature_runs_its_runbook_and_unknown_never_acts()
         std::thread::sleep(Duration::from_millis(700));
     }
     let inc = healed.expect("an incident was opened");
+    // A 0.9 error ratio against a 90% objective burns the budget 9x.
+    let burn = burn.expect("the burn-rate signal was read");
+    assert_eq!(burn["status"], "unhealthy", "{burn:#}");
+    assert!(burn["value"].as_f64().unwrap() > 2.0, "{burn:#}");
     assert_eq!(inc["status"], "resolved", "{inc:#}");
     assert_eq!(inc["signature"], "errors");
     assert_eq!(inc["cause"], "the service fails requests");
@@ -501,4 +514,113 @@ fn a_runbook_command_must_be_allowlisted() {
     assert!(out.stderr.contains("f.yaml:"), "{}", out.stderr);
     assert!(out.stderr.contains("unknown runbook `pokey`"));
     assert!(!ws.path().join("f.txt").exists());
+}
+
+#[test]
+fn tend_watch_reconciles_at_once_when_the_source_changes() {
+    let ws = Workspace::new();
+    ws.write("a.yaml", &file_doc("a", "a.txt", "first"));
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "10m"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |path: &str, want: &str| {
+        let p = ws.path().join(path);
+        for _ in 0..100 {
+            if std::fs::read_to_string(&p).is_ok_and(|t| t == want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(wait_for("a.txt", "first"), "the first pass ran");
+    ws.write("b.yaml", &file_doc("b", "b.txt", "second"));
+    assert!(
+        wait_for("b.txt", "second"),
+        "a new document is applied long before the 10 minute interval"
+    );
+    // A broken commit changes nothing and the watcher keeps going.
+    ws.write("c.yaml", "kind: [\n");
+    std::thread::sleep(Duration::from_millis(800));
+    ws.remove("c.yaml");
+    ws.write("a.yaml", &file_doc("a", "a.txt", "third"));
+    assert!(wait_for("a.txt", "third"));
+    unsafe { libc::kill(watch.id() as i32, libc::SIGINT) };
+    assert!(watch.wait().unwrap().success());
+}
+
+#[test]
+fn health_declarations_are_checked_with_locations() {
+    let ws = Workspace::new();
+    ws.write(
+        "f.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: both\n      tcp: {{address: \"127.0.0.1:1\"}}\n      http: {{url: \"http://127.0.0.1:1/\"}}\n    - name: q\n      prometheus: {{query: up, above: 1}}\n  slos:\n    - {{name: s, signal: nope}}\n",
+            file_doc("f", "f.txt", "x")
+        ),
+    );
+    let out = ws.run(&["validate"]);
+    out.code(1);
+    for want in [
+        "error: probe `both` must have exactly one of http, tcp, prometheus",
+        "f.yaml:11:7",
+        "error: prometheus probe `q` needs a Prometheus server",
+        "f.yaml:15:19",
+        "help: set Settings spec.healing.prometheus.url",
+        "error: SLO `s` refers to unknown signal `nope`",
+        "f.yaml:17:25",
+        "signals of host.File/f: status, both, q",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "missing {want:?} in:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn reapply_last_good_rolls_a_bad_change_back() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let p = port.to_string();
+    let good = process_doc("web", TEND, &["sample-app", "--port", &p]);
+    let runbook = "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: rollback}\nspec:\n  steps:\n    - {action: reapply-last-good, within: 10s, hold: 2s}\n    - {action: escalate}\n";
+    ws.write("runbook.yaml", runbook);
+    ws.write(
+        "app.yaml",
+        &format!("{good}remediation: {{runbook: rollback}}\n"),
+    );
+    ws.run(&["apply"]).ok();
+    wait_http(port);
+    // A healthy, in-sync pass records the last known good spec.
+    ws.run(&["apply"]).ok();
+    let bad = process_doc(
+        "web",
+        TEND,
+        &["sample-app", "--port", &p, "--crash-after", "0.5"],
+    );
+    ws.write(
+        "app.yaml",
+        &format!("{bad}remediation: {{runbook: rollback}}\n"),
+    );
+    ws.run(&["apply"]).ok();
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = ws.run(&["apply", "--format", "json"]);
+    out.ok();
+    let inc = &out.json()["incidents"][0];
+    assert_eq!(inc["status"], "resolved", "{inc:#}");
+    assert_eq!(inc["steps"][0]["action"], "reapply-last-good");
+    assert!(inc["steps"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("spec of commit"));
+    let args = ws.record("web")["cmdline"].to_string();
+    assert!(!args.contains("crash-after"), "{args}");
+    wait_http(port);
 }
