@@ -234,6 +234,35 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
                     )
                 }),
         };
+        if verdict.is_err() && h.stop.load(Ordering::SeqCst) {
+            // Cut short by a shutdown: not a verdict on the step, so it is
+            // not counted; the next pass reads the signals again.
+            let detail = verdict.err().unwrap_or_default();
+            h.state.add_step(
+                id,
+                &IncidentStep {
+                    step: index as i64,
+                    action: step.action.as_str().into(),
+                    decision: "auto".into(),
+                    outcome: "interrupted".into(),
+                    detail: format!("tend stopped during verification: {detail}"),
+                    started_at: ts(started),
+                    finished_at: ts(chrono::Utc::now()),
+                    duration_ms: clock.elapsed().as_millis() as i64,
+                },
+            )?;
+            h.state.update_incident(
+                id,
+                "open",
+                index as i64 + 1,
+                "unknown: verification was cut short",
+                "the next pass reads the signals again and continues the runbook",
+            )?;
+            return Ok(Healed {
+                incident: id,
+                standing: Standing::Interrupted,
+            });
+        }
         let verified = verdict.is_ok();
         h.state.record_step_result(
             &cause,
@@ -607,7 +636,7 @@ async fn verify(
                 }
             }
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || h.stop.load(Ordering::SeqCst) {
             return Err(last);
         }
         tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;

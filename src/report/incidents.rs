@@ -111,7 +111,10 @@ pub fn render_incident(i: &Incident, color: bool) -> String {
         let value = s
             .get("value")
             .and_then(Value::as_f64)
-            .map(|v| format!(" = {v:.3}"))
+            .map(|v| {
+                let s = format!("{v:.3}");
+                format!(" = {}", s.trim_end_matches('0').trim_end_matches('.'))
+            })
             .unwrap_or_default();
         let _ = writeln!(
             out,

@@ -93,6 +93,34 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
             out.push_str("```\n\n</details>\n\n");
         }
     }
+    if !plan.remedies.is_empty() || plan.health.iter().any(|a| a.unknown().next().is_some()) {
+        out.push_str("**Health:**\n\n");
+        for r in &plan.remedies {
+            let next = match (r.escalated, r.step) {
+                (true, _) => "escalated; waiting for a human".to_string(),
+                (false, Some(i)) => format!("runbook `{}` step {}", r.runbook, i + 1),
+                (false, None) => format!("runbook `{}` exhausted: escalate", r.runbook),
+            };
+            let _ = writeln!(
+                out,
+                "- ⚠️ `{}`: {} → {next}",
+                r.target,
+                cell(&r.problem.cause)
+            );
+        }
+        for a in &plan.health {
+            for s in a.unknown() {
+                let _ = writeln!(
+                    out,
+                    "- ❔ `{}` signal `{}` is unknown (no action): {}",
+                    a.target,
+                    s.reading.signal,
+                    cell(&s.reading.detail)
+                );
+            }
+        }
+        out.push('\n');
+    }
     if !plan.unmanaged.is_empty() {
         out.push_str("**Unmanaged** (reported only):\n\n");
         for u in &plan.unmanaged {

@@ -172,3 +172,59 @@ fn empty_plan_says_so() {
         "Plan for git://127.0.0.1/infra.git@main at commit 0123456789ab (mode auto)\n\nNo changes: 1 resource in sync.\n"
     );
 }
+
+fn escalated_incident() -> crate::state::Incident {
+    let step = |n: i64, action: &str, outcome: &str, detail: &str| crate::state::IncidentStep {
+        step: n,
+        action: action.into(),
+        decision: "auto".into(),
+        outcome: outcome.into(),
+        detail: detail.into(),
+        started_at: "2026-11-21T10:00:03.000Z".into(),
+        finished_at: "2026-11-21T10:00:07.000Z".into(),
+        duration_ms: 4000,
+    };
+    crate::state::Incident {
+        id: 7,
+        kind: "host.Process".into(),
+        name: "web".into(),
+        status: "escalated".into(),
+        cause: "memory leak".into(),
+        signature: Some("memory-leak".into()),
+        runbook: Some("restart-then-escalate".into()),
+        severity: "warning".into(),
+        symptoms: json!([
+            {"signal": "error-ratio", "status": "unhealthy", "value": 0.42, "detail": "0.42 > 0.2", "since": "2026-11-21T10:00:00Z"},
+            {"signal": "memory-growth", "status": "unhealthy", "value": 5242880.0, "detail": "5242880 > 1048576", "since": "2026-11-21T09:59:50Z"}
+        ]),
+        onset_at: "2026-11-21T09:59:49.000Z".into(),
+        detected_at: "2026-11-21T10:00:03.000Z".into(),
+        resolved_at: None,
+        next_step: 2,
+        state: "unhealthy: error-ratio 0.42 > 0.2".into(),
+        recommendation: "a human should investigate memory leak on host.Process/web".into(),
+        time_to_detect_ms: 14000,
+        time_to_recover_ms: None,
+        steps: vec![
+            step(
+                0,
+                "restart",
+                "not-verified",
+                "started pid 42; not verified within 20s: error-ratio unhealthy: 0.42 > 0.2",
+            ),
+            step(
+                2,
+                "escalate",
+                "escalated",
+                "runbook `restart-then-escalate` is exhausted",
+            ),
+        ],
+    }
+}
+
+#[test]
+fn incident_summary() {
+    let i = escalated_incident();
+    insta::assert_snapshot!(render_incident(&i, false));
+    insta::assert_snapshot!(render_incidents(&[i], false));
+}
