@@ -66,6 +66,9 @@ pub struct Remedy {
     pub skipped: Vec<Skipped>,
     /// The incident was escalated earlier; nothing more is tried.
     pub escalated: bool,
+    /// Where the resource is declared.
+    #[serde(rename = "declaredAt")]
+    pub declared_at: crate::model::Origin,
 }
 
 impl Remedy {
@@ -145,6 +148,7 @@ pub fn remedy(
         step,
         skipped,
         escalated,
+        declared_at: r.origin.clone(),
     }
 }
 

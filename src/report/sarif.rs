@@ -52,7 +52,29 @@ pub fn plan_sarif(plan: &Plan) -> Value {
         ActionType::Delete,
         ActionType::Restart,
         ActionType::Stop,
+        ActionType::Replace,
     ];
+    let escalations = plan
+        .remedies
+        .iter()
+        .filter(|r| r.escalated || r.step.is_none())
+        .map(|r| {
+            json!({
+                "ruleId": "tend/escalated",
+                "level": "error",
+                "message": {"text": format!(
+                    "{}: {}; runbook `{}` is exhausted and a human must act",
+                    r.target, r.problem.cause, r.runbook
+                )},
+                "properties": {"target": r.target, "incident": r.incident},
+                "locations": [{
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": &*r.declared_at.file},
+                        "region": {"startLine": r.declared_at.line, "startColumn": r.declared_at.col},
+                    }
+                }],
+            })
+        });
     let results: Vec<Value> = plan
         .actions
         .iter()
@@ -90,6 +112,7 @@ pub fn plan_sarif(plan: &Plan) -> Value {
             }
             result
         })
+        .chain(escalations)
         .collect();
     json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
@@ -98,7 +121,11 @@ pub fn plan_sarif(plan: &Plan) -> Value {
             "tool": {"driver": {
                 "name": "tend",
                 "version": env!("CARGO_PKG_VERSION"),
-                "rules": types.iter().map(|t| rule(*t)).collect::<Vec<_>>(),
+                "rules": types.iter().map(|t| rule(*t)).chain(std::iter::once(json!({
+                    "id": "tend/escalated",
+                    "name": "Escalated",
+                    "shortDescription": {"text": "A resource stayed unhealthy after every step of its runbook."},
+                }))).collect::<Vec<_>>(),
             }},
             "versionControlProvenance": plan.source.commit.as_ref().map(|c| json!([{
                 // The origin is `url@ref`; SARIF wants the URL alone.

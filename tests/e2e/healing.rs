@@ -367,6 +367,22 @@ fn a_fix_that_does_not_hold_moves_on_and_escalates_with_a_summary() {
     again.code(1);
     assert!(again.stdout.contains("[!CAUTION]"), "{}", again.stdout);
     assert_eq!(incidents(&ws)[0]["steps"].as_array().unwrap().len(), 3);
+    let sarif = ws.run(&["apply", "--format", "sarif"]);
+    sarif.code(1);
+    let result = sarif.json()["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ruleId"] == "tend/escalated")
+        .cloned()
+        .expect("an escalated result");
+    assert_eq!(result["level"], "error");
+    assert!(
+        result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("app.yaml")
+    );
 }
 
 #[test]
