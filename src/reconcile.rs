@@ -330,8 +330,13 @@ async fn assess_health(
                     action.declared_at = Some(r.origin.clone());
                     plan.actions.push(action);
                 } else {
-                    // Nothing to run: the runbook is exhausted or escalated.
-                    plan.actions.retain(|a| a.target != r.key);
+                    // The runbook is exhausted or the incident escalated:
+                    // restarting is what failed, so it is not retried as
+                    // drift. Other drift still applies, so a fix committed
+                    // to Git reaches the resource.
+                    plan.actions.retain(|a| {
+                        a.target != r.key || a.action_type != crate::plan::ActionType::Restart
+                    });
                 }
                 plan.remedies.push(remedy);
             }

@@ -383,6 +383,26 @@ fn a_fix_that_does_not_hold_moves_on_and_escalates_with_a_summary() {
             .unwrap()
             .ends_with("app.yaml")
     );
+
+    // A human commits the fix: it is applied although the incident is
+    // escalated, and the next healthy pass resolves the incident.
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}remediation: {{runbook: two-restarts}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    ws.run(&["apply"]).code(1);
+    wait_http(port);
+    std::thread::sleep(Duration::from_millis(1200));
+    ws.run(&["apply"]).ok();
+    let inc = &incidents(&ws)[0];
+    assert_eq!(inc["status"], "resolved", "{inc:#}");
+    assert_eq!(
+        inc["steps"].as_array().unwrap().last().unwrap()["outcome"],
+        "recovered"
+    );
 }
 
 #[test]
