@@ -15,12 +15,32 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 # Prometheus serves the health-signal tests (started per test on 127.0.0.1).
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# moto (moto[server], an AWS-compatible server) and boto3 serve the aws
+# provider tests; they go into a virtual environment when missing.
+venv="${TEND_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-test-venv}"
+need_moto=false
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3' >/dev/null 2>&1; then
+  need_moto=true
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+  fi
+fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if [ "$need_moto" = true ]; then
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    echo "scripts/test.sh: installing moto[server] into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'moto[server]'
+  fi
+  export PATH="$venv/bin:$PATH"
 fi
 
 exec cargo test -j"${TEND_TEST_JOBS:-2}" --locked "$@"

@@ -17,7 +17,9 @@ use crate::model::ResourceKey;
 use crate::model::{self, DesiredState, Invalid, Mode, ProviderName};
 use crate::plan::{self, Plan, PlanInput, SourceInfo};
 use crate::policy::{self, Facts, GateError, Policies};
-use crate::provider::{host::HostProvider, BuiltIn, LiveResource, ProviderError, Providers};
+use crate::provider::{
+    aws::AwsProvider, host::HostProvider, BuiltIn, LiveResource, ProviderError, Providers,
+};
 use crate::source::{Source, SourceError};
 use crate::state::{SignalRow, State, StateError};
 
@@ -35,6 +37,8 @@ pub enum PassError {
     Gate(#[from] GateError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    AwsConfig(#[from] crate::provider::aws::ConfigError),
 }
 
 /// Where tend keeps state, as given on the command line or in the
@@ -180,18 +184,16 @@ pub async fn plan(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Planned, PassError> {
     let desired = &mut loaded.desired;
-    let providers = Providers {
-        all: desired
-            .settings
-            .providers
-            .iter()
-            .map(|p| match p {
-                ProviderName::Host => {
-                    BuiltIn::Host(HostProvider::new(&loaded.root, &loaded.state_dir))
-                }
-            })
-            .collect(),
-    };
+    let mut all = Vec::with_capacity(desired.settings.providers.len());
+    for p in &desired.settings.providers {
+        all.push(match p {
+            ProviderName::Host => BuiltIn::Host(HostProvider::new(&loaded.root, &loaded.state_dir)),
+            ProviderName::Aws => {
+                BuiltIn::Aws(Box::new(AwsProvider::new(&desired.settings.aws).await?))
+            }
+        });
+    }
+    let providers = Providers { all };
     providers.normalize_all(&mut desired.resources);
     let live = providers.inventory(&desired.resources).await?;
     let diff = diff::diff(

@@ -352,6 +352,20 @@ pub fn check(
     let no_prometheus = || Some("set Settings spec.healing.prometheus.url".to_string());
 
     for r in resources {
+        if let Some(p) = r.key.kind.provider() {
+            if !settings.providers.contains(&p) {
+                problem(
+                    &r.origin,
+                    "/kind".into(),
+                    format!(
+                        "{} needs the {} provider, which is not enabled",
+                        r.key.kind,
+                        p.as_str()
+                    ),
+                    Some(format!("add `{}` to Settings spec.providers", p.as_str())),
+                );
+            }
+        }
         if let Some(rem) = &r.remediation {
             if !runbook_names.contains(rem.runbook.as_str()) {
                 problem(

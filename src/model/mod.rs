@@ -28,15 +28,19 @@ pub enum Kind {
     HostProcess = 2,
     Signature = 3,
     Runbook = 4,
+    AwsSecurityGroup = 5,
+    AwsBucket = 6,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Settings,
         Kind::HostFile,
         Kind::HostProcess,
         Kind::Signature,
         Kind::Runbook,
+        Kind::AwsSecurityGroup,
+        Kind::AwsBucket,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,8 @@ impl Kind {
             Kind::HostProcess => "host.Process",
             Kind::Signature => "Signature",
             Kind::Runbook => "Runbook",
+            Kind::AwsSecurityGroup => "aws.ec2.SecurityGroup",
+            Kind::AwsBucket => "aws.s3.Bucket",
         }
     }
 
@@ -59,6 +65,7 @@ impl Kind {
         match self {
             Kind::Settings | Kind::Signature | Kind::Runbook => None,
             Kind::HostFile | Kind::HostProcess => Some(ProviderName::Host),
+            Kind::AwsSecurityGroup | Kind::AwsBucket => Some(ProviderName::Aws),
         }
     }
 }
@@ -87,6 +94,16 @@ impl<'de> Deserialize<'de> for Kind {
 #[serde(rename_all = "lowercase")]
 pub enum ProviderName {
     Host,
+    Aws,
+}
+
+impl ProviderName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderName::Host => "host",
+            ProviderName::Aws => "aws",
+        }
+    }
 }
 
 /// A resource's identity: its kind and its name, unique per kind.
@@ -181,6 +198,23 @@ pub struct Settings {
     pub policies: PolicySettings,
     #[serde(default)]
     pub healing: health::Healing,
+    #[serde(default)]
+    pub aws: AwsSettings,
+}
+
+/// `Settings spec.aws`: where the `aws` provider connects.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsSettings {
+    /// Regions to manage; resources without `spec.region` use the first.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// An AWS-compatible endpoint (e.g. a local test server).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// A named profile of the shared AWS config files.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -349,6 +383,7 @@ impl Default for Settings {
             maintenance_windows: Vec::new(),
             policies: PolicySettings::default(),
             healing: health::Healing::default(),
+            aws: AwsSettings::default(),
         }
     }
 }

@@ -21,6 +21,8 @@ fn schema_text(kind: Kind) -> &'static str {
         Kind::HostProcess => include_str!("../../schemas/host.process.schema.json"),
         Kind::Signature => include_str!("../../schemas/signature.schema.json"),
         Kind::Runbook => include_str!("../../schemas/runbook.schema.json"),
+        Kind::AwsSecurityGroup => include_str!("../../schemas/aws.ec2.security-group.schema.json"),
+        Kind::AwsBucket => include_str!("../../schemas/aws.s3.bucket.schema.json"),
     }
 }
 

@@ -45,6 +45,7 @@ const DEFAULT_PACK: &[(&str, &str)] = pack![
     "critical.rego",
     "network.rego",
     "healing.rego",
+    "aws.rego",
     "host_test.rego",
     "delete_test.rego",
     "scale_test.rego",
@@ -52,6 +53,7 @@ const DEFAULT_PACK: &[(&str, &str)] = pack![
     "critical_test.rego",
     "network_test.rego",
     "healing_test.rego",
+    "aws_test.rego",
 ];
 
 pub fn default_pack() -> Vec<PolicyFile> {

@@ -5,6 +5,7 @@
 //! return an error, never an empty inventory: missing data is never read as
 //! "deleted".
 
+pub mod aws;
 pub mod host;
 
 use std::collections::HashMap;
@@ -81,26 +82,28 @@ pub trait Provider {
 /// The built-in providers, chosen by `Settings`.
 pub enum BuiltIn {
     Host(host::HostProvider),
+    Aws(Box<aws::AwsProvider>),
 }
 
 impl BuiltIn {
-    pub fn as_provider(&self) -> &host::HostProvider {
+    pub fn name(&self) -> ProviderName {
         match self {
-            BuiltIn::Host(h) => h,
+            BuiltIn::Host(h) => h.name(),
+            BuiltIn::Aws(a) => a.name(),
         }
     }
 
-    pub fn name(&self) -> ProviderName {
-        self.as_provider().name()
-    }
-
     pub fn kinds(&self) -> &'static [Kind] {
-        self.as_provider().kinds()
+        match self {
+            BuiltIn::Host(h) => h.kinds(),
+            BuiltIn::Aws(a) => a.kinds(),
+        }
     }
 
     pub async fn list(&self, req: &ListRequest<'_>) -> Result<Vec<LiveResource>, ProviderError> {
         match self {
             BuiltIn::Host(h) => h.list(req).await,
+            BuiltIn::Aws(a) => a.list(req).await,
         }
     }
 
@@ -111,12 +114,14 @@ impl BuiltIn {
     ) -> Result<Applied, ProviderError> {
         match self {
             BuiltIn::Host(h) => h.apply(action, desired).await,
+            BuiltIn::Aws(a) => a.apply(action, desired).await,
         }
     }
 
     pub fn normalize(&self, kind: Kind, spec: &mut Value) {
         match self {
             BuiltIn::Host(h) => h.normalize(kind, spec),
+            BuiltIn::Aws(a) => a.normalize(kind, spec),
         }
     }
 }
@@ -133,6 +138,7 @@ impl Providers {
 
     /// Normalises every declared spec in place.
     pub fn normalize_all(&self, resources: &mut [Resource]) {
+        aws::prepare(resources);
         for r in resources {
             if let Some(p) = self.for_kind(r.key.kind) {
                 p.normalize(r.key.kind, &mut r.spec);

@@ -2,6 +2,7 @@
 //! processes and a real `git daemon` on 127.0.0.1.
 
 mod apply;
+mod aws;
 mod git_source;
 mod healing;
 mod invalid;
@@ -329,4 +330,80 @@ fn which(name: &str) -> Option<PathBuf> {
             .map(|p| p.join(name))
             .find(|p| p.is_file())
     })
+}
+
+/// A real moto server (AWS-compatible) on 127.0.0.1, one per test so tests
+/// never share cloud state. Stopped when dropped.
+pub struct Moto {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let bin = which("moto_server").unwrap_or_else(|| {
+            panic!("`moto_server` is missing: run ./scripts/test.sh, which installs moto[server]")
+        });
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let m = Moto {
+            child: Some(child),
+            port,
+        };
+        for _ in 0..300 {
+            if http("GET", port, "/moto-api/data.json").is_some() {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("moto_server did not start on {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Forgets every resource.
+    pub fn reset(&self) {
+        http("POST", self.port, "/moto-api/reset").expect("reset moto");
+    }
+
+    /// Runs Python with a boto3 `ec2` and `s3` client on this server, as a
+    /// person at the console would change things behind tend's back.
+    /// Returns what the script prints.
+    pub fn boto(&self, script: &str) -> String {
+        let prelude = format!(
+            "import boto3, json\nkw = dict(endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nec2 = boto3.client('ec2', **kw)\ns3 = boto3.client('s3', **kw)\n",
+            self.url()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "boto3 script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

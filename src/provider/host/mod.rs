@@ -127,7 +127,7 @@ impl Provider for HostProvider {
         tokio::task::spawn_blocking(move || match action.target.kind {
             Kind::HostFile => file::apply(&refs, &action, spec.as_ref()),
             Kind::HostProcess => process::apply(&refs, &exe, &action, spec.as_ref()),
-            Kind::Settings | Kind::Signature | Kind::Runbook => Err(ProviderError::Apply {
+            _ => Err(ProviderError::Apply {
                 action: action.action_type.as_str(),
                 target: action.target.clone(),
                 message: "not a host resource".into(),
@@ -154,7 +154,7 @@ impl Provider for HostProvider {
             Kind::HostProcess => {
                 obj.entry("state").or_insert_with(|| Value::from("running"));
             }
-            Kind::Settings | Kind::Signature | Kind::Runbook => {}
+            _ => {}
         }
     }
 }

@@ -1,0 +1,49 @@
+package tend_test
+
+import data.tend
+
+sg_update(changes) := {
+	"action": {"type": "update", "target": {"kind": "aws.ec2.SecurityGroup", "name": "web"}, "changes": changes, "risk": "low", "reversible": true},
+	"resource": {"desired": {}, "live": {}},
+	"incident": null,
+	"context": {"mode": "auto", "in_maintenance_window": false},
+}
+
+ssh_world := {"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidr": "0.0.0.0/0"}
+
+https_world := {"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidr": "0.0.0.0/0"}
+
+app_rule := {"protocol": "tcp", "fromPort": 8080, "toPort": 8080, "cidr": "10.1.0.0/16"}
+
+test_closing_ssh_opened_to_the_world_is_auto if {
+	d := tend.decision with input as sg_update([{"path": "/spec/ingress", "from": [ssh_world, https_world], "to": [https_world]}])
+	d.decision == "auto"
+}
+
+test_closing_ssh_and_restoring_tags_is_auto if {
+	d := tend.decision with input as sg_update([
+		{"path": "/spec/ingress", "from": [ssh_world, https_world], "to": [https_world]},
+		{"path": "/spec/tags/team", "from": "other", "to": "web"},
+	])
+	d.decision == "auto"
+}
+
+test_reverting_an_unrelated_rule_is_review if {
+	d := tend.decision with input as sg_update([{"path": "/spec/ingress", "from": [app_rule, https_world], "to": [https_world]}])
+	d.decision == "review"
+}
+
+test_opening_ssh_to_the_world_is_denied if {
+	d := tend.decision with input as sg_update([{"path": "/spec/ingress", "from": [https_world], "to": [ssh_world, https_world]}])
+	d.decision == "deny"
+}
+
+test_restoring_tags_only_is_auto if {
+	d := tend.decision with input as sg_update([{"path": "/spec/tags/team", "from": "x", "to": "web"}])
+	d.decision == "auto"
+}
+
+test_restoring_bucket_settings_is_auto if {
+	inp := object.union(sg_update([{"path": "/spec/versioning", "from": false, "to": true}]), {"action": {"type": "update", "target": {"kind": "aws.s3.Bucket", "name": "logs"}, "changes": [], "risk": "low", "reversible": true}})
+	tend.decision.decision == "auto" with input as inp
+}

@@ -1,0 +1,293 @@
+//! The `aws` provider: EC2 security groups and S3 buckets through the
+//! official AWS SDK for Rust.
+//!
+//! Credentials come from the SDK's standard chain (environment, shared
+//! profile, SSO, web identity for GitHub OIDC, instance role); TLS is rustls
+//! with ring, the same stack as the rest of tend. An endpoint URL override
+//! points it at an AWS-compatible server. Ownership is the tag
+//! `tend.dev/name=<kind>/<name>`: only tagged resources are ever deleted.
+//! Listing is concurrent across kinds and regions, fully paged, and held
+//! inside EC2's documented request token buckets; the SDK retries throttling
+//! with jittered exponential backoff. A listing that fails is an error for
+//! the whole pass, never an empty inventory.
+
+mod bucket;
+mod limit;
+mod security_group;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Applied, ListRequest, LiveResource, Provider, ProviderError};
+use crate::model::{AwsSettings, Kind, ProviderName, Resource};
+use crate::plan::Action;
+
+pub use limit::TokenBucket;
+
+/// The tag that marks what tend owns.
+pub const OWNER_TAG: &str = "tend.dev/name";
+
+/// The clients of one region.
+#[derive(Clone)]
+struct Regional {
+    ec2: aws_sdk_ec2::Client,
+    s3: aws_sdk_s3::Client,
+}
+
+pub struct AwsProvider {
+    regions: HashMap<String, Regional>,
+    default_region: String,
+    /// EC2 describe calls: bucket 100, refill 20 per second.
+    reads: TokenBucket,
+    /// EC2 mutating calls: bucket 200, refill 5 per second.
+    writes: TokenBucket,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("failed to configure the aws provider: {0}")]
+pub struct ConfigError(String);
+
+impl AwsProvider {
+    /// Builds clients for every configured region. Nothing is called yet.
+    pub async fn new(settings: &AwsSettings) -> Result<AwsProvider, ConfigError> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let retry = aws_config::retry::RetryConfig::standard()
+            .with_max_attempts(5)
+            .with_initial_backoff(Duration::from_millis(200));
+        let loader = |region: Option<String>| {
+            let mut l = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .http_client(http.clone())
+                .retry_config(retry.clone());
+            if let Some(r) = region {
+                l = l.region(aws_config::Region::new(r));
+            }
+            if let Some(p) = &settings.profile {
+                l = l.profile_name(p);
+            }
+            if let Some(e) = &settings.endpoint_url {
+                l = l.endpoint_url(e);
+            }
+            l
+        };
+        let mut names = settings.regions.clone();
+        if names.is_empty() {
+            let conf = loader(None).load().await;
+            match conf.region() {
+                Some(r) => names.push(r.to_string()),
+                None => {
+                    return Err(ConfigError(
+                        "no region: set Settings spec.aws.regions or AWS_REGION".into(),
+                    ))
+                }
+            }
+        }
+        let mut regions = HashMap::new();
+        for name in &names {
+            let conf = loader(Some(name.clone())).load().await;
+            let s3_conf = aws_sdk_s3::config::Builder::from(&conf)
+                // Path-style addressing works with every AWS-compatible
+                // endpoint; AWS itself accepts it too.
+                .force_path_style(settings.endpoint_url.is_some())
+                .build();
+            regions.insert(
+                name.clone(),
+                Regional {
+                    ec2: aws_sdk_ec2::Client::new(&conf),
+                    s3: aws_sdk_s3::Client::from_conf(s3_conf),
+                },
+            );
+        }
+        Ok(AwsProvider {
+            regions,
+            default_region: names[0].clone(),
+            reads: TokenBucket::new(100.0, 20.0),
+            writes: TokenBucket::new(200.0, 5.0),
+        })
+    }
+
+    fn region_of(&self, spec: &Value) -> String {
+        spec.get("region")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.default_region)
+            .to_string()
+    }
+
+    fn regional(&self, region: &str, kind: Kind) -> Result<&Regional, String> {
+        self.regions.get(region).ok_or_else(|| {
+            format!("region {region} of this {kind} is not in Settings spec.aws.regions")
+        })
+    }
+}
+
+/// The owner tag's value for a resource.
+pub fn owner_value(kind: Kind, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+/// The tend name a tag set claims for `kind`, if any.
+fn owned_name(kind: Kind, tags: &[(String, String)]) -> Option<String> {
+    let prefix = format!("{kind}/");
+    tags.iter()
+        .find(|(k, _)| k == OWNER_TAG)
+        .and_then(|(_, v)| v.strip_prefix(&prefix).map(str::to_string))
+}
+
+fn tags_json(tags: &[(String, String)]) -> Value {
+    let mut sorted: Vec<&(String, String)> = tags.iter().collect();
+    sorted.sort();
+    Value::Object(
+        sorted
+            .into_iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+            .collect(),
+    )
+}
+
+/// Declared tags plus the ownership tag.
+fn with_owner_tag(kind: Kind, name: &str, spec: &mut serde_json::Map<String, Value>) {
+    let tags = spec
+        .entry("tags")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(t) = tags.as_object_mut() {
+        t.insert(OWNER_TAG.into(), Value::from(owner_value(kind, name)));
+    }
+}
+
+/// Live resources keyed for the diff: tagged ones by their tend name,
+/// untagged ones by their own name (reported as unmanaged unless declared,
+/// in which case the plan adopts them by adding the tag).
+fn key_untagged(out: &mut Vec<LiveResource>, mut live: LiveResource) {
+    if out.iter().any(|l| l.key == live.key) {
+        live.key.name = format!("{}.{}", live.key.name, live.id);
+    }
+    out.push(live);
+}
+
+fn sdk_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.contains(&t) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+impl Provider for AwsProvider {
+    fn name(&self) -> ProviderName {
+        ProviderName::Aws
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::AwsSecurityGroup, Kind::AwsBucket]
+    }
+
+    async fn list(&self, req: &ListRequest<'_>) -> Result<Vec<LiveResource>, ProviderError> {
+        let mut regions: Vec<&String> = self.regions.keys().collect();
+        regions.sort();
+        let mut jobs = Vec::new();
+        for kind in req.kinds {
+            if !self.kinds().contains(kind) {
+                continue;
+            }
+            for region in &regions {
+                jobs.push((*kind, (*region).clone()));
+            }
+        }
+        // Buckets are global: list them once, from the first region.
+        jobs.retain(|(k, r)| *k != Kind::AwsBucket || *r == self.default_region);
+        let lists = jobs.iter().map(|(kind, region)| async move {
+            let regional = &self.regions[region];
+            let result = match kind {
+                Kind::AwsSecurityGroup => {
+                    security_group::list(&regional.ec2, region, &self.reads).await
+                }
+                Kind::AwsBucket => bucket::list(self, &regional.s3).await,
+                _ => Ok(Vec::new()),
+            };
+            result.map_err(|message| ProviderError::List {
+                kind: *kind,
+                message: format!("{region}: {message}"),
+            })
+        });
+        let mut out = Vec::new();
+        for r in futures::future::join_all(lists).await {
+            for live in r? {
+                if live.owned {
+                    out.push(live);
+                } else {
+                    key_untagged(&mut out, live);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply(
+        &self,
+        action: &Action,
+        desired: Option<&Resource>,
+    ) -> Result<Applied, ProviderError> {
+        let kind = action.target.kind;
+        let fail = |message: String| ProviderError::Apply {
+            action: action.action_type.as_str(),
+            target: action.target.clone(),
+            message,
+        };
+        let spec = desired.map(|r| r.spec.clone()).unwrap_or(Value::Null);
+        let region = self.region_of(&spec);
+        let regional = self.regional(&region, kind).map_err(&fail)?;
+        self.writes.acquire().await;
+        let detail = match kind {
+            Kind::AwsSecurityGroup => {
+                security_group::apply(&regional.ec2, &self.reads, action, &spec).await
+            }
+            Kind::AwsBucket => bucket::apply(&regional.s3, &region, action, &spec).await,
+            _ => Err(format!("{kind} is not an aws kind")),
+        }
+        .map_err(fail)?;
+        Ok(Applied { detail })
+    }
+
+    fn normalize(&self, kind: Kind, spec: &mut Value) {
+        let Some(obj) = spec.as_object_mut() else {
+            return;
+        };
+        obj.entry("region")
+            .or_insert_with(|| Value::from(self.default_region.clone()));
+        match kind {
+            Kind::AwsSecurityGroup => security_group::normalize(obj),
+            Kind::AwsBucket => {}
+            _ => {}
+        }
+    }
+}
+
+/// What normalisation needs the resource's name for (`normalize` sees only
+/// the spec): the ownership tag, and names that default to `metadata.name`.
+pub fn prepare(resources: &mut [Resource]) {
+    for r in resources {
+        if r.key.kind.provider() != Some(ProviderName::Aws) {
+            continue;
+        }
+        let Some(obj) = r.spec.as_object_mut() else {
+            continue;
+        };
+        with_owner_tag(r.key.kind, &r.key.name, obj);
+        let field = match r.key.kind {
+            Kind::AwsSecurityGroup => "groupName",
+            _ => "bucketName",
+        };
+        obj.entry(field)
+            .or_insert_with(|| Value::from(r.key.name.clone()));
+    }
+}

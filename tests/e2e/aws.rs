@@ -1,0 +1,222 @@
+//! The `aws` provider end to end: the real binary and the AWS SDK against a
+//! real moto server on 127.0.0.1 (the endpoint override), changes made
+//! behind tend's back with boto3.
+
+use super::*;
+
+fn aws_workspace(moto: &Moto) -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "settings.yaml",
+        &format!(
+            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  providers: [aws]\n  aws:\n    regions: [us-east-1]\n    endpointUrl: {}\n",
+            moto.url()
+        ),
+    );
+    ws
+}
+
+/// tend with credentials for moto and nothing that could reach a real
+/// AWS endpoint (no shared config, no instance metadata).
+fn run(ws: &Workspace, args: &[&str]) -> Run {
+    let mut c = ws.cmd();
+    c.args(args)
+        .arg(ws.desired())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", ws.path().join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            ws.path().join("no-aws-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    Run::from(c.output().expect("run tend"))
+}
+
+const WEB_SG: &str = "apiVersion: tend.dev/v1
+kind: aws.ec2.SecurityGroup
+metadata: {name: web}
+spec:
+  description: web tier
+  ingress:
+    - {protocol: tcp, fromPort: 443, toPort: 443, cidr: 0.0.0.0/0}
+    - {protocol: tcp, fromPort: 22, toPort: 22, cidr: 10.0.0.0/8}
+  tags: {team: web}
+";
+
+fn paths(action: &serde_json::Value) -> Vec<String> {
+    action["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_security_group_is_created_corrected_after_console_changes_and_clean_after() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+
+    let plan = run(&ws, &["plan", "--format", "json"]);
+    plan.ok();
+    let j = plan.json();
+    assert_eq!(j["actions"][0]["type"], "create");
+    assert_eq!(j["actions"][0]["decision"], "auto");
+    run(&ws, &["apply"]).ok();
+    let clean = run(&ws, &["plan", "--format", "json"]);
+    clean.ok();
+    let j = clean.json();
+    assert_eq!(j["summary"]["pending"], 0, "{j:#}");
+    assert!(
+        j["unmanaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "default" && u["reason"] == "not owned by tend"),
+        "the default group is listed as unmanaged: {j:#}"
+    );
+
+    // Behind tend's back: ssh opened to the world, a tag changed.
+    moto.boto(
+        "g = ec2.describe_security_groups(Filters=[{'Name': 'tag:tend.dev/name', 'Values': ['aws.ec2.SecurityGroup/web']}])['SecurityGroups'][0]\n\
+         ec2.authorize_security_group_ingress(GroupId=g['GroupId'], IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{'CidrIp': '0.0.0.0/0'}]}])\n\
+         ec2.create_tags(Resources=[g['GroupId']], Tags=[{'Key': 'team', 'Value': 'someone-else'}])\n",
+    );
+    let drift = run(&ws, &["plan", "--format", "json"]);
+    drift.ok();
+    let j = drift.json();
+    let action = &j["actions"][0];
+    assert_eq!(action["type"], "update");
+    assert_eq!(paths(action), ["/spec/ingress", "/spec/tags/team"]);
+    assert_eq!(action["changes"][1]["from"], "someone-else");
+    assert_eq!(action["decision"], "auto", "{action:#}");
+    assert!(action["reasons"].to_string().contains("closes port 22"));
+
+    let applied = run(&ws, &["apply", "--format", "json"]);
+    applied.ok();
+    assert_eq!(applied.json()["results"]["applied"], 1);
+    let open = moto.boto(
+        "g = ec2.describe_security_groups(Filters=[{'Name': 'tag:tend.dev/name', 'Values': ['aws.ec2.SecurityGroup/web']}])['SecurityGroups'][0]\n\
+         print(any(r.get('CidrIp') == '0.0.0.0/0' and p.get('FromPort') == 22 for p in g['IpPermissions'] for r in p['IpRanges']))\n",
+    );
+    assert_eq!(open.trim(), "False");
+    let after = run(&ws, &["plan", "--format", "json"]);
+    after.ok();
+    assert_eq!(after.json()["summary"]["pending"], 0);
+}
+
+#[test]
+fn an_unrelated_rule_change_goes_to_review_and_is_not_applied() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+    run(&ws, &["apply"]).ok();
+    moto.boto(
+        "g = ec2.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': ['web']}])['SecurityGroups'][0]\n\
+         ec2.authorize_security_group_ingress(GroupId=g['GroupId'], IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 8080, 'ToPort': 8080, 'IpRanges': [{'CidrIp': '10.1.0.0/16'}]}])\n",
+    );
+    let out = run(&ws, &["apply", "--format", "json"]);
+    out.ok();
+    let j = out.json();
+    assert_eq!(j["actions"][0]["decision"], "review", "{j:#}");
+    assert_eq!(j["results"]["applied"], 0);
+    let still = moto.boto(
+        "g = ec2.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': ['web']}])['SecurityGroups'][0]\n\
+         print(any(p.get('FromPort') == 8080 for p in g['IpPermissions']))\n",
+    );
+    assert_eq!(still.trim(), "True", "a review decision changes nothing");
+}
+
+#[test]
+fn opening_ssh_to_the_world_in_git_is_denied() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+    run(&ws, &["apply"]).ok();
+    ws.write(
+        "sg.yaml",
+        &WEB_SG.replace("cidr: 10.0.0.0/8", "cidr: 0.0.0.0/0"),
+    );
+    let out = run(&ws, &["apply", "--format", "json"]);
+    out.ok();
+    let a = &out.json()["actions"][0];
+    assert_eq!(a["decision"], "deny");
+    assert!(a["reasons"]
+        .to_string()
+        .contains("opens port 22 to the internet"));
+}
+
+#[test]
+fn a_bucket_is_created_corrected_after_console_changes_and_clean_after() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write(
+        "bucket.yaml",
+        "apiVersion: tend.dev/v1\nkind: aws.s3.Bucket\nmetadata: {name: tend-logs}\nspec:\n  versioning: true\n  publicAccessBlock: {blockPublicAcls: true, ignorePublicAcls: true, blockPublicPolicy: true, restrictPublicBuckets: true}\n  encryption: {algorithm: AES256}\n  tags: {team: data}\n",
+    );
+    moto.boto("s3.create_bucket(Bucket='someone-elses')\n");
+    run(&ws, &["apply"]).ok();
+    let clean = run(&ws, &["plan", "--format", "json"]);
+    clean.ok();
+    let j = clean.json();
+    assert_eq!(j["summary"]["pending"], 0, "{j:#}");
+    assert!(j["unmanaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["name"] == "someone-elses"));
+
+    moto.boto(
+        "s3.put_bucket_versioning(Bucket='tend-logs', VersioningConfiguration={'Status': 'Suspended'})\n\
+         s3.put_public_access_block(Bucket='tend-logs', PublicAccessBlockConfiguration={'BlockPublicAcls': False, 'IgnorePublicAcls': True, 'BlockPublicPolicy': True, 'RestrictPublicBuckets': True})\n",
+    );
+    let drift = run(&ws, &["plan", "--format", "json"]);
+    drift.ok();
+    let a = &drift.json()["actions"][0];
+    assert_eq!(
+        paths(a),
+        [
+            "/spec/versioning",
+            "/spec/publicAccessBlock/blockPublicAcls"
+        ]
+    );
+    assert_eq!(a["decision"], "auto");
+    run(&ws, &["apply"]).ok();
+    let after = run(&ws, &["plan", "--format", "json"]);
+    after.ok();
+    assert_eq!(after.json()["summary"]["pending"], 0);
+    let untouched = moto.boto("print(len(s3.list_buckets()['Buckets']))\n");
+    assert_eq!(untouched.trim(), "2", "the unmanaged bucket is untouched");
+}
+
+#[test]
+fn the_server_stopped_mid_inventory_is_an_error_and_nothing_changes() {
+    let mut moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+    moto.stop();
+    let out = run(&ws, &["apply"]);
+    out.code(1);
+    assert!(
+        out.stderr
+            .contains("failed to read live state, so nothing was changed"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_aws_kind_needs_the_aws_provider() {
+    let ws = Workspace::new();
+    ws.write("sg.yaml", WEB_SG);
+    let out = run(&ws, &["validate"]);
+    out.code(1);
+    assert!(out
+        .stderr
+        .contains("aws.ec2.SecurityGroup needs the aws provider"));
+    assert!(out.stderr.contains("add `aws` to Settings spec.providers"));
+}
