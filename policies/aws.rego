@@ -43,3 +43,22 @@ admin_port_to_world(rule) if {
 	some port in admin_ports
 	covers(rule, port)
 }
+
+auto contains "restoring a declared instance is safe" if {
+	input.action.type in {"create", "update"}
+	input.action.target.kind == "aws.ec2.Instance"
+}
+
+# Replacing an instance loses whatever lives on it: a human decides, unless
+# a runbook step heals a failed instance.
+review contains "replacing an instance needs a human" if {
+	input.action.type == "replace"
+	input.action.target.kind == "aws.ec2.Instance"
+	not input.incident.runbook
+}
+
+auto contains "a runbook step heals a failed instance" if {
+	input.action.type in {"replace", "restart"}
+	input.action.target.kind == "aws.ec2.Instance"
+	input.incident.runbook
+}

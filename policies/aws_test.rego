@@ -47,3 +47,22 @@ test_restoring_bucket_settings_is_auto if {
 	inp := object.union(sg_update([{"path": "/spec/versioning", "from": false, "to": true}]), {"action": {"type": "update", "target": {"kind": "aws.s3.Bucket", "name": "logs"}, "changes": [], "risk": "low", "reversible": true}})
 	tend.decision.decision == "auto" with input as inp
 }
+
+instance_action(type, incident) := {
+	"action": {"type": type, "target": {"kind": "aws.ec2.Instance", "name": "web-1"}, "changes": [], "risk": "high", "reversible": false},
+	"resource": {"desired": {}, "live": {}},
+	"incident": incident,
+	"context": {"mode": "auto", "in_maintenance_window": false},
+}
+
+test_replacing_an_instance_is_review if {
+	tend.decision.decision == "review" with input as instance_action("replace", null)
+}
+
+test_terminating_an_instance_is_review if {
+	tend.decision.decision == "review" with input as instance_action("delete", null)
+}
+
+test_a_runbook_replaces_a_failed_instance if {
+	tend.decision.decision == "auto" with input as instance_action("replace", {"runbook": "replace-failed", "severity": "warning"})
+}

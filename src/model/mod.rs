@@ -30,10 +30,11 @@ pub enum Kind {
     Runbook = 4,
     AwsSecurityGroup = 5,
     AwsBucket = 6,
+    AwsInstance = 7,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Settings,
         Kind::HostFile,
         Kind::HostProcess,
@@ -41,6 +42,7 @@ impl Kind {
         Kind::Runbook,
         Kind::AwsSecurityGroup,
         Kind::AwsBucket,
+        Kind::AwsInstance,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Runbook => "Runbook",
             Kind::AwsSecurityGroup => "aws.ec2.SecurityGroup",
             Kind::AwsBucket => "aws.s3.Bucket",
+            Kind::AwsInstance => "aws.ec2.Instance",
         }
     }
 
@@ -65,7 +68,7 @@ impl Kind {
         match self {
             Kind::Settings | Kind::Signature | Kind::Runbook => None,
             Kind::HostFile | Kind::HostProcess => Some(ProviderName::Host),
-            Kind::AwsSecurityGroup | Kind::AwsBucket => Some(ProviderName::Aws),
+            Kind::AwsSecurityGroup | Kind::AwsBucket | Kind::AwsInstance => Some(ProviderName::Aws),
         }
     }
 }

@@ -23,6 +23,7 @@ fn schema_text(kind: Kind) -> &'static str {
         Kind::Runbook => include_str!("../../schemas/runbook.schema.json"),
         Kind::AwsSecurityGroup => include_str!("../../schemas/aws.ec2.security-group.schema.json"),
         Kind::AwsBucket => include_str!("../../schemas/aws.s3.bucket.schema.json"),
+        Kind::AwsInstance => include_str!("../../schemas/aws.ec2.instance.schema.json"),
     }
 }
 

@@ -220,3 +220,48 @@ fn an_aws_kind_needs_the_aws_provider() {
         .contains("aws.ec2.SecurityGroup needs the aws provider"));
     assert!(out.stderr.contains("add `aws` to Settings spec.providers"));
 }
+
+#[test]
+fn an_instance_is_launched_corrected_after_console_changes_and_clean_after() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+    ws.write(
+        "instance.yaml",
+        "apiVersion: tend.dev/v1\nkind: aws.ec2.Instance\nmetadata: {name: web-1}\nspec:\n  instanceType: t3.micro\n  imageId: ami-12c6146b\n  securityGroups: [web]\n  tags: {team: web}\n",
+    );
+    run(&ws, &["apply"]).ok();
+    let clean = run(&ws, &["plan", "--format", "json"]);
+    clean.ok();
+    assert_eq!(clean.json()["summary"]["pending"], 0, "{}", clean.stdout);
+
+    // Behind tend's back: stopped, resized, re-tagged.
+    moto.boto(
+        "i = ec2.describe_instances(Filters=[{'Name': 'tag:tend.dev/name', 'Values': ['aws.ec2.Instance/web-1']}])['Reservations'][0]['Instances'][0]['InstanceId']\n\
+         ec2.stop_instances(InstanceIds=[i])\n\
+         ec2.modify_instance_attribute(InstanceId=i, InstanceType={'Value': 't3.large'})\n\
+         ec2.create_tags(Resources=[i], Tags=[{'Key': 'team', 'Value': 'ops'}])\n",
+    );
+    let drift = run(&ws, &["plan", "--format", "json"]);
+    drift.ok();
+    let a = &drift.json()["actions"][0];
+    assert_eq!(
+        paths(a),
+        ["/spec/instanceType", "/spec/tags/team", "/spec/state"],
+        "{a:#}"
+    );
+    assert_eq!(a["decision"], "auto");
+    run(&ws, &["apply"]).ok();
+    let state = moto.boto(
+        "i = ec2.describe_instances(Filters=[{'Name': 'tag:tend.dev/name', 'Values': ['aws.ec2.Instance/web-1']}])['Reservations'][0]['Instances'][0]\n\
+         print(i['State']['Name'], i['InstanceType'], len(ec2.describe_instances()['Reservations']))\n",
+    );
+    assert_eq!(
+        state.trim(),
+        "running t3.micro 1",
+        "corrected in place, nothing launched"
+    );
+    let after = run(&ws, &["plan", "--format", "json"]);
+    after.ok();
+    assert_eq!(after.json()["summary"]["pending"], 0);
+}

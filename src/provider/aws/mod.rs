@@ -1,4 +1,5 @@
-//! The `aws` provider: EC2 security groups and S3 buckets through the
+//! The `aws` provider: EC2 instances and security groups and S3 buckets
+//! through the
 //! official AWS SDK for Rust.
 //!
 //! Credentials come from the SDK's standard chain (environment, shared
@@ -12,6 +13,7 @@
 //! the whole pass, never an empty inventory.
 
 mod bucket;
+mod instance;
 mod limit;
 mod security_group;
 
@@ -188,7 +190,7 @@ impl Provider for AwsProvider {
     }
 
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::AwsSecurityGroup, Kind::AwsBucket]
+        &[Kind::AwsSecurityGroup, Kind::AwsBucket, Kind::AwsInstance]
     }
 
     async fn list(&self, req: &ListRequest<'_>) -> Result<Vec<LiveResource>, ProviderError> {
@@ -203,6 +205,13 @@ impl Provider for AwsProvider {
                 jobs.push((*kind, (*region).clone()));
             }
         }
+        let declared: HashMap<String, &Resource> = req
+            .desired
+            .iter()
+            .filter(|r| r.key.kind == Kind::AwsInstance)
+            .map(|r| (r.key.name.clone(), *r))
+            .collect();
+        let declared = &declared;
         // Buckets are global: list them once, from the first region.
         jobs.retain(|(k, r)| *k != Kind::AwsBucket || *r == self.default_region);
         let lists = jobs.iter().map(|(kind, region)| async move {
@@ -212,6 +221,9 @@ impl Provider for AwsProvider {
                     security_group::list(&regional.ec2, region, &self.reads).await
                 }
                 Kind::AwsBucket => bucket::list(self, &regional.s3).await,
+                Kind::AwsInstance => {
+                    instance::list(&regional.ec2, region, &self.reads, declared).await
+                }
                 _ => Ok(Vec::new()),
             };
             result.map_err(|message| ProviderError::List {
@@ -252,6 +264,7 @@ impl Provider for AwsProvider {
                 security_group::apply(&regional.ec2, &self.reads, action, &spec).await
             }
             Kind::AwsBucket => bucket::apply(&regional.s3, &region, action, &spec).await,
+            Kind::AwsInstance => instance::apply(&regional.ec2, &self.reads, action, &spec).await,
             _ => Err(format!("{kind} is not an aws kind")),
         }
         .map_err(fail)?;
@@ -266,7 +279,12 @@ impl Provider for AwsProvider {
             .or_insert_with(|| Value::from(self.default_region.clone()));
         match kind {
             Kind::AwsSecurityGroup => security_group::normalize(obj),
-            Kind::AwsBucket => {}
+            Kind::AwsInstance => {
+                obj.entry("state").or_insert_with(|| Value::from("running"));
+                if let Some(Value::Array(groups)) = obj.get_mut("securityGroups") {
+                    groups.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+                }
+            }
             _ => {}
         }
     }
@@ -285,7 +303,8 @@ pub fn prepare(resources: &mut [Resource]) {
         with_owner_tag(r.key.kind, &r.key.name, obj);
         let field = match r.key.kind {
             Kind::AwsSecurityGroup => "groupName",
-            _ => "bucketName",
+            Kind::AwsBucket => "bucketName",
+            _ => continue,
         };
         obj.entry(field)
             .or_insert_with(|| Value::from(r.key.name.clone()));
