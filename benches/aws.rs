@@ -1,0 +1,169 @@
+//! tend against Cloud Custodian on the same AWS-compatible inventory: 1,000
+//! instances and 1,000 security groups on a moto server on 127.0.0.1.
+//!
+//! `tend plan` inventories and plans all 2,000 declared resources;
+//! `custodian run` finds the security groups with port 22 open to
+//! 0.0.0.0/0. Both run end to end as processes, as a user would run them.
+//! Needs `moto_server`, `python3` with boto3 and `custodian` on PATH
+//! (`scripts/bench-aws.sh` provides them).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const N: usize = 1000;
+
+struct Moto(std::process::Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server on PATH (scripts/bench-aws.sh installs it)");
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Moto(child, port);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("moto_server did not start");
+}
+
+/// 1,000 instances and 1,000 groups as tend would have created them (with
+/// its ownership tags); every tenth group has ssh open to the world.
+fn seed(url: &str) {
+    let script = format!(
+        "import boto3\n\
+         ec2 = boto3.client('ec2', endpoint_url='{url}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         for i in range({N}):\n\
+         \x20   g = ec2.create_security_group(GroupName=f'sg-{{i}}', Description='bench', TagSpecifications=[{{'ResourceType': 'security-group', 'Tags': [{{'Key': 'tend.dev/name', 'Value': f'aws.ec2.SecurityGroup/sg-{{i}}'}}]}}])['GroupId']\n\
+         \x20   port = 22 if i % 10 == 0 else 443\n\
+         \x20   ec2.authorize_security_group_ingress(GroupId=g, IpPermissions=[{{'IpProtocol': 'tcp', 'FromPort': port, 'ToPort': port, 'IpRanges': [{{'CidrIp': '0.0.0.0/0'}}]}}])\n\
+         ids = [i['InstanceId'] for i in ec2.run_instances(ImageId='ami-12c6146b', InstanceType='t3.micro', MinCount={N}, MaxCount={N})['Instances']]\n\
+         for n, i in enumerate(ids):\n\
+         \x20   ec2.create_tags(Resources=[i], Tags=[{{'Key': 'tend.dev/name', 'Value': f'aws.ec2.Instance/vm-{{n}}'}}])\n"
+    );
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .expect("python3 with boto3");
+    assert!(ok.success(), "seeding moto failed");
+}
+
+fn desired(dir: &Path, url: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("settings.yaml"),
+        format!("apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  providers: [aws]\n  aws: {{regions: [us-east-1], endpointUrl: \"{url}\"}}\n"),
+    )
+    .unwrap();
+    let mut text = String::new();
+    for i in 0..N {
+        let port = if i % 10 == 0 { 22 } else { 443 };
+        text.push_str(&format!(
+            "apiVersion: tend.dev/v1\nkind: aws.ec2.SecurityGroup\nmetadata: {{name: sg-{i}}}\nspec:\n  description: bench\n  ingress: [{{protocol: tcp, fromPort: {port}, toPort: {port}, cidr: 0.0.0.0/0}}]\n---\n\
+             apiVersion: tend.dev/v1\nkind: aws.ec2.Instance\nmetadata: {{name: vm-{i}}}\nspec:\n  instanceType: t3.micro\n  imageId: ami-12c6146b\n---\n"
+        ));
+    }
+    std::fs::write(dir.join("fleet.yaml"), text).unwrap();
+}
+
+fn aws_env<'a>(c: &'a mut Command, url: &str) -> &'a mut Command {
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", url)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+}
+
+fn bench(c: &mut Criterion) {
+    let moto = start_moto();
+    let url = format!("http://127.0.0.1:{}", moto.1);
+    seed(&url);
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("desired");
+    desired(&repo, &url);
+    let policy = work.path().join("ssh.yml");
+    std::fs::write(
+        &policy,
+        "policies:\n  - name: ssh-open-to-the-world\n    resource: aws.security-group\n    filters:\n      - type: ingress\n        Ports: [22]\n        Cidr: {value: 0.0.0.0/0}\n",
+    )
+    .unwrap();
+    let tend = env!("CARGO_BIN_EXE_tend");
+
+    // Both tools must succeed on this inventory before they are timed.
+    let check = aws_env(
+        Command::new(tend)
+            .args(["plan", "--detailed-exitcode"])
+            .arg(&repo),
+        &url,
+    )
+    .env("TEND_STATE_DIR", work.path().join("state"))
+    .status()
+    .unwrap();
+    assert_eq!(check.code(), Some(0), "tend plan on the seeded inventory");
+    let out = work.path().join("c7n");
+    let check = aws_env(
+        Command::new("custodian")
+            .args(["run", "--cache-period", "0", "-s"])
+            .arg(&out)
+            .arg(&policy),
+        &url,
+    )
+    .status()
+    .expect("custodian on PATH");
+    assert!(check.success(), "custodian run");
+    let found: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("ssh-open-to-the-world/resources.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(found.as_array().map(Vec::len), Some(N / 10));
+
+    let mut g = c.benchmark_group("aws-1000-instances-1000-groups");
+    g.sample_size(10).measurement_time(Duration::from_secs(60));
+    g.bench_function("tend plan (inventory + plan, 2,000 resources)", |b| {
+        b.iter(|| {
+            let s = aws_env(Command::new(tend).arg("plan").arg(&repo), &url)
+                .env("TEND_STATE_DIR", work.path().join("state"))
+                .status()
+                .unwrap();
+            assert!(s.success());
+        })
+    });
+    g.bench_function("custodian run (groups with 22 open to the world)", |b| {
+        b.iter(|| {
+            let s = aws_env(
+                Command::new("custodian")
+                    .args(["run", "--cache-period", "0", "-s"])
+                    .arg(&out)
+                    .arg(&policy),
+                &url,
+            )
+            .status()
+            .unwrap();
+            assert!(s.success());
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
