@@ -62,3 +62,11 @@ auto contains "a runbook step heals a failed instance" if {
 	input.action.target.kind == "aws.ec2.Instance"
 	input.incident.runbook
 }
+
+# Sizes within 50% of the live ones, the launch template, health checks and
+# tags of a declared group (scale.rego sends bigger capacity changes to
+# review).
+auto contains "restoring a declared auto scaling group is safe" if {
+	input.action.type in {"create", "update", "scale"}
+	input.action.target.kind == "aws.autoscaling.Group"
+}

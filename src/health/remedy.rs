@@ -186,16 +186,25 @@ pub fn step_action(
         StepAction::Reapply | StepAction::ReapplyLastGood => {
             (ActionType::Update, drift.to_vec(), Risk::Low, true)
         }
-        StepAction::Scale => (
-            ActionType::Scale,
-            vec![FieldChange {
-                path: "/spec/capacity".into(),
-                from: serde_json::Value::Null,
-                to: json!(format!("{:+}", step.by.unwrap_or(0))),
-            }],
-            Risk::Medium,
-            true,
-        ),
+        StepAction::Scale => {
+            let by = step.by.unwrap_or(0);
+            let change = match live
+                .and_then(|l| l.spec.get("desiredCapacity"))
+                .and_then(serde_json::Value::as_i64)
+            {
+                Some(now) => FieldChange {
+                    path: "/spec/desiredCapacity".into(),
+                    from: json!(now),
+                    to: json!((now + by).max(0)),
+                },
+                None => FieldChange {
+                    path: "/spec/desiredCapacity".into(),
+                    from: serde_json::Value::Null,
+                    to: json!(format!("{by:+}")),
+                },
+            };
+            (ActionType::Scale, vec![change], Risk::Medium, true)
+        }
         StepAction::Command => (
             ActionType::Command,
             vec![FieldChange {

@@ -31,10 +31,11 @@ pub enum Kind {
     AwsSecurityGroup = 5,
     AwsBucket = 6,
     AwsInstance = 7,
+    AwsAutoScalingGroup = 8,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Settings,
         Kind::HostFile,
         Kind::HostProcess,
@@ -43,6 +44,7 @@ impl Kind {
         Kind::AwsSecurityGroup,
         Kind::AwsBucket,
         Kind::AwsInstance,
+        Kind::AwsAutoScalingGroup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Kind {
             Kind::AwsSecurityGroup => "aws.ec2.SecurityGroup",
             Kind::AwsBucket => "aws.s3.Bucket",
             Kind::AwsInstance => "aws.ec2.Instance",
+            Kind::AwsAutoScalingGroup => "aws.autoscaling.Group",
         }
     }
 
@@ -68,7 +71,10 @@ impl Kind {
         match self {
             Kind::Settings | Kind::Signature | Kind::Runbook => None,
             Kind::HostFile | Kind::HostProcess => Some(ProviderName::Host),
-            Kind::AwsSecurityGroup | Kind::AwsBucket | Kind::AwsInstance => Some(ProviderName::Aws),
+            Kind::AwsSecurityGroup
+            | Kind::AwsBucket
+            | Kind::AwsInstance
+            | Kind::AwsAutoScalingGroup => Some(ProviderName::Aws),
         }
     }
 }

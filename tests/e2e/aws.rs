@@ -265,3 +265,51 @@ fn an_instance_is_launched_corrected_after_console_changes_and_clean_after() {
     after.ok();
     assert_eq!(after.json()["summary"]["pending"], 0);
 }
+
+#[test]
+fn an_auto_scaling_group_is_created_corrected_after_console_changes_and_clean_after() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    moto.boto(
+        "ec2.create_launch_template(LaunchTemplateName='web', LaunchTemplateData={'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro'})\n",
+    );
+    ws.write(
+        "asg.yaml",
+        "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {name: web}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {name: web, version: \"1\"}\n  availabilityZones: [us-east-1a]\n  healthCheckType: EC2\n  healthCheckGracePeriod: 300\n  tags: {team: web}\n",
+    );
+    run(&ws, &["apply"]).ok();
+    let clean = run(&ws, &["plan", "--format", "json"]);
+    clean.ok();
+    assert_eq!(clean.json()["summary"]["pending"], 0, "{}", clean.stdout);
+
+    let asg = "import boto3\nasg = boto3.client('autoscaling', **kw)\n";
+    moto.boto(&format!(
+        "{asg}asg.update_auto_scaling_group(AutoScalingGroupName='web', DesiredCapacity=3, HealthCheckGracePeriod=60)\n"
+    ));
+    let drift = run(&ws, &["plan", "--format", "json"]);
+    drift.ok();
+    let a = &drift.json()["actions"][0];
+    assert_eq!(
+        paths(a),
+        ["/spec/desiredCapacity", "/spec/healthCheckGracePeriod"],
+        "{a:#}"
+    );
+    assert_eq!(a["decision"], "auto", "3 → 2 is within 50%: {a:#}");
+    run(&ws, &["apply"]).ok();
+    let now = moto.boto(&format!(
+        "{asg}g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['web'])['AutoScalingGroups'][0]\nprint(g['DesiredCapacity'], g['HealthCheckGracePeriod'])\n"
+    ));
+    assert_eq!(now.trim(), "2 300");
+    let after = run(&ws, &["plan", "--format", "json"]);
+    after.ok();
+    assert_eq!(after.json()["summary"]["pending"], 0);
+
+    // Someone sets the desired capacity far above the declared one: putting
+    // it back is a big capacity change, so a human decides.
+    moto.boto(&format!(
+        "{asg}asg.update_auto_scaling_group(AutoScalingGroupName='web', DesiredCapacity=6)\n"
+    ));
+    let big = run(&ws, &["plan", "--format", "json"]);
+    big.ok();
+    assert_eq!(big.json()["actions"][0]["decision"], "review");
+}

@@ -1,5 +1,5 @@
-//! The `aws` provider: EC2 instances and security groups and S3 buckets
-//! through the
+//! The `aws` provider: EC2 instances and security groups, Auto Scaling
+//! groups and S3 buckets through the
 //! official AWS SDK for Rust.
 //!
 //! Credentials come from the SDK's standard chain (environment, shared
@@ -13,6 +13,7 @@
 //! the whole pass, never an empty inventory.
 
 mod bucket;
+mod group;
 mod instance;
 mod limit;
 mod security_group;
@@ -36,6 +37,7 @@ pub const OWNER_TAG: &str = "tend.dev/name";
 struct Regional {
     ec2: aws_sdk_ec2::Client,
     s3: aws_sdk_s3::Client,
+    asg: aws_sdk_autoscaling::Client,
 }
 
 pub struct AwsProvider {
@@ -102,6 +104,7 @@ impl AwsProvider {
                 Regional {
                     ec2: aws_sdk_ec2::Client::new(&conf),
                     s3: aws_sdk_s3::Client::from_conf(s3_conf),
+                    asg: aws_sdk_autoscaling::Client::new(&conf),
                 },
             );
         }
@@ -190,7 +193,12 @@ impl Provider for AwsProvider {
     }
 
     fn kinds(&self) -> &'static [Kind] {
-        &[Kind::AwsSecurityGroup, Kind::AwsBucket, Kind::AwsInstance]
+        &[
+            Kind::AwsSecurityGroup,
+            Kind::AwsBucket,
+            Kind::AwsInstance,
+            Kind::AwsAutoScalingGroup,
+        ]
     }
 
     async fn list(&self, req: &ListRequest<'_>) -> Result<Vec<LiveResource>, ProviderError> {
@@ -224,6 +232,7 @@ impl Provider for AwsProvider {
                 Kind::AwsInstance => {
                     instance::list(&regional.ec2, region, &self.reads, declared).await
                 }
+                Kind::AwsAutoScalingGroup => group::list(&regional.asg, region, &self.reads).await,
                 _ => Ok(Vec::new()),
             };
             result.map_err(|message| ProviderError::List {
@@ -265,6 +274,9 @@ impl Provider for AwsProvider {
             }
             Kind::AwsBucket => bucket::apply(&regional.s3, &region, action, &spec).await,
             Kind::AwsInstance => instance::apply(&regional.ec2, &self.reads, action, &spec).await,
+            Kind::AwsAutoScalingGroup => {
+                group::apply(&regional.asg, &self.reads, action, &spec).await
+            }
             _ => Err(format!("{kind} is not an aws kind")),
         }
         .map_err(fail)?;
@@ -279,6 +291,13 @@ impl Provider for AwsProvider {
             .or_insert_with(|| Value::from(self.default_region.clone()));
         match kind {
             Kind::AwsSecurityGroup => security_group::normalize(obj),
+            Kind::AwsAutoScalingGroup => {
+                for field in ["availabilityZones", "subnets"] {
+                    if let Some(Value::Array(items)) = obj.get_mut(field) {
+                        items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+                    }
+                }
+            }
             Kind::AwsInstance => {
                 obj.entry("state").or_insert_with(|| Value::from("running"));
                 if let Some(Value::Array(groups)) = obj.get_mut("securityGroups") {
@@ -304,6 +323,7 @@ pub fn prepare(resources: &mut [Resource]) {
         let field = match r.key.kind {
             Kind::AwsSecurityGroup => "groupName",
             Kind::AwsBucket => "bucketName",
+            Kind::AwsAutoScalingGroup => "groupName",
             _ => continue,
         };
         obj.entry(field)
