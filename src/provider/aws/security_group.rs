@@ -442,3 +442,62 @@ pub(super) async fn apply(
         other => Err(format!("a security group has no {} action", other.as_str())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_rules_compare_as_sets_in_one_canonical_form() {
+        let mut a = json!({"ingress": [
+            {"protocol": "TCP", "fromPort": 443, "toPort": 443, "cidr": "0.0.0.0/0"},
+            {"protocol": "all", "fromPort": 0, "toPort": 65535, "cidr": "10.0.0.0/8"},
+            {"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidr": "10.0.0.0/8", "description": ""}
+        ]});
+        let mut b = json!({"ingress": [
+            {"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidr": "10.0.0.0/8"},
+            {"protocol": "-1", "cidr": "10.0.0.0/8"},
+            {"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidr": "0.0.0.0/0"},
+            {"protocol": "tcp", "fromPort": 443, "toPort": 443, "cidr": "0.0.0.0/0"}
+        ]});
+        normalize(a.as_object_mut().unwrap());
+        normalize(b.as_object_mut().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(
+            a["ingress"][0],
+            json!({"protocol": "all", "cidr": "10.0.0.0/8"}),
+            "all protocols carry no ports"
+        );
+    }
+
+    #[test]
+    fn live_permissions_flatten_to_one_rule_per_cidr() {
+        let p = IpPermission::builder()
+            .ip_protocol("6")
+            .from_port(22)
+            .to_port(22)
+            .ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/8").build())
+            .ipv6_ranges(
+                Ipv6Range::builder()
+                    .cidr_ipv6("::/0")
+                    .description("v6")
+                    .build(),
+            )
+            .build();
+        let rules = rules_json(&flatten(&[p]));
+        assert_eq!(
+            rules,
+            json!([
+                {"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidr": "10.0.0.0/8"},
+                {"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidr": "::/0", "description": "v6"}
+            ])
+        );
+        let back: Vec<Rule> = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Rule::from_json)
+            .collect();
+        assert_eq!(back, flatten(&[back[0].permission(), back[1].permission()]));
+    }
+}
