@@ -291,32 +291,22 @@ async fn assess_health(
                     escalated: i.status == "escalated",
                     next_step: usize::try_from(i.next_step).unwrap_or(0),
                 });
+                let (runbook, spec) =
+                    remedy::runbook_for(r.key.kind, problem.runbook.as_deref(), &desired.runbooks);
                 let failures = |cause: &str, step: usize| {
                     state
-                        .and_then(|s| {
-                            s.consecutive_failures(
-                                cause,
-                                &runbook_name(desired, r, problem),
-                                step as i64,
-                            )
-                            .ok()
-                        })
+                        .and_then(|s| s.consecutive_failures(cause, &runbook, step as i64).ok())
                         .unwrap_or(0)
                 };
                 let remedy = remedy::remedy(
                     r,
                     problem.clone(),
-                    &desired.runbooks,
+                    (&runbook, &spec),
                     prior.as_ref(),
                     &failures,
                     ineffective_after,
                 );
                 if let Some(i) = remedy.step {
-                    let (_, spec) = remedy::runbook_for(
-                        r.key.kind,
-                        problem.runbook.as_deref(),
-                        &desired.runbooks,
-                    );
                     let drift: Vec<_> = plan
                         .actions
                         .iter()
@@ -346,10 +336,6 @@ async fn assess_health(
         plan.health.push(assessment);
     }
     Ok(recovered)
-}
-
-fn runbook_name(desired: &DesiredState, r: &model::Resource, p: &health_stage::Problem) -> String {
-    remedy::runbook_for(r.key.kind, p.runbook.as_deref(), &desired.runbooks).0
 }
 
 /// Everything one `apply` pass did.
@@ -509,16 +495,14 @@ async fn apply_run(
     for id in &planned.recovered {
         state.add_step(
             *id,
-            &crate::state::IncidentStep {
-                step: -1,
-                action: "observe".into(),
-                decision: "none".into(),
-                outcome: "recovered".into(),
-                detail: "every signal of the problem is healthy again".into(),
-                started_at: crate::state::now(),
-                finished_at: crate::state::now(),
-                duration_ms: 0,
-            },
+            &crate::state::IncidentStep::ended_now(
+                -1,
+                "observe",
+                "none",
+                "recovered",
+                "every signal of the problem is healthy again".into(),
+                chrono::Utc::now(),
+            ),
         )?;
         state.update_incident(*id, "resolved", 0, "healthy", "none")?;
     }

@@ -91,10 +91,6 @@ pub async fn heal_all(
     results.into_iter().collect()
 }
 
-fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
     let Work { remedy, action } = w;
     let key = &remedy.target;
@@ -138,19 +134,16 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
     let cause = remedy.cause_key();
     let record_skips = |skipped: &[remedy::Skipped]| -> Result<(), StateError> {
         for s in skipped {
-            let now = ts(chrono::Utc::now());
             h.state.add_step(
                 id,
-                &IncidentStep {
-                    step: s.step as i64,
-                    action: s.action.as_str().into(),
-                    decision: "skipped".into(),
-                    outcome: "skipped".into(),
-                    detail: s.reason.clone(),
-                    started_at: now.clone(),
-                    finished_at: now,
-                    duration_ms: 0,
-                },
+                &IncidentStep::ended_now(
+                    s.step as i64,
+                    s.action.as_str(),
+                    "skipped",
+                    "skipped",
+                    s.reason.clone(),
+                    chrono::Utc::now(),
+                ),
             )?;
         }
         Ok(())
@@ -182,21 +175,18 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
             });
         }
         let started = chrono::Utc::now();
-        let clock = Instant::now();
         if action.decision != Decision::Auto {
             journal_decision(h, &action)?;
             h.state.add_step(
                 id,
-                &IncidentStep {
-                    step: index as i64,
-                    action: step.action.as_str().into(),
-                    decision: action.decision.as_str().into(),
-                    outcome: "held".into(),
-                    detail: action.reasons.join("; "),
-                    started_at: ts(started),
-                    finished_at: ts(chrono::Utc::now()),
-                    duration_ms: 0,
-                },
+                &IncidentStep::ended_now(
+                    index as i64,
+                    step.action.as_str(),
+                    action.decision.as_str(),
+                    "held",
+                    action.reasons.join("; "),
+                    started,
+                ),
             )?;
             h.state.update_incident(
                 id,
@@ -240,16 +230,14 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
             let detail = verdict.err().unwrap_or_default();
             h.state.add_step(
                 id,
-                &IncidentStep {
-                    step: index as i64,
-                    action: step.action.as_str().into(),
-                    decision: "auto".into(),
-                    outcome: "interrupted".into(),
-                    detail: format!("tend stopped during verification: {detail}"),
-                    started_at: ts(started),
-                    finished_at: ts(chrono::Utc::now()),
-                    duration_ms: clock.elapsed().as_millis() as i64,
-                },
+                &IncidentStep::ended_now(
+                    index as i64,
+                    step.action.as_str(),
+                    "auto",
+                    "interrupted",
+                    format!("tend stopped during verification: {detail}"),
+                    started,
+                ),
             )?;
             h.state.update_incident(
                 id,
@@ -277,16 +265,14 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
         };
         h.state.add_step(
             id,
-            &IncidentStep {
-                step: index as i64,
-                action: step.action.as_str().into(),
-                decision: "auto".into(),
-                outcome: outcome.into(),
+            &IncidentStep::ended_now(
+                index as i64,
+                step.action.as_str(),
+                "auto",
+                outcome,
                 detail,
-                started_at: ts(started),
-                finished_at: ts(chrono::Utc::now()),
-                duration_ms: clock.elapsed().as_millis() as i64,
-            },
+                started,
+            ),
         )?;
         if verified {
             info!(incident = id, step = index + 1, "Incident resolved.");
@@ -348,7 +334,6 @@ fn escalate(
     remedy: &Remedy,
     spec: &RunbookSpec,
 ) -> Result<Healed, StateError> {
-    let now = ts(chrono::Utc::now());
     let tried: Vec<String> = h
         .state
         .incident(id)?
@@ -361,16 +346,14 @@ fn escalate(
         .unwrap_or_default();
     h.state.add_step(
         id,
-        &IncidentStep {
-            step: spec.steps.len() as i64,
-            action: "escalate".into(),
-            decision: "auto".into(),
-            outcome: "escalated".into(),
-            detail: format!("runbook `{}` is exhausted", remedy.runbook),
-            started_at: now.clone(),
-            finished_at: now,
-            duration_ms: 0,
-        },
+        &IncidentStep::ended_now(
+            spec.steps.len() as i64,
+            "escalate",
+            "auto",
+            "escalated",
+            format!("runbook `{}` is exhausted", remedy.runbook),
+            chrono::Utc::now(),
+        ),
     )?;
     let symptoms: Vec<String> = remedy
         .problem

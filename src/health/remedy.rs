@@ -120,12 +120,11 @@ pub fn next_step(
 pub fn remedy(
     r: &Resource,
     problem: Problem,
-    runbooks: &[Runbook],
+    (name, spec): (&str, &RunbookSpec),
     prior: Option<&Prior>,
     failures: &dyn Fn(&str, usize) -> i64,
     ineffective_after: u32,
 ) -> Remedy {
-    let (name, spec) = runbook_for(r.key.kind, problem.runbook.as_deref(), runbooks);
     let key = cause_key(&r.key, &problem);
     let mut skipped = Vec::new();
     let escalated = prior.is_some_and(|p| p.escalated);
@@ -133,7 +132,7 @@ pub fn remedy(
         None
     } else {
         next_step(
-            &spec,
+            spec,
             prior.map(|p| p.next_step).unwrap_or(0),
             &|i| failures(&key, i),
             ineffective_after,
@@ -144,7 +143,7 @@ pub fn remedy(
         target: r.key.clone(),
         problem,
         incident: prior.map(|p| p.id),
-        runbook: name,
+        runbook: name.to_string(),
         step,
         skipped,
         escalated,

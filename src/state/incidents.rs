@@ -80,6 +80,30 @@ pub struct IncidentStep {
     pub duration_ms: i64,
 }
 
+impl IncidentStep {
+    /// A step that began at `started` and has just ended.
+    pub fn ended_now(
+        step: i64,
+        action: &str,
+        decision: &str,
+        outcome: &str,
+        detail: String,
+        started: DateTime<Utc>,
+    ) -> IncidentStep {
+        let now = Utc::now();
+        IncidentStep {
+            step,
+            action: action.into(),
+            decision: decision.into(),
+            outcome: outcome.into(),
+            detail,
+            started_at: ts(started),
+            finished_at: ts(now),
+            duration_ms: (now - started).num_milliseconds().max(0),
+        }
+    }
+}
+
 /// An incident as stored, with its steps.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -123,24 +123,14 @@ pub(super) async fn list(
     s3: &aws_sdk_s3::Client,
 ) -> Result<Vec<LiveResource>, String> {
     let mut names = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        p.reads.acquire().await;
-        let page = s3
-            .list_buckets()
-            .set_continuation_token(token.take())
-            .send()
-            .await
-            .map_err(|e| sdk_error(&e))?;
+    let mut pages = s3.list_buckets().into_paginator().send();
+    while let Some(page) = super::next_page(&mut pages, &p.reads).await {
+        let page = page.map_err(|e| sdk_error(&e))?;
         names.extend(
             page.buckets()
                 .iter()
                 .filter_map(|b| b.name().map(str::to_string)),
         );
-        match page.continuation_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => break,
-        }
     }
     let reads = futures::stream::iter(names.into_iter().map(|n| {
         let s3 = s3.clone();

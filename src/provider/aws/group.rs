@@ -7,7 +7,9 @@ use aws_sdk_autoscaling::types::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{owned_name, sdk_error, tags_json, TokenBucket};
+use super::{
+    declared_tags, missing_tags, next_page, owned_name, sdk_error, tags_json, TokenBucket,
+};
 use crate::model::{Kind, ResourceKey};
 use crate::plan::{Action, ActionType};
 use crate::provider::LiveResource;
@@ -80,21 +82,14 @@ pub(super) async fn list(
     reads: &TokenBucket,
 ) -> Result<Vec<LiveResource>, String> {
     let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        reads.acquire().await;
-        let page = asg
-            .describe_auto_scaling_groups()
-            .set_next_token(token.take())
-            .max_records(100)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&e))?;
+    let mut pages = asg
+        .describe_auto_scaling_groups()
+        .max_records(100)
+        .into_paginator()
+        .send();
+    while let Some(page) = next_page(&mut pages, reads).await {
+        let page = page.map_err(|e| sdk_error(&e))?;
         out.extend(page.auto_scaling_groups().iter().map(|g| live(g, region)));
-        match page.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => break,
-        }
     }
     Ok(out)
 }
@@ -122,23 +117,20 @@ fn list_of(spec: &Value, field: &str) -> Option<Vec<String>> {
     })
 }
 
-fn tags(spec: &Value, name: &str) -> Vec<Tag> {
-    spec.get("tags")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    Tag::builder()
-                        .key(k)
-                        .value(v.as_str().unwrap_or(""))
-                        .resource_id(name)
-                        .resource_type("auto-scaling-group")
-                        .propagate_at_launch(false)
-                        .build()
-                })
-                .collect()
+/// Group tags (not copied to instances) from key and value pairs.
+fn tags(pairs: Vec<(String, String)>, name: &str) -> Vec<Tag> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            Tag::builder()
+                .key(k)
+                .value(v)
+                .resource_id(name)
+                .resource_type("auto-scaling-group")
+                .propagate_at_launch(false)
+                .build()
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 async fn find(
@@ -216,7 +208,7 @@ pub(super) async fn apply(
                         .map(str::to_string),
                 )
                 .set_health_check_grace_period(int(spec, "healthCheckGracePeriod"))
-                .set_tags(Some(tags(spec, &name)))
+                .set_tags(Some(tags(declared_tags(spec), &name)))
                 .send()
                 .await
                 .map_err(|e| sdk_error(&e))?;
@@ -262,15 +254,7 @@ pub(super) async fn apply(
                     .map_err(|e| sdk_error(&e))?;
                 did.push("group updated".to_string());
             }
-            let live_tags = tags_of(&g);
-            let missing: Vec<Tag> = tags(spec, &name)
-                .into_iter()
-                .filter(|t| {
-                    !live_tags
-                        .iter()
-                        .any(|(k, v)| Some(k.as_str()) == t.key() && Some(v.as_str()) == t.value())
-                })
-                .collect();
+            let missing = tags(missing_tags(spec, &tags_of(&g)), &name);
             if !missing.is_empty() {
                 let n = missing.len();
                 asg.create_or_update_tags()

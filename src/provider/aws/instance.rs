@@ -5,12 +5,15 @@
 use std::collections::HashMap;
 
 use aws_sdk_ec2::types::{
-    AttributeValue, Filter, Instance, InstanceStateName, InstanceType, ResourceType, Tag,
+    AttributeValue, Filter, Instance, InstanceStateName, InstanceType, ResourceType,
     TagSpecification,
 };
 use serde_json::{json, Value};
 
-use super::{owned_name, owner_value, sdk_error, tags_json, TokenBucket, OWNER_TAG};
+use super::{
+    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, owner_value, sdk_error, tag_ec2,
+    tags_json, TokenBucket, OWNER_TAG,
+};
 use crate::model::{Kind, Resource, ResourceKey};
 use crate::plan::{Action, ActionType};
 use crate::provider::LiveResource;
@@ -18,10 +21,7 @@ use crate::provider::LiveResource;
 const KIND: Kind = Kind::AwsInstance;
 
 fn tags_of(i: &Instance) -> Vec<(String, String)> {
-    i.tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
-        .collect()
+    ec2_tag_pairs(i.tags())
 }
 
 /// `pending` becomes `running` and `stopping` becomes `stopped`: an instance
@@ -57,16 +57,13 @@ pub(super) async fn list(
     desired: &HashMap<String, &Resource>,
 ) -> Result<Vec<LiveResource>, String> {
     let mut instances = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        reads.acquire().await;
-        let page = ec2
-            .describe_instances()
-            .set_next_token(token.take())
-            .max_results(1000)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&e))?;
+    let mut pages = ec2
+        .describe_instances()
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = next_page(&mut pages, reads).await {
+        let page = page.map_err(|e| sdk_error(&e))?;
         for r in page.reservations() {
             instances.extend(
                 r.instances()
@@ -74,10 +71,6 @@ pub(super) async fn list(
                     .filter(|i| state_of(i).is_some())
                     .cloned(),
             );
-        }
-        match page.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => break,
         }
     }
     let impaired = impaired(ec2, reads).await?;
@@ -114,16 +107,13 @@ async fn impaired(
     reads: &TokenBucket,
 ) -> Result<HashMap<String, String>, String> {
     let mut out = HashMap::new();
-    let mut token: Option<String> = None;
-    loop {
-        reads.acquire().await;
-        let page = ec2
-            .describe_instance_status()
-            .set_next_token(token.take())
-            .max_results(1000)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&e))?;
+    let mut pages = ec2
+        .describe_instance_status()
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = next_page(&mut pages, reads).await {
+        let page = page.map_err(|e| sdk_error(&e))?;
         for s in page.instance_statuses() {
             let check = |c: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
                 c.and_then(|c| c.status()).map(|s| s.as_str().to_string())
@@ -139,10 +129,6 @@ async fn impaired(
                     ),
                 );
             }
-        }
-        match page.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => break,
         }
     }
     Ok(out)
@@ -223,22 +209,6 @@ async fn group_ids(
     Ok(ids)
 }
 
-fn declared_tags(spec: &Value) -> Vec<Tag> {
-    spec.get("tags")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    Tag::builder()
-                        .key(k)
-                        .value(v.as_str().unwrap_or(""))
-                        .build()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn launch(
     ec2: &aws_sdk_ec2::Client,
     reads: &TokenBucket,
@@ -264,7 +234,7 @@ async fn launch(
         .tag_specifications(
             TagSpecification::builder()
                 .resource_type(ResourceType::Instance)
-                .set_tags(Some(declared_tags(spec)))
+                .set_tags(Some(ec2_tags(declared_tags(spec))))
                 .build(),
         );
     if let Some(subnet) = str_of("subnetId") {
@@ -354,25 +324,7 @@ async fn update(
         }
     }
     let mut did = Vec::new();
-    let live_tags = tags_of(i);
-    let missing: Vec<Tag> = declared_tags(spec)
-        .into_iter()
-        .filter(|t| {
-            !live_tags
-                .iter()
-                .any(|(k, v)| Some(k.as_str()) == t.key() && Some(v.as_str()) == t.value())
-        })
-        .collect();
-    if !missing.is_empty() {
-        let n = missing.len();
-        ec2.create_tags()
-            .resources(&id)
-            .set_tags(Some(missing))
-            .send()
-            .await
-            .map_err(|e| sdk_error(&e))?;
-        did.push(format!("tagged ({n})"));
-    }
+    did.extend(tag_ec2(ec2, &id, spec, &tags_of(i)).await?);
     if spec.get("securityGroups").is_some() {
         let want = group_ids(ec2, reads, spec).await?;
         let mut have: Vec<String> = i

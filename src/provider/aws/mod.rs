@@ -130,6 +130,70 @@ impl AwsProvider {
     }
 }
 
+/// The next page of a paged listing, sent once the rate limiter allows.
+async fn next_page<T>(
+    pages: &mut aws_smithy_async::future::pagination_stream::PaginationStream<T>,
+    reads: &TokenBucket,
+) -> Option<T> {
+    reads.acquire().await;
+    pages.next().await
+}
+
+/// The declared tags (the ownership tag included) as key and value.
+fn declared_tags(spec: &Value) -> Vec<(String, String)> {
+    spec.get("tags")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// Declared tags that the live resource lacks or holds with another value.
+fn missing_tags(spec: &Value, live: &[(String, String)]) -> Vec<(String, String)> {
+    declared_tags(spec)
+        .into_iter()
+        .filter(|want| !live.contains(want))
+        .collect()
+}
+
+/// Adds the declared tags an EC2 resource lacks; says what it did, if
+/// anything.
+async fn tag_ec2(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+    spec: &Value,
+    live: &[(String, String)],
+) -> Result<Option<String>, String> {
+    let missing = missing_tags(spec, live);
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let n = missing.len();
+    ec2.create_tags()
+        .resources(id)
+        .set_tags(Some(ec2_tags(missing)))
+        .send()
+        .await
+        .map_err(|e| sdk_error(&e))?;
+    Ok(Some(format!("tagged ({n})")))
+}
+
+/// Key and value of EC2 tags.
+fn ec2_tag_pairs(tags: &[aws_sdk_ec2::types::Tag]) -> Vec<(String, String)> {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
+        .collect()
+}
+
+/// EC2 tags from key and value pairs.
+fn ec2_tags(pairs: Vec<(String, String)>) -> Vec<aws_sdk_ec2::types::Tag> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
 /// The owner tag's value for a resource.
 pub fn owner_value(kind: Kind, name: &str) -> String {
     format!("{kind}/{name}")

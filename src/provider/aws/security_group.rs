@@ -4,11 +4,14 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_ec2::types::{
-    Filter, IpPermission, IpRange, Ipv6Range, ResourceType, SecurityGroup, Tag, TagSpecification,
+    Filter, IpPermission, IpRange, Ipv6Range, ResourceType, SecurityGroup, TagSpecification,
 };
 use serde_json::{json, Map, Value};
 
-use super::{owned_name, sdk_error, tags_json, TokenBucket, OWNER_TAG};
+use super::{
+    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, sdk_error, tag_ec2, tags_json,
+    TokenBucket, OWNER_TAG,
+};
 use crate::model::{Kind, ResourceKey};
 use crate::plan::{Action, ActionType};
 use crate::provider::LiveResource;
@@ -147,10 +150,7 @@ pub(super) fn normalize(spec: &mut Map<String, Value>) {
 }
 
 fn tags_of(g: &SecurityGroup) -> Vec<(String, String)> {
-    g.tags()
-        .iter()
-        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
-        .collect()
+    ec2_tag_pairs(g.tags())
 }
 
 fn live(g: &SecurityGroup, region: &str) -> LiveResource {
@@ -182,21 +182,14 @@ pub(super) async fn list(
     reads: &TokenBucket,
 ) -> Result<Vec<LiveResource>, String> {
     let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        reads.acquire().await;
-        let page = ec2
-            .describe_security_groups()
-            .set_next_token(token.take())
-            .max_results(1000)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&e))?;
+    let mut pages = ec2
+        .describe_security_groups()
+        .max_results(1000)
+        .into_paginator()
+        .send();
+    while let Some(page) = next_page(&mut pages, reads).await {
+        let page = page.map_err(|e| sdk_error(&e))?;
         out.extend(page.security_groups().iter().map(|g| live(g, region)));
-        match page.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => break,
-        }
     }
     Ok(out)
 }
@@ -305,22 +298,6 @@ async fn sync_rules(
     Ok(did)
 }
 
-fn declared_tags(spec: &Value) -> Vec<Tag> {
-    spec.get("tags")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    Tag::builder()
-                        .key(k)
-                        .value(v.as_str().unwrap_or(""))
-                        .build()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 pub(super) async fn apply(
     ec2: &aws_sdk_ec2::Client,
     reads: &TokenBucket,
@@ -367,7 +344,7 @@ pub(super) async fn apply(
                         .tag_specifications(
                             TagSpecification::builder()
                                 .resource_type(ResourceType::SecurityGroup)
-                                .set_tags(Some(declared_tags(spec)))
+                                .set_tags(Some(ec2_tags(declared_tags(spec))))
                                 .build(),
                         );
                     if let Some(vpc) = spec.get("vpcId").and_then(Value::as_str) {
@@ -398,25 +375,7 @@ pub(super) async fn apply(
                     }
                 }
             }
-            let tags = tags_of(&group);
-            let missing: Vec<Tag> = declared_tags(spec)
-                .into_iter()
-                .filter(|t| {
-                    !tags
-                        .iter()
-                        .any(|(k, v)| Some(k.as_str()) == t.key() && Some(v.as_str()) == t.value())
-                })
-                .collect();
-            if !missing.is_empty() {
-                let n = missing.len();
-                ec2.create_tags()
-                    .resources(&id)
-                    .set_tags(Some(missing))
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error(&e))?;
-                did.push(format!("tagged ({n})"));
-            }
+            did.extend(tag_ec2(ec2, &id, spec, &tags_of(&group)).await?);
             if let Some(want) = declared_rules(spec, "ingress") {
                 did.extend(
                     sync_rules(ec2, &id, false, &flatten(group.ip_permissions()), &want).await?,
