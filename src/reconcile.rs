@@ -18,7 +18,7 @@ use crate::model::{self, DesiredState, Invalid, Mode, ProviderName};
 use crate::plan::{self, Plan, PlanInput, SourceInfo};
 use crate::policy::{self, Facts, GateError, Policies};
 use crate::provider::{
-    aws::AwsProvider, host::HostProvider, BuiltIn, LiveResource, ProviderError, Providers,
+    aws::AwsProvider, host::HostProvider, BuiltIn, Listing, LiveResource, ProviderError, Providers,
 };
 use crate::source::{Source, SourceError};
 use crate::state::{SignalRow, State, StateError};
@@ -195,7 +195,13 @@ pub async fn plan(
     }
     let providers = Providers { all };
     providers.normalize_all(&mut desired.resources);
-    let live = providers.inventory(&desired.resources).await?;
+    let status = desired
+        .resources
+        .iter()
+        .any(|r| health_stage::watched(r, &desired.signatures));
+    let live = providers
+        .inventory(&desired.resources, Listing::Everything { status })
+        .await?;
     let diff = diff::diff(
         &desired.resources,
         &live,

@@ -21,7 +21,7 @@ use crate::health::{Prober, Status};
 use crate::model::health::{RunbookSpec, Step, StepAction};
 use crate::model::{DesiredState, Resource};
 use crate::plan::{Action, Decision};
-use crate::provider::{LiveResource, Providers};
+use crate::provider::{Listing, LiveResource, Providers};
 use crate::state::{IncidentStep, JournalRecord, NewIncident, SignalRow, State, StateError};
 
 /// How often verification re-reads the resource and its signals.
@@ -545,7 +545,7 @@ async fn run_command(
 async fn read_live(h: &Healer<'_>, r: &Resource) -> Result<Option<LiveResource>, String> {
     let mut live = h
         .providers
-        .inventory(std::slice::from_ref(r))
+        .inventory(std::slice::from_ref(r), Listing::Declared)
         .await
         .map_err(|e| e.to_string())?;
     Ok(live.remove(&r.key))

@@ -46,6 +46,20 @@ pub enum ProviderError {
 pub struct ListRequest<'a> {
     pub kinds: &'a [Kind],
     pub desired: &'a [&'a Resource],
+    /// Whether to read status checks too (extra calls for some kinds), for
+    /// the healing loop's `status` signal.
+    pub status: bool,
+}
+
+/// How much an inventory lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Every kind of every provider, so that unmanaged resources are found
+    /// too; status checks only when some resource's health is watched.
+    Everything { status: bool },
+    /// Only the kinds of the given resources, with their status: a
+    /// re-read while a fix is verified.
+    Declared,
 }
 
 /// What an applied action did, for the journal.
@@ -151,6 +165,7 @@ impl Providers {
     pub async fn inventory(
         &self,
         desired: &[Resource],
+        listing: Listing,
     ) -> Result<HashMap<ResourceKey, LiveResource>, ProviderError> {
         let per_provider: Vec<(Vec<&Resource>, &BuiltIn)> = self
             .all
@@ -164,9 +179,22 @@ impl Providers {
             })
             .collect();
         let futures = per_provider.iter().map(|(mine, p)| async move {
+            let (kinds, status) = match listing {
+                Listing::Everything { status } => (p.kinds().to_vec(), status),
+                Listing::Declared => {
+                    let mut kinds: Vec<Kind> = mine.iter().map(|r| r.key.kind).collect();
+                    kinds.sort();
+                    kinds.dedup();
+                    (kinds, true)
+                }
+            };
+            if kinds.is_empty() {
+                return Ok(Vec::new());
+            }
             p.list(&ListRequest {
-                kinds: p.kinds(),
+                kinds: &kinds,
                 desired: mine,
+                status,
             })
             .await
         });

@@ -243,7 +243,6 @@ pub fn render_applied(a: &Applied, format: Format, color: bool) -> String {
         Format::Json => {
             let mut doc = apply_json(&a.plan, &a.results);
             if let Some(m) = doc.as_object_mut() {
-                m.insert("health".into(), json!(a.plan.health));
                 m.insert("incidents".into(), json!(a.incidents));
                 m.insert(
                     "escalated".into(),

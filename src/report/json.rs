@@ -45,6 +45,8 @@ fn body(plan: &Plan, kind: &str) -> serde_json::Map<String, Value> {
     m.insert("summary".into(), summary(plan));
     m.insert("actions".into(), json!(plan.actions));
     m.insert("unmanaged".into(), json!(plan.unmanaged));
+    m.insert("health".into(), json!(plan.health));
+    m.insert("remedies".into(), json!(plan.remedies));
     m
 }
 

@@ -4,16 +4,18 @@
 
 use super::*;
 
+use std::time::Duration;
+
 fn aws_workspace(moto: &Moto) -> Workspace {
     let ws = Workspace::new();
-    ws.write(
-        "settings.yaml",
-        &format!(
-            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  providers: [aws]\n  aws:\n    regions: [us-east-1]\n    endpointUrl: {}\n",
-            moto.url()
-        ),
-    );
+    ws.write("settings.yaml", &aws_settings(&moto.url()));
     ws
+}
+
+fn aws_settings(endpoint: &str) -> String {
+    format!(
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  providers: [aws]\n  aws:\n    regions: [us-east-1]\n    endpointUrl: {endpoint}\n"
+    )
 }
 
 /// tend with credentials for moto and nothing that could reach a real
@@ -44,6 +46,16 @@ spec:
     - {protocol: tcp, fromPort: 443, toPort: 443, cidr: 0.0.0.0/0}
     - {protocol: tcp, fromPort: 22, toPort: 22, cidr: 10.0.0.0/8}
   tags: {team: web}
+";
+
+const LOG_BUCKET: &str = "apiVersion: tend.dev/v1
+kind: aws.s3.Bucket
+metadata: {name: tend-logs}
+spec:
+  versioning: true
+  publicAccessBlock: {blockPublicAcls: true, ignorePublicAcls: true, blockPublicPolicy: true, restrictPublicBuckets: true}
+  encryption: {algorithm: AES256}
+  tags: {team: data}
 ";
 
 fn paths(action: &serde_json::Value) -> Vec<String> {
@@ -154,10 +166,7 @@ fn opening_ssh_to_the_world_in_git_is_denied() {
 fn a_bucket_is_created_corrected_after_console_changes_and_clean_after() {
     let moto = Moto::start();
     let ws = aws_workspace(&moto);
-    ws.write(
-        "bucket.yaml",
-        "apiVersion: tend.dev/v1\nkind: aws.s3.Bucket\nmetadata: {name: tend-logs}\nspec:\n  versioning: true\n  publicAccessBlock: {blockPublicAcls: true, ignorePublicAcls: true, blockPublicPolicy: true, restrictPublicBuckets: true}\n  encryption: {algorithm: AES256}\n  tags: {team: data}\n",
-    );
+    ws.write("bucket.yaml", LOG_BUCKET);
     moto.boto("s3.create_bucket(Bucket='someone-elses')\n");
     run(&ws, &["apply"]).ok();
     let clean = run(&ws, &["plan", "--format", "json"]);
@@ -194,7 +203,7 @@ fn a_bucket_is_created_corrected_after_console_changes_and_clean_after() {
 }
 
 #[test]
-fn the_server_stopped_mid_inventory_is_an_error_and_nothing_changes() {
+fn an_unreachable_server_is_an_error_and_nothing_changes() {
     let mut moto = Moto::start();
     let ws = aws_workspace(&moto);
     ws.write("sg.yaml", WEB_SG);
@@ -207,6 +216,56 @@ fn the_server_stopped_mid_inventory_is_an_error_and_nothing_changes() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn the_server_stopped_mid_inventory_is_an_error_and_nothing_changes() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+    ws.write("bucket.yaml", LOG_BUCKET);
+    run(&ws, &["apply"]).ok();
+    // Drift that tend would correct on its own: ssh opened to the world and
+    // versioning suspended.
+    moto.boto(
+        "g = ec2.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': ['web']}])['SecurityGroups'][0]\n\
+         ec2.authorize_security_group_ingress(GroupId=g['GroupId'], IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{'CidrIp': '0.0.0.0/0'}]}])\n\
+         s3.put_bucket_versioning(Bucket='tend-logs', VersioningConfiguration={'Status': 'Suspended'})\n",
+    );
+    let drifted = "g = ec2.describe_security_groups(Filters=[{'Name': 'group-name', 'Values': ['web']}])['SecurityGroups'][0]\n\
+         print(any(r.get('CidrIp') == '0.0.0.0/0' and p.get('FromPort') == 22 for p in g['IpPermissions'] for r in p['IpRanges']))\n\
+         print(s3.get_bucket_versioning(Bucket='tend-logs').get('Status'))\n";
+    assert_eq!(moto.boto(drifted), "True\nSuspended\n");
+
+    // The server answers the first inventory call, then goes away: the
+    // other listings (and every retry) fail.
+    let proxy = CutoffProxy::start(moto.port, 1);
+    ws.write("settings.yaml", &aws_settings(&proxy.url()));
+    let out = run(&ws, &["apply", "--format", "json"]);
+    out.code(1);
+    assert!(
+        out.stderr
+            .contains("failed to read live state, so nothing was changed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        proxy.stopped_midway(),
+        "one answer, then cut: {:?}",
+        proxy.counts()
+    );
+    assert_eq!(
+        moto.boto(drifted),
+        "True\nSuspended\n",
+        "a partial inventory changes nothing"
+    );
+
+    // With the server whole again the same drift is planned for correction.
+    ws.write("settings.yaml", &aws_settings(&moto.url()));
+    let plan = run(&ws, &["plan", "--format", "json"]);
+    plan.ok();
+    let j = plan.json();
+    assert_eq!(j["summary"]["pending"], 2, "{j:#}");
 }
 
 #[test]
@@ -312,4 +371,181 @@ fn an_auto_scaling_group_is_created_corrected_after_console_changes_and_clean_af
     let big = run(&ws, &["plan", "--format", "json"]);
     big.ok();
     assert_eq!(big.json()["actions"][0]["decision"], "review");
+}
+
+#[test]
+fn a_failed_instance_is_replaced_by_its_runbook_and_verified() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    let port = free_port();
+    ws.write(
+        "instance.yaml",
+        &format!(
+            "apiVersion: tend.dev/v1\nkind: aws.ec2.Instance\nmetadata: {{name: api}}\nspec:\n  instanceType: t3.micro\n  imageId: ami-12c6146b\n\
+             health:\n  probes:\n    - name: port\n      tcp: {{address: \"127.0.0.1:{port}\", timeout: 1s}}\n  slos:\n    - {{name: reachable, signal: port, for: 0s, recovery: 0s}}\n\
+             remediation: {{runbook: replace-it}}\n"
+        ),
+    );
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: replace-it}\nspec:\n  steps:\n    - {action: replace, within: 60s, hold: 1s}\n    - {action: escalate}\n",
+    );
+    let serving = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    run(&ws, &["apply"]).ok();
+    let ids = "print(sorted((i['InstanceId'], i['State']['Name']) for r in ec2.describe_instances(Filters=[{'Name': 'tag:tend.dev/name', 'Values': ['aws.ec2.Instance/api']}])['Reservations'] for i in r['Instances']))\n";
+    let first = moto.boto(ids);
+    assert!(first.contains("'running'"), "{first}");
+    let old = first.split('\'').nth(1).unwrap().to_string();
+
+    // The service on the instance stops answering; it answers again once a
+    // new instance has taken the old one's place.
+    drop(serving);
+    let (out, listener) =
+        apply_until_fixed(&ws, &moto, port, ids, &format!("('{old}', 'terminated')"));
+    assert!(listener.is_some(), "the old instance was terminated");
+    out.ok();
+    let j = out.json();
+    let action = j["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "replace")
+        .unwrap_or_else(|| panic!("a replace step: {j:#}"));
+    assert_eq!(action["decision"], "auto", "{action:#}");
+    assert!(action["reasons"]
+        .to_string()
+        .contains("a runbook step heals a failed instance"));
+
+    let now = moto.boto(ids);
+    assert!(now.contains(&format!("('{old}', 'terminated')")), "{now}");
+    assert_eq!(
+        now.matches("'running'").count(),
+        1,
+        "one new instance: {now}"
+    );
+    let list = ws.run_raw(&["incidents", "--all", "--format", "json"]);
+    list.ok();
+    let list = list.json();
+    let inc = &list["incidents"][0];
+    assert_eq!(inc["status"], "resolved", "{list:#}");
+    assert_eq!(inc["steps"][0]["action"], "replace", "{inc:#}");
+    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+    let after = run(&ws, &["plan", "--format", "json"]);
+    after.ok();
+    assert_eq!(after.json()["summary"]["pending"], 0, "{}", after.stdout);
+    drop(listener);
+}
+
+/// `tend apply` while the service a probe watches on `port` is down; it
+/// comes back once `check` (a boto3 script) prints `fixed`, which is what
+/// the runbook step under test does. Returns the run and the listener of
+/// the recovered service (None if the fix never came).
+fn apply_until_fixed(
+    ws: &Workspace,
+    moto: &Moto,
+    port: u16,
+    check: &str,
+    fixed: &str,
+) -> (Run, Option<std::net::TcpListener>) {
+    std::thread::scope(|s| {
+        let recovered = s.spawn(|| {
+            for _ in 0..120 {
+                if moto.boto(check).contains(fixed) {
+                    return Some(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None
+        });
+        let out = run(ws, &["apply", "--format", "json"]);
+        (out, recovered.join().unwrap())
+    })
+}
+
+/// A probe on `port` that must answer, and the runbook to run when it
+/// does not.
+fn probed(port: u16, runbook: &str) -> String {
+    format!(
+        "health:\n  probes:\n    - name: port\n      tcp: {{address: \"127.0.0.1:{port}\", timeout: 1s}}\n  slos:\n    - {{name: reachable, signal: port, for: 0s, recovery: 0s}}\nremediation: {{runbook: {runbook}}}\n"
+    )
+}
+
+const ASG: &str = "import boto3\nasg = boto3.client('autoscaling', **kw)\n";
+
+#[test]
+fn a_runbook_scales_a_group_out_and_verifies_it() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    moto.boto(
+        "ec2.create_launch_template(LaunchTemplateName='api', LaunchTemplateData={'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro'})\n",
+    );
+    let port = free_port();
+    ws.write(
+        "asg.yaml",
+        &format!(
+            "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {{name: api}}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {{name: api}}\n  availabilityZones: [us-east-1a]\n{}",
+            probed(port, "scale-out")
+        ),
+    );
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: scale-out}\nspec:\n  steps:\n    - {action: scale, by: 1, within: 60s, hold: 1s}\n    - {action: escalate}\n",
+    );
+    let serving = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    run(&ws, &["apply"]).ok();
+    let size = format!(
+        "{ASG}g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['api'])['AutoScalingGroups'][0]\nprint('desired', g['DesiredCapacity'], 'serving', sum(i['LifecycleState'] == 'InService' for i in g['Instances']))\n"
+    );
+    assert_eq!(moto.boto(&size).trim(), "desired 2 serving 2");
+
+    // Overloaded: the service stops answering until a third instance
+    // serves.
+    drop(serving);
+    let (out, listener) = apply_until_fixed(&ws, &moto, port, &size, "desired 3 serving 3");
+    assert!(listener.is_some(), "the group was scaled out");
+    out.ok();
+    let j = out.json();
+    let action = j["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "scale")
+        .unwrap_or_else(|| panic!("a scale step: {j:#}"));
+    assert_eq!(action["decision"], "auto", "{action:#}");
+    assert_eq!(action["changes"][0]["from"], 2);
+    assert_eq!(action["changes"][0]["to"], 3);
+    let list = ws.run_raw(&["incidents", "--all", "--format", "json"]);
+    list.ok();
+    let inc = &list.json()["incidents"][0];
+    assert_eq!(inc["status"], "resolved", "{inc:#}");
+    assert_eq!(inc["steps"][0]["action"], "scale", "{inc:#}");
+    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+    drop(listener);
+}
+
+#[test]
+fn a_group_with_unhealthy_instances_reads_unhealthy() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    moto.boto(
+        "ec2.create_launch_template(LaunchTemplateName='api', LaunchTemplateData={'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro'})\n",
+    );
+    ws.write(
+        "asg.yaml",
+        "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {name: api}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {name: api}\n  availabilityZones: [us-east-1a]\nhealth:\n  slos:\n    - {name: serving, signal: status, for: 1h}\n",
+    );
+    run(&ws, &["apply"]).ok();
+    moto.boto(&format!(
+        "{ASG}g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['api'])['AutoScalingGroups'][0]\nasg.set_instance_health(InstanceId=g['Instances'][0]['InstanceId'], HealthStatus='Unhealthy')\n"
+    ));
+    let plan = run(&ws, &["plan", "--format", "json"]);
+    plan.ok();
+    let j = plan.json();
+    let text = j["health"].to_string();
+    assert!(
+        text.contains("1 of 2 instances in service and healthy"),
+        "{j:#}"
+    );
+    assert!(text.contains("unhealthy"), "{j:#}");
+    assert_eq!(j["summary"]["pending"], 0, "inside `for`, nothing acts");
 }

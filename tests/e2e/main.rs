@@ -8,6 +8,9 @@ mod healing;
 mod invalid;
 mod policy;
 mod process;
+mod proxy;
+
+pub use proxy::CutoffProxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,5 +1,5 @@
 //! `aws.autoscaling.Group`: sizes, launch template, health check and tags.
-//! Fewer instances in service than desired becomes the group's `status`
+//! Fewer healthy instances in service than desired becomes the group's `status`
 //! signal; `scale` runbook steps set the desired capacity.
 
 use aws_sdk_autoscaling::types::{
@@ -23,10 +23,14 @@ fn tags_of(g: &AutoScalingGroup) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Instances that are in service and pass the group's health check.
 fn in_service(g: &AutoScalingGroup) -> usize {
     g.instances()
         .iter()
-        .filter(|i| i.lifecycle_state() == Some(&LifecycleState::InService))
+        .filter(|i| {
+            i.lifecycle_state() == Some(&LifecycleState::InService)
+                && i.health_status() == Some("Healthy")
+        })
         .count()
 }
 
@@ -71,7 +75,7 @@ fn live(g: &AutoScalingGroup, region: &str) -> LiveResource {
         }),
         owned: owned.is_some(),
         note: (serving < desired as usize)
-            .then(|| format!("{serving} of {desired} instances in service")),
+            .then(|| format!("{serving} of {desired} instances in service and healthy")),
         id: name,
     }
 }

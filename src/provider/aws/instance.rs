@@ -55,6 +55,7 @@ pub(super) async fn list(
     region: &str,
     reads: &TokenBucket,
     desired: &HashMap<String, &Resource>,
+    status: bool,
 ) -> Result<Vec<LiveResource>, String> {
     let mut instances = Vec::new();
     let mut pages = ec2
@@ -73,7 +74,11 @@ pub(super) async fn list(
             );
         }
     }
-    let impaired = impaired(ec2, reads).await?;
+    let impaired = if status {
+        impaired(ec2, reads).await?
+    } else {
+        HashMap::new()
+    };
     Ok(instances
         .iter()
         .map(|i| {

@@ -294,7 +294,7 @@ impl Provider for AwsProvider {
                 }
                 Kind::AwsBucket => bucket::list(self, &regional.s3).await,
                 Kind::AwsInstance => {
-                    instance::list(&regional.ec2, region, &self.reads, declared).await
+                    instance::list(&regional.ec2, region, &self.reads, declared, req.status).await
                 }
                 Kind::AwsAutoScalingGroup => group::list(&regional.asg, region, &self.reads).await,
                 _ => Ok(Vec::new()),
