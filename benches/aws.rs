@@ -4,6 +4,8 @@
 //! `tend plan` inventories and plans all 2,000 declared resources;
 //! `custodian run` finds the security groups with port 22 open to
 //! 0.0.0.0/0. Both run end to end as processes, as a user would run them.
+//! A third measurement makes the same listings as tend's inventory from
+//! boto3: the time the server itself needs to answer them.
 //! Needs `moto_server`, `python3` with boto3 and `custodian` on PATH
 //! (`scripts/bench-aws.sh` provides them).
 
@@ -97,7 +99,18 @@ fn aws_env<'a>(c: &'a mut Command, url: &str) -> &'a mut Command {
         .stderr(Stdio::null())
 }
 
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
 fn bench(c: &mut Criterion) {
+    if !on_path("moto_server") || !on_path("custodian") {
+        eprintln!(
+            "aws: skipped, moto_server and custodian are not on PATH (scripts/bench-aws.sh installs them and runs this benchmark)"
+        );
+        return;
+    }
     let moto = start_moto();
     let url = format!("http://127.0.0.1:{}", moto.1);
     seed(&url);
@@ -124,6 +137,21 @@ fn bench(c: &mut Criterion) {
         .env("TEND_STATE_DIR", &state)
         .status()
         .expect("tend plan")
+    };
+    // The listings tend's inventory makes, from boto3 in one process: what
+    // the server needs to answer them, the floor under any client.
+    let listings = format!(
+        "import boto3\n\
+         ec2 = boto3.client('ec2', endpoint_url='{url}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         for p in ec2.get_paginator('describe_instances').paginate(MaxResults=1000): pass\n\
+         for p in ec2.get_paginator('describe_security_groups').paginate(MaxResults=1000): pass\n"
+    );
+    let boto_listings = || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(&listings)
+            .status()
+            .expect("python3 with boto3")
     };
     let custodian_run = || {
         aws_env(
@@ -159,6 +187,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("custodian run (groups with 22 open to the world)", |b| {
         b.iter(|| assert!(custodian_run().success()))
     });
+    g.bench_function(
+        "boto3 listings (DescribeInstances + DescribeSecurityGroups)",
+        |b| b.iter(|| assert!(boto_listings().success())),
+    );
     g.finish();
 }
 
