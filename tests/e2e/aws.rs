@@ -329,9 +329,7 @@ fn an_instance_is_launched_corrected_after_console_changes_and_clean_after() {
 fn an_auto_scaling_group_is_created_corrected_after_console_changes_and_clean_after() {
     let moto = Moto::start();
     let ws = aws_workspace(&moto);
-    moto.boto(
-        "ec2.create_launch_template(LaunchTemplateName='web', LaunchTemplateData={'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro'})\n",
-    );
+    launch_template(&moto, "web");
     ws.write(
         "asg.yaml",
         "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {name: web}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {name: web, version: \"1\"}\n  availabilityZones: [us-east-1a]\n  healthCheckType: EC2\n  healthCheckGracePeriod: 300\n  tags: {team: web}\n",
@@ -376,22 +374,11 @@ fn an_auto_scaling_group_is_created_corrected_after_console_changes_and_clean_af
 #[test]
 fn a_failed_instance_is_replaced_by_its_runbook_and_verified() {
     let moto = Moto::start();
-    let ws = aws_workspace(&moto);
-    let port = free_port();
-    ws.write(
-        "instance.yaml",
-        &format!(
-            "apiVersion: tend.dev/v1\nkind: aws.ec2.Instance\nmetadata: {{name: api}}\nspec:\n  instanceType: t3.micro\n  imageId: ami-12c6146b\n\
-             health:\n  probes:\n    - name: port\n      tcp: {{address: \"127.0.0.1:{port}\", timeout: 1s}}\n  slos:\n    - {{name: reachable, signal: port, for: 0s, recovery: 0s}}\n\
-             remediation: {{runbook: replace-it}}\n"
-        ),
+    let (ws, port, serving) = healing_workspace(
+        &moto,
+        "apiVersion: tend.dev/v1\nkind: aws.ec2.Instance\nmetadata: {name: api}\nspec:\n  instanceType: t3.micro\n  imageId: ami-12c6146b\n",
+        "{action: replace, within: 60s, hold: 1s}",
     );
-    ws.write(
-        "runbook.yaml",
-        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: replace-it}\nspec:\n  steps:\n    - {action: replace, within: 60s, hold: 1s}\n    - {action: escalate}\n",
-    );
-    let serving = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    run(&ws, &["apply"]).ok();
     let ids = "print(sorted((i['InstanceId'], i['State']['Name']) for r in ec2.describe_instances(Filters=[{'Name': 'tag:tend.dev/name', 'Values': ['aws.ec2.Instance/api']}])['Reservations'] for i in r['Instances']))\n";
     let first = moto.boto(ids);
     assert!(first.contains("'running'"), "{first}");
@@ -405,12 +392,7 @@ fn a_failed_instance_is_replaced_by_its_runbook_and_verified() {
     assert!(listener.is_some(), "the old instance was terminated");
     out.ok();
     let j = out.json();
-    let action = j["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["type"] == "replace")
-        .unwrap_or_else(|| panic!("a replace step: {j:#}"));
+    let action = runbook_step(&j, "replace");
     assert_eq!(action["decision"], "auto", "{action:#}");
     assert!(action["reasons"]
         .to_string()
@@ -423,13 +405,7 @@ fn a_failed_instance_is_replaced_by_its_runbook_and_verified() {
         1,
         "one new instance: {now}"
     );
-    let list = ws.run_raw(&["incidents", "--all", "--format", "json"]);
-    list.ok();
-    let list = list.json();
-    let inc = &list["incidents"][0];
-    assert_eq!(inc["status"], "resolved", "{list:#}");
-    assert_eq!(inc["steps"][0]["action"], "replace", "{inc:#}");
-    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+    assert_healed_by(&ws, "replace");
     let after = run(&ws, &["plan", "--format", "json"]);
     after.ok();
     assert_eq!(after.json()["summary"]["pending"], 0, "{}", after.stdout);
@@ -462,12 +438,58 @@ fn apply_until_fixed(
     })
 }
 
-/// A probe on `port` that must answer, and the runbook to run when it
-/// does not.
-fn probed(port: u16, runbook: &str) -> String {
-    format!(
-        "health:\n  probes:\n    - name: port\n      tcp: {{address: \"127.0.0.1:{port}\", timeout: 1s}}\n  slos:\n    - {{name: reachable, signal: port, for: 0s, recovery: 0s}}\nremediation: {{runbook: {runbook}}}\n"
-    )
+/// The planned action of a runbook step of this type.
+fn runbook_step<'a>(plan: &'a serde_json::Value, step: &str) -> &'a serde_json::Value {
+    plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == step)
+        .unwrap_or_else(|| panic!("a {step} step: {plan:#}"))
+}
+
+/// The one incident was resolved by a verified `step`, its first.
+fn assert_healed_by(ws: &Workspace, step: &str) {
+    let list = ws.run_raw(&["incidents", "--all", "--format", "json"]);
+    list.ok();
+    let inc = &list.json()["incidents"][0];
+    assert_eq!(inc["status"], "resolved", "{inc:#}");
+    assert_eq!(inc["steps"][0]["action"], step, "{inc:#}");
+    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+}
+
+/// A workspace that declares `resource` (a document without health) with a
+/// probe on a free port and a runbook of `step`, then escalate; applied
+/// while the probed service answers. Returns the workspace, the port and
+/// the service's listener.
+fn healing_workspace(
+    moto: &Moto,
+    resource: &str,
+    step: &str,
+) -> (Workspace, u16, std::net::TcpListener) {
+    let ws = aws_workspace(moto);
+    let port = free_port();
+    ws.write(
+        "resource.yaml",
+        &format!(
+            "{resource}health:\n  probes:\n    - name: port\n      tcp: {{address: \"127.0.0.1:{port}\", timeout: 1s}}\n  slos:\n    - {{name: reachable, signal: port, for: 0s, recovery: 0s}}\nremediation: {{runbook: heal}}\n"
+        ),
+    );
+    ws.write(
+        "runbook.yaml",
+        &format!("apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {{name: heal}}\nspec:\n  steps:\n    - {step}\n    - {{action: escalate}}\n"),
+    );
+    let serving = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    run(&ws, &["apply"]).ok();
+    (ws, port, serving)
+}
+
+const API_GROUP: &str = "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {name: api}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {name: api}\n  availabilityZones: [us-east-1a]\n";
+
+fn launch_template(moto: &Moto, name: &str) {
+    moto.boto(&format!(
+        "ec2.create_launch_template(LaunchTemplateName='{name}', LaunchTemplateData={{'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro'}})\n"
+    ));
 }
 
 const ASG: &str = "import boto3\nasg = boto3.client('autoscaling', **kw)\n";
@@ -475,24 +497,12 @@ const ASG: &str = "import boto3\nasg = boto3.client('autoscaling', **kw)\n";
 #[test]
 fn a_runbook_scales_a_group_out_and_verifies_it() {
     let moto = Moto::start();
-    let ws = aws_workspace(&moto);
-    moto.boto(
-        "ec2.create_launch_template(LaunchTemplateName='api', LaunchTemplateData={'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro'})\n",
+    launch_template(&moto, "api");
+    let (ws, port, serving) = healing_workspace(
+        &moto,
+        API_GROUP,
+        "{action: scale, by: 1, within: 60s, hold: 1s}",
     );
-    let port = free_port();
-    ws.write(
-        "asg.yaml",
-        &format!(
-            "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {{name: api}}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {{name: api}}\n  availabilityZones: [us-east-1a]\n{}",
-            probed(port, "scale-out")
-        ),
-    );
-    ws.write(
-        "runbook.yaml",
-        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: scale-out}\nspec:\n  steps:\n    - {action: scale, by: 1, within: 60s, hold: 1s}\n    - {action: escalate}\n",
-    );
-    let serving = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    run(&ws, &["apply"]).ok();
     let size = format!(
         "{ASG}g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['api'])['AutoScalingGroups'][0]\nprint('desired', g['DesiredCapacity'], 'serving', sum(i['LifecycleState'] == 'InService' for i in g['Instances']))\n"
     );
@@ -505,21 +515,11 @@ fn a_runbook_scales_a_group_out_and_verifies_it() {
     assert!(listener.is_some(), "the group was scaled out");
     out.ok();
     let j = out.json();
-    let action = j["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["type"] == "scale")
-        .unwrap_or_else(|| panic!("a scale step: {j:#}"));
+    let action = runbook_step(&j, "scale");
     assert_eq!(action["decision"], "auto", "{action:#}");
     assert_eq!(action["changes"][0]["from"], 2);
     assert_eq!(action["changes"][0]["to"], 3);
-    let list = ws.run_raw(&["incidents", "--all", "--format", "json"]);
-    list.ok();
-    let inc = &list.json()["incidents"][0];
-    assert_eq!(inc["status"], "resolved", "{inc:#}");
-    assert_eq!(inc["steps"][0]["action"], "scale", "{inc:#}");
-    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+    assert_healed_by(&ws, "scale");
     drop(listener);
 }
 
@@ -527,12 +527,10 @@ fn a_runbook_scales_a_group_out_and_verifies_it() {
 fn a_group_with_unhealthy_instances_reads_unhealthy() {
     let moto = Moto::start();
     let ws = aws_workspace(&moto);
-    moto.boto(
-        "ec2.create_launch_template(LaunchTemplateName='api', LaunchTemplateData={'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro'})\n",
-    );
+    launch_template(&moto, "api");
     ws.write(
         "asg.yaml",
-        "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {name: api}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {name: api}\n  availabilityZones: [us-east-1a]\nhealth:\n  slos:\n    - {name: serving, signal: status, for: 1h}\n",
+        &format!("{API_GROUP}health:\n  slos:\n    - {{name: serving, signal: status, for: 1h}}\n"),
     );
     run(&ws, &["apply"]).ok();
     moto.boto(&format!(
