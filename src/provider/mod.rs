@@ -49,6 +49,10 @@ pub struct ListRequest<'a> {
     /// Whether to read status checks too (extra calls for some kinds), for
     /// the healing loop's `status` signal.
     pub status: bool,
+    /// Whether only the declared resources are wanted (a re-read while a
+    /// fix is verified): providers may then skip everything else, and
+    /// nothing is learnt about unmanaged resources.
+    pub only_declared: bool,
 }
 
 /// How much an inventory lists.
@@ -179,6 +183,7 @@ impl Providers {
             })
             .collect();
         let futures = per_provider.iter().map(|(mine, p)| async move {
+            let only_declared = listing == Listing::Declared;
             let (kinds, status) = match listing {
                 Listing::Everything { status } => (p.kinds().to_vec(), status),
                 Listing::Declared => {
@@ -195,6 +200,7 @@ impl Providers {
                 kinds: &kinds,
                 desired: mine,
                 status,
+                only_declared,
             })
             .await
         });

@@ -118,9 +118,11 @@ fn wrapped_versioning(raw: Option<&aws_sdk_s3::config::http::HttpResponse>) -> O
         .then(|| body.contains("<Status>Enabled</Status>"))
 }
 
+/// Every bucket of the account, or only those named in `only`.
 pub(super) async fn list(
     p: &AwsProvider,
     s3: &aws_sdk_s3::Client,
+    only: Option<&[String]>,
 ) -> Result<Vec<LiveResource>, String> {
     let mut names = Vec::new();
     let mut pages = s3.list_buckets().into_paginator().send();
@@ -129,7 +131,8 @@ pub(super) async fn list(
         names.extend(
             page.buckets()
                 .iter()
-                .filter_map(|b| b.name().map(str::to_string)),
+                .filter_map(|b| b.name().map(str::to_string))
+                .filter(|n| only.is_none_or(|o| o.contains(n))),
         );
     }
     let reads = futures::stream::iter(names.into_iter().map(|n| {

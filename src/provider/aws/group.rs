@@ -80,14 +80,17 @@ fn live(g: &AutoScalingGroup, region: &str) -> LiveResource {
     }
 }
 
+/// Every group in the region, or only those named in `only`.
 pub(super) async fn list(
     asg: &aws_sdk_autoscaling::Client,
     region: &str,
     reads: &TokenBucket,
+    only: Option<&[String]>,
 ) -> Result<Vec<LiveResource>, String> {
     let mut out = Vec::new();
     let mut pages = asg
         .describe_auto_scaling_groups()
+        .set_auto_scaling_group_names(only.map(<[String]>::to_vec))
         .max_records(100)
         .into_paginator()
         .send();

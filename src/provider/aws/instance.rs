@@ -50,16 +50,37 @@ fn groups_as_declared(i: &Instance, declared: Option<&Value>) -> Value {
     json!(out)
 }
 
+/// What an instance listing covers.
+pub(super) struct Scope<'a> {
+    /// Declared instances by tend name, to show security groups the way
+    /// each declares them.
+    pub declared: &'a HashMap<String, &'a Resource>,
+    /// Only the instances with these ownership tag values, if set.
+    pub owners: Option<&'a [String]>,
+    /// Whether to read status checks.
+    pub status: bool,
+}
+
 pub(super) async fn list(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     reads: &TokenBucket,
-    desired: &HashMap<String, &Resource>,
-    status: bool,
+    scope: Scope<'_>,
 ) -> Result<Vec<LiveResource>, String> {
+    let Scope {
+        declared: desired,
+        owners,
+        status,
+    } = scope;
     let mut instances = Vec::new();
     let mut pages = ec2
         .describe_instances()
+        .set_filters(owners.map(|o| {
+            vec![Filter::builder()
+                .name(format!("tag:{OWNER_TAG}"))
+                .set_values(Some(o.to_vec()))
+                .build()]
+        }))
         .max_results(1000)
         .into_paginator()
         .send();
@@ -74,10 +95,17 @@ pub(super) async fn list(
             );
         }
     }
-    let impaired = if status {
-        impaired(ec2, reads).await?
-    } else {
-        HashMap::new()
+    let impaired = match (status, owners) {
+        (false, _) => HashMap::new(),
+        (true, None) => impaired(ec2, reads, None).await?,
+        (true, Some(_)) if instances.is_empty() => HashMap::new(),
+        (true, Some(_)) => {
+            let ids: Vec<String> = instances
+                .iter()
+                .filter_map(|i| i.instance_id().map(str::to_string))
+                .collect();
+            impaired(ec2, reads, Some(ids)).await?
+        }
     };
     Ok(instances
         .iter()
@@ -106,15 +134,20 @@ pub(super) async fn list(
         .collect())
 }
 
-/// Instances whose instance or system status check is impaired.
+/// Instances whose instance or system status check is impaired, among
+/// `ids` if given, else in the whole region.
 async fn impaired(
     ec2: &aws_sdk_ec2::Client,
     reads: &TokenBucket,
+    ids: Option<Vec<String>>,
 ) -> Result<HashMap<String, String>, String> {
     let mut out = HashMap::new();
+    // The API takes either instance ids or a page size, not both.
+    let page_size = ids.is_none().then_some(1000);
     let mut pages = ec2
         .describe_instance_status()
-        .max_results(1000)
+        .set_instance_ids(ids)
+        .set_max_results(page_size)
         .into_paginator()
         .send();
     while let Some(page) = next_page(&mut pages, reads).await {

@@ -286,17 +286,57 @@ impl Provider for AwsProvider {
         let declared = &declared;
         // Buckets are global: list them once, from the first region.
         jobs.retain(|(k, r)| *k != Kind::AwsBucket || *r == self.default_region);
+        if req.only_declared {
+            // A re-read of named resources: only their regions, and where the
+            // API can look resources up by name, only them.
+            jobs.retain(|(k, r)| {
+                *k == Kind::AwsBucket
+                    || req
+                        .desired
+                        .iter()
+                        .any(|d| d.key.kind == *k && self.region_of(&d.spec) == *r)
+            });
+        }
+        let only = |kind: Kind, field: &str| -> Option<Vec<String>> {
+            req.only_declared.then(|| {
+                req.desired
+                    .iter()
+                    .filter(|d| d.key.kind == kind)
+                    .filter_map(|d| d.spec.get(field).and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect()
+            })
+        };
+        let owners = req.only_declared.then(|| {
+            req.desired
+                .iter()
+                .filter(|d| d.key.kind == Kind::AwsInstance)
+                .map(|d| owner_value(Kind::AwsInstance, &d.key.name))
+                .collect::<Vec<_>>()
+        });
+        let (buckets, groups, owners) = (
+            &only(Kind::AwsBucket, "bucketName"),
+            &only(Kind::AwsAutoScalingGroup, "groupName"),
+            &owners,
+        );
         let lists = jobs.iter().map(|(kind, region)| async move {
             let regional = &self.regions[region];
             let result = match kind {
                 Kind::AwsSecurityGroup => {
                     security_group::list(&regional.ec2, region, &self.reads).await
                 }
-                Kind::AwsBucket => bucket::list(self, &regional.s3).await,
+                Kind::AwsBucket => bucket::list(self, &regional.s3, buckets.as_deref()).await,
                 Kind::AwsInstance => {
-                    instance::list(&regional.ec2, region, &self.reads, declared, req.status).await
+                    let scope = instance::Scope {
+                        declared,
+                        owners: owners.as_deref(),
+                        status: req.status,
+                    };
+                    instance::list(&regional.ec2, region, &self.reads, scope).await
                 }
-                Kind::AwsAutoScalingGroup => group::list(&regional.asg, region, &self.reads).await,
+                Kind::AwsAutoScalingGroup => {
+                    group::list(&regional.asg, region, &self.reads, groups.as_deref()).await
+                }
                 _ => Ok(Vec::new()),
             };
             result.map_err(|message| ProviderError::List {
