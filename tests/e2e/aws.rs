@@ -58,6 +58,19 @@ spec:
   tags: {team: data}
 ";
 
+/// `tend plan --format json`, which must succeed.
+fn plan_json(ws: &Workspace) -> serde_json::Value {
+    let plan = run(ws, &["plan", "--format", "json"]);
+    plan.ok();
+    plan.json()
+}
+
+/// The next plan has nothing to do.
+fn assert_clean(ws: &Workspace) {
+    let j = plan_json(ws);
+    assert_eq!(j["summary"]["pending"], 0, "{j:#}");
+}
+
 fn paths(action: &serde_json::Value) -> Vec<String> {
     action["changes"]
         .as_array()
@@ -73,15 +86,11 @@ fn a_security_group_is_created_corrected_after_console_changes_and_clean_after()
     let ws = aws_workspace(&moto);
     ws.write("sg.yaml", WEB_SG);
 
-    let plan = run(&ws, &["plan", "--format", "json"]);
-    plan.ok();
-    let j = plan.json();
+    let j = plan_json(&ws);
     assert_eq!(j["actions"][0]["type"], "create");
     assert_eq!(j["actions"][0]["decision"], "auto");
     run(&ws, &["apply"]).ok();
-    let clean = run(&ws, &["plan", "--format", "json"]);
-    clean.ok();
-    let j = clean.json();
+    let j = plan_json(&ws);
     assert_eq!(j["summary"]["pending"], 0, "{j:#}");
     assert!(
         j["unmanaged"]
@@ -98,9 +107,7 @@ fn a_security_group_is_created_corrected_after_console_changes_and_clean_after()
          ec2.authorize_security_group_ingress(GroupId=g['GroupId'], IpPermissions=[{'IpProtocol': 'tcp', 'FromPort': 22, 'ToPort': 22, 'IpRanges': [{'CidrIp': '0.0.0.0/0'}]}])\n\
          ec2.create_tags(Resources=[g['GroupId']], Tags=[{'Key': 'team', 'Value': 'someone-else'}])\n",
     );
-    let drift = run(&ws, &["plan", "--format", "json"]);
-    drift.ok();
-    let j = drift.json();
+    let j = plan_json(&ws);
     let action = &j["actions"][0];
     assert_eq!(action["type"], "update");
     assert_eq!(paths(action), ["/spec/ingress", "/spec/tags/team"]);
@@ -116,9 +123,7 @@ fn a_security_group_is_created_corrected_after_console_changes_and_clean_after()
          print(any(r.get('CidrIp') == '0.0.0.0/0' and p.get('FromPort') == 22 for p in g['IpPermissions'] for r in p['IpRanges']))\n",
     );
     assert_eq!(open.trim(), "False");
-    let after = run(&ws, &["plan", "--format", "json"]);
-    after.ok();
-    assert_eq!(after.json()["summary"]["pending"], 0);
+    assert_clean(&ws);
 }
 
 #[test]
@@ -169,9 +174,7 @@ fn a_bucket_is_created_corrected_after_console_changes_and_clean_after() {
     ws.write("bucket.yaml", LOG_BUCKET);
     moto.boto("s3.create_bucket(Bucket='someone-elses')\n");
     run(&ws, &["apply"]).ok();
-    let clean = run(&ws, &["plan", "--format", "json"]);
-    clean.ok();
-    let j = clean.json();
+    let j = plan_json(&ws);
     assert_eq!(j["summary"]["pending"], 0, "{j:#}");
     assert!(j["unmanaged"]
         .as_array()
@@ -183,9 +186,8 @@ fn a_bucket_is_created_corrected_after_console_changes_and_clean_after() {
         "s3.put_bucket_versioning(Bucket='tend-logs', VersioningConfiguration={'Status': 'Suspended'})\n\
          s3.put_public_access_block(Bucket='tend-logs', PublicAccessBlockConfiguration={'BlockPublicAcls': False, 'IgnorePublicAcls': True, 'BlockPublicPolicy': True, 'RestrictPublicBuckets': True})\n",
     );
-    let drift = run(&ws, &["plan", "--format", "json"]);
-    drift.ok();
-    let a = &drift.json()["actions"][0];
+    let drift = plan_json(&ws);
+    let a = &drift["actions"][0];
     assert_eq!(
         paths(a),
         [
@@ -195,9 +197,7 @@ fn a_bucket_is_created_corrected_after_console_changes_and_clean_after() {
     );
     assert_eq!(a["decision"], "auto");
     run(&ws, &["apply"]).ok();
-    let after = run(&ws, &["plan", "--format", "json"]);
-    after.ok();
-    assert_eq!(after.json()["summary"]["pending"], 0);
+    assert_clean(&ws);
     let untouched = moto.boto("print(len(s3.list_buckets()['Buckets']))\n");
     assert_eq!(untouched.trim(), "2", "the unmanaged bucket is untouched");
 }
@@ -262,9 +262,7 @@ fn the_server_stopped_mid_inventory_is_an_error_and_nothing_changes() {
 
     // With the server whole again the same drift is planned for correction.
     ws.write("settings.yaml", &aws_settings(&moto.url()));
-    let plan = run(&ws, &["plan", "--format", "json"]);
-    plan.ok();
-    let j = plan.json();
+    let j = plan_json(&ws);
     assert_eq!(j["summary"]["pending"], 2, "{j:#}");
 }
 
@@ -290,9 +288,7 @@ fn an_instance_is_launched_corrected_after_console_changes_and_clean_after() {
         "apiVersion: tend.dev/v1\nkind: aws.ec2.Instance\nmetadata: {name: web-1}\nspec:\n  instanceType: t3.micro\n  imageId: ami-12c6146b\n  securityGroups: [web]\n  tags: {team: web}\n",
     );
     run(&ws, &["apply"]).ok();
-    let clean = run(&ws, &["plan", "--format", "json"]);
-    clean.ok();
-    assert_eq!(clean.json()["summary"]["pending"], 0, "{}", clean.stdout);
+    assert_clean(&ws);
 
     // Behind tend's back: stopped, resized, re-tagged.
     moto.boto(
@@ -301,9 +297,8 @@ fn an_instance_is_launched_corrected_after_console_changes_and_clean_after() {
          ec2.modify_instance_attribute(InstanceId=i, InstanceType={'Value': 't3.large'})\n\
          ec2.create_tags(Resources=[i], Tags=[{'Key': 'team', 'Value': 'ops'}])\n",
     );
-    let drift = run(&ws, &["plan", "--format", "json"]);
-    drift.ok();
-    let a = &drift.json()["actions"][0];
+    let drift = plan_json(&ws);
+    let a = &drift["actions"][0];
     assert_eq!(
         paths(a),
         ["/spec/instanceType", "/spec/tags/team", "/spec/state"],
@@ -320,9 +315,7 @@ fn an_instance_is_launched_corrected_after_console_changes_and_clean_after() {
         "running t3.micro 1",
         "corrected in place, nothing launched"
     );
-    let after = run(&ws, &["plan", "--format", "json"]);
-    after.ok();
-    assert_eq!(after.json()["summary"]["pending"], 0);
+    assert_clean(&ws);
 }
 
 #[test]
@@ -335,17 +328,14 @@ fn an_auto_scaling_group_is_created_corrected_after_console_changes_and_clean_af
         "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {name: web}\nspec:\n  minSize: 1\n  maxSize: 6\n  desiredCapacity: 2\n  launchTemplate: {name: web, version: \"1\"}\n  availabilityZones: [us-east-1a]\n  healthCheckType: EC2\n  healthCheckGracePeriod: 300\n  tags: {team: web}\n",
     );
     run(&ws, &["apply"]).ok();
-    let clean = run(&ws, &["plan", "--format", "json"]);
-    clean.ok();
-    assert_eq!(clean.json()["summary"]["pending"], 0, "{}", clean.stdout);
+    assert_clean(&ws);
 
     let asg = "import boto3\nasg = boto3.client('autoscaling', **kw)\n";
     moto.boto(&format!(
         "{asg}asg.update_auto_scaling_group(AutoScalingGroupName='web', DesiredCapacity=3, HealthCheckGracePeriod=60)\n"
     ));
-    let drift = run(&ws, &["plan", "--format", "json"]);
-    drift.ok();
-    let a = &drift.json()["actions"][0];
+    let drift = plan_json(&ws);
+    let a = &drift["actions"][0];
     assert_eq!(
         paths(a),
         ["/spec/desiredCapacity", "/spec/healthCheckGracePeriod"],
@@ -357,18 +347,14 @@ fn an_auto_scaling_group_is_created_corrected_after_console_changes_and_clean_af
         "{asg}g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['web'])['AutoScalingGroups'][0]\nprint(g['DesiredCapacity'], g['HealthCheckGracePeriod'])\n"
     ));
     assert_eq!(now.trim(), "2 300");
-    let after = run(&ws, &["plan", "--format", "json"]);
-    after.ok();
-    assert_eq!(after.json()["summary"]["pending"], 0);
+    assert_clean(&ws);
 
     // Someone sets the desired capacity far above the declared one: putting
     // it back is a big capacity change, so a human decides.
     moto.boto(&format!(
         "{asg}asg.update_auto_scaling_group(AutoScalingGroupName='web', DesiredCapacity=6)\n"
     ));
-    let big = run(&ws, &["plan", "--format", "json"]);
-    big.ok();
-    assert_eq!(big.json()["actions"][0]["decision"], "review");
+    assert_eq!(plan_json(&ws)["actions"][0]["decision"], "review");
 }
 
 #[test]
@@ -406,9 +392,7 @@ fn a_failed_instance_is_replaced_by_its_runbook_and_verified() {
         "one new instance: {now}"
     );
     assert_healed_by(&ws, "replace");
-    let after = run(&ws, &["plan", "--format", "json"]);
-    after.ok();
-    assert_eq!(after.json()["summary"]["pending"], 0, "{}", after.stdout);
+    assert_clean(&ws);
     drop(listener);
 }
 
@@ -536,9 +520,7 @@ fn a_group_with_unhealthy_instances_reads_unhealthy() {
     moto.boto(&format!(
         "{ASG}g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['api'])['AutoScalingGroups'][0]\nasg.set_instance_health(InstanceId=g['Instances'][0]['InstanceId'], HealthStatus='Unhealthy')\n"
     ));
-    let plan = run(&ws, &["plan", "--format", "json"]);
-    plan.ok();
-    let j = plan.json();
+    let j = plan_json(&ws);
     let text = j["health"].to_string();
     assert!(
         text.contains("1 of 2 instances in service and healthy"),

@@ -8,7 +8,8 @@ use aws_sdk_autoscaling::types::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    declared_tags, missing_tags, next_page, owned_name, sdk_error, tags_json, TokenBucket,
+    declared_tags, missing_tags, next_page, owned_name, require_owned, sdk_error, tags_json,
+    TokenBucket,
 };
 use crate::model::{Kind, ResourceKey};
 use crate::plan::{Action, ActionType};
@@ -172,9 +173,7 @@ pub(super) async fn apply(
     match (action.action_type, existing) {
         (ActionType::Delete, None) => Ok("already gone".into()),
         (ActionType::Delete, Some(g)) => {
-            if owned_name(KIND, &tags_of(&g)).is_none() {
-                return Err("tend does not own this group; refusing to delete it".into());
-            }
+            require_owned(KIND, &tags_of(&g), "group", "delete")?;
             asg.delete_auto_scaling_group()
                 .auto_scaling_group_name(&name)
                 .force_delete(true)

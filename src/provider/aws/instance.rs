@@ -11,8 +11,8 @@ use aws_sdk_ec2::types::{
 use serde_json::{json, Value};
 
 use super::{
-    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, owner_value, sdk_error, tag_ec2,
-    tags_json, TokenBucket, OWNER_TAG,
+    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, owner_value, require_owned,
+    sdk_error, tag_ec2, tags_json, TokenBucket, OWNER_TAG,
 };
 use crate::model::{Kind, Resource, ResourceKey};
 use crate::plan::{Action, ActionType};
@@ -297,9 +297,7 @@ async fn launch(
 }
 
 async fn terminate(ec2: &aws_sdk_ec2::Client, i: &Instance) -> Result<String, String> {
-    if owned_name(KIND, &tags_of(i)).is_none() {
-        return Err("tend does not own this instance; refusing to terminate it".into());
-    }
+    require_owned(KIND, &tags_of(i), "instance", "terminate")?;
     let id = i.instance_id().unwrap_or_default();
     ec2.terminate_instances()
         .instance_ids(id)

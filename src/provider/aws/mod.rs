@@ -199,6 +199,23 @@ pub fn owner_value(kind: Kind, name: &str) -> String {
     format!("{kind}/{name}")
 }
 
+/// Prune and termination act only on what tend owns: an error naming
+/// `what` and the refused `verb` unless the ownership tag claims it for
+/// `kind`.
+fn require_owned(
+    kind: Kind,
+    tags: &[(String, String)],
+    what: &str,
+    verb: &str,
+) -> Result<(), String> {
+    match owned_name(kind, tags) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "tend does not own this {what}; refusing to {verb} it"
+        )),
+    }
+}
+
 /// The tend name a tag set claims for `kind`, if any.
 fn owned_name(kind: Kind, tags: &[(String, String)]) -> Option<String> {
     let prefix = format!("{kind}/");

@@ -9,8 +9,8 @@ use aws_sdk_ec2::types::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, sdk_error, tag_ec2, tags_json,
-    TokenBucket, OWNER_TAG,
+    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, require_owned, sdk_error,
+    tag_ec2, tags_json, TokenBucket, OWNER_TAG,
 };
 use crate::model::{Kind, ResourceKey};
 use crate::plan::{Action, ActionType};
@@ -313,9 +313,7 @@ pub(super) async fn apply(
             let Some(g) = existing else {
                 return Ok("already gone".into());
             };
-            if owned_name(KIND, &tags_of(&g)).is_none() {
-                return Err("tend does not own this security group; refusing to delete it".into());
-            }
+            require_owned(KIND, &tags_of(&g), "security group", "delete")?;
             let id = g.group_id().unwrap_or_default();
             ec2.delete_security_group()
                 .group_id(id)
