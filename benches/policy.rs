@@ -1,9 +1,10 @@
 //! Decisions per second for the default policy pack over 10,000 varied
-//! actions, single thread, through the same engine `tend plan` uses.
+//! actions, on one thread and on two, through the same shared engine and
+//! the same parallel evaluation `tend plan` uses.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
-use tend::policy::{default_pack, Policies};
+use tend::policy::{default_pack, evaluate_all, Policies, Verdict};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -53,21 +54,20 @@ fn input(i: usize) -> Value {
 
 fn bench(c: &mut Criterion) {
     let inputs: Vec<Value> = (0..10_000).map(input).collect();
-    let mut policies = Policies::compile(&default_pack()).expect("the default pack compiles");
+    let policies = Policies::compile(&default_pack()).expect("the default pack compiles");
     let mut group = c.benchmark_group("policy");
     group.throughput(Throughput::Elements(inputs.len() as u64));
     group.sample_size(10);
-    group.bench_function("decide_10k_actions", |b| {
-        b.iter(|| {
-            let mut auto = 0;
-            for i in &inputs {
-                if policies.decide(i).decision == tend::policy::Verdict::Auto {
-                    auto += 1;
-                }
-            }
-            auto
-        })
-    });
+    for threads in [1, 2] {
+        group.bench_function(format!("decide_10k_actions/{threads}_threads"), |b| {
+            b.iter(|| {
+                evaluate_all(&policies, &inputs, threads)
+                    .iter()
+                    .filter(|d| d.decision == Verdict::Auto)
+                    .count()
+            })
+        });
+    }
     group.finish();
 }
 

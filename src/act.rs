@@ -1,18 +1,24 @@
-//! Carrying out the actions a plan allows.
+//! Carrying out decided actions: the one executor.
 //!
-//! Only `auto` actions run. The intent is journaled before the provider is
-//! called and the outcome after, so the audit trail survives a crash in
-//! between. This module never decides what is allowed; the plan did.
+//! Every action, a drift correction or a runbook step, goes through
+//! [`Executor::execute`]: the intent is journaled before the provider (or
+//! the allowlisted command) is called, the outcome after, and then the
+//! bookkeeping the safety gates read (the fields tend corrected, for fight
+//! detection; failed outcomes, for the circuit breaker) is recorded. Only
+//! `auto` actions run. This module never decides what is allowed; the
+//! decide stage did. See ARCHITECTURE.md.
 
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::model::{DesiredState, ResourceKey};
-use crate::plan::{Action, Decision, Plan};
+use crate::model::{DesiredState, Resource};
+use crate::plan::Plan;
 use crate::provider::Providers;
-use crate::state::{JournalRecord, State, StateError};
+use crate::state::{JournalRecord, StateError, Store};
+use crate::vocab::{Action, ActionType, Decision, JournalOutcome, ResourceKey};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
@@ -30,6 +36,10 @@ impl Outcome {
             Outcome::Skipped { .. } => "skipped",
         }
     }
+
+    pub fn failed(&self) -> bool {
+        matches!(self, Outcome::Failed { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,136 +54,360 @@ pub struct ActionResult {
     pub duration_ms: u64,
 }
 
-/// Runs every `auto` action of the plan, in plan order. After
-/// `breaker_failures` consecutive failures the circuit breaker opens and the
-/// remaining actions are skipped.
-pub async fn run(
-    plan: &Plan,
-    desired: &DesiredState,
-    providers: &Providers,
-    state: &State,
-    run_id: i64,
-    breaker_failures: usize,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<Vec<ActionResult>, StateError> {
-    let index = desired.index();
-    let mut results = Vec::with_capacity(plan.actions.len());
-    let mut consecutive_failures = 0;
-    // Runbook steps are carried out and verified by `verify`.
-    for action in plan.actions.iter().filter(|a| a.incident.is_none()) {
-        let started = Instant::now();
-        if action.decision != Decision::Auto {
-            state.record_decision(
-                &JournalRecord {
-                    run_id,
-                    fingerprint: &action.fingerprint,
-                    action: action.action_type.as_str(),
-                    kind: action.target.kind.as_str(),
-                    name: &action.target.name,
-                    commit: plan.source.commit.as_deref(),
-                    outcome: None,
-                    detail: "",
-                },
-                action.decision.as_str(),
-                &action.reasons,
-            )?;
-        }
-        let outcome = if action.decision != Decision::Auto {
-            Outcome::Skipped {
-                reason: format!("decision is {}", action.decision.as_str()),
-            }
-        } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
-            Outcome::Skipped {
-                reason: "tend is stopping; the next pass re-plans it".into(),
-            }
-        } else if consecutive_failures >= breaker_failures {
-            Outcome::Skipped {
-                reason: format!("circuit breaker opened after {consecutive_failures} consecutive failures in this pass"),
-            }
-        } else {
-            let span = info_span!("action", resource = %action.target, action = action.action_type.as_str(), reason = %action.reasons.join("; "));
-            execute(
-                action,
-                index.get(&action.target).copied(),
-                providers,
-                state,
-                plan,
-                run_id,
-            )
-            .instrument(span)
-            .await?
-        };
-        match &outcome {
-            Outcome::Failed { .. } => consecutive_failures += 1,
-            Outcome::Synced { .. } => consecutive_failures = 0,
-            Outcome::Skipped { .. } => {}
-        }
-        results.push(ActionResult {
-            fingerprint: action.fingerprint.clone(),
-            target: action.target.clone(),
-            action_type: action.action_type.as_str().to_string(),
-            outcome,
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
-    }
-    Ok(results)
+/// What carrying out an action means.
+pub enum Effect<'a> {
+    /// The provider applies the action; `desired` is the resource as it
+    /// should be (absent for deletions).
+    Provider { desired: Option<&'a Resource> },
+    /// An allowlisted command runs on the host, bounded by `within`.
+    Command(Command<'a>),
 }
 
-async fn execute(
-    action: &Action,
-    desired: Option<&crate::model::Resource>,
-    providers: &Providers,
-    state: &State,
-    plan: &Plan,
-    run_id: i64,
-) -> Result<Outcome, StateError> {
-    let kind = action.target.kind.as_str();
-    let detail = serde_json::json!({
-        "changes": action.changes,
-        "decision": action.decision,
-        "reasons": action.reasons,
-    })
-    .to_string();
-    let record = |outcome: Option<&'static str>, detail: &str| -> Result<i64, StateError> {
-        let r = JournalRecord {
-            run_id,
+/// A runbook's `command` step.
+pub struct Command<'a> {
+    pub argv: &'a [String],
+    /// Settings spec.healing.commands.
+    pub allowed: &'a [String],
+    pub within: Duration,
+    pub incident: i64,
+}
+
+/// Carries out actions for one run, journaling each.
+pub struct Executor<'a> {
+    pub providers: &'a Providers,
+    pub store: &'a dyn Store,
+    pub run_id: i64,
+    pub commit: Option<&'a str>,
+}
+
+impl Executor<'_> {
+    fn record<'b>(
+        &'b self,
+        action: &'b Action,
+        outcome: Option<JournalOutcome>,
+        detail: &'b str,
+    ) -> JournalRecord<'b> {
+        JournalRecord {
+            run_id: self.run_id,
             fingerprint: &action.fingerprint,
             action: action.action_type.as_str(),
-            kind,
+            kind: action.target.kind.as_str(),
             name: &action.target.name,
-            commit: plan.source.commit.as_deref(),
+            commit: self.commit,
             outcome,
             detail,
+        }
+    }
+
+    /// Journals why an action that was not `auto` did not run.
+    pub fn journal_decision(&self, action: &Action) -> Result<(), StateError> {
+        self.store.record_decision(
+            &self.record(action, None, ""),
+            action.decision,
+            &action.reasons,
+        )
+    }
+
+    /// Carries out one `auto` action: intent, call, outcome, bookkeeping.
+    pub async fn execute(
+        &self,
+        action: &Action,
+        effect: Effect<'_>,
+    ) -> Result<Outcome, StateError> {
+        let mut intent = serde_json::json!({
+            "changes": action.changes,
+            "decision": action.decision,
+            "reasons": action.reasons,
+        });
+        if let Some(i) = &action.incident {
+            intent["step"] = i.step_action.as_str().into();
+        }
+        self.store
+            .intent(&self.record(action, None, &intent.to_string()))?;
+        let result = match effect {
+            Effect::Provider { desired } => self.apply(action, desired).await,
+            Effect::Command(c) => run_command(&c, &action.target).await,
         };
-        if outcome.is_none() {
-            state.intent(&r)
-        } else {
-            state.outcome(&r)
-        }
-    };
-    record(None, &detail)?;
-    let Some(provider) = providers.for_kind(action.target.kind) else {
-        let error = format!("no provider for {kind} is enabled in Settings");
-        record(Some("failed"), &error)?;
-        return Ok(Outcome::Failed { error });
-    };
-    match provider.apply(action, desired).await {
-        Ok(applied) => {
-            info!(detail = %applied.detail, "Action applied.");
-            record(Some("synced"), &applied.detail)?;
-            if action.action_type != crate::plan::ActionType::Delete {
-                let paths: Vec<&str> = action.changes.iter().map(|c| c.path.as_str()).collect();
-                state.record_corrections(kind, &action.target.name, &paths)?;
+        let outcome = match result {
+            Ok(detail) => {
+                info!(%detail, "Action applied.");
+                self.store
+                    .outcome(&self.record(action, Some(JournalOutcome::Synced), &detail))?;
+                // Declared fields tend set, whichever stage planned it: a
+                // restart or a command changes no field another controller
+                // could fight over.
+                let paths: Vec<&str> = action
+                    .changes
+                    .iter()
+                    .map(|c| c.path.as_str())
+                    .filter(|p| p.starts_with("/spec/"))
+                    .collect();
+                if action.action_type != ActionType::Delete && !paths.is_empty() {
+                    self.store.record_corrections(&action.target, &paths)?;
+                }
+                Outcome::Synced { detail }
             }
-            Ok(Outcome::Synced {
-                detail: applied.detail,
+            Err(error) => {
+                warn!(%error, "Action failed.");
+                self.store
+                    .outcome(&self.record(action, Some(JournalOutcome::Failed), &error))?;
+                Outcome::Failed { error }
+            }
+        };
+        Ok(outcome)
+    }
+
+    async fn apply(&self, action: &Action, desired: Option<&Resource>) -> Result<String, String> {
+        let kind = action.target.kind;
+        let provider = self
+            .providers
+            .for_kind(kind)
+            .ok_or_else(|| format!("no provider for {kind} is enabled in Settings"))?;
+        provider
+            .apply(action, desired)
+            .await
+            .map(|a| a.detail)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs every drift correction of the plan, in plan order (runbook
+    /// steps are carried out by the healing stage, through the same
+    /// [`Executor::execute`]). After `breaker_failures` consecutive failures
+    /// the circuit breaker opens and the remaining actions are skipped.
+    pub async fn run_plan(
+        &self,
+        plan: &Plan,
+        desired: &DesiredState,
+        breaker_failures: usize,
+        stop: &AtomicBool,
+    ) -> Result<Vec<ActionResult>, StateError> {
+        let index = desired.index();
+        let mut results = Vec::with_capacity(plan.actions.len());
+        let mut consecutive_failures = 0;
+        for action in plan.actions.iter().filter(|a| a.incident.is_none()) {
+            let started = Instant::now();
+            let outcome = if action.decision != Decision::Auto {
+                self.journal_decision(action)?;
+                Outcome::Skipped {
+                    reason: format!("decision is {}", action.decision.as_str()),
+                }
+            } else if stop.load(Ordering::SeqCst) {
+                Outcome::Skipped {
+                    reason: "tend is stopping; the next pass re-plans it".into(),
+                }
+            } else if consecutive_failures >= breaker_failures {
+                Outcome::Skipped {
+                    reason: format!("circuit breaker opened after {consecutive_failures} consecutive failures in this pass"),
+                }
+            } else {
+                let span = info_span!("action", resource = %action.target, action = action.action_type.as_str(), reason = %action.reasons.join("; "));
+                let desired = index.get(&action.target).copied();
+                self.execute(action, Effect::Provider { desired })
+                    .instrument(span)
+                    .await?
+            };
+            match &outcome {
+                Outcome::Failed { .. } => consecutive_failures += 1,
+                Outcome::Synced { .. } => consecutive_failures = 0,
+                Outcome::Skipped { .. } => {}
+            }
+            results.push(ActionResult {
+                fingerprint: action.fingerprint.clone(),
+                target: action.target.clone(),
+                action_type: action.action_type.as_str().to_string(),
+                outcome,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+        }
+        Ok(results)
+    }
+}
+
+/// Runs an allowlisted command (checked when the desired state was
+/// loaded, and again here), bounded by the step's deadline.
+async fn run_command(c: &Command<'_>, target: &ResourceKey) -> Result<String, String> {
+    let Some((program, args)) = c.argv.split_first() else {
+        return Err("the step has no command".into());
+    };
+    if !c.allowed.iter().any(|a| a == program) {
+        return Err(format!("`{program}` is not an allowed command"));
+    }
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TEND_RESOURCE", target.to_string())
+        .env("TEND_INCIDENT", c.incident.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(c.within, cmd.output())
+        .await
+        .map_err(|_| {
+            format!(
+                "`{program}` did not finish within {}",
+                humantime::format_duration(c.within)
+            )
+        })?
+        .map_err(|e| format!("failed to run `{program}`: {e}"))?;
+    let text = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let s = s.trim();
+        s.chars().take(500).collect::<String>()
+    };
+    if out.status.success() {
+        Ok(format!("`{program}` succeeded: {}", text(&out.stdout)))
+    } else {
+        Err(format!(
+            "`{program}` exited with {}: {}",
+            out.status,
+            text(&out.stderr)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SourceFile;
+    use crate::plan::Plan;
+    use crate::policy::gates;
+    use crate::provider::{host::HostProvider, BuiltIn};
+    use crate::state::{NewRun, SqliteStore};
+    use crate::vocab::{FieldChange, IncidentRef, Kind, Mode, Risk, Severity, StepAction};
+    use serde_json::json;
+
+    fn step(action_type: ActionType, step_action: StepAction, path: &str) -> Action {
+        let target = ResourceKey::new(Kind::HostFile, "motd");
+        let changes = vec![FieldChange {
+            path: path.into(),
+            from: json!("changed by someone else\n"),
+            to: json!("hello\n"),
+        }];
+        Action {
+            fingerprint: crate::vocab::fingerprint(action_type, &target, &changes),
+            action_type,
+            target,
+            changes,
+            risk: Risk::Low,
+            reversible: true,
+            decision: Decision::Auto,
+            reasons: vec![],
+            note: None,
+            contested: false,
+            declared_at: None,
+            incident: Some(IncidentRef {
+                cause: "content drifts".into(),
+                signature: None,
+                runbook: "fix".into(),
+                step: 0,
+                step_action,
+                severity: Severity::Warning,
+            }),
+        }
+    }
+
+    fn plan_of(actions: Vec<Action>) -> Plan {
+        Plan {
+            source: crate::plan::SourceInfo {
+                origin: "test".into(),
+                commit: None,
+            },
+            mode: Mode::Auto,
+            resources: 1,
+            in_sync: 0,
+            actions,
+            unmanaged: vec![],
+            health: vec![],
+            remedies: vec![],
+        }
+    }
+
+    /// Regression: runbook steps were carried out by a second copy of the
+    /// executor that recorded no corrections, so fight detection never saw
+    /// a field a runbook kept correcting; and their failures must open the
+    /// circuit breaker like any other.
+    #[tokio::test]
+    async fn runbook_step_corrections_count_for_fight_detection_and_the_breaker() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, state) = (dir.path().join("root"), dir.path().join("state"));
+        std::fs::create_dir_all(&root).unwrap();
+        let desired = crate::model::load(&[SourceFile {
+            path: "d.yaml".into(),
+            text: "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: motd}\nspec: {path: motd, content: \"hello\\n\"}\n".into(),
+        }])
+        .unwrap();
+        let store = SqliteStore::open(&state).unwrap();
+        let providers = Providers {
+            all: vec![BuiltIn::Host(HostProvider::new(&root, &state))],
+        };
+        let run_id = store
+            .begin_run(&NewRun {
+                command: "test",
+                origin: "test",
+                commit: None,
+                mode: "auto",
             })
+            .unwrap();
+        let exec = Executor {
+            providers: &providers,
+            store: &store,
+            run_id,
+            commit: None,
+        };
+        let resource = &desired.resources[0];
+        let reapply = step(ActionType::Update, StepAction::Reapply, "/spec/content");
+        for _ in 0..3 {
+            std::fs::write(root.join("motd"), "changed by someone else\n").unwrap();
+            let out = exec
+                .execute(
+                    &reapply,
+                    Effect::Provider {
+                        desired: Some(resource),
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(matches!(out, Outcome::Synced { .. }), "{out:?}");
         }
-        Err(e) => {
-            let error = e.to_string();
-            warn!(%error, "Action failed.");
-            record(Some("failed"), &error)?;
-            Ok(Outcome::Failed { error })
+        let now = chrono::Utc::now();
+        let facts = crate::reconcile::facts(Some(&store), &desired.settings, now).unwrap();
+        assert_eq!(facts.corrections.len(), 3);
+        let mut drift = step(ActionType::Update, StepAction::Reapply, "/spec/content");
+        drift.incident = None;
+        let mut plan = plan_of(vec![drift]);
+        gates::apply(&mut plan, &desired.settings, &facts, now);
+        assert!(plan.actions[0].contested, "{:?}", plan.actions[0]);
+        assert_eq!(plan.actions[0].decision, Decision::Review);
+
+        let command = step(ActionType::Command, StepAction::Command, "/command");
+        for _ in 0..3 {
+            let out = exec
+                .execute(
+                    &command,
+                    Effect::Command(Command {
+                        argv: &["false".to_string()],
+                        allowed: &[],
+                        within: Duration::from_secs(5),
+                        incident: 1,
+                    }),
+                )
+                .await
+                .unwrap();
+            assert!(out.failed(), "{out:?}");
         }
+        let facts = crate::reconcile::facts(Some(&store), &desired.settings, now).unwrap();
+        let mut other = step(ActionType::Update, StepAction::Reapply, "/spec/mode");
+        other.incident = None;
+        let mut plan = plan_of(vec![other]);
+        gates::apply(&mut plan, &desired.settings, &facts, chrono::Utc::now());
+        assert_eq!(plan.actions[0].decision, Decision::Deferred);
+        assert!(
+            plan.actions[0]
+                .reasons
+                .iter()
+                .any(|r| r.contains("circuit breaker open")),
+            "{:?}",
+            plan.actions[0].reasons
+        );
     }
 }

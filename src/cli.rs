@@ -4,7 +4,7 @@
 //! and exit codes: 0 success or nothing to do, 1 error, 2 changes pending
 //! (with `--detailed-exitcode`).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,10 +12,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{self, Mode};
-use crate::reconcile::{self, Options, PassError};
-use crate::report::{self, Format};
+use crate::publish::{Layout, Published, Publisher, Stdout};
+use crate::reconcile::{self, Options, PassError, Runtime, Scope};
+use crate::report::{self, Format, WatchFormat};
 use crate::source::Source;
-use crate::state::State;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +72,36 @@ enum HistoryFormat {
     Json,
 }
 
+impl From<HistoryFormat> for WatchFormat {
+    fn from(f: HistoryFormat) -> WatchFormat {
+        match f {
+            HistoryFormat::Human => WatchFormat::Human,
+            HistoryFormat::Json => WatchFormat::Json,
+        }
+    }
+}
+
+/// Output formats of `plan` and `apply`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Human,
+    Json,
+    Markdown,
+    /// SARIF 2.1.0, for code scanning (drift located at declarations).
+    Sarif,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Human => Format::Human,
+            FormatArg::Json => Format::Json,
+            FormatArg::Markdown => Format::Markdown,
+            FormatArg::Sarif => Format::Sarif,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check desired state against the schemas; change nothing.
@@ -83,8 +113,8 @@ enum Command {
     Plan {
         #[command(flatten)]
         source: SourceArgs,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Human)]
+        format: FormatArg,
         /// Exit 2 when changes are pending (0 none, 1 error).
         #[arg(long)]
         detailed_exitcode: bool,
@@ -96,8 +126,8 @@ enum Command {
         /// Overrides the mode in Settings for this run.
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
+        #[arg(long, value_enum, default_value_t = FormatArg::Human)]
+        format: FormatArg,
     },
     /// Reconcile and heal in a loop until SIGINT/SIGTERM.
     Watch {
@@ -283,12 +313,7 @@ fn init_tracing(verbose: u8) {
 }
 
 fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        // A closed pipe (`tend plan | head`) is not an error worth reporting.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("failed to write output"),
-    }
+    Ok(crate::publish::write_stdout(text)?)
 }
 
 async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
@@ -297,50 +322,17 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         mode: mode.map(Mode::from),
     };
     match &cli.command {
-        Command::Validate { source } => {
-            let loaded = reconcile::load(&source.source(), &opts(None))?;
-            let commit = loaded
-                .commit
-                .as_deref()
-                .map(|c| format!(" at commit {c}"))
-                .unwrap_or_default();
-            print(&format!(
-                "{} valid: {} document{} in {} file{}{commit}.\n",
-                loaded.origin,
-                loaded.desired.documents,
-                if loaded.desired.documents == 1 {
-                    ""
-                } else {
-                    "s"
-                },
-                loaded.desired.files,
-                if loaded.desired.files == 1 { "" } else { "s" },
-            ))?;
-            Ok(0)
-        }
+        Command::Validate { source } => validate(&source.source(), &opts(None)),
         Command::Plan {
             source,
             format,
             detailed_exitcode,
         } => {
-            let opts = opts(None);
-            let mut loaded = reconcile::load(&source.source(), &opts)?;
-            let now = chrono::Utc::now();
-            let state = State::open_existing(&loaded.state_dir)?;
-            let facts = reconcile::facts(state.as_ref(), &loaded.desired.settings, now)?;
-            let planned = reconcile::plan(&mut loaded, &opts, &facts, state.as_ref(), now).await?;
-            let plan = &planned.plan;
-            print(&match format {
-                Format::Human => report::render_plan(plan, color),
-                Format::Json => format!("{:#}\n", report::plan_json(plan)),
-                Format::Markdown => report::render_markdown(plan, None),
-                Format::Sarif => format!("{:#}\n", report::plan_sarif(plan)),
-            })?;
-            Ok(if *detailed_exitcode && plan.pending() > 0 {
-                2
-            } else {
-                0
-            })
+            let out = Stdout {
+                layout: Layout::Once((*format).into()),
+                color,
+            };
+            plan(&source.source(), &opts(None), out, *detailed_exitcode).await
         }
         Command::Apply {
             source,
@@ -349,10 +341,10 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         } => {
             let opts = opts(*mode);
             let mut loaded = reconcile::load(&source.source(), &opts)?;
-            let mut state = State::open(&loaded.state_dir)?;
-            state.lock("tend apply")?;
-            let result = apply(&mut loaded, &opts, &state, *format, color).await;
-            let unlocked = state.unlock();
+            let store = crate::state::open(&loaded.state_dir)?;
+            store.lock("tend apply")?;
+            let result = apply(&mut loaded, &opts, &*store, (*format).into(), color).await;
+            let unlocked = store.unlock();
             let code = result?;
             unlocked?;
             Ok(code)
@@ -372,21 +364,17 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             if interval.is_zero() {
                 anyhow::bail!("--interval must be greater than zero");
             }
-            let opts = opts(*mode);
             let wo = crate::watch::WatchOptions {
                 interval: *interval,
                 heal_interval: heal_interval.unwrap_or(*interval),
                 jitter: *jitter,
                 max_passes: *max_passes,
             };
-            let format = *format;
-            crate::watch::run(&source.source(), &opts, &wo, |pass| {
-                let text = watch_report(pass, format, color);
-                if !text.is_empty() {
-                    let _ = print(&text);
-                }
-            })
-            .await?;
+            let publisher = Publisher::new().with(Stdout {
+                layout: Layout::Watch((*format).into()),
+                color,
+            });
+            crate::watch::run(&source.source(), &opts(*mode), &wo, publisher).await?;
             Ok(0)
         }
         Command::Incidents {
@@ -396,43 +384,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             format,
         } => {
             let dir = reconcile::bootstrap_state_dir(&opts(None))?;
-            let Some(state) = State::open_existing(&dir)? else {
-                anyhow::bail!(
-                    "no state database at {}: nothing has been applied with this state directory",
-                    dir.display()
-                );
-            };
-            match command {
-                None => {
-                    let list = state.incidents(*all, *limit)?;
-                    print(&match format {
-                        HistoryFormat::Human => report::render_incidents(&list, color),
-                        HistoryFormat::Json => format!("{:#}\n", report::incidents_json(&list)),
-                    })?;
-                    Ok(0)
-                }
-                Some(IncidentsCommand::Stats { format }) => {
-                    let stats = state.remediation_stats()?;
-                    print(&match format {
-                        HistoryFormat::Human => report::render_stats(&stats),
-                        HistoryFormat::Json => format!(
-                            "{:#}\n",
-                            serde_json::json!({"apiVersion": "tend.dev/v1", "kind": "RemediationStats", "formatVersion": report::FORMAT_VERSION, "steps": stats})
-                        ),
-                    })?;
-                    Ok(0)
-                }
-                Some(IncidentsCommand::Show { id, format }) => {
-                    let Some(i) = state.incident(*id)? else {
-                        anyhow::bail!("no incident #{id} in {}", dir.display());
-                    };
-                    print(&match format {
-                        HistoryFormat::Human => report::render_incident(&i, color),
-                        HistoryFormat::Json => format!("{:#}\n", serde_json::json!(i)),
-                    })?;
-                    Ok(0)
-                }
-            }
+            incidents(&dir, command.as_ref(), *all, *limit, *format, color)
         }
         Command::History {
             since,
@@ -440,20 +392,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             format,
         } => {
             let dir = reconcile::bootstrap_state_dir(&opts(None))?;
-            if !dir.join("tend.db").exists() {
-                anyhow::bail!(
-                    "no journal at {}: nothing has been applied with this state directory",
-                    dir.display()
-                );
-            }
-            let state = State::open(&dir)?;
-            let since = since.as_deref().map(parse_since).transpose()?;
-            let entries = state.history(since.as_deref(), *limit)?;
-            print(&match format {
-                HistoryFormat::Human => report::render_history(&entries),
-                HistoryFormat::Json => format!("{:#}\n", report::history_json(&entries)),
-            })?;
-            Ok(0)
+            history(&dir, since.as_deref(), *limit, *format)
         }
         Command::Policy { command } => policy_command(command),
         Command::SampleApp(args) => {
@@ -463,16 +402,134 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
     }
 }
 
+fn validate(source: &Source, opts: &Options) -> anyhow::Result<u8> {
+    let loaded = reconcile::load(source, opts)?;
+    reconcile::compile_policies(&loaded.policy_files)?;
+    let commit = loaded
+        .commit
+        .as_deref()
+        .map(|c| format!(" at commit {c}"))
+        .unwrap_or_default();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    print(&format!(
+        "{} valid: {} document{} in {} file{}{commit}.\n",
+        loaded.origin,
+        loaded.desired.documents,
+        plural(loaded.desired.documents),
+        loaded.desired.files,
+        plural(loaded.desired.files),
+    ))?;
+    Ok(0)
+}
+
+async fn plan(
+    source: &Source,
+    opts: &Options,
+    out: Stdout,
+    detailed_exitcode: bool,
+) -> anyhow::Result<u8> {
+    let mut loaded = reconcile::load(source, opts)?;
+    let rt = Runtime::build(&loaded).await?;
+    rt.normalize(&mut loaded);
+    let now = chrono::Utc::now();
+    let store = crate::state::open_existing(&loaded.state_dir)?;
+    let store = store.as_deref();
+    let facts = reconcile::facts(store, &loaded.desired.settings, now)?;
+    let planned = reconcile::plan(&loaded, &rt, opts, &facts, store, now).await?;
+    Publisher::new()
+        .with(out)
+        .publish(&Published::Plan(&planned.plan))?;
+    Ok(if detailed_exitcode && planned.plan.pending() > 0 {
+        2
+    } else {
+        0
+    })
+}
+
+fn incidents(
+    dir: &std::path::Path,
+    command: Option<&IncidentsCommand>,
+    all: bool,
+    limit: usize,
+    format: HistoryFormat,
+    color: bool,
+) -> anyhow::Result<u8> {
+    let Some(state) = crate::state::open_existing(dir)? else {
+        anyhow::bail!(
+            "no state database at {}: nothing has been applied with this state directory",
+            dir.display()
+        );
+    };
+    let text = match command {
+        None => {
+            let list = state.incidents(all, limit)?;
+            match format {
+                HistoryFormat::Human => report::render_incidents(&list, color),
+                HistoryFormat::Json => format!("{:#}\n", report::incidents_json(&list)),
+            }
+        }
+        Some(IncidentsCommand::Stats { format }) => {
+            let stats = state.remediation_stats()?;
+            match format {
+                HistoryFormat::Human => report::render_stats(&stats),
+                HistoryFormat::Json => format!("{:#}\n", report::stats_json(&stats)),
+            }
+        }
+        Some(IncidentsCommand::Show { id, format }) => {
+            let Some(i) = state.incident(*id)? else {
+                anyhow::bail!("no incident #{id} in {}", dir.display());
+            };
+            match format {
+                HistoryFormat::Human => report::render_incident(&i, color),
+                HistoryFormat::Json => format!("{:#}\n", serde_json::json!(i)),
+            }
+        }
+    };
+    print(&text)?;
+    Ok(0)
+}
+
+fn history(
+    dir: &std::path::Path,
+    since: Option<&str>,
+    limit: usize,
+    format: HistoryFormat,
+) -> anyhow::Result<u8> {
+    let Some(state) = crate::state::open_existing(dir)? else {
+        anyhow::bail!(
+            "no journal at {}: nothing has been applied with this state directory",
+            dir.display()
+        );
+    };
+    let since = since.map(parse_since).transpose()?;
+    let entries = state.history(since, limit)?;
+    print(&match format {
+        HistoryFormat::Human => report::render_history(&entries),
+        HistoryFormat::Json => format!("{:#}\n", report::history_json(&entries)),
+    })?;
+    Ok(0)
+}
+
 async fn apply(
     loaded: &mut reconcile::Loaded,
     opts: &Options,
-    state: &State,
+    store: &dyn crate::state::Store,
     format: Format,
     color: bool,
 ) -> anyhow::Result<u8> {
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let applied = reconcile::apply(loaded, opts, state, "tend apply", &stop).await?;
-    print(&report::render_applied(&applied, format, color))?;
+    let rt = Runtime::build(loaded).await?;
+    rt.normalize(loaded);
+    let applied =
+        reconcile::apply(loaded, &rt, opts, store, "tend apply", Scope::Full, &stop).await?;
+    let mut publisher = Publisher::new().with(Stdout {
+        layout: Layout::Once(format),
+        color,
+    });
+    publisher.publish(&Published::Pass {
+        applied: &applied,
+        full: true,
+    })?;
     let escalated = applied.escalated();
     if escalated > 0 {
         eprintln!(
@@ -488,54 +545,6 @@ async fn apply(
 }
 
 /// The `*.rego` files of a directory, as (path relative to it, file).
-/// One pass of `tend watch`, as text: quiet when nothing happened.
-fn watch_report(pass: crate::watch::PassReport<'_>, format: HistoryFormat, color: bool) -> String {
-    use crate::watch::PassReport;
-    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    match (pass, format) {
-        (PassReport::Failed { error, .. }, HistoryFormat::Json) => format!(
-            "{}\n",
-            serde_json::json!({"apiVersion": "tend.dev/v1", "kind": "WatchPass", "at": at, "error": format!("{error:#}")})
-        ),
-        (PassReport::Failed { error, .. }, HistoryFormat::Human) => {
-            let mut text = format!("[{at}] pass failed, nothing changed: {error}\n");
-            if let PassError::Invalid(inv) = error {
-                text.push_str(&model::diagnostic::render(
-                    &inv.diagnostics,
-                    &inv.sources,
-                    color,
-                ));
-            }
-            text
-        }
-        (PassReport::Done { full, applied }, HistoryFormat::Json) => {
-            let mut doc: serde_json::Value =
-                serde_json::from_str(&report::render_applied(applied, Format::Json, false))
-                    .unwrap_or_default();
-            if let Some(m) = doc.as_object_mut() {
-                m.insert("kind".into(), "WatchPass".into());
-                m.insert("at".into(), at.into());
-                m.insert("full".into(), full.into());
-            }
-            format!("{doc}\n")
-        }
-        (PassReport::Done { full, applied }, HistoryFormat::Human) => {
-            let quiet = applied.plan.actions.is_empty()
-                && applied.incidents.iter().all(|i| i.status == "escalated")
-                && applied.healed.is_empty()
-                && applied.plan.health.iter().all(|a| a.problem.is_none());
-            if quiet {
-                return String::new();
-            }
-            format!(
-                "[{at}] {} pass\n{}",
-                if full { "full" } else { "healing" },
-                report::render_applied(applied, Format::Human, color)
-            )
-        }
-    }
-}
-
 fn rego_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, model::SourceFile)>> {
     let snapshot = Source::Dir(dir.to_path_buf())
         .snapshot(dir)
@@ -574,39 +583,8 @@ fn policy_command(command: &PolicyCommand) -> anyhow::Result<u8> {
                 .map(|f| f.path.clone())
                 .collect();
             let report = testing::run(&files, &tests, *coverage).map_err(invalid)?;
-            let mut out = String::new();
-            let mut last_file = "";
-            for r in &report.results {
-                if r.file != last_file {
-                    out.push_str(&format!("{}:\n", r.file));
-                    last_file = &r.file;
-                }
-                let verdict = if r.passed { "PASS" } else { "FAIL" };
-                out.push_str(&format!(
-                    "  {verdict} {} ({:.1} ms)",
-                    r.name,
-                    r.micros as f64 / 1000.0
-                ));
-                if let Some(e) = &r.error {
-                    out.push_str(&format!(": {e}"));
-                }
-                out.push('\n');
-            }
-            for u in &report.uncovered {
-                out.push_str(&format!(
-                    "not covered: {} lines {}\n",
-                    u.file,
-                    testing::ranges(&u.lines)
-                ));
-            }
-            let total = report.results.len();
-            let failed = report.failed();
-            out.push_str(&format!(
-                "{}\n{} passed, {} failed\n",
-                "-".repeat(40),
-                total - failed,
-                failed
-            ));
+            let out = report::render_policy_tests(&report);
+            let (total, failed) = (report.results.len(), report.failed());
             print(&out)?;
             if total == 0 {
                 anyhow::bail!("no test_* rules found");
@@ -623,34 +601,24 @@ fn policy_command(command: &PolicyCommand) -> anyhow::Result<u8> {
             };
             let value: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not valid JSON", input.display()))?;
-            let mut policies = policy::Policies::compile(&files).map_err(invalid)?;
+            let policies = policy::Policies::compile(&files).map_err(invalid)?;
             let d = policies.decide(&value);
-            let verdict = match d.decision {
-                policy::Verdict::Auto => "auto",
-                policy::Verdict::Review => "review",
-                policy::Verdict::Deny => "deny",
-            };
-            print(&format!(
-                "{:#}\n",
-                serde_json::json!({"decision": verdict, "reasons": d.reasons})
-            ))?;
+            print(&format!("{:#}\n", report::policy_decision_json(&d)))?;
             Ok(0)
         }
     }
 }
 
 /// `--since`: an RFC 3339 time, or a duration before now.
-fn parse_since(s: &str) -> anyhow::Result<String> {
+fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t
-            .with_timezone(&chrono::Utc)
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        return Ok(t.with_timezone(&chrono::Utc));
     }
     let d = humantime::parse_duration(s).with_context(|| {
         format!("invalid --since `{s}`: expected RFC 3339 or a duration such as 30m, 2h, 7d")
     })?;
     let d = chrono::Duration::from_std(d).context("--since is too far back")?;
-    Ok((chrono::Utc::now() - d).to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    Ok(chrono::Utc::now() - d)
 }
 
 #[cfg(test)]
@@ -660,10 +628,10 @@ mod tests {
     #[test]
     fn since_accepts_times_and_durations() {
         assert_eq!(
-            parse_since("2026-11-21T10:00:00Z").unwrap(),
+            crate::state::ts(parse_since("2026-11-21T10:00:00Z").unwrap()),
             "2026-11-21T10:00:00.000Z"
         );
-        assert!(parse_since("2h").unwrap() < crate::state::now());
+        assert!(parse_since("2h").unwrap() < chrono::Utc::now());
         assert!(parse_since("yesterday-ish").is_err());
     }
 

@@ -10,15 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{Resource, ResourceKey};
-use crate::provider::LiveResource;
-
-/// One field that differs: where, what it is, what it should be.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FieldChange {
-    pub path: String,
-    pub from: Value,
-    pub to: Value,
-}
+pub use crate::vocab::FieldChange;
+use crate::vocab::LiveResource;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "change", rename_all = "camelCase")]
@@ -118,6 +111,22 @@ pub fn diff(
     }
     changes.sort_by(|a, b| a.key().cmp(b.key()));
     Diff { changes, in_sync }
+}
+
+/// The declared fields that differ from live state.
+pub fn drift_of(r: &Resource, live: Option<&LiveResource>) -> Vec<FieldChange> {
+    let mut map = std::collections::HashMap::new();
+    if let Some(l) = live {
+        map.insert(r.key.clone(), l.clone());
+    }
+    let d = diff(std::slice::from_ref(r), &map, DiffOptions { prune: false });
+    d.changes
+        .into_iter()
+        .flat_map(|c| match c {
+            Change::Create { fields, .. } | Change::Update { fields, .. } => fields,
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 fn ignored(path: &str, ignore: &[String]) -> bool {

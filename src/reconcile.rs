@@ -1,27 +1,36 @@
-//! One pass of the loop: source → load+validate → inventory → diff → plan,
-//! then (for `apply`) act and report.
+//! One pass of the loop: load+validate → inventory → diff → health → plan →
+//! decide → act → verify. Publishing is the caller's (`cli`, `watch`).
 //!
-//! Every stage before `act` is read-only. Any failure before a plan exists —
-//! an unreadable source, invalid desired state, a failed inventory — ends the
-//! pass with an error and no action at all.
+//! Every stage before `act` is read-only. Any failure before a plan exists
+//! (an unreadable source, invalid desired state, a failed inventory) ends
+//! the pass with an error and no action at all. What a pass needs that
+//! outlives it (providers with their SDK clients, compiled policies,
+//! probers) is a [`Runtime`], built once per load of the desired state and
+//! rebuilt only when what it was built from changes. See ARCHITECTURE.md.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
 use futures::StreamExt;
 
+use crate::act::{ActionResult, Executor};
 use crate::diff::{self, DiffOptions};
-use crate::health::remedy::{self, Prior};
+use crate::heal::{self, Healed, Healer};
 use crate::health::{self as health_stage, Prober};
-use crate::model::ResourceKey;
-use crate::model::{self, DesiredState, Invalid, Mode, ProviderName};
-use crate::plan::{self, Plan, PlanInput, SourceInfo};
-use crate::policy::{self, Facts, GateError, Policies};
+use crate::model::{self, DesiredState, Invalid, Mode, ProviderName, Resource, Settings};
+use crate::plan::{self, remedy::Prior, HealingInput, Plan, PlanInput, SourceInfo, Watched};
+use crate::policy::{self, Context, Decider, Facts, GateError, Policies, PolicyFile};
 use crate::provider::{
-    aws::AwsProvider, host::HostProvider, BuiltIn, Listing, LiveResource, ProviderError, Providers,
+    aws::AwsProvider, host::HostProvider, BuiltIn, Listing, ProviderError, Providers,
 };
 use crate::source::{Source, SourceError};
-use crate::state::{SignalRow, State, StateError};
+use crate::state::{
+    Incident, IncidentStep, IncidentUpdate, JournalRecord, NewRun, RunStatus, StateError, Store,
+};
+use crate::vocab::{
+    IncidentStatus, JournalOutcome, LiveResource, ResourceKey, Status, StepOutcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PassError {
@@ -56,8 +65,22 @@ pub struct Loaded {
     pub desired: DesiredState,
     pub root: PathBuf,
     pub state_dir: PathBuf,
-    /// The default pack and the repository's policies, compiled once.
-    pub policies: Policies,
+    /// The default pack and the repository's policies.
+    pub policy_files: Vec<PolicyFile>,
+}
+
+impl Loaded {
+    /// The mode of this pass: the flag, else Settings.
+    pub fn mode(&self, opts: &Options) -> Mode {
+        opts.mode.unwrap_or(self.desired.settings.mode)
+    }
+
+    fn source_info(&self) -> SourceInfo {
+        SourceInfo {
+            origin: self.origin.clone(),
+            commit: self.commit.clone(),
+        }
+    }
 }
 
 /// The state directory before desired state is known (it holds the Git
@@ -71,22 +94,13 @@ pub fn bootstrap_state_dir(opts: &Options) -> Result<PathBuf, PassError> {
     }
 }
 
-/// Reads and validates desired state; nothing live is touched.
+/// Reads and validates desired state; nothing live is touched. Policies
+/// are compiled by [`Runtime`] (or [`compile_policies`] to validate them).
 pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
     let cache = bootstrap_state_dir(opts)?.join("sources");
     let snapshot = source.snapshot(&cache)?;
     let desired = model::load(&snapshot.files)?;
     let policy_files = policy::policy_files(&desired.settings.policies.dirs, &snapshot.rego);
-    let policies = Policies::compile(&policy_files).map_err(|diagnostics| {
-        let mut sources = model::SourceTexts::default();
-        for f in &policy_files {
-            sources.insert(&f.path, &f.text);
-        }
-        PassError::Invalid(Invalid {
-            diagnostics,
-            sources,
-        })
-    })?;
     let root = host_root(&desired)?;
     let state_dir = match (&opts.state_dir, &desired.settings.state_dir) {
         (None, Some(d)) => root.join(d),
@@ -98,60 +112,21 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
         desired,
         root,
         state_dir,
-        policies,
+        policy_files,
     })
 }
 
-/// What the journal says about recent passes, as the safety gates need it.
-pub fn facts(
-    state: Option<&State>,
-    settings: &model::Settings,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Facts, PassError> {
-    let Some(state) = state else {
-        return Ok(Facts::default());
-    };
-    let parse = |s: &str| {
-        chrono::DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.with_timezone(&chrono::Utc))
-    };
-    let back = |d: std::time::Duration| {
-        (now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    };
-    let safety = &settings.safety;
-    let horizon = safety
-        .cooldown
-        .0
-        .max(safety.circuit_breaker.window.0)
-        .max(std::time::Duration::from_secs(24 * 3600));
-    let outcomes = state
-        .outcomes_since(&back(horizon))?
-        .into_iter()
-        .filter_map(|e| {
-            Some(policy::PastOutcome {
-                key: model::ResourceKey::new(model::Kind::parse(&e.kind)?, e.name),
-                action: e.action,
-                outcome: e.outcome?,
-                at: parse(&e.at)?,
-            })
+/// Compiles the policies of a load; errors are located diagnostics.
+pub fn compile_policies(files: &[PolicyFile]) -> Result<Policies, PassError> {
+    Policies::compile(files).map_err(|diagnostics| {
+        let mut sources = model::SourceTexts::default();
+        for f in files {
+            sources.insert(&f.path, &f.text);
+        }
+        PassError::Invalid(Invalid {
+            diagnostics,
+            sources,
         })
-        .collect();
-    let corrections = state
-        .corrections_since(&back(safety.fight_detection.window.0))?
-        .into_iter()
-        .filter_map(|(at, kind, name, path)| {
-            Some(policy::Correction {
-                key: model::ResourceKey::new(model::Kind::parse(&kind)?, name),
-                path,
-                at: parse(&at)?,
-            })
-        })
-        .collect();
-    Ok(Facts {
-        corrections,
-        outcomes,
     })
 }
 
@@ -163,65 +138,182 @@ fn host_root(desired: &DesiredState) -> Result<PathBuf, PassError> {
     })
 }
 
+/// What passes share and reuse: providers (with their SDK clients),
+/// compiled policies and the prober. Built from a load; [`Runtime::refresh`]
+/// rebuilds only the parts whose inputs changed.
+pub struct Runtime {
+    pub providers: Providers,
+    pub policies: Policies,
+    pub prober: Prober,
+    /// What the providers and prober were built from.
+    settings: Settings,
+    root: PathBuf,
+    state_dir: PathBuf,
+    /// What the policies were compiled from.
+    policy_files: Vec<PolicyFile>,
+}
+
+impl Runtime {
+    pub async fn build(loaded: &Loaded) -> Result<Runtime, PassError> {
+        let policies = compile_policies(&loaded.policy_files)?;
+        let settings = &loaded.desired.settings;
+        Ok(Runtime {
+            providers: build_providers(settings, loaded).await?,
+            prober: Prober::new(&settings.healing),
+            policies,
+            settings: settings.clone(),
+            root: loaded.root.clone(),
+            state_dir: loaded.state_dir.clone(),
+            policy_files: loaded.policy_files.clone(),
+        })
+    }
+
+    /// Brings the runtime up to date with a new load: providers and prober
+    /// are rebuilt only when Settings (or where tend keeps state) changed,
+    /// policies only when a policy file changed.
+    pub async fn refresh(&mut self, loaded: &Loaded) -> Result<(), PassError> {
+        if self.policy_files != loaded.policy_files {
+            self.policies = compile_policies(&loaded.policy_files)?;
+            self.policy_files = loaded.policy_files.clone();
+        }
+        let settings = &loaded.desired.settings;
+        if self.settings != *settings
+            || self.root != loaded.root
+            || self.state_dir != loaded.state_dir
+        {
+            self.providers = build_providers(settings, loaded).await?;
+            self.prober = Prober::new(&settings.healing);
+            self.settings = settings.clone();
+            self.root = loaded.root.clone();
+            self.state_dir = loaded.state_dir.clone();
+        }
+        Ok(())
+    }
+
+    /// Brings every declared spec into its provider's canonical form, once
+    /// per load, so that planning never edits desired state.
+    pub fn normalize(&self, loaded: &mut Loaded) {
+        self.providers.normalize_all(&mut loaded.desired.resources);
+    }
+}
+
+async fn build_providers(settings: &Settings, loaded: &Loaded) -> Result<Providers, PassError> {
+    let mut all = Vec::with_capacity(settings.providers.len());
+    for p in &settings.providers {
+        all.push(match p {
+            ProviderName::Host => BuiltIn::Host(HostProvider::new(&loaded.root, &loaded.state_dir)),
+            ProviderName::Aws => BuiltIn::Aws(Box::new(AwsProvider::new(&settings.aws).await?)),
+        });
+    }
+    Ok(Providers { all })
+}
+
+/// What the journal says about recent passes, as the safety gates need it.
+pub fn facts(
+    store: Option<&dyn Store>,
+    settings: &Settings,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Facts, PassError> {
+    let Some(store) = store else {
+        return Ok(Facts::default());
+    };
+    let back = |d: std::time::Duration| {
+        now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    };
+    let safety = &settings.safety;
+    let horizon = safety
+        .cooldown
+        .0
+        .max(safety.circuit_breaker.window.0)
+        .max(std::time::Duration::from_secs(24 * 3600));
+    let key = |kind: &str, name: String| Some(ResourceKey::new(model::Kind::parse(kind)?, name));
+    let outcomes = store
+        .outcomes_since(back(horizon))?
+        .into_iter()
+        .filter_map(|e| {
+            Some(policy::PastOutcome {
+                key: key(&e.kind, e.name)?,
+                action: e.action,
+                outcome: e.outcome?,
+                at: crate::state::parse_ts(&e.at)?,
+            })
+        })
+        .collect();
+    let corrections = store
+        .corrections_since(back(safety.fight_detection.window.0))?
+        .into_iter()
+        .filter_map(|c| {
+            Some(policy::Correction {
+                key: key(&c.kind, c.name)?,
+                path: c.path,
+                at: crate::state::parse_ts(&c.at)?,
+            })
+        })
+        .collect();
+    Ok(Facts {
+        corrections,
+        outcomes,
+    })
+}
+
+/// Which resources a pass covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every declared resource; prune as Settings say.
+    Full,
+    /// Only the watched resources (health, remediation, signatures), with
+    /// the desired state of the last full pass; never prunes.
+    Healing,
+}
+
 /// A plan and what made it.
 pub struct Planned {
-    pub providers: Providers,
     pub plan: Plan,
     pub live: HashMap<ResourceKey, LiveResource>,
-    pub prober: Prober,
     /// Unresolved incidents of resources that are healthy again.
     pub recovered: Vec<i64>,
 }
 
-/// Inventories, diffs, reads health, plans and decides. Normalises the
-/// declared specs in place. Reads the state database (signal history,
-/// incidents) but never writes it.
-pub async fn plan(
-    loaded: &mut Loaded,
+/// Inventories, diffs, reads health and plans, undecided. Reads the state
+/// store (signal history, incidents) but never writes it.
+async fn survey(
+    loaded: &Loaded,
+    rt: &Runtime,
     opts: &Options,
-    facts: &Facts,
-    state: Option<&State>,
-    now: chrono::DateTime<chrono::Utc>,
+    store: Option<&dyn Store>,
+    scope: Scope,
 ) -> Result<Planned, PassError> {
-    let desired = &mut loaded.desired;
-    let mut all = Vec::with_capacity(desired.settings.providers.len());
-    for p in &desired.settings.providers {
-        all.push(match p {
-            ProviderName::Host => BuiltIn::Host(HostProvider::new(&loaded.root, &loaded.state_dir)),
-            ProviderName::Aws => {
-                BuiltIn::Aws(Box::new(AwsProvider::new(&desired.settings.aws).await?))
-            }
-        });
-    }
-    let providers = Providers { all };
-    providers.normalize_all(&mut desired.resources);
-    let status = desired
-        .resources
+    let desired = &loaded.desired;
+    let healing_only: Vec<Resource>;
+    let resources: &[Resource] = match scope {
+        Scope::Full => &desired.resources,
+        Scope::Healing => {
+            healing_only = desired
+                .resources
+                .iter()
+                .filter(|r| health_stage::watched(r, &desired.signatures))
+                .cloned()
+                .collect();
+            &healing_only
+        }
+    };
+    let status = resources
         .iter()
         .any(|r| health_stage::watched(r, &desired.signatures));
-    let live = providers
-        .inventory(&desired.resources, Listing::Everything { status })
+    let live = rt
+        .providers
+        .inventory(resources, Listing::Everything { status })
         .await?;
-    let diff = diff::diff(
-        &desired.resources,
-        &live,
-        DiffOptions {
-            prune: desired.settings.prune.enabled,
-        },
-    );
-    let mode = opts.mode.unwrap_or(desired.settings.mode);
-    let desired = &loaded.desired;
+    let prune = scope == Scope::Full && desired.settings.prune.enabled;
+    let diff = diff::diff(resources, &live, DiffOptions { prune });
     let index = desired.index();
-    let resource_mode = |k: &model::ResourceKey| index.get(k).and_then(|r| r.mode);
+    let resource_mode = |k: &ResourceKey| index.get(k).and_then(|r| r.mode);
     let mut plan = plan::plan(
         &diff,
         PlanInput {
-            source: SourceInfo {
-                origin: loaded.origin.clone(),
-                commit: loaded.commit.clone(),
-            },
-            mode,
-            resources: desired.resources.len(),
+            source: loaded.source_info(),
+            mode: loaded.mode(opts),
+            resources: resources.len(),
             resource_mode: &resource_mode,
         },
     );
@@ -229,320 +321,218 @@ pub async fn plan(
         action.note = live.get(&action.target).and_then(|l| l.note.clone());
         action.declared_at = index.get(&action.target).map(|r| r.origin.clone());
     }
-    let prober = Prober::new(&desired.settings.healing);
-    let recovered = assess_health(desired, &live, state, &prober, &mut plan, now).await?;
-    policy::decide(
+    let watched = read_health(desired, resources, &live, store, &rt.prober).await?;
+    let failures = |cause: &str, runbook: &str, step: usize| {
+        store
+            .and_then(|s| s.consecutive_failures(cause, runbook, step as i64).ok())
+            .unwrap_or(0)
+    };
+    let recovered = plan::add_health(
         &mut plan,
-        &mut loaded.policies,
-        &policy::Context {
-            desired,
-            index: &index,
-            live: &live,
-            facts,
-            now,
+        watched,
+        &live,
+        &HealingInput {
+            runbooks: &desired.runbooks,
+            failures: &failures,
+            ineffective_after: desired.settings.healing.ineffective_after,
         },
-    )?;
+    );
     Ok(Planned {
-        providers,
         plan,
         live,
-        prober,
         recovered,
     })
 }
 
-/// Reads the signals of every watched resource, diagnoses problems and puts
-/// the next runbook step of each unhealthy resource into the plan in place
-/// of its drift corrections (one resource, one action at a time). Returns
-/// the unresolved incidents whose resources are healthy again.
-async fn assess_health(
+/// Reads the signals of every watched resource and what the store
+/// remembers of them and of their open incidents.
+async fn read_health<'a>(
     desired: &DesiredState,
+    resources: &'a [Resource],
     live: &HashMap<ResourceKey, LiveResource>,
-    state: Option<&State>,
+    store: Option<&dyn Store>,
     prober: &Prober,
-    plan: &mut Plan,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<i64>, PassError> {
-    let watched = health_stage::watched_resources(desired);
-    if watched.is_empty() {
-        return Ok(Vec::new());
-    }
+) -> Result<Vec<Watched<'a>>, PassError> {
+    let watched: Vec<&Resource> = resources
+        .iter()
+        .filter(|r| health_stage::watched(r, &desired.signatures))
+        .collect();
     let readings: Vec<_> =
         futures::stream::iter(watched.iter().map(|r| prober.read(r, live.get(&r.key))))
             .buffered(16)
             .collect()
             .await;
-    let ineffective_after = desired.settings.healing.ineffective_after;
-    let mut recovered = Vec::new();
-    for (r, readings) in watched.iter().zip(readings) {
-        let (kind, name) = (r.key.kind.as_str(), r.key.name.as_str());
-        let remembered = match state {
-            Some(s) => s.remembered(kind, name)?,
+    let now = chrono::Utc::now();
+    let mut out = Vec::with_capacity(watched.len());
+    for (r, readings) in watched.into_iter().zip(readings) {
+        let remembered = match store {
+            Some(s) => s.remembered(&r.key)?,
             None => HashMap::new(),
         };
-        let assessment = health_stage::assess(r, readings, &remembered, &desired.signatures, now);
-        let active = match state {
-            Some(s) => s.active_incident(kind, name)?,
+        let active = match store {
+            Some(s) => s.active_incident(&r.key)?,
             None => None,
         };
-        // A resource that does not exist yet is created by the drift
-        // correction; that is not an incident.
-        let exists = live.contains_key(&r.key);
-        match assessment.problem.as_ref().filter(|_| exists) {
-            None if !exists => {}
-            None => recovered.extend(active.map(|i| i.id)),
-            Some(problem) => {
-                let prior = active.map(|i| Prior {
-                    id: i.id,
-                    escalated: i.status == "escalated",
-                    next_step: usize::try_from(i.next_step).unwrap_or(0),
-                });
-                let (runbook, spec) =
-                    remedy::runbook_for(r.key.kind, problem.runbook.as_deref(), &desired.runbooks);
-                let failures = |cause: &str, step: usize| {
-                    state
-                        .and_then(|s| s.consecutive_failures(cause, &runbook, step as i64).ok())
-                        .unwrap_or(0)
-                };
-                let remedy = remedy::remedy(
-                    r,
-                    problem.clone(),
-                    (&runbook, &spec),
-                    prior.as_ref(),
-                    &failures,
-                    ineffective_after,
-                );
-                if let Some(i) = remedy.step {
-                    let drift: Vec<_> = plan
-                        .actions
-                        .iter()
-                        .filter(|a| a.target == r.key)
-                        .flat_map(|a| a.changes.clone())
-                        .collect();
-                    plan.actions.retain(|a| a.target != r.key);
-                    let mut action =
-                        remedy::step_action(&remedy, i, &spec.steps[i], live.get(&r.key), &drift);
-                    let (decision, reasons) = plan::ceiling(plan.mode, r.mode);
-                    action.decision = decision;
-                    action.reasons = reasons;
-                    action.declared_at = Some(r.origin.clone());
-                    plan.actions.push(action);
-                } else {
-                    // The runbook is exhausted or the incident escalated:
-                    // restarting is what failed, so it is not retried as
-                    // drift. Other drift still applies, so a fix committed
-                    // to Git reaches the resource.
-                    plan.actions.retain(|a| {
-                        a.target != r.key || a.action_type != crate::plan::ActionType::Restart
-                    });
-                }
-                plan.remedies.push(remedy);
-            }
-        }
-        plan.health.push(assessment);
+        out.push(Watched {
+            resource: r,
+            assessment: health_stage::assess(r, readings, &remembered, &desired.signatures, now),
+            prior: active.map(|i| Prior {
+                id: i.id,
+                escalated: i.status == IncidentStatus::Escalated,
+                next_step: usize::try_from(i.next_step).unwrap_or(0),
+            }),
+        });
     }
-    Ok(recovered)
+    Ok(out)
+}
+
+/// Plans and decides, for `tend plan`: nothing is written anywhere.
+pub async fn plan(
+    loaded: &Loaded,
+    rt: &Runtime,
+    opts: &Options,
+    facts: &Facts,
+    store: Option<&dyn Store>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Planned, PassError> {
+    let mut planned = survey(loaded, rt, opts, store, Scope::Full).await?;
+    let index = loaded.desired.index();
+    let decider = Decider::new(
+        &rt.policies,
+        Context {
+            desired: &loaded.desired,
+            index: &index,
+            live: &planned.live,
+            facts,
+            now,
+        },
+    );
+    decider.decide_plan(&mut planned.plan)?;
+    Ok(planned)
 }
 
 /// Everything one `apply` pass did.
 pub struct Applied {
     pub plan: Plan,
-    pub results: Vec<crate::act::ActionResult>,
-    pub healed: Vec<crate::verify::Healed>,
+    pub results: Vec<ActionResult>,
+    pub healed: Vec<Healed>,
     /// Incidents resolved because their resources recovered.
     pub recovered: Vec<i64>,
     /// Every incident this pass touched, and every one still escalated.
-    pub incidents: Vec<crate::state::Incident>,
+    pub incidents: Vec<Incident>,
 }
 
 impl Applied {
     pub fn failed(&self) -> bool {
-        self.results.iter().any(|r| r.outcome.label() == "failed")
+        self.results.iter().any(|r| r.outcome.failed())
     }
 
     pub fn escalated(&self) -> usize {
         self.incidents
             .iter()
-            .filter(|i| i.status == "escalated")
+            .filter(|i| i.status == IncidentStatus::Escalated)
             .count()
     }
 }
 
-/// One `apply` pass on loaded desired state: plan, act on drift, heal
-/// unhealthy resources, and record it all. `stop` is checked between runbook
-/// steps (a shutdown lets the step in flight finish).
+/// One `apply` pass: plan, decide, act on drift, heal unhealthy resources,
+/// and record it all. `stop` is checked between actions and runbook steps
+/// (a shutdown lets the one in flight finish).
 pub async fn apply(
-    loaded: &mut Loaded,
+    loaded: &Loaded,
+    rt: &Runtime,
     opts: &Options,
-    state: &State,
+    store: &dyn Store,
     command: &str,
-    stop: &std::sync::atomic::AtomicBool,
+    scope: Scope,
+    stop: &AtomicBool,
 ) -> Result<Applied, PassError> {
-    let mode = opts.mode.unwrap_or(loaded.desired.settings.mode);
-    let run_id = state.begin_run(
+    let run_id = store.begin_run(&NewRun {
         command,
-        &loaded.origin,
-        loaded.commit.as_deref(),
-        mode.as_str(),
-    )?;
-    let result = apply_run(loaded, opts, state, run_id, stop).await;
+        origin: &loaded.origin,
+        commit: loaded.commit.as_deref(),
+        mode: loaded.mode(opts).as_str(),
+    })?;
+    let result = apply_run(loaded, rt, opts, store, run_id, scope, stop).await;
     let status = match &result {
-        Err(_) => "error",
-        Ok(a) if a.failed() => "failed",
-        Ok(a) if a.escalated() > 0 => "escalated",
-        Ok(_) => "ok",
+        Err(_) => RunStatus::Error,
+        Ok(a) if a.failed() => RunStatus::Failed,
+        Ok(a) if a.escalated() > 0 => RunStatus::Escalated,
+        Ok(_) => RunStatus::Ok,
     };
-    state.finish_run(run_id, status)?;
+    store.finish_run(run_id, status)?;
     result
 }
 
 async fn apply_run(
-    loaded: &mut Loaded,
+    loaded: &Loaded,
+    rt: &Runtime,
     opts: &Options,
-    state: &State,
+    store: &dyn Store,
     run_id: i64,
-    stop: &std::sync::atomic::AtomicBool,
+    scope: Scope,
+    stop: &AtomicBool,
 ) -> Result<Applied, PassError> {
-    // An earlier run died between calling a provider and recording what
-    // happened. Live state is re-read below, so the action is re-planned
-    // from facts, never repeated blindly.
-    for d in state.dangling_intents()? {
-        state.outcome(&crate::state::JournalRecord {
-            run_id: d.run_id,
-            fingerprint: &d.fingerprint,
-            action: &d.action,
-            kind: &d.kind,
-            name: &d.name,
-            commit: d.commit.as_deref(),
-            outcome: Some("interrupted"),
-            detail: &format!(
-                "run {} ended before recording an outcome; live state re-read by run {run_id}",
-                d.run_id
-            ),
-        })?;
-    }
+    close_dangling_intents(store, run_id)?;
     let now = chrono::Utc::now();
-    let facts = facts(Some(state), &loaded.desired.settings, now)?;
-    let planned = plan(loaded, opts, &facts, Some(state), now).await?;
-    remember_health(state, &planned.plan)?;
-    let Loaded {
-        desired,
-        policies,
-        commit,
-        ..
-    } = loaded;
-    let desired = &*desired;
-    let results = crate::act::run(
-        &planned.plan,
-        desired,
-        &planned.providers,
-        state,
-        run_id,
-        desired.settings.safety.circuit_breaker.failures,
-        stop,
-    )
-    .await?;
-
+    let desired = &loaded.desired;
+    let facts = facts(Some(store), &desired.settings, now)?;
+    let mut planned = survey(loaded, rt, opts, Some(store), scope).await?;
     let index = desired.index();
-    let policies = std::sync::Mutex::new(policies);
-    let decide = |a: crate::plan::Action| -> crate::plan::Action {
-        let mut one = Plan {
-            source: planned.plan.source.clone(),
-            mode: planned.plan.mode,
-            resources: planned.plan.resources,
-            in_sync: 0,
-            actions: vec![a],
-            unmanaged: Vec::new(),
-            health: Vec::new(),
-            remedies: Vec::new(),
-        };
-        let mut guard = policies.lock().unwrap_or_else(|e| e.into_inner());
-        let ctx = policy::Context {
+    let decider = Decider::new(
+        &rt.policies,
+        Context {
             desired,
             index: &index,
             live: &planned.live,
             facts: &facts,
-            now: chrono::Utc::now(),
-        };
-        let decided = policy::decide(&mut one, &mut guard, &ctx);
-        let mut a = one.actions.remove(0);
-        if let Err(e) = decided {
-            a.decision = crate::plan::Decision::Deny;
-            a.reasons = vec![e.to_string()];
-        }
-        a
+            now,
+        },
+    );
+    decider.decide_plan(&mut planned.plan)?;
+    for a in &planned.plan.health {
+        store.remember(&a.target, &health_stage::rows_of(a))?;
+    }
+    let executor = Executor {
+        providers: &rt.providers,
+        store,
+        run_id,
+        commit: loaded.commit.as_deref(),
     };
-    let work: Vec<crate::verify::Work> = planned
-        .plan
+    let plan = &planned.plan;
+    let results = executor
+        .run_plan(
+            plan,
+            desired,
+            desired.settings.safety.circuit_breaker.failures,
+            stop,
+        )
+        .await?;
+    let work: Vec<heal::Work> = plan
         .remedies
         .iter()
-        .map(|r| crate::verify::Work {
+        .map(|r| heal::Work {
             remedy: r.clone(),
-            action: planned
-                .plan
+            action: plan
                 .actions
                 .iter()
                 .find(|a| a.target == r.target && a.incident.is_some())
                 .cloned(),
         })
         .collect();
-    let healer = crate::verify::Healer {
+    let healer = Healer {
         desired,
-        providers: &planned.providers,
-        state,
-        prober: &planned.prober,
-        run_id,
-        commit: commit.as_deref(),
-        decide: &decide,
+        providers: &rt.providers,
+        store,
+        prober: &rt.prober,
+        executor: &executor,
+        decider: &decider,
         stop,
     };
-    let healed =
-        crate::verify::heal_all(&healer, work, desired.settings.healing.concurrency).await?;
-    for id in &planned.recovered {
-        state.add_step(
-            *id,
-            &crate::state::IncidentStep::ended_now(
-                -1,
-                "observe",
-                "none",
-                "recovered",
-                "every signal of the problem is healthy again".into(),
-                chrono::Utc::now(),
-            ),
-        )?;
-        state.update_incident(*id, "resolved", 0, "healthy", "none")?;
-    }
-    // Healthy and in sync: this spec is the last known good one.
-    for a in &planned.plan.health {
-        let in_sync = !planned.plan.actions.iter().any(|x| x.target == a.target);
-        let healthy = a
-            .signals
-            .iter()
-            .all(|s| s.reading.status == health_stage::Status::Healthy);
-        if in_sync && healthy && a.problem.is_none() {
-            if let Some(r) = index.get(&a.target) {
-                state.set_last_good(
-                    r.key.kind.as_str(),
-                    &r.key.name,
-                    commit.as_deref(),
-                    &r.spec,
-                )?;
-            }
-        }
-    }
-    let mut ids: Vec<i64> = healed.iter().map(|h| h.incident).collect();
-    ids.extend(&planned.recovered);
-    for i in state.incidents(false, 1000)? {
-        if i.status == "escalated" {
-            ids.push(i.id);
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    let mut incidents = Vec::with_capacity(ids.len());
-    for id in ids {
-        incidents.extend(state.incident(id)?);
-    }
+    let healed = heal::heal_all(&healer, work, desired.settings.healing.concurrency).await?;
+    resolve_recovered(store, &planned.recovered)?;
+    remember_last_good(store, loaded, plan)?;
+    let incidents = touched_incidents(store, &healed, &planned.recovered)?;
     Ok(Applied {
         plan: planned.plan,
         results,
@@ -552,17 +542,90 @@ async fn apply_run(
     })
 }
 
-/// Stores this pass's signal and SLO states so `for` and recovery
-/// durations hold across passes.
-fn remember_health(state: &State, plan: &Plan) -> Result<(), PassError> {
-    for a in &plan.health {
-        let mut rows: Vec<SignalRow> = a.signals.iter().map(SignalRow::signal).collect();
-        rows.extend(
-            a.slos
-                .iter()
-                .map(|s| SignalRow::slo(&s.name, s.breached, s.since)),
-        );
-        state.remember(a.target.kind.as_str(), &a.target.name, &rows)?;
+/// An earlier run died between calling a provider and recording what
+/// happened. Live state is re-read by this pass, so the action is
+/// re-planned from facts, never repeated blindly.
+fn close_dangling_intents(store: &dyn Store, run_id: i64) -> Result<(), StateError> {
+    for d in store.dangling_intents()? {
+        store.outcome(&JournalRecord {
+            run_id: d.run_id,
+            fingerprint: &d.fingerprint,
+            action: &d.action,
+            kind: &d.kind,
+            name: &d.name,
+            commit: d.commit.as_deref(),
+            outcome: Some(JournalOutcome::Interrupted),
+            detail: &format!(
+                "run {} ended before recording an outcome; live state re-read by run {run_id}",
+                d.run_id
+            ),
+        })?;
     }
     Ok(())
+}
+
+fn resolve_recovered(store: &dyn Store, recovered: &[i64]) -> Result<(), StateError> {
+    for id in recovered {
+        store.add_step(
+            *id,
+            &IncidentStep::ended_now(
+                -1,
+                "observe",
+                "none",
+                StepOutcome::Recovered,
+                "every signal of the problem is healthy again".into(),
+                chrono::Utc::now(),
+            ),
+        )?;
+        store.update_incident(
+            *id,
+            &IncidentUpdate {
+                status: IncidentStatus::Resolved,
+                next_step: 0,
+                state: "healthy",
+                recommendation: "none",
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Healthy and in sync: a resource's spec is its last known good one.
+fn remember_last_good(store: &dyn Store, loaded: &Loaded, plan: &Plan) -> Result<(), StateError> {
+    let index = loaded.desired.index();
+    for a in &plan.health {
+        let in_sync = !plan.actions.iter().any(|x| x.target == a.target);
+        let healthy = a
+            .signals
+            .iter()
+            .all(|s| s.reading.status == Status::Healthy);
+        if in_sync && healthy && a.problem.is_none() {
+            if let Some(r) = index.get(&a.target) {
+                store.set_last_good(&r.key, loaded.commit.as_deref(), &r.spec)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every incident this pass touched, and every one still escalated.
+fn touched_incidents(
+    store: &dyn Store,
+    healed: &[Healed],
+    recovered: &[i64],
+) -> Result<Vec<Incident>, StateError> {
+    let mut ids: Vec<i64> = healed.iter().map(|h| h.incident).collect();
+    ids.extend(recovered);
+    for i in store.incidents(false, 1000)? {
+        if i.status == IncidentStatus::Escalated {
+            ids.push(i.id);
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut incidents = Vec::with_capacity(ids.len());
+    for id in ids {
+        incidents.extend(store.incident(id)?);
+    }
+    Ok(incidents)
 }

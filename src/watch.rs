@@ -2,10 +2,13 @@
 //!
 //! Full reconciles on an interval with jitter, healing passes (watched
 //! resources only, desired state reused) in between, and a full pass at once
-//! when a local source directory changes. SIGINT and SIGTERM let the action
-//! in flight finish and record its outcome; no new action starts. A pass
-//! that fails (an unreadable source, invalid desired state, a failed
-//! inventory) changes nothing and the loop goes on.
+//! when a local source directory changes. Providers (with their SDK
+//! clients), policies and probers live in a [`Runtime`] built once and
+//! rebuilt only when what it was built from changes. Each pass is handed to
+//! the [`Publisher`] after it ends. SIGINT and SIGTERM let the action in
+//! flight finish and record its outcome; no new action starts. A pass that
+//! fails (an unreadable source, invalid desired state, a failed inventory)
+//! changes nothing and the loop goes on. See ARCHITECTURE.md.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +19,10 @@ use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::reconcile::{self, Applied, Loaded, Options, PassError};
+use crate::publish::{Published, Publisher};
+use crate::reconcile::{self, Loaded, Options, PassError, Runtime, Scope};
 use crate::source::Source;
-use crate::state::State;
+use crate::state::Store;
 
 /// What the loop needs besides the source.
 pub struct WatchOptions {
@@ -28,12 +32,6 @@ pub struct WatchOptions {
     pub jitter: f64,
     /// Stop after this many passes (for scripts and tests); 0 = forever.
     pub max_passes: u64,
-}
-
-/// What one pass produced, for the caller to print.
-pub enum PassReport<'a> {
-    Done { full: bool, applied: &'a Applied },
-    Failed { full: bool, error: &'a PassError },
 }
 
 enum Wake {
@@ -50,13 +48,13 @@ pub fn jittered(base: Duration, jitter: f64) -> Duration {
     base.mul_f64(factor.max(0.0))
 }
 
-/// Runs passes until SIGINT/SIGTERM (or `max_passes`). `on_pass` sees each
-/// pass's outcome.
+/// Runs passes until SIGINT/SIGTERM (or `max_passes`), handing each to
+/// `publisher`.
 pub async fn run(
     source: &Source,
     opts: &Options,
     wo: &WatchOptions,
-    mut on_pass: impl FnMut(PassReport<'_>),
+    mut publisher: Publisher,
 ) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel::<Wake>();
@@ -66,8 +64,8 @@ pub async fn run(
         Source::Git { .. } => None,
     };
 
-    let mut state: Option<(PathBuf, State)> = None;
-    let mut loaded: Option<Loaded> = None;
+    let mut state: Option<(PathBuf, Box<dyn Store>)> = None;
+    let mut current: Option<(Loaded, Runtime)> = None;
     let mut passes = 0u64;
     let mut last_full: Option<Instant> = None;
     let mut force_full = true;
@@ -76,40 +74,45 @@ pub async fn run(
             break Ok(());
         }
         let full =
-            force_full || loaded.is_none() || last_full.is_none_or(|t| t.elapsed() >= wo.interval);
+            force_full || current.is_none() || last_full.is_none_or(|t| t.elapsed() >= wo.interval);
         if full {
             last_full = Some(Instant::now());
-            match reconcile::load(source, opts) {
-                Ok(l) => loaded = Some(l),
+            match reload(source, opts, current.take().map(|(_, rt)| rt)).await {
+                Ok(c) => current = Some(c),
                 Err(e) => {
-                    on_pass(PassReport::Failed { full, error: &e });
-                    loaded = None;
+                    publish(&mut publisher, &Published::Failed(&e));
                 }
             }
         }
         force_full = false;
-        if let Some(l) = loaded.as_mut() {
+        if let Some((l, rt)) = current.as_ref() {
             // The state directory can change with the desired state
             // (Settings spec.stateDir); the lock follows it.
             if state.as_ref().is_none_or(|(d, _)| *d != l.state_dir) {
                 if let Some((_, old)) = state.take() {
                     let _ = old.unlock();
                 }
-                let mut s = State::open(&l.state_dir)?;
+                let s = crate::state::open(&l.state_dir)?;
                 s.lock("tend watch")?;
                 state = Some((l.state_dir.clone(), s));
             }
             let Some((_, s)) = state.as_ref() else {
                 continue;
             };
-            let outcome = if full {
-                reconcile::apply(l, opts, s, "tend watch", &stop).await
+            let (command, scope) = if full {
+                ("tend watch", Scope::Full)
             } else {
-                heal_pass(l, opts, s, &stop).await
+                ("tend watch (heal)", Scope::Healing)
             };
-            match &outcome {
-                Ok(applied) => on_pass(PassReport::Done { full, applied }),
-                Err(error) => on_pass(PassReport::Failed { full, error }),
+            match reconcile::apply(l, rt, opts, &**s, command, scope, &stop).await {
+                Ok(applied) => publish(
+                    &mut publisher,
+                    &Published::Pass {
+                        applied: &applied,
+                        full,
+                    },
+                ),
+                Err(error) => publish(&mut publisher, &Published::Failed(&error)),
             }
         }
         passes += 1;
@@ -141,24 +144,30 @@ pub async fn run(
     result
 }
 
-/// A healing pass: only the watched resources, with the desired state of
-/// the last full pass.
-async fn heal_pass(
-    loaded: &mut Loaded,
+/// Loads desired state and brings the runtime up to date with it (built
+/// on the first load, refreshed after).
+async fn reload(
+    source: &Source,
     opts: &Options,
-    state: &State,
-    stop: &AtomicBool,
-) -> Result<Applied, PassError> {
-    let all = std::mem::take(&mut loaded.desired.resources);
-    let (watched, rest): (Vec<_>, Vec<_>) = all
-        .into_iter()
-        .partition(|r| crate::health::watched(r, &loaded.desired.signatures));
-    loaded.desired.resources = watched;
-    let prune = std::mem::replace(&mut loaded.desired.settings.prune.enabled, false);
-    let result = reconcile::apply(loaded, opts, state, "tend watch (heal)", stop).await;
-    loaded.desired.settings.prune.enabled = prune;
-    loaded.desired.resources.extend(rest);
-    result
+    runtime: Option<Runtime>,
+) -> Result<(Loaded, Runtime), PassError> {
+    let mut loaded = reconcile::load(source, opts)?;
+    let rt = match runtime {
+        Some(mut rt) => {
+            rt.refresh(&loaded).await?;
+            rt
+        }
+        None => Runtime::build(&loaded).await?,
+    };
+    rt.normalize(&mut loaded);
+    Ok((loaded, rt))
+}
+
+/// A sink that fails is logged; the loop goes on.
+fn publish(publisher: &mut Publisher, what: &Published<'_>) {
+    if let Err(e) = publisher.publish(what) {
+        warn!(error = %e, "Publishing the pass failed.");
+    }
 }
 
 fn spawn_signal_handler(

@@ -42,7 +42,7 @@ fn merge(base: &mut Value, over: &Value) {
 #[test]
 fn default_pack_cases() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy/cases");
-    let mut policies = Policies::compile(&default_pack()).unwrap();
+    let policies = Policies::compile(&default_pack()).unwrap();
     let mut ran = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

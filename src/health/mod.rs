@@ -8,7 +8,6 @@
 //! This module reads; it never acts.
 
 mod probe;
-pub mod remedy;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,36 +17,11 @@ use serde::Serialize;
 
 use crate::model::health::{builtin_signals, Severity, Signature, Slo};
 use crate::model::{DesiredState, Resource, ResourceKey};
-use crate::provider::LiveResource;
+use crate::state::SignalRow;
+use crate::vocab::LiveResource;
+pub use crate::vocab::{Remembered, Status};
 
 pub use probe::Prober;
-
-/// A signal's outcome, ordered so that worse compares greater.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Healthy,
-    Unknown,
-    Unhealthy,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Healthy => "healthy",
-            Status::Unknown => "unknown",
-            Status::Unhealthy => "unhealthy",
-        }
-    }
-
-    pub fn parse(s: &str) -> Status {
-        match s {
-            "healthy" => Status::Healthy,
-            "unhealthy" => Status::Unhealthy,
-            _ => Status::Unknown,
-        }
-    }
-}
 
 /// One reading of one signal.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,14 +54,6 @@ impl Tracked {
 
 fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - since).to_std().unwrap_or_default()
-}
-
-/// What the state database remembers of a signal from earlier passes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Remembered {
-    pub status: Status,
-    pub since: DateTime<Utc>,
-    pub last_healthy: Option<DateTime<Utc>>,
 }
 
 /// Folds a new reading into what was remembered: the `since` time moves only
@@ -267,6 +233,41 @@ pub fn slo_signal_name(slo: &Slo) -> String {
 /// The key under which an SLO's breach state is remembered.
 pub fn slo_key(name: &str) -> String {
     format!("slo/{name}")
+}
+
+/// A tracked signal as the state store remembers it.
+pub fn signal_row(t: &Tracked) -> SignalRow {
+    SignalRow {
+        signal: t.reading.signal.clone(),
+        status: t.reading.status,
+        since: t.since,
+        last_healthy: t.last_healthy,
+        value: t.reading.value,
+        detail: t.reading.detail.clone(),
+    }
+}
+
+/// An SLO's breach state, remembered under `slo/<name>`.
+pub fn slo_row(name: &str, breached: bool, since: DateTime<Utc>) -> SignalRow {
+    SignalRow {
+        signal: slo_key(name),
+        status: if breached {
+            Status::Unhealthy
+        } else {
+            Status::Healthy
+        },
+        since,
+        last_healthy: None,
+        value: None,
+        detail: String::new(),
+    }
+}
+
+/// Every signal and SLO state of one assessment, to remember.
+pub fn rows_of(a: &Assessment) -> Vec<SignalRow> {
+    let mut rows: Vec<SignalRow> = a.signals.iter().map(signal_row).collect();
+    rows.extend(a.slos.iter().map(|s| slo_row(&s.name, s.breached, s.since)));
+    rows
 }
 
 fn diagnose(

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{builtin_readings, slo_signal_name, Reading, Status};
 use crate::model::health::{Healing, HttpProbe, PrometheusProbe, Slo, TcpProbe};
 use crate::model::Resource;
-use crate::provider::LiveResource;
+use crate::vocab::LiveResource;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 

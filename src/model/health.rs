@@ -329,32 +329,60 @@ pub fn check(
     signatures: &[Signature],
     runbooks: &[Runbook],
 ) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let mut problem = |origin: &Origin, pointer: String, message: String, help: Option<String>| {
-        out.push(Problem {
+    let mut c = Checker {
+        out: Vec::new(),
+        runbook_names: runbooks.iter().map(|r| r.name.as_str()).collect(),
+        prometheus: settings.healing.prometheus.is_some(),
+    };
+    for r in resources {
+        c.resource(settings, r);
+    }
+    for s in signatures {
+        c.signature(s);
+    }
+    let allowed: HashSet<&str> = settings
+        .healing
+        .commands
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for rb in runbooks {
+        c.runbook(rb, &allowed);
+    }
+    c.out
+}
+
+/// The checks of one desired state, collecting problems.
+struct Checker<'a> {
+    out: Vec<Problem>,
+    runbook_names: HashSet<&'a str>,
+    prometheus: bool,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, origin: &Origin, pointer: String, message: String, help: Option<String>) {
+        self.out.push(Problem {
             origin: origin.clone(),
             pointer,
             message,
             help,
         })
-    };
-    let runbook_names: HashSet<&str> = runbooks.iter().map(|r| r.name.as_str()).collect();
-    let known_runbooks = || {
-        let mut names: Vec<&str> = runbook_names.iter().copied().collect();
+    }
+
+    fn known_runbooks(&self) -> String {
+        let mut names: Vec<&str> = self.runbook_names.iter().copied().collect();
         names.sort_unstable();
         if names.is_empty() {
             "no Runbook is declared".to_string()
         } else {
             format!("declared runbooks: {}", names.join(", "))
         }
-    };
-    let prometheus = settings.healing.prometheus.is_some();
-    let no_prometheus = || Some("set Settings spec.healing.prometheus.url".to_string());
+    }
 
-    for r in resources {
+    fn resource(&mut self, settings: &Settings, r: &super::Resource) {
         if let Some(p) = r.key.kind.provider() {
             if !settings.providers.contains(&p) {
-                problem(
+                self.problem(
                     &r.origin,
                     "/kind".into(),
                     format!(
@@ -367,16 +395,23 @@ pub fn check(
             }
         }
         if let Some(rem) = &r.remediation {
-            if !runbook_names.contains(rem.runbook.as_str()) {
-                problem(
+            if !self.runbook_names.contains(rem.runbook.as_str()) {
+                let help = Some(self.known_runbooks());
+                self.problem(
                     &r.origin,
                     "/remediation/runbook".into(),
                     format!("unknown runbook `{}`", rem.runbook),
-                    Some(known_runbooks()),
+                    help,
                 );
             }
         }
-        let Some(h) = &r.health else { continue };
+        let Some(h) = &r.health else { return };
+        let names = self.probes(r, h);
+        self.slos(r, h, &names);
+    }
+
+    /// Checks the probes of a resource; returns their names.
+    fn probes<'h>(&mut self, r: &super::Resource, h: &'h Health) -> HashMap<&'h str, usize> {
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, p) in h.probes.iter().enumerate() {
             let at = format!("/health/probes/{i}");
@@ -385,7 +420,7 @@ pub fn check(
                 .filter(|b| **b)
                 .count();
             if kinds != 1 {
-                problem(
+                self.problem(
                     &r.origin,
                     at.clone(),
                     format!(
@@ -396,7 +431,7 @@ pub fn check(
                 );
             }
             if builtin_signals(r.key.kind).contains(&p.name.as_str()) {
-                problem(
+                self.problem(
                     &r.origin,
                     format!("{at}/name"),
                     format!(
@@ -407,7 +442,7 @@ pub fn check(
                 );
             }
             if let Some(first) = names.insert(p.name.as_str(), i) {
-                problem(
+                self.problem(
                     &r.origin,
                     format!("{at}/name"),
                     format!(
@@ -419,7 +454,7 @@ pub fn check(
             }
             if let Some(prom) = &p.prometheus {
                 if prom.above.is_some() == prom.below.is_some() {
-                    problem(
+                    self.problem(
                         &r.origin,
                         format!("{at}/prometheus"),
                         format!(
@@ -429,8 +464,8 @@ pub fn check(
                         None,
                     );
                 }
-                if !prometheus {
-                    problem(
+                if !self.prometheus {
+                    self.problem(
                         &r.origin,
                         format!("{at}/prometheus"),
                         format!("prometheus probe `{}` needs a Prometheus server", p.name),
@@ -440,7 +475,7 @@ pub fn check(
             }
             if let Some(m) = p.http.as_ref().and_then(|h| h.body_match.as_ref()) {
                 if let Err(e) = regex_check(m) {
-                    problem(
+                    self.problem(
                         &r.origin,
                         format!("{at}/http/bodyMatch"),
                         format!("invalid regular expression: {e}"),
@@ -449,6 +484,10 @@ pub fn check(
                 }
             }
         }
+        names
+    }
+
+    fn slos(&mut self, r: &super::Resource, h: &Health, names: &HashMap<&str, usize>) {
         let signals =
             |name: &str| builtin_signals(r.key.kind).contains(&name) || names.contains_key(name);
         let known_signals = || {
@@ -460,7 +499,7 @@ pub fn check(
         for (i, slo) in h.slos.iter().enumerate() {
             let at = format!("/health/slos/{i}");
             if !slo_names.insert(slo.name.as_str()) {
-                problem(
+                self.problem(
                     &r.origin,
                     format!("{at}/name"),
                     format!("SLO `{}` is declared twice", slo.name),
@@ -472,7 +511,7 @@ pub fn check(
             match (&slo.signal, burn) {
                 (Some(s), false) => {
                     if !signals(s) {
-                        problem(
+                        self.problem(
                             &r.origin,
                             format!("{at}/signal"),
                             format!("SLO `{}` refers to unknown signal `{s}`", slo.name),
@@ -485,7 +524,7 @@ pub fn check(
                         || slo.error_ratio.is_none()
                         || slo.burn_rates.is_empty()
                     {
-                        problem(
+                        self.problem(
                             &r.origin,
                             at.clone(),
                             format!(
@@ -500,15 +539,15 @@ pub fn check(
                         .as_deref()
                         .is_some_and(|q| !q.contains("$window"))
                     {
-                        problem(
+                        self.problem(
                             &r.origin,
                             format!("{at}/errorRatio"),
                             "errorRatio must use `$window` where the range goes, e.g. rate(errors[$window])".into(),
                             None,
                         );
                     }
-                    if !prometheus {
-                        problem(
+                    if !self.prometheus {
+                        self.problem(
                             &r.origin,
                             at.clone(),
                             format!("burn-rate SLO `{}` needs a Prometheus server", slo.name),
@@ -516,7 +555,7 @@ pub fn check(
                         );
                     }
                 }
-                _ => problem(
+                _ => self.problem(
                     &r.origin,
                     at.clone(),
                     format!(
@@ -529,18 +568,19 @@ pub fn check(
         }
     }
 
-    for s in signatures {
-        if !runbook_names.contains(s.spec.runbook.as_str()) {
-            problem(
+    fn signature(&mut self, s: &Signature) {
+        if !self.runbook_names.contains(s.spec.runbook.as_str()) {
+            let help = Some(self.known_runbooks());
+            self.problem(
                 &s.origin,
                 "/spec/runbook".into(),
                 format!("unknown runbook `{}`", s.spec.runbook),
-                Some(known_runbooks()),
+                help,
             );
         }
         if let Some(k) = &s.spec.selector.kind {
             if Kind::parse(k).is_none_or(|k| k.provider().is_none()) {
-                problem(
+                self.problem(
                     &s.origin,
                     "/spec/selector/kind".into(),
                     format!("unknown resource kind `{k}`"),
@@ -549,7 +589,7 @@ pub fn check(
             }
         }
         if s.spec.all.is_empty() && s.spec.any.is_empty() {
-            problem(
+            self.problem(
                 &s.origin,
                 "/spec".into(),
                 "a signature needs at least one condition in `all` or `any`".into(),
@@ -559,7 +599,7 @@ pub fn check(
         for (list, conds) in [("all", &s.spec.all), ("any", &s.spec.any)] {
             for (i, c) in conds.iter().enumerate() {
                 if c.signal.is_some() == c.slo.is_some() {
-                    problem(
+                    self.problem(
                         &s.origin,
                         format!("/spec/{list}/{i}"),
                         "a condition names exactly one of signal, slo".into(),
@@ -570,24 +610,18 @@ pub fn check(
         }
     }
 
-    let allowed: HashSet<&str> = settings
-        .healing
-        .commands
-        .iter()
-        .map(String::as_str)
-        .collect();
-    for rb in runbooks {
+    fn runbook(&mut self, rb: &Runbook, allowed: &HashSet<&str>) {
         for (i, step) in rb.spec.steps.iter().enumerate() {
             let at = format!("/spec/steps/{i}");
             match step.action {
                 StepAction::Command => match step.command.first() {
-                    None => problem(
+                    None => self.problem(
                         &rb.origin,
                         at,
                         "a command step needs `command`".into(),
                         None,
                     ),
-                    Some(prog) if !allowed.contains(prog.as_str()) => problem(
+                    Some(prog) if !allowed.contains(prog.as_str()) => self.problem(
                         &rb.origin,
                         format!("{at}/command/0"),
                         format!("`{prog}` is not an allowed command"),
@@ -596,9 +630,9 @@ pub fn check(
                     Some(_) => {}
                 },
                 StepAction::Scale if step.by.is_none() => {
-                    problem(&rb.origin, at, "a scale step needs `by`".into(), None)
+                    self.problem(&rb.origin, at, "a scale step needs `by`".into(), None)
                 }
-                _ if !step.command.is_empty() => problem(
+                _ if !step.command.is_empty() => self.problem(
                     &rb.origin,
                     format!("{at}/command"),
                     format!(
@@ -611,7 +645,10 @@ pub fn check(
             }
         }
     }
-    out
+}
+
+fn no_prometheus() -> Option<String> {
+    Some("set Settings spec.healing.prometheus.url".to_string())
 }
 
 fn regex_check(pattern: &str) -> Result<(), String> {

@@ -1,11 +1,11 @@
 //! Rego policies evaluated by regorus.
 //!
 //! Policies are parsed and compiled once per pass, then evaluated for every
-//! action with the input contract of DESIGN.md. Evaluation fails closed: a
+//! action with the input contract of ARCHITECTURE.md. Evaluation fails closed: a
 //! runtime error, an undefined decision or a malformed result is `deny` with
 //! the error as the reason, never `auto`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use regorus::Engine;
 use serde_json::Value;
@@ -108,14 +108,20 @@ pub fn rego_diagnostic(err: &str, files: &[PolicyFile]) -> Diagnostic {
     }
 }
 
-/// A compiled policy set, ready to decide.
+/// A compiled policy set, ready to decide, shared by every worker.
 ///
 /// Evaluation uses regorus's interpreter with strict builtin errors. Its
 /// register VM is faster but turns runtime errors inside rules into
 /// "undefined", which would let a broken deny rule silently allow; tend
 /// must fail closed, so it does not use the VM.
+///
+/// An engine holds the input of the evaluation under way, so each worker
+/// takes its own: a copy of the compiled engine from a pool, returned
+/// after use. Deciding needs only `&self`, so a plan's actions are decided
+/// in parallel.
 pub struct Policies {
-    engine: Engine,
+    compiled: Engine,
+    idle: Mutex<Vec<Engine>>,
 }
 
 impl Policies {
@@ -141,18 +147,35 @@ impl Policies {
         engine
             .compile_with_entrypoint(&entry)
             .map_err(|e| vec![rego_diagnostic(&e.to_string(), files)])?;
-        Ok(Policies { engine })
+        Ok(Policies {
+            compiled: engine,
+            idle: Mutex::new(Vec::new()),
+        })
     }
 
     /// Decides one action. Never fails: any problem is a `deny`.
-    pub fn decide(&mut self, input: &Value) -> PolicyDecision {
-        self.engine.set_input(regorus::Value::from(input.clone()));
-        match self.engine.eval_rule(ENTRY_POINT.to_string()) {
+    pub fn decide(&self, input: &Value) -> PolicyDecision {
+        let mut engine = self.take();
+        engine.set_input(regorus::Value::from(input.clone()));
+        let decision = match engine.eval_rule(ENTRY_POINT.to_string()) {
             Ok(v) => interpret(&v),
             Err(e) => deny(format!(
                 "policy evaluation failed: {}",
                 one_line(&e.to_string())
             )),
+        };
+        self.give_back(engine);
+        decision
+    }
+
+    fn take(&self) -> Engine {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        idle.unwrap_or_else(|| self.compiled.clone())
+    }
+
+    fn give_back(&self, engine: Engine) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(engine);
         }
     }
 }
@@ -235,7 +258,7 @@ mod tests {
 
     #[test]
     fn default_pack_compiles_and_decides() {
-        let mut p = Policies::compile(&default_pack()).unwrap();
+        let p = Policies::compile(&default_pack()).unwrap();
         let d = p.decide(&json!({"action": {"type": "delete", "target": {"kind": "host.File", "name": "a"}, "changes": []},
             "resource": {"desired": null, "live": {}}, "incident": null, "context": {"in_maintenance_window": false}}));
         assert_eq!(d.decision, Verdict::Review);
@@ -253,7 +276,7 @@ mod tests {
 
     #[test]
     fn an_undefined_decision_is_deny() {
-        let mut p = Policies::compile(&one(
+        let p = Policies::compile(&one(
             "package tend\n\ndecision := {\"decision\": \"auto\"} if input.never\n",
         ))
         .unwrap();
@@ -264,12 +287,12 @@ mod tests {
 
     #[test]
     fn a_malformed_decision_is_deny() {
-        let mut p = Policies::compile(&one(
+        let p = Policies::compile(&one(
             "package tend\n\ndecision := {\"decision\": \"yes please\"}\n",
         ))
         .unwrap();
         assert_eq!(p.decide(&json!({})).decision, Verdict::Deny);
-        let mut p = Policies::compile(&one(
+        let p = Policies::compile(&one(
             "package tend\n\ndecision := {\"decision\": \"auto\", \"reasons\": [1]}\n",
         ))
         .unwrap();
@@ -286,7 +309,7 @@ mod tests {
             path: "p/broken.rego".into(),
             text: "package tend\n\nreview contains \"never\" if {\n\tinput.n / 0 > 1\n}\n".into(),
         });
-        let mut p = Policies::compile(&files).unwrap();
+        let p = Policies::compile(&files).unwrap();
         let d = p.decide(&json!({"n": 1, "action": {"type": "restart", "target": {"kind": "host.Process", "name": "web"}, "changes": []}, "context": {}}));
         assert_eq!(d.decision, Verdict::Deny, "{d:?}");
         assert!(d.reasons[0].contains("divide by zero"), "{d:?}");
@@ -294,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_runtime_error_is_deny() {
-        let mut p = Policies::compile(&one(
+        let p = Policies::compile(&one(
             "package tend\n\ndecision := {\"decision\": \"auto\", \"reasons\": [sprintf(\"%d\", [to_number(input.x)])]}\n",
         ))
         .unwrap();

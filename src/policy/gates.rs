@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, Datelike, NaiveTime, TimeZone, Utc};
 
 use crate::model::{MaintenanceWindow, ResourceKey, Settings};
-use crate::plan::{ActionType, Decision, Plan};
+use crate::plan::Plan;
+use crate::vocab::{Action, ActionType, Decision, JournalOutcome};
 
 /// One field tend corrected, from the journal.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +26,7 @@ pub struct Correction {
 pub struct PastOutcome {
     pub key: ResourceKey,
     pub action: String,
-    pub outcome: String,
+    pub outcome: JournalOutcome,
     pub at: DateTime<Utc>,
 }
 
@@ -71,7 +72,7 @@ pub fn prune_guard(plan: &Plan, settings: &Settings) -> Result<(), GateError> {
     Ok(())
 }
 
-fn hold(action: &mut crate::plan::Action, decision: Decision, reason: String) {
+fn hold(action: &mut Action, decision: Decision, reason: String) {
     action.decision = decision;
     action.reasons.push(reason);
 }
@@ -87,10 +88,34 @@ fn fmt_time(t: DateTime<Utc>) -> String {
 /// Applies fight detection, the per-resource cooldown, the circuit breaker
 /// and the action budget, in that order, to the actions that would run.
 pub fn apply(plan: &mut Plan, settings: &Settings, facts: &Facts, now: DateTime<Utc>) {
-    let safety = &settings.safety;
+    apply_to(&mut plan.actions, 0, settings, facts, now);
+}
 
-    // Fight detection: the same field corrected again and again.
-    let fight_since = ago(now, safety.fight_detection.window.0);
+/// [`apply`] for actions decided after the plan (a runbook's next step),
+/// when `spent` actions of the pass's budget are already allowed. Returns
+/// how many of `actions` are still `auto`.
+pub fn apply_to(
+    actions: &mut [Action],
+    spent: usize,
+    settings: &Settings,
+    facts: &Facts,
+    now: DateTime<Utc>,
+) -> usize {
+    let safety = &settings.safety;
+    fight_detection(actions, &safety.fight_detection, facts, now);
+    cooldown(actions, safety.cooldown.0, facts, now);
+    circuit_breaker(actions, &safety.circuit_breaker, facts, now);
+    budget(actions, safety.max_actions_per_run, spent)
+}
+
+/// The same field corrected again and again: contested, for review.
+fn fight_detection(
+    actions: &mut [Action],
+    fight: &crate::model::FightDetection,
+    facts: &Facts,
+    now: DateTime<Utc>,
+) {
+    let fight_since = ago(now, fight.window.0);
     let mut counts: HashMap<(&ResourceKey, &str), Vec<DateTime<Utc>>> = HashMap::new();
     for c in facts.corrections.iter().filter(|c| c.at >= fight_since) {
         counts
@@ -98,14 +123,14 @@ pub fn apply(plan: &mut Plan, settings: &Settings, facts: &Facts, now: DateTime<
             .or_default()
             .push(c.at);
     }
-    for action in &mut plan.actions {
+    for action in actions.iter_mut() {
         if !matches!(action.decision, Decision::Auto) {
             continue;
         }
         let mut contested = Vec::new();
         for change in &action.changes {
             if let Some(times) = counts.get(&(&action.target, change.path.as_str())) {
-                if times.len() >= safety.fight_detection.corrections {
+                if times.len() >= fight.corrections {
                     let list: Vec<String> = times.iter().map(|t| fmt_time(*t)).collect();
                     contested.push(format!(
                         "contested: {} was corrected {} times since {} ({}); something keeps changing it back, so tend stops correcting it",
@@ -123,20 +148,27 @@ pub fn apply(plan: &mut Plan, settings: &Settings, facts: &Facts, now: DateTime<
             action.reasons.extend(contested);
         }
     }
+}
 
-    // Cooldown per resource.
-    if !safety.cooldown.0.is_zero() {
-        let since = ago(now, safety.cooldown.0);
+/// One action per resource per cooldown.
+fn cooldown(
+    actions: &mut [Action],
+    cooldown: std::time::Duration,
+    facts: &Facts,
+    now: DateTime<Utc>,
+) {
+    if !cooldown.is_zero() {
+        let since = ago(now, cooldown);
         let mut last: HashMap<&ResourceKey, DateTime<Utc>> = HashMap::new();
         for o in facts.outcomes.iter().filter(|o| o.at >= since) {
             last.insert(&o.key, o.at);
         }
-        for action in &mut plan.actions {
+        for action in actions.iter_mut() {
             if action.decision != Decision::Auto {
                 continue;
             }
             if let Some(at) = last.get(&action.target) {
-                let until = *at + chrono::Duration::from_std(safety.cooldown.0).unwrap_or_default();
+                let until = *at + chrono::Duration::from_std(cooldown).unwrap_or_default();
                 hold(
                     action,
                     Decision::Deferred,
@@ -149,22 +181,25 @@ pub fn apply(plan: &mut Plan, settings: &Settings, facts: &Facts, now: DateTime<
             }
         }
     }
+}
 
-    // Circuit breaker across passes: the latest outcomes all failed.
-    let breaker = &safety.circuit_breaker;
+/// Across passes: the latest outcomes all failed, so nothing runs until
+/// the window passes without new failures.
+fn circuit_breaker(
+    actions: &mut [Action],
+    breaker: &crate::model::CircuitBreaker,
+    facts: &Facts,
+    now: DateTime<Utc>,
+) {
     let since = ago(now, breaker.window.0);
     let recent: Vec<&PastOutcome> = facts.outcomes.iter().filter(|o| o.at >= since).collect();
     let streak = recent
         .iter()
         .rev()
-        .take_while(|o| o.outcome == "failed")
+        .take_while(|o| o.outcome == JournalOutcome::Failed)
         .count();
     if streak >= breaker.failures {
-        for action in plan
-            .actions
-            .iter_mut()
-            .filter(|a| a.decision == Decision::Auto)
-        {
+        for action in actions.iter_mut().filter(|a| a.decision == Decision::Auto) {
             hold(
                 action,
                 Decision::Deferred,
@@ -175,10 +210,14 @@ pub fn apply(plan: &mut Plan, settings: &Settings, facts: &Facts, now: DateTime<
             );
         }
     }
+}
 
-    // Budget: at most max_actions_per_run actions per pass.
-    let mut budget = safety.max_actions_per_run;
-    for action in &mut plan.actions {
+/// At most `max` actions per pass, `spent` of them already allowed.
+/// Returns how many of `actions` stay `auto`.
+fn budget(actions: &mut [Action], max: usize, spent: usize) -> usize {
+    let mut budget = max.saturating_sub(spent);
+    let mut allowed = 0;
+    for action in actions.iter_mut() {
         if action.decision != Decision::Auto {
             continue;
         }
@@ -187,14 +226,15 @@ pub fn apply(plan: &mut Plan, settings: &Settings, facts: &Facts, now: DateTime<
                 action,
                 Decision::Deferred,
                 format!(
-                    "deferred: at most {} actions per pass (Settings spec.safety.maxActionsPerRun)",
-                    safety.max_actions_per_run
+                    "deferred: at most {max} actions per pass (Settings spec.safety.maxActionsPerRun)"
                 ),
             );
         } else {
             budget -= 1;
+            allowed += 1;
         }
     }
+    allowed
 }
 
 /// The window open at `now`, if any.
@@ -247,9 +287,9 @@ fn window_open(w: &MaintenanceWindow, now: DateTime<Utc>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diff::FieldChange;
     use crate::model::{Kind, Mode, Span};
-    use crate::plan::{Action, Risk, SourceInfo};
+    use crate::plan::SourceInfo;
+    use crate::vocab::{FieldChange, Risk};
     use serde_json::json;
 
     fn t(s: &str) -> DateTime<Utc> {
@@ -329,7 +369,7 @@ mod tests {
             outcomes: vec![PastOutcome {
                 key: ResourceKey::new(Kind::HostFile, "a"),
                 action: "update".into(),
-                outcome: "synced".into(),
+                outcome: JournalOutcome::Synced,
                 at: t("2026-11-21T10:00:00Z"),
             }],
         };
@@ -386,7 +426,7 @@ mod tests {
         let fail = |m: u32, outcome: &str| PastOutcome {
             key: ResourceKey::new(Kind::HostFile, "x"),
             action: "update".into(),
-            outcome: outcome.into(),
+            outcome: JournalOutcome::parse(outcome).unwrap(),
             at: t(&format!("2026-11-21T10:0{m}:00Z")),
         };
         let facts = Facts {

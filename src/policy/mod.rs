@@ -11,6 +11,7 @@ pub mod gates;
 pub mod testing;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -20,9 +21,9 @@ pub use engine::{
 };
 pub use gates::{Correction, Facts, GateError, PastOutcome};
 
-use crate::model::{DesiredState, Resource, ResourceKey};
-use crate::plan::{Action, Decision, Plan};
-use crate::provider::LiveResource;
+use crate::model::{DesiredState, Mode, Resource, ResourceKey};
+use crate::plan::Plan;
+use crate::vocab::{Action, Decision, LiveResource};
 
 /// The policy files of a pass: the default pack, plus the files of the
 /// repository's policy directories. Repository files only add rules: the
@@ -80,13 +81,31 @@ pub struct Context<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// The input document for one action (DESIGN.md, "Policy contract").
+/// What the pass as a whole looks like to a policy (`context.run`).
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub mode: Mode,
+    pub actions_planned: usize,
+    pub resources_total: usize,
+}
+
+impl Run {
+    pub fn of(plan: &Plan) -> Run {
+        Run {
+            mode: plan.mode,
+            actions_planned: plan.actions.len(),
+            resources_total: plan.resources,
+        }
+    }
+}
+
+/// The input document for one action (ARCHITECTURE.md, "Policy input").
 pub fn input_for(
     action: &Action,
-    plan: &Plan,
+    run: Run,
     ctx: &Context<'_>,
+    now: DateTime<Utc>,
     window: Option<&str>,
-    index: &HashMap<&ResourceKey, &Resource>,
 ) -> Value {
     let recent: Vec<Value> = ctx
         .facts
@@ -105,40 +124,132 @@ pub fn input_for(
             "risk": action.risk.as_str(),
             "reversible": action.reversible,
         },
-        "resource": resource_json(index.get(&action.target).copied(), ctx.live.get(&action.target)),
+        "resource": resource_json(ctx.index.get(&action.target).copied(), ctx.live.get(&action.target)),
         "incident": action.incident.as_ref().map_or(Value::Null, |i| json!(i)),
         "context": {
-            "mode": plan.mode.as_str(),
-            "now": ctx.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "mode": run.mode.as_str(),
+            "now": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "in_maintenance_window": window.is_some(),
             "maintenance_window": window,
             "recent_actions": recent,
-            "run": {"actions_planned": plan.actions.len(), "resources_total": plan.resources},
+            "run": {"actions_planned": run.actions_planned, "resources_total": run.resources_total},
         },
     })
 }
 
-/// Decides every action of the plan in place. Fails only for the prune
-/// guard, which stops the whole pass.
-pub fn decide(
-    plan: &mut Plan,
-    policies: &mut Policies,
-    ctx: &Context<'_>,
-) -> Result<(), GateError> {
-    let settings = &ctx.desired.settings;
-    gates::prune_guard(plan, settings)?;
-    let window = gates::open_window(&settings.maintenance_windows, ctx.now).map(|w| w.name.clone());
-    let inputs: Vec<Value> = plan
-        .actions
-        .iter()
-        .map(|a| input_for(a, plan, ctx, window.as_deref(), ctx.index))
-        .collect();
-    for (action, input) in plan.actions.iter_mut().zip(inputs) {
-        let verdict = policies.decide(&input);
-        combine(action, verdict);
+/// Below this many actions, deciding on one thread is faster than
+/// starting workers.
+const PARALLEL_FROM: usize = 64;
+
+/// Evaluates the policies for every input, in parallel across the
+/// machine's cores when there are many.
+pub fn evaluate_all(policies: &Policies, inputs: &[Value], threads: usize) -> Vec<PolicyDecision> {
+    let threads = threads
+        .max(1)
+        .min(inputs.len().div_ceil(PARALLEL_FROM).max(1));
+    if threads == 1 {
+        return inputs.iter().map(|i| policies.decide(i)).collect();
     }
-    gates::apply(plan, settings, ctx.facts, ctx.now);
-    Ok(())
+    let chunk = inputs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = inputs
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|i| policies.decide(i)).collect()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    // A worker that panicked decided nothing: fail closed.
+                    vec![
+                        PolicyDecision {
+                            decision: Verdict::Deny,
+                            reasons: vec!["policy evaluation failed: a worker stopped".into()],
+                        };
+                        chunk
+                    ]
+                })
+            })
+            .take(inputs.len())
+            .collect()
+    })
+}
+
+/// The cores policies are decided on.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The one place actions are decided: the plan's drift corrections and
+/// runbook steps at once, and later steps of a runbook one by one, all
+/// with the same policies, pass context and action budget.
+pub struct Decider<'a> {
+    pub policies: &'a Policies,
+    pub ctx: Context<'a>,
+    run: std::sync::OnceLock<Run>,
+    /// Actions of this pass's budget already allowed.
+    spent: AtomicUsize,
+}
+
+impl<'a> Decider<'a> {
+    pub fn new(policies: &'a Policies, ctx: Context<'a>) -> Decider<'a> {
+        Decider {
+            policies,
+            ctx,
+            run: std::sync::OnceLock::new(),
+            spent: AtomicUsize::new(0),
+        }
+    }
+
+    /// Decides every action of the plan in place. Fails only for the prune
+    /// guard, which stops the whole pass.
+    pub fn decide_plan(&self, plan: &mut Plan) -> Result<(), GateError> {
+        let settings = &self.ctx.desired.settings;
+        gates::prune_guard(plan, settings)?;
+        let run = *self.run.get_or_init(|| Run::of(plan));
+        let now = self.ctx.now;
+        let window = gates::open_window(&settings.maintenance_windows, now).map(|w| w.name.clone());
+        let inputs: Vec<Value> = plan
+            .actions
+            .iter()
+            .map(|a| input_for(a, run, &self.ctx, now, window.as_deref()))
+            .collect();
+        let verdicts = evaluate_all(self.policies, &inputs, default_threads());
+        for (action, verdict) in plan.actions.iter_mut().zip(verdicts) {
+            combine(action, verdict);
+        }
+        let allowed = gates::apply_to(&mut plan.actions, 0, settings, self.ctx.facts, now);
+        self.spent.store(allowed, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Decides one action planned during the pass (a runbook's next step
+    /// after one that did not heal): the mode ceiling, the policies and the
+    /// gates, counted against the same action budget as the plan.
+    pub fn decide_one(&self, mut action: Action) -> Action {
+        let settings = &self.ctx.desired.settings;
+        let now = Utc::now();
+        let run = self.run.get().copied().unwrap_or(Run {
+            mode: settings.mode,
+            actions_planned: 0,
+            resources_total: self.ctx.desired.resources.len(),
+        });
+        let declared = self.ctx.index.get(&action.target).and_then(|r| r.mode);
+        (action.decision, action.reasons) = crate::plan::ceiling(run.mode, declared);
+        let window = gates::open_window(&settings.maintenance_windows, now).map(|w| w.name.clone());
+        let input = input_for(&action, run, &self.ctx, now, window.as_deref());
+        combine(&mut action, self.policies.decide(&input));
+        let spent = self.spent.load(Ordering::SeqCst);
+        let one = std::slice::from_mut(&mut action);
+        let allowed = gates::apply_to(one, spent, settings, self.ctx.facts, now);
+        self.spent.fetch_add(allowed, Ordering::SeqCst);
+        action
+    }
+}
+
+/// Decides every action of the plan in place (see [`Decider::decide_plan`]).
+pub fn decide(plan: &mut Plan, policies: &Policies, ctx: Context<'_>) -> Result<(), GateError> {
+    Decider::new(policies, ctx).decide_plan(plan)
 }
 
 /// Policy verdict and mode ceiling: `deny` wins; otherwise the stricter of
@@ -171,7 +282,7 @@ fn combine(action: &mut Action, verdict: PolicyDecision) {
 mod tests {
     use super::*;
     use crate::model::Kind;
-    use crate::plan::{ActionType, Risk};
+    use crate::vocab::{ActionType, Risk};
 
     fn action(ceiling: Decision) -> Action {
         Action {

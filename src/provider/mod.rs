@@ -14,20 +14,8 @@ use std::future::Future;
 use serde_json::Value;
 
 use crate::model::{Kind, ProviderName, Resource, ResourceKey};
-use crate::plan::Action;
-
-/// A live resource as a provider sees it, shaped like a desired `spec`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LiveResource {
-    pub key: ResourceKey,
-    pub spec: Value,
-    /// Carries tend's ownership marker (tag, record).
-    pub owned: bool,
-    /// The provider's own identifier (a path, a pid, an ARN).
-    pub id: String,
-    /// Something a human should know about this resource's live state.
-    pub note: Option<String>,
-}
+use crate::vocab::Action;
+pub use crate::vocab::LiveResource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {

@@ -2,46 +2,11 @@
 
 use std::fmt::Write as _;
 
-use super::{is_text_change, show, unified};
+use super::{is_text_change, show, unified, Palette};
 use crate::act::{ActionResult, Outcome};
-use crate::plan::{Action, ActionType, Plan};
+use crate::plan::Plan;
 use crate::state::JournalEntry;
-
-pub(super) struct Palette {
-    pub(super) bold: &'static str,
-    pub(super) dim: &'static str,
-    pub(super) red: &'static str,
-    pub(super) green: &'static str,
-    pub(super) yellow: &'static str,
-    pub(super) cyan: &'static str,
-    pub(super) reset: &'static str,
-}
-
-impl Palette {
-    pub(super) fn new(color: bool) -> Self {
-        if color {
-            Palette {
-                bold: "\x1b[1m",
-                dim: "\x1b[2m",
-                red: "\x1b[31m",
-                green: "\x1b[32m",
-                yellow: "\x1b[33m",
-                cyan: "\x1b[36m",
-                reset: "\x1b[0m",
-            }
-        } else {
-            Palette {
-                bold: "",
-                dim: "",
-                red: "",
-                green: "",
-                yellow: "",
-                cyan: "",
-                reset: "",
-            }
-        }
-    }
-}
+use crate::vocab::{Action, ActionType, JournalPhase};
 
 fn marker(t: ActionType, p: &Palette) -> (String, &'static str) {
     let (sym, col) = match t {
@@ -85,7 +50,7 @@ pub fn render_plan(plan: &Plan, color: bool) -> String {
     if !plan.actions.is_empty() || !plan.unmanaged.is_empty() {
         out.push('\n');
     }
-    super::incidents::render_health(&mut out, plan, color);
+    super::health::render_health(&mut out, plan, color);
     let _ = writeln!(out, "{}", summary_line(plan));
     out
 }
@@ -131,7 +96,7 @@ pub(super) fn summary_line(plan: &Plan) -> String {
 
 /// "2 auto, 1 review" in a fixed order.
 fn decision_counts(plan: &Plan) -> String {
-    use crate::plan::Decision;
+    use crate::vocab::Decision;
     [
         Decision::Auto,
         Decision::Deferred,
@@ -259,13 +224,12 @@ pub fn render_history(entries: &[JournalEntry]) -> String {
             .as_deref()
             .map(|c| format!(" @{}", &c[..c.len().min(12)]))
             .unwrap_or_default();
-        let what = match (&e.phase[..], &e.outcome) {
-            ("intent", _) => "intent ".to_string(),
-            ("decision", Some(d)) => format!("{d:<7}"),
-            (_, Some(o)) => format!("{o:<7}"),
+        let what = match (e.phase, &e.outcome) {
+            (JournalPhase::Intent, _) => "intent ".to_string(),
+            (_, Some(o)) => format!("{:<7}", o.as_str()),
             _ => "outcome".to_string(),
         };
-        let detail = if e.phase == "intent" {
+        let detail = if e.phase == JournalPhase::Intent {
             changed_paths(&e.detail)
         } else {
             format!("  {}", e.detail)

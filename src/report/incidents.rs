@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::human::{render_plan, render_results, Palette};
+use super::human::{render_plan, render_results};
+use super::Palette;
 use super::{apply_json, plan_sarif, render_markdown, Format, FORMAT_VERSION};
-use crate::health::Status;
+use crate::act::ActionResult;
 use crate::plan::Plan;
-use crate::reconcile::Applied;
 use crate::state::{Incident, StepStats};
+use crate::vocab::IncidentStatus;
 
 fn ms(v: i64) -> String {
     if v < 10_000 {
@@ -22,76 +23,15 @@ fn ms(v: i64) -> String {
     }
 }
 
-/// The health part of a plan: signals that are not healthy, and what tend
-/// would do about each unhealthy resource.
-pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
-    let p = Palette::new(color);
-    let mut lines = Vec::new();
-    for a in &plan.health {
-        for s in &a.signals {
-            let since = s.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            match s.reading.status {
-                Status::Healthy => {}
-                Status::Unhealthy => lines.push(format!(
-                    "{}✗{} {}  {} unhealthy since {since}: {}",
-                    p.red, p.reset, a.target, s.reading.signal, s.reading.detail
-                )),
-                Status::Unknown => lines.push(format!(
-                    "{}? {}  {} unknown since {since}: {} (no action on unknown signals){}",
-                    p.dim, a.target, s.reading.signal, s.reading.detail, p.reset
-                )),
-            }
-        }
-        for slo in a.slos.iter().filter(|s| s.breached) {
-            lines.push(format!(
-                "{}✗{} {}  SLO {} breached since {}",
-                p.red,
-                p.reset,
-                a.target,
-                slo.name,
-                slo.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
-        }
-    }
-    for r in &plan.remedies {
-        let next = match (r.escalated, r.step) {
-            (true, _) => "already escalated; waiting for a human".to_string(),
-            (false, Some(i)) => format!("runbook {} step {}", r.runbook, i + 1),
-            (false, None) => format!("runbook {} is exhausted: escalate", r.runbook),
-        };
-        lines.push(format!(
-            "{}!{} {}  {}{}{} → {next}",
-            p.yellow, p.reset, r.target, p.bold, r.problem.cause, p.reset
-        ));
-        for s in &r.skipped {
-            lines.push(format!(
-                "{}    skip step {} ({}): {}{}",
-                p.dim,
-                s.step + 1,
-                s.action.as_str(),
-                s.reason,
-                p.reset
-            ));
-        }
-    }
-    if !lines.is_empty() {
-        let _ = writeln!(out, "{}Health{}", p.bold, p.reset);
-        for l in lines {
-            let _ = writeln!(out, "{l}");
-        }
-        out.push('\n');
-    }
-}
-
 /// One incident as a summary: resource, symptoms, probable cause, actions
 /// tried, current state, recommended next action, and the timings.
 pub fn render_incident(i: &Incident, color: bool) -> String {
     let p = Palette::new(color);
     let mut out = String::new();
-    let status_color = match i.status.as_str() {
-        "escalated" => p.red,
-        "open" => p.yellow,
-        _ => p.green,
+    let status_color = match i.status {
+        IncidentStatus::Escalated => p.red,
+        IncidentStatus::Open => p.yellow,
+        IncidentStatus::Resolved => p.green,
     };
     let _ = writeln!(
         out,
@@ -100,7 +40,7 @@ pub fn render_incident(i: &Incident, color: bool) -> String {
         i.id,
         p.reset,
         status_color,
-        i.status.to_uppercase(),
+        i.status.as_str().to_uppercase(),
         p.reset,
         i.kind,
         i.name
@@ -195,7 +135,7 @@ pub fn render_incidents(list: &[Incident], color: bool) -> String {
             out,
             "#{:<5} {:<9} {}/{}  {}  detected {}{}",
             i.id,
-            i.status,
+            i.status.as_str(),
             i.kind,
             i.name,
             i.cause,
@@ -205,7 +145,10 @@ pub fn render_incidents(list: &[Incident], color: bool) -> String {
                 .unwrap_or_default()
         );
     }
-    let escalated = list.iter().filter(|i| i.status == "escalated").count();
+    let escalated = list
+        .iter()
+        .filter(|i| i.status == IncidentStatus::Escalated)
+        .count();
     if escalated > 0 {
         let _ = writeln!(
             out,
@@ -225,42 +168,54 @@ pub fn incidents_json(list: &[Incident]) -> Value {
     })
 }
 
+/// What an `apply` pass did, as the report renders it.
+pub struct PassView<'a> {
+    pub plan: &'a Plan,
+    pub results: &'a [ActionResult],
+    /// Every incident the pass touched, and every one still escalated.
+    pub incidents: &'a [Incident],
+}
+
+/// The JSON document of an `apply` pass: the plan, the results and the
+/// incidents.
+pub(super) fn applied_json(a: &PassView<'_>) -> Value {
+    let mut doc = apply_json(a.plan, a.results);
+    if let Some(m) = doc.as_object_mut() {
+        m.insert("incidents".into(), json!(a.incidents));
+        m.insert(
+            "escalated".into(),
+            json!(a
+                .incidents
+                .iter()
+                .filter(|i| i.status == IncidentStatus::Escalated)
+                .count()),
+        );
+    }
+    doc
+}
+
 /// What `apply` prints, in the chosen format.
-pub fn render_applied(a: &Applied, format: Format, color: bool) -> String {
+pub fn render_applied(a: &PassView<'_>, format: Format, color: bool) -> String {
     match format {
         Format::Human => {
-            let mut text = render_plan(&a.plan, color);
+            let mut text = render_plan(a.plan, color);
             if !a.results.is_empty() {
                 text.push('\n');
-                text.push_str(&render_results(&a.results, color));
+                text.push_str(&render_results(a.results, color));
             }
-            for i in &a.incidents {
+            for i in a.incidents {
                 text.push('\n');
                 text.push_str(&render_incident(i, color));
             }
             text
         }
-        Format::Json => {
-            let mut doc = apply_json(&a.plan, &a.results);
-            if let Some(m) = doc.as_object_mut() {
-                m.insert("incidents".into(), json!(a.incidents));
-                m.insert(
-                    "escalated".into(),
-                    json!(a
-                        .incidents
-                        .iter()
-                        .filter(|i| i.status == "escalated")
-                        .count()),
-                );
-            }
-            format!("{doc:#}\n")
-        }
+        Format::Json => format!("{:#}\n", applied_json(a)),
         Format::Markdown => {
             let mut text = String::new();
             let escalated: Vec<&Incident> = a
                 .incidents
                 .iter()
-                .filter(|i| i.status == "escalated")
+                .filter(|i| i.status == IncidentStatus::Escalated)
                 .collect();
             if !escalated.is_empty() {
                 let _ = writeln!(
@@ -270,17 +225,22 @@ pub fn render_applied(a: &Applied, format: Format, color: bool) -> String {
                     if escalated.len() == 1 { "" } else { "s" }
                 );
             }
-            text.push_str(&render_markdown(&a.plan, Some(&a.results)));
+            text.push_str(&render_markdown(a.plan, Some(a.results)));
             if !a.incidents.is_empty() {
                 text.push_str("\n#### Incidents\n\n");
-                for i in &a.incidents {
+                for i in a.incidents {
                     let _ = writeln!(text, "```text\n{}```\n", render_incident(i, false));
                 }
             }
             text
         }
-        Format::Sarif => format!("{:#}\n", plan_sarif(&a.plan)),
+        Format::Sarif => format!("{:#}\n", plan_sarif(a.plan)),
     }
+}
+
+/// What tend learned, as JSON.
+pub fn stats_json(stats: &[StepStats]) -> Value {
+    json!({"apiVersion": "tend.dev/v1", "kind": "RemediationStats", "formatVersion": FORMAT_VERSION, "steps": stats})
 }
 
 /// What tend learned from verified outcomes, one line per runbook step.

@@ -3,8 +3,9 @@
 use serde_json::{json, Value};
 
 use crate::act::ActionResult;
-use crate::plan::{ActionType, Decision, Plan};
+use crate::plan::Plan;
 use crate::state::JournalEntry;
+use crate::vocab::{ActionType, Decision};
 
 /// Bumped on any incompatible change to the JSON shape.
 pub const FORMAT_VERSION: u32 = 1;

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use super::{human::summary_line, is_text_change, show, unified};
 use crate::act::{ActionResult, Outcome};
-use crate::plan::{ActionType, Plan};
+use crate::plan::Plan;
+use crate::vocab::ActionType;
 
 fn icon(t: ActionType) -> &'static str {
     match t {

@@ -3,7 +3,8 @@
 
 use serde_json::{json, Value};
 
-use crate::plan::{ActionType, Decision, Plan};
+use crate::plan::Plan;
+use crate::vocab::{ActionType, Decision};
 
 fn rule_id(t: ActionType) -> &'static str {
     match t {

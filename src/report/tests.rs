@@ -4,9 +4,11 @@ use serde_json::json;
 
 use super::*;
 use crate::act::{ActionResult, Outcome};
-use crate::diff::FieldChange;
 use crate::model::{Kind, Mode, ResourceKey};
-use crate::plan::{fingerprint, Action, ActionType, Decision, Plan, Risk, SourceInfo, Unmanaged};
+use crate::plan::{Plan, SourceInfo, Unmanaged};
+use crate::vocab::{
+    fingerprint, Action, ActionType, Decision, FieldChange, IncidentStatus, Risk, StepOutcome,
+};
 
 fn action(
     t: ActionType,
@@ -178,7 +180,7 @@ fn escalated_incident() -> crate::state::Incident {
         step: n,
         action: action.into(),
         decision: "auto".into(),
-        outcome: outcome.into(),
+        outcome: StepOutcome::parse(outcome).unwrap(),
         detail: detail.into(),
         started_at: "2026-11-21T10:00:03.000Z".into(),
         finished_at: "2026-11-21T10:00:07.000Z".into(),
@@ -188,7 +190,7 @@ fn escalated_incident() -> crate::state::Incident {
         id: 7,
         kind: "host.Process".into(),
         name: "web".into(),
-        status: "escalated".into(),
+        status: IncidentStatus::Escalated,
         cause: "memory leak".into(),
         signature: Some("memory-leak".into()),
         runbook: Some("restart-then-escalate".into()),

@@ -14,8 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::{owned_name, sdk_error, tags_json, AwsProvider};
 use crate::model::{Kind, ResourceKey};
-use crate::plan::{Action, ActionType};
-use crate::provider::LiveResource;
+use crate::vocab::{Action, ActionType, LiveResource};
 
 const KIND: Kind = Kind::AwsBucket;
 

@@ -12,8 +12,7 @@ use super::{
     TokenBucket,
 };
 use crate::model::{Kind, ResourceKey};
-use crate::plan::{Action, ActionType};
-use crate::provider::LiveResource;
+use crate::vocab::{Action, ActionType, LiveResource};
 
 const KIND: Kind = Kind::AwsAutoScalingGroup;
 

@@ -15,8 +15,7 @@ use super::{
     sdk_error, tag_ec2, tags_json, TokenBucket, OWNER_TAG,
 };
 use crate::model::{Kind, Resource, ResourceKey};
-use crate::plan::{Action, ActionType};
-use crate::provider::LiveResource;
+use crate::vocab::{Action, ActionType, LiveResource};
 
 const KIND: Kind = Kind::AwsInstance;
 

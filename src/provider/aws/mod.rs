@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use super::{Applied, ListRequest, LiveResource, Provider, ProviderError};
 use crate::model::{AwsSettings, Kind, ProviderName, Resource};
-use crate::plan::Action;
+use crate::vocab::Action;
 
 pub use limit::TokenBucket;
 

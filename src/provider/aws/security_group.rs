@@ -13,8 +13,7 @@ use super::{
     tag_ec2, tags_json, TokenBucket, OWNER_TAG,
 };
 use crate::model::{Kind, ResourceKey};
-use crate::plan::{Action, ActionType};
-use crate::provider::LiveResource;
+use crate::vocab::{Action, ActionType, LiveResource};
 
 const KIND: Kind = Kind::AwsSecurityGroup;
 

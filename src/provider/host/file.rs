@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::{record_names, write_atomic, HostRefs};
 use crate::model::{Kind, ResourceKey};
-use crate::plan::{Action, ActionType};
 use crate::provider::{Applied, LiveResource, ProviderError};
+use crate::vocab::{Action, ActionType};
 
 /// Files larger than this are compared by hash only and shown as such.
 const MAX_TEXT: u64 = 16 * 1024 * 1024;

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{Applied, ListRequest, LiveResource, Provider, ProviderError};
 use crate::model::{Kind, ProviderName, Resource};
-use crate::plan::Action;
+use crate::vocab::Action;
 
 pub use process::{process_alive, read_record, ProcessRecord};
 

@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use super::{record_names, write_atomic, HostRefs};
 use crate::model::{Kind, ResourceKey};
-use crate::plan::{Action, ActionType};
 use crate::provider::{Applied, LiveResource, ProviderError};
+use crate::vocab::{Action, ActionType};
 
 /// How long a new process must stay up before its start counts.
 const START_GRACE: Duration = Duration::from_millis(300);
@@ -386,7 +386,7 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
 
 /// The change a runbook restart carries: from the running instance (`pid
 /// N`) to a new one.
-pub const RESTART_PATH: &str = "/status/instance";
+pub use crate::vocab::RESTART_PATH;
 
 pub(super) fn apply(
     refs: &HostRefs,

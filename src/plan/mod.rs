@@ -5,128 +5,21 @@
 //! decision here is the mode ceiling (global, lowered per resource). Planning
 //! is pure: no I/O, no clock.
 
+pub mod remedy;
+
 use serde::Serialize;
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::diff::{Change, Diff, FieldChange};
-use crate::model::{Kind, Mode, ResourceKey};
+use std::collections::HashMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ActionType {
-    Create,
-    Update,
-    Delete,
-    Restart,
-    Stop,
-    /// Delete and re-create (a runbook step).
-    Replace,
-    /// Change capacity (a runbook step).
-    Scale,
-    /// Run an allowlisted command on the host (a runbook step).
-    Command,
-}
-
-impl ActionType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionType::Create => "create",
-            ActionType::Update => "update",
-            ActionType::Delete => "delete",
-            ActionType::Restart => "restart",
-            ActionType::Stop => "stop",
-            ActionType::Replace => "replace",
-            ActionType::Scale => "scale",
-            ActionType::Command => "command",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Risk {
-    Low,
-    Medium,
-    High,
-}
-
-impl Risk {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Risk::Low => "low",
-            Risk::Medium => "medium",
-            Risk::High => "high",
-        }
-    }
-}
-
-/// What may happen to an action: run it (`auto`), hold it for a later pass
-/// (`deferred`, by a safety gate), propose it to a human (`review`), only
-/// report it (`observe`), or refuse it (`deny`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    Auto,
-    Deferred,
-    Review,
-    Observe,
-    Deny,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Auto => "auto",
-            Decision::Deferred => "deferred",
-            Decision::Review => "review",
-            Decision::Observe => "observe",
-            Decision::Deny => "deny",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Action {
-    /// Stable across runs for the same correction: a hash of type, target
-    /// and changes.
-    pub fingerprint: String,
-    #[serde(rename = "type")]
-    pub action_type: ActionType,
-    pub target: ResourceKey,
-    pub changes: Vec<FieldChange>,
-    pub risk: Risk,
-    pub reversible: bool,
-    pub decision: Decision,
-    pub reasons: Vec<String>,
-    /// What the provider noticed about the live resource (e.g. "pid 42 has
-    /// exited"), for the human reading the plan.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-    /// Fight detection stopped auto-correcting this action's fields.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub contested: bool,
-    /// Where the resource is declared (absent for deletions).
-    #[serde(rename = "declaredAt", skip_serializing_if = "Option::is_none")]
-    pub declared_at: Option<crate::model::Origin>,
-    /// The incident this action is a runbook step of.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub incident: Option<IncidentRef>,
-}
-
-/// Which incident and runbook step an action carries out.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IncidentRef {
-    pub cause: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
-    pub runbook: String,
-    /// Zero-based index of the step in the runbook.
-    pub step: usize,
-    pub step_action: crate::model::health::StepAction,
-    pub severity: crate::model::health::Severity,
-}
+use crate::diff::{Change, Diff};
+use crate::health::Assessment;
+use crate::model::health::Runbook;
+use crate::model::{Kind, Mode, Resource, ResourceKey};
+use crate::vocab::redact;
+pub use crate::vocab::{
+    fingerprint, is_secret_name, Action, ActionType, Decision, FieldChange, IncidentRef,
+    LiveResource, Risk,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Unmanaged {
@@ -152,10 +45,10 @@ pub struct Plan {
     pub unmanaged: Vec<Unmanaged>,
     /// The health of every watched resource.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub health: Vec<crate::health::Assessment>,
+    pub health: Vec<Assessment>,
     /// Unhealthy resources and the runbook step each takes next.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub remedies: Vec<crate::health::remedy::Remedy>,
+    pub remedies: Vec<remedy::Remedy>,
 }
 
 impl Plan {
@@ -224,6 +117,82 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
     }
 }
 
+/// One watched resource's health in this pass, and its open incident.
+pub struct Watched<'a> {
+    pub resource: &'a Resource,
+    pub assessment: Assessment,
+    pub prior: Option<remedy::Prior>,
+}
+
+/// What healing needs to know besides the resources: the runbooks, the
+/// remediation statistics and when a step counts as ineffective.
+pub struct HealingInput<'a> {
+    pub runbooks: &'a [Runbook],
+    /// Consecutive verification failures of (cause, runbook, step).
+    pub failures: &'a dyn Fn(&str, &str, usize) -> i64,
+    pub ineffective_after: u32,
+}
+
+/// Puts the next runbook step of each unhealthy resource into the plan in
+/// place of its drift corrections (one resource, one action at a time) and
+/// records every assessment. Returns the unresolved incidents whose
+/// resources are healthy again.
+pub fn add_health(
+    plan: &mut Plan,
+    watched: Vec<Watched<'_>>,
+    live: &HashMap<ResourceKey, LiveResource>,
+    input: &HealingInput<'_>,
+) -> Vec<i64> {
+    let mut recovered = Vec::new();
+    for w in watched {
+        let r = w.resource;
+        // A resource that does not exist yet is created by the drift
+        // correction; that is not an incident.
+        let exists = live.contains_key(&r.key);
+        match w.assessment.problem.as_ref().filter(|_| exists) {
+            None if !exists => {}
+            None => recovered.extend(w.prior.as_ref().map(|p| p.id)),
+            Some(problem) => {
+                let (runbook, spec) =
+                    remedy::runbook_for(r.key.kind, problem.runbook.as_deref(), input.runbooks);
+                let failures = |cause: &str, step: usize| (input.failures)(cause, &runbook, step);
+                let remedy = remedy::remedy(
+                    r,
+                    problem.clone(),
+                    (&runbook, &spec),
+                    w.prior.as_ref(),
+                    &failures,
+                    input.ineffective_after,
+                );
+                if let Some(i) = remedy.step {
+                    let drift: Vec<_> = plan
+                        .actions
+                        .iter()
+                        .filter(|a| a.target == r.key)
+                        .flat_map(|a| a.changes.clone())
+                        .collect();
+                    plan.actions.retain(|a| a.target != r.key);
+                    let mut action =
+                        remedy::step_action(&remedy, i, &spec.steps[i], live.get(&r.key), &drift);
+                    (action.decision, action.reasons) = ceiling(plan.mode, r.mode);
+                    action.declared_at = Some(r.origin.clone());
+                    plan.actions.push(action);
+                } else {
+                    // The runbook is exhausted or the incident escalated:
+                    // restarting is what failed, so it is not retried as
+                    // drift. Other drift still applies, so a fix committed
+                    // to Git reaches the resource.
+                    plan.actions
+                        .retain(|a| a.target != r.key || a.action_type != ActionType::Restart);
+                }
+                plan.remedies.push(remedy);
+            }
+        }
+        plan.health.push(w.assessment);
+    }
+    recovered
+}
+
 /// A process whose only drift is that it is not running is restarted; one
 /// that should stop is stopped; any other change is an update.
 fn update_type(kind: Kind, fields: &[FieldChange]) -> ActionType {
@@ -258,59 +227,6 @@ pub fn ceiling(global: Mode, resource: Option<Mode>) -> (Decision, Vec<String>) 
         Mode::Observe => Decision::Observe,
     };
     (decision, vec![why])
-}
-
-/// Whether a field name looks like it holds a secret.
-pub fn is_secret_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    [
-        "TOKEN",
-        "SECRET",
-        "PASSWORD",
-        "PASSWD",
-        "APIKEY",
-        "API_KEY",
-        "PRIVATE_KEY",
-        "CREDENTIAL",
-        "ACCESS_KEY",
-    ]
-    .iter()
-    .any(|s| upper.contains(s))
-}
-
-/// Plans are shown, journaled and posted; values of secret-looking fields
-/// never are. The fingerprint is taken before redaction, so a changed secret
-/// is still a distinct change.
-fn redact(mut change: FieldChange) -> FieldChange {
-    let last = change.path.rsplit('/').next().unwrap_or_default();
-    if is_secret_name(last) {
-        for v in [&mut change.from, &mut change.to] {
-            if !v.is_null() {
-                *v = Value::from("(redacted)");
-            }
-        }
-    }
-    change
-}
-
-/// A short stable hash of what an action does: the same correction gets
-/// the same fingerprint in every run and every output format.
-pub fn fingerprint(t: ActionType, key: &ResourceKey, changes: &[FieldChange]) -> String {
-    let mut h = Sha256::new();
-    h.update(t.as_str().as_bytes());
-    h.update([0]);
-    h.update(key.kind.as_str().as_bytes());
-    h.update([0]);
-    h.update(key.name.as_bytes());
-    for c in changes {
-        h.update([0]);
-        h.update(c.path.as_bytes());
-        h.update([0]);
-        h.update(c.from.to_string().as_bytes());
-        h.update([0]);
-        h.update(c.to.to_string().as_bytes());
-    }
-    hex::encode(&h.finalize()[..8])
 }
 
 #[cfg(test)]
@@ -375,30 +291,5 @@ mod tests {
         );
         assert_eq!(p.actions[0].decision, Decision::Observe);
         assert_eq!(p.actions[0].reasons, vec!["metadata.mode is observe"]);
-    }
-
-    #[test]
-    fn secret_values_are_redacted() {
-        let c = redact(FieldChange {
-            path: "/spec/env/API_TOKEN".into(),
-            from: json!("old"),
-            to: json!("new"),
-        });
-        assert_eq!((c.from, c.to), (json!("(redacted)"), json!("(redacted)")));
-        let c = redact(FieldChange {
-            path: "/spec/env/PORT".into(),
-            from: json!("1"),
-            to: json!("2"),
-        });
-        assert_eq!(c.to, json!("2"));
-    }
-
-    #[test]
-    fn fingerprints_are_stable_and_distinct() {
-        let k = ResourceKey::new(Kind::HostFile, "a");
-        let a = fingerprint(ActionType::Create, &k, &[]);
-        assert_eq!(a, fingerprint(ActionType::Create, &k, &[]));
-        assert_ne!(a, fingerprint(ActionType::Delete, &k, &[]));
-        assert_eq!(a.len(), 16);
     }
 }

@@ -4,12 +4,13 @@
 use serde::Serialize;
 use serde_json::json;
 
-use super::Problem;
-use crate::diff::FieldChange;
+use crate::health::Problem;
 use crate::model::health::{Runbook, RunbookSpec, Step, StepAction};
 use crate::model::{Kind, Resource, ResourceKey};
-use crate::plan::{Action, ActionType, Decision, IncidentRef, Risk};
-use crate::provider::LiveResource;
+use crate::vocab::{
+    fingerprint, Action, ActionType, Decision, FieldChange, IncidentRef, LiveResource, Risk,
+    RESTART_PATH,
+};
 
 /// The runbook tend uses when none is named: restart a process (re-apply
 /// anything else), then hand over.
@@ -172,7 +173,7 @@ pub fn step_action(
         StepAction::Restart => (
             ActionType::Restart,
             vec![FieldChange {
-                path: crate::provider::host::RESTART_PATH.into(),
+                path: RESTART_PATH.into(),
                 from: json!(live
                     .map(|l| l.id.clone())
                     .unwrap_or_else(|| "not running".into())),
@@ -224,7 +225,7 @@ pub fn step_action(
         step_action: step.action,
         severity: remedy.problem.severity,
     };
-    let fingerprint = crate::plan::fingerprint(action_type, &target, &changes);
+    let fingerprint = fingerprint(action_type, &target, &changes);
     Action {
         fingerprint,
         action_type,

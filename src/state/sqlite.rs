@@ -1,0 +1,547 @@
+//! The embedded default store: one SQLite database, `tend.db`, in the state
+//! directory. The directory is private (0700) and every file tend keeps
+//! there is 0600: the store holds declared specs, which may carry secrets.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{
+    now, ts, BackendError, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
+    JournalRecord, LastGood, NewIncident, NewRun, RunStatus, SignalRow, StateError, StepResult,
+    StepStats, Store,
+};
+use crate::vocab::{JournalOutcome, JournalPhase, Remembered, ResourceKey};
+
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> StateError {
+        StateError::Backend(BackendError::new(e))
+    }
+}
+
+/// SQLite behind a mutex: one connection, shared by every task of a pass.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    command TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    commit_sha TEXT,
+    mode TEXT NOT NULL,
+    status TEXT
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    at TEXT NOT NULL,
+    phase TEXT NOT NULL CHECK (phase IN ('intent', 'outcome', 'decision')),
+    fingerprint TEXT NOT NULL,
+    action TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    commit_sha TEXT,
+    outcome TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_at ON journal(at);
+CREATE TABLE IF NOT EXISTS corrections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS corrections_at ON corrections(at);
+CREATE TABLE IF NOT EXISTS signal_state (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    signal TEXT NOT NULL,
+    status TEXT NOT NULL,
+    since TEXT NOT NULL,
+    last_healthy TEXT,
+    value REAL,
+    detail TEXT NOT NULL,
+    observed_at TEXT NOT NULL,
+    PRIMARY KEY (kind, name, signal)
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('open', 'escalated', 'resolved')),
+    cause TEXT NOT NULL,
+    signature TEXT,
+    runbook TEXT,
+    severity TEXT NOT NULL,
+    symptoms TEXT NOT NULL,
+    onset_at TEXT NOT NULL,
+    detected_at TEXT NOT NULL,
+    resolved_at TEXT,
+    next_step INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT '',
+    recommendation TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS incidents_resource ON incidents(kind, name, status);
+CREATE TABLE IF NOT EXISTS incident_steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id INTEGER NOT NULL REFERENCES incidents(id),
+    step INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS remediation_stats (
+    cause TEXT NOT NULL,
+    runbook TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    successes INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (cause, runbook, step)
+);
+CREATE TABLE IF NOT EXISTS last_good (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    commit_sha TEXT,
+    spec TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS run_lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INTEGER NOT NULL,
+    start_time INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    command TEXT NOT NULL,
+    since TEXT NOT NULL
+);
+";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Kernel start time of a pid, to tell a live lock holder from a reused pid.
+fn start_time(pid: i64) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+const DB: &str = "tend.db";
+
+impl SqliteStore {
+    /// Opens an existing state database, or `None` when there is none yet
+    /// (a plan before the first apply).
+    pub fn open_existing(dir: &Path) -> Result<Option<SqliteStore>, StateError> {
+        if dir.join(DB).exists() {
+            SqliteStore::open(dir).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn open(dir: &Path) -> Result<SqliteStore, StateError> {
+        private_dir(dir)?;
+        let path = dir.join(DB);
+        let conn = Connection::open(&path).map_err(|source| StateError::Open {
+            path: path.display().to_string(),
+            source: BackendError::new(source),
+        })?;
+        let open = |e: rusqlite::Error| StateError::Open {
+            path: path.display().to_string(),
+            source: BackendError::new(e),
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(open)?;
+        conn.execute_batch(SCHEMA).map_err(open)?;
+        for f in [DB, "tend.db-wal", "tend.db-shm"] {
+            private_file(&dir.join(f))?;
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic elsewhere while holding the lock leaves SQLite itself
+        // consistent (every write is one statement or a transaction).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates the state directory 0700, or tightens an existing one.
+fn private_dir(dir: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StateError::Dir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    let meta = std::fs::metadata(dir).map_err(err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), "The state directory was readable by others; tightened to 0700.");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Makes a file tend keeps in the state directory 0600, when it exists.
+pub(super) fn private_file(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StateError::Dir {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+const JOURNAL_COLUMNS: &str =
+    "id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail";
+
+impl Store for SqliteStore {
+    fn lock(&self, command: &str) -> Result<(), StateError> {
+        let me = std::process::id() as i64;
+        let my_start = start_time(me).unwrap_or(0);
+        let host = hostname();
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let holder: Option<(i64, i64, String, String, String)> = tx
+            .query_row(
+                "SELECT pid, start_time, host, command, since FROM run_lock WHERE id = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        if let Some((pid, start, h, cmd, since)) = holder {
+            let alive = h != host || start_time(pid) == Some(start);
+            if alive && pid != me {
+                return Err(StateError::Locked {
+                    path: self.path.display().to_string(),
+                    pid,
+                    host: h,
+                    command: cmd,
+                    since,
+                });
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO run_lock (id, pid, start_time, host, command, since) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![me, my_start, host, command, now()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn unlock(&self) -> Result<(), StateError> {
+        self.conn().execute(
+            "DELETE FROM run_lock WHERE id = 1 AND pid = ?1",
+            params![std::process::id() as i64],
+        )?;
+        Ok(())
+    }
+
+    fn begin_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (started_at, command, origin, commit_sha, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now(), run.command, run.origin, run.commit, run.mode],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn finish_run(&self, run_id: i64, status: RunStatus) -> Result<(), StateError> {
+        self.conn().execute(
+            "UPDATE runs SET finished_at = ?1, status = ?2 WHERE id = ?3",
+            params![now(), status.as_str(), run_id],
+        )?;
+        Ok(())
+    }
+
+    fn journal(&self, phase: JournalPhase, r: &JournalRecord<'_>) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![r.run_id, now(), phase.as_str(), r.fingerprint, r.action, r.kind, r.name, r.commit, r.outcome.map(JournalOutcome::as_str), r.detail],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn history(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {JOURNAL_COLUMNS}
+             FROM (SELECT * FROM journal WHERE at >= ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id"
+        ))?;
+        let since = since.map(ts).unwrap_or_default();
+        let rows = stmt.query_map(params![since, limit as i64], row_entry)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn outcomes_since(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {JOURNAL_COLUMNS}
+             FROM journal WHERE phase = 'outcome' AND outcome IN ('synced', 'failed') AND at >= ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![ts(since)], row_entry)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn dangling_intents(&self) -> Result<Vec<JournalEntry>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT i.id, i.run_id, i.at, i.phase, i.fingerprint, i.action, i.kind, i.name, i.commit_sha, i.outcome, i.detail
+             FROM journal i
+             WHERE i.phase = 'intent' AND NOT EXISTS (
+                SELECT 1 FROM journal o WHERE o.phase = 'outcome' AND o.run_id = i.run_id
+                  AND o.fingerprint = i.fingerprint AND o.id > i.id)
+             ORDER BY i.id",
+        )?;
+        let rows = stmt.query_map([], row_entry)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn record_corrections(&self, key: &ResourceKey, paths: &[&str]) -> Result<(), StateError> {
+        let at = now();
+        let conn = self.conn();
+        for p in paths {
+            conn.execute(
+                "INSERT INTO corrections (at, kind, name, path) VALUES (?1, ?2, ?3, ?4)",
+                params![at, key.kind.as_str(), key.name, p],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn corrections_since(&self, since: DateTime<Utc>) -> Result<Vec<CorrectionRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT at, kind, name, path FROM corrections WHERE at >= ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![ts(since)], |r| {
+            Ok(CorrectionRow {
+                at: r.get(0)?,
+                kind: r.get(1)?,
+                name: r.get(2)?,
+                path: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn remembered(&self, key: &ResourceKey) -> Result<HashMap<String, Remembered>, StateError> {
+        self.remembered_rows(key)
+    }
+
+    fn remember(&self, key: &ResourceKey, rows: &[SignalRow]) -> Result<(), StateError> {
+        self.remember_rows(key, rows)
+    }
+
+    fn open_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
+        self.insert_incident(n)
+    }
+
+    fn active_incident(&self, key: &ResourceKey) -> Result<Option<Incident>, StateError> {
+        self.active(key)
+    }
+
+    fn add_step(&self, incident: i64, s: &IncidentStep) -> Result<(), StateError> {
+        self.insert_step(incident, s)
+    }
+
+    fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
+        self.move_incident(id, u)
+    }
+
+    fn incident(&self, id: i64) -> Result<Option<Incident>, StateError> {
+        self.load_incident(&self.conn(), id)
+    }
+
+    fn incidents(&self, all: bool, limit: usize) -> Result<Vec<Incident>, StateError> {
+        self.list_incidents(all, limit)
+    }
+
+    fn consecutive_failures(
+        &self,
+        cause: &str,
+        runbook: &str,
+        step: i64,
+    ) -> Result<i64, StateError> {
+        self.failures(cause, runbook, step)
+    }
+
+    fn record_step_result(&self, r: &StepResult<'_>) -> Result<(), StateError> {
+        self.count_step(r)
+    }
+
+    fn remediation_stats(&self) -> Result<Vec<StepStats>, StateError> {
+        self.stats()
+    }
+
+    fn set_last_good(
+        &self,
+        key: &ResourceKey,
+        commit: Option<&str>,
+        spec: &serde_json::Value,
+    ) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO last_good (kind, name, commit_sha, spec, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key.kind.as_str(), key.name, commit, spec.to_string(), now()],
+        )?;
+        Ok(())
+    }
+
+    fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError> {
+        let row: Option<(Option<String>, String)> = self
+            .conn()
+            .query_row(
+                "SELECT commit_sha, spec FROM last_good WHERE kind = ?1 AND name = ?2",
+                params![key.kind.as_str(), key.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(commit, s)| {
+            Some(LastGood {
+                commit,
+                spec: serde_json::from_str(&s).ok()?,
+            })
+        }))
+    }
+}
+
+fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
+    let phase: String = r.get(3)?;
+    let outcome: Option<String> = r.get(9)?;
+    Ok(JournalEntry {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        at: r.get(2)?,
+        phase: JournalPhase::parse(&phase).unwrap_or(JournalPhase::Decision),
+        fingerprint: r.get(4)?,
+        action: r.get(5)?,
+        kind: r.get(6)?,
+        name: r.get(7)?,
+        commit: r.get(8)?,
+        outcome: outcome.as_deref().and_then(JournalOutcome::parse),
+        detail: r.get(10)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(run_id: i64, fp: &str) -> JournalRecord<'_> {
+        JournalRecord {
+            run_id,
+            fingerprint: fp,
+            action: "update",
+            kind: "host.File",
+            name: "a",
+            commit: None,
+            outcome: None,
+            detail: "",
+        }
+    }
+
+    #[test]
+    fn dangling_intents_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let run = s
+            .begin_run(&NewRun {
+                command: "apply",
+                origin: "x",
+                commit: None,
+                mode: "auto",
+            })
+            .unwrap();
+        s.intent(&rec(run, "a")).unwrap();
+        s.outcome(&JournalRecord {
+            outcome: Some(JournalOutcome::Synced),
+            ..rec(run, "a")
+        })
+        .unwrap();
+        s.intent(&rec(run, "b")).unwrap();
+        let d = s.dangling_intents().unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].fingerprint, "b");
+        assert_eq!(s.history(None, 100).unwrap().len(), 3);
+    }
+
+    /// Regression: the database was created 0644 in a 0755 directory and
+    /// holds declared specs with their secrets.
+    #[test]
+    fn the_state_directory_and_database_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(SqliteStore::open(&state).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join(DB)), 0o600);
+        std::fs::set_permissions(state.join(DB), std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(SqliteStore::open(&state).unwrap());
+        assert_eq!(mode(&state.join(DB)), 0o600);
+    }
+
+    #[test]
+    fn a_second_holder_is_refused_and_a_dead_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.lock("apply").unwrap();
+        // A live foreign holder: pid 1 with its real start time.
+        s.conn()
+            .execute(
+                "UPDATE run_lock SET pid = 1, start_time = ?1",
+                params![start_time(1).unwrap_or(0)],
+            )
+            .unwrap();
+        assert!(matches!(
+            s.lock("apply"),
+            Err(StateError::Locked { pid: 1, .. })
+        ));
+        // A holder whose start time no longer matches is gone.
+        s.conn()
+            .execute("UPDATE run_lock SET start_time = -5", [])
+            .unwrap();
+        s.lock("apply").unwrap();
+    }
+}

@@ -1,0 +1,259 @@
+//! The SQLite side of incidents, remembered signal states, remediation
+//! statistics.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::sqlite::SqliteStore;
+use super::{
+    now, parse_ts, ts, Incident, IncidentStep, IncidentUpdate, NewIncident, SignalRow, StateError,
+    StepResult, StepStats,
+};
+use crate::vocab::{IncidentStatus, Remembered, ResourceKey, Status, StepOutcome};
+
+fn millis(from: &str, to: &str) -> Option<i64> {
+    Some((parse_ts(to)? - parse_ts(from)?).num_milliseconds())
+}
+
+const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation";
+
+impl SqliteStore {
+    pub(super) fn remembered_rows(
+        &self,
+        key: &ResourceKey,
+    ) -> Result<HashMap<String, Remembered>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT signal, status, since, last_healthy FROM signal_state WHERE kind = ?1 AND name = ?2",
+        )?;
+        let rows = stmt.query_map(params![key.kind.as_str(), key.name], |r| {
+            let (signal, status, since, last): (String, String, String, Option<String>) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            Ok((signal, status, since, last))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (signal, status, since, last) = row?;
+            if let Some(since) = parse_ts(&since) {
+                out.insert(
+                    signal,
+                    Remembered {
+                        status: Status::parse(&status),
+                        since,
+                        last_healthy: last.as_deref().and_then(parse_ts),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn remember_rows(
+        &self,
+        key: &ResourceKey,
+        rows: &[SignalRow],
+    ) -> Result<(), StateError> {
+        let at = now();
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "INSERT OR REPLACE INTO signal_state (kind, name, signal, status, since, last_healthy, value, detail, observed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for r in rows {
+            stmt.execute(params![
+                key.kind.as_str(),
+                key.name,
+                r.signal,
+                r.status.as_str(),
+                ts(r.since),
+                r.last_healthy.map(ts),
+                r.value,
+                r.detail,
+                at
+            ])?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn insert_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state)
+             VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy')",
+            params![n.key.kind.as_str(), n.key.name, n.cause, n.signature, n.runbook, n.severity, n.symptoms.to_string(), ts(n.onset), ts(n.detected)],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub(super) fn active(&self, key: &ResourceKey) -> Result<Option<Incident>, StateError> {
+        let conn = self.conn();
+        let id: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND status != 'resolved' ORDER BY id DESC LIMIT 1",
+                params![key.kind.as_str(), key.name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => self.load_incident(&conn, id),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn insert_step(&self, incident: i64, s: &IncidentStep) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO incident_steps (incident_id, step, action, decision, outcome, detail, started_at, finished_at, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![incident, s.step, s.action, s.decision, s.outcome.as_str(), s.detail, s.started_at, s.finished_at, s.duration_ms],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn move_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
+        let resolved = (u.status == IncidentStatus::Resolved).then(now);
+        self.conn().execute(
+            "UPDATE incidents SET status = ?2, next_step = ?3, state = ?4, recommendation = ?5, resolved_at = COALESCE(?6, resolved_at) WHERE id = ?1",
+            params![id, u.status.as_str(), u.next_step, u.state, u.recommendation, resolved],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn load_incident(
+        &self,
+        conn: &Connection,
+        id: i64,
+    ) -> Result<Option<Incident>, StateError> {
+        let row = conn
+            .query_row(
+                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"),
+                params![id],
+                incident_row,
+            )
+            .optional()?;
+        let Some(mut inc) = row else { return Ok(None) };
+        let mut stmt = conn.prepare_cached(
+            "SELECT step, action, decision, outcome, detail, started_at, finished_at, duration_ms
+             FROM incident_steps WHERE incident_id = ?1 ORDER BY id",
+        )?;
+        let steps = stmt.query_map(params![id], |r| {
+            let outcome: String = r.get(3)?;
+            Ok(IncidentStep {
+                step: r.get(0)?,
+                action: r.get(1)?,
+                decision: r.get(2)?,
+                outcome: StepOutcome::parse(&outcome).unwrap_or(StepOutcome::Failed),
+                detail: r.get(4)?,
+                started_at: r.get(5)?,
+                finished_at: r.get(6)?,
+                duration_ms: r.get(7)?,
+            })
+        })?;
+        inc.steps = steps.collect::<Result<_, _>>()?;
+        Ok(Some(inc))
+    }
+
+    pub(super) fn list_incidents(
+        &self,
+        all: bool,
+        limit: usize,
+    ) -> Result<Vec<Incident>, StateError> {
+        let conn = self.conn();
+        let ids: Vec<i64> = {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT id FROM incidents {} ORDER BY id DESC LIMIT ?1",
+                if all {
+                    ""
+                } else {
+                    "WHERE status != 'resolved'"
+                }
+            ))?;
+            let rows = stmt.query_map(params![limit as i64], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.load_incident(&conn, id)?);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn failures(
+        &self,
+        cause: &str,
+        runbook: &str,
+        step: i64,
+    ) -> Result<i64, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT consecutive_failures FROM remediation_stats WHERE cause = ?1 AND runbook = ?2 AND step = ?3",
+                params![cause, runbook, step],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// A success resets the run of consecutive failures.
+    pub(super) fn count_step(&self, r: &StepResult<'_>) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO remediation_stats (cause, runbook, step, action, successes, failures, consecutive_failures)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (cause, runbook, step) DO UPDATE SET
+               action = excluded.action,
+               successes = successes + excluded.successes,
+               failures = failures + excluded.failures,
+               consecutive_failures = CASE WHEN excluded.successes > 0 THEN 0 ELSE consecutive_failures + 1 END",
+            params![r.cause, r.runbook, r.step, r.action, i64::from(r.success), i64::from(!r.success)],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn stats(&self) -> Result<Vec<StepStats>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT cause, runbook, step, action, successes, failures, consecutive_failures FROM remediation_stats ORDER BY cause, runbook, step",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StepStats {
+                cause: r.get(0)?,
+                runbook: r.get(1)?,
+                step: r.get(2)?,
+                action: r.get(3)?,
+                successes: r.get(4)?,
+                failures: r.get(5)?,
+                consecutive_failures: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
+    let symptoms: String = r.get(8)?;
+    let onset_at: String = r.get(9)?;
+    let detected_at: String = r.get(10)?;
+    let resolved_at: Option<String> = r.get(11)?;
+    let status: String = r.get(3)?;
+    Ok(Incident {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        name: r.get(2)?,
+        status: IncidentStatus::parse(&status).unwrap_or(IncidentStatus::Open),
+        cause: r.get(4)?,
+        signature: r.get(5)?,
+        runbook: r.get(6)?,
+        severity: r.get(7)?,
+        symptoms: serde_json::from_str(&symptoms).unwrap_or_default(),
+        time_to_detect_ms: millis(&onset_at, &detected_at).unwrap_or(0),
+        time_to_recover_ms: resolved_at.as_deref().and_then(|r| millis(&detected_at, r)),
+        onset_at,
+        detected_at,
+        resolved_at,
+        next_step: r.get(12)?,
+        state: r.get(13)?,
+        recommendation: r.get(14)?,
+        steps: Vec::new(),
+    })
+}

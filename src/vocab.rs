@@ -1,0 +1,477 @@
+//! The shared vocabulary of the loop: what every stage speaks of.
+//!
+//! Resource identities, live resources, field changes, actions with their
+//! decisions and fingerprints, signal statuses and the typed states that
+//! incidents and the journal move through. Every stage may use this module;
+//! it uses nothing but `model` (the documents tend reads), and it must never
+//! import a stage. See ARCHITECTURE.md.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use crate::model::health::{Severity, StepAction};
+pub use crate::model::{Kind, Mode, Origin, ResourceKey};
+
+/// The change a restart makes: the running instance is replaced. It is not
+/// a field of any spec, so fight detection and diffs never see it as one.
+pub const RESTART_PATH: &str = "/status/instance";
+
+/// One field that differs: where, what it is, what it should be.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub path: String,
+    pub from: Value,
+    pub to: Value,
+}
+
+/// A live resource as a provider sees it, shaped like a desired `spec`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveResource {
+    pub key: ResourceKey,
+    pub spec: Value,
+    /// Carries tend's ownership marker (tag, record).
+    pub owned: bool,
+    /// The provider's own identifier (a path, a pid, an ARN).
+    pub id: String,
+    /// Something a human should know about this resource's live state.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionType {
+    Create,
+    Update,
+    Delete,
+    Restart,
+    Stop,
+    /// Delete and re-create (a runbook step).
+    Replace,
+    /// Change capacity (a runbook step).
+    Scale,
+    /// Run an allowlisted command on the host (a runbook step).
+    Command,
+}
+
+impl ActionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionType::Create => "create",
+            ActionType::Update => "update",
+            ActionType::Delete => "delete",
+            ActionType::Restart => "restart",
+            ActionType::Stop => "stop",
+            ActionType::Replace => "replace",
+            ActionType::Scale => "scale",
+            ActionType::Command => "command",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl Risk {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+        }
+    }
+}
+
+/// What may happen to an action: run it (`auto`), hold it for a later pass
+/// (`deferred`, by a safety gate), propose it to a human (`review`), only
+/// report it (`observe`), or refuse it (`deny`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Auto,
+    Deferred,
+    Review,
+    Observe,
+    Deny,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Auto => "auto",
+            Decision::Deferred => "deferred",
+            Decision::Review => "review",
+            Decision::Observe => "observe",
+            Decision::Deny => "deny",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Decision> {
+        Some(match s {
+            "auto" => Decision::Auto,
+            "deferred" => Decision::Deferred,
+            "review" => Decision::Review,
+            "observe" => Decision::Observe,
+            "deny" => Decision::Deny,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Action {
+    /// Stable across runs for the same correction: a hash of type, target
+    /// and changes.
+    pub fingerprint: String,
+    #[serde(rename = "type")]
+    pub action_type: ActionType,
+    pub target: ResourceKey,
+    pub changes: Vec<FieldChange>,
+    pub risk: Risk,
+    pub reversible: bool,
+    pub decision: Decision,
+    pub reasons: Vec<String>,
+    /// What the provider noticed about the live resource (e.g. "pid 42 has
+    /// exited"), for the human reading the plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Fight detection stopped auto-correcting this action's fields.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub contested: bool,
+    /// Where the resource is declared (absent for deletions).
+    #[serde(rename = "declaredAt", skip_serializing_if = "Option::is_none")]
+    pub declared_at: Option<Origin>,
+    /// The incident this action is a runbook step of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentRef>,
+}
+
+/// Which incident and runbook step an action carries out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentRef {
+    pub cause: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    pub runbook: String,
+    /// Zero-based index of the step in the runbook.
+    pub step: usize,
+    pub step_action: StepAction,
+    pub severity: Severity,
+}
+
+/// A signal's outcome, ordered so that worse compares greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Unknown,
+    Unhealthy,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Unknown => "unknown",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Status {
+        match s {
+            "healthy" => Status::Healthy,
+            "unhealthy" => Status::Unhealthy,
+            _ => Status::Unknown,
+        }
+    }
+}
+
+/// What the state store remembers of a signal from earlier passes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remembered {
+    pub status: Status,
+    pub since: DateTime<Utc>,
+    pub last_healthy: Option<DateTime<Utc>>,
+}
+
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncidentStatus {
+    /// tend is working on it (or a step waits for a human).
+    Open,
+    /// The runbook is exhausted: a human must act.
+    Escalated,
+    Resolved,
+}
+
+impl IncidentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Open => "open",
+            IncidentStatus::Escalated => "escalated",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IncidentStatus> {
+        Some(match s {
+            "open" => IncidentStatus::Open,
+            "escalated" => IncidentStatus::Escalated,
+            "resolved" => IncidentStatus::Resolved,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for IncidentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one step tried for an incident ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepOutcome {
+    /// Carried out, and the signals were healthy for the hold time.
+    Verified,
+    /// Carried out, but the signals did not recover in time.
+    NotVerified,
+    /// The step itself failed.
+    Failed,
+    /// Waiting for a human (review, deny, deferred, observe).
+    Held,
+    /// Passed over: it has stopped working for this cause.
+    Skipped,
+    /// The runbook is exhausted.
+    Escalated,
+    /// tend stopped while the step ran or was verified.
+    Interrupted,
+    /// The resource recovered without a step.
+    Recovered,
+}
+
+impl StepOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepOutcome::Verified => "verified",
+            StepOutcome::NotVerified => "not-verified",
+            StepOutcome::Failed => "failed",
+            StepOutcome::Held => "held",
+            StepOutcome::Skipped => "skipped",
+            StepOutcome::Escalated => "escalated",
+            StepOutcome::Interrupted => "interrupted",
+            StepOutcome::Recovered => "recovered",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StepOutcome> {
+        [
+            StepOutcome::Verified,
+            StepOutcome::NotVerified,
+            StepOutcome::Failed,
+            StepOutcome::Held,
+            StepOutcome::Skipped,
+            StepOutcome::Escalated,
+            StepOutcome::Interrupted,
+            StepOutcome::Recovered,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+impl fmt::Display for StepOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which side of a provider call a journal line records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalPhase {
+    /// Written before the provider is called.
+    Intent,
+    /// Written after, with what happened.
+    Outcome,
+    /// Why an action was not taken.
+    Decision,
+}
+
+impl JournalPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalPhase::Intent => "intent",
+            JournalPhase::Outcome => "outcome",
+            JournalPhase::Decision => "decision",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JournalPhase> {
+        Some(match s {
+            "intent" => JournalPhase::Intent,
+            "outcome" => JournalPhase::Outcome,
+            "decision" => JournalPhase::Decision,
+            _ => return None,
+        })
+    }
+}
+
+/// What a journal line says happened: the result of a provider call, or
+/// for a `decision` line the decision that kept the action from running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JournalOutcome {
+    Synced,
+    Failed,
+    /// A pass ended between intent and outcome.
+    Interrupted,
+    Decided(Decision),
+}
+
+impl JournalOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalOutcome::Synced => "synced",
+            JournalOutcome::Failed => "failed",
+            JournalOutcome::Interrupted => "interrupted",
+            JournalOutcome::Decided(d) => d.as_str(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JournalOutcome> {
+        Some(match s {
+            "synced" => JournalOutcome::Synced,
+            "failed" => JournalOutcome::Failed,
+            "interrupted" => JournalOutcome::Interrupted,
+            other => JournalOutcome::Decided(Decision::parse(other)?),
+        })
+    }
+}
+
+impl fmt::Display for JournalOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for JournalOutcome {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Whether a field name looks like it holds a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "APIKEY",
+        "API_KEY",
+        "PRIVATE_KEY",
+        "CREDENTIAL",
+        "ACCESS_KEY",
+    ]
+    .iter()
+    .any(|s| upper.contains(s))
+}
+
+/// Plans are shown, journaled and posted; values of secret-looking fields
+/// never are. The fingerprint is taken before redaction, so a changed secret
+/// is still a distinct change.
+pub fn redact(mut change: FieldChange) -> FieldChange {
+    let last = change.path.rsplit('/').next().unwrap_or_default();
+    if is_secret_name(last) {
+        for v in [&mut change.from, &mut change.to] {
+            if !v.is_null() {
+                *v = Value::from("(redacted)");
+            }
+        }
+    }
+    change
+}
+
+/// A short stable hash of what an action does: the same correction gets
+/// the same fingerprint in every run and every output format.
+pub fn fingerprint(t: ActionType, key: &ResourceKey, changes: &[FieldChange]) -> String {
+    let mut h = Sha256::new();
+    h.update(t.as_str().as_bytes());
+    h.update([0]);
+    h.update(key.kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(key.name.as_bytes());
+    for c in changes {
+        h.update([0]);
+        h.update(c.path.as_bytes());
+        h.update([0]);
+        h.update(c.from.to_string().as_bytes());
+        h.update([0]);
+        h.update(c.to.to_string().as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_values_are_redacted() {
+        let c = redact(FieldChange {
+            path: "/spec/env/API_TOKEN".into(),
+            from: json!("old"),
+            to: json!("new"),
+        });
+        assert_eq!((c.from, c.to), (json!("(redacted)"), json!("(redacted)")));
+        let c = redact(FieldChange {
+            path: "/spec/env/PORT".into(),
+            from: json!("1"),
+            to: json!("2"),
+        });
+        assert_eq!(c.to, json!("2"));
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_distinct() {
+        let k = ResourceKey::new(Kind::HostFile, "a");
+        let a = fingerprint(ActionType::Create, &k, &[]);
+        assert_eq!(a, fingerprint(ActionType::Create, &k, &[]));
+        assert_ne!(a, fingerprint(ActionType::Delete, &k, &[]));
+        assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn typed_states_round_trip_through_their_names() {
+        for o in [
+            "verified",
+            "not-verified",
+            "held",
+            "interrupted",
+            "recovered",
+        ] {
+            assert_eq!(StepOutcome::parse(o).unwrap().as_str(), o);
+        }
+        for o in ["synced", "failed", "interrupted", "review", "deny"] {
+            assert_eq!(JournalOutcome::parse(o).unwrap().as_str(), o);
+        }
+        assert_eq!(
+            IncidentStatus::parse("escalated"),
+            Some(IncidentStatus::Escalated)
+        );
+        assert_eq!(JournalOutcome::parse("nonsense"), None);
+    }
+}
