@@ -18,7 +18,7 @@ use crate::model::{DesiredState, Resource};
 use crate::plan::Plan;
 use crate::provider::Providers;
 use crate::state::{JournalRecord, StateError, Store};
-use crate::vocab::{Action, ActionType, Decision, JournalOutcome, ResourceKey};
+use crate::vocab::{Action, ActionType, Decision, JournalOutcome, ResourceKey, Secrets};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
@@ -78,6 +78,9 @@ pub struct Executor<'a> {
     pub store: &'a dyn Store,
     pub run_id: i64,
     pub commit: Option<&'a str>,
+    /// Scrubbed from what a provider or command says before it is logged,
+    /// journaled or reported.
+    pub secrets: &'a Secrets,
 }
 
 impl Executor<'_> {
@@ -128,6 +131,9 @@ impl Executor<'_> {
             Effect::Provider { desired } => self.apply(action, desired).await,
             Effect::Command(c) => run_command(&c, &action.target).await,
         };
+        let result = result
+            .map(|d| self.secrets.scrub(&d))
+            .map_err(|e| self.secrets.scrub(&e));
         let outcome = match result {
             Ok(detail) => {
                 info!(%detail, "Action applied.");
@@ -348,11 +354,13 @@ mod tests {
                 mode: "auto",
             })
             .unwrap();
+        let secrets = crate::vocab::Secrets::default();
         let exec = Executor {
             providers: &providers,
             store: &store,
             run_id,
             commit: None,
+            secrets: &secrets,
         };
         let resource = &desired.resources[0];
         let reapply = step(ActionType::Update, StepAction::Reapply, "/spec/content");

@@ -291,10 +291,25 @@ pub fn main() -> ExitCode {
                     model::diagnostic::render(&invalid.diagnostics, &invalid.sources, color_err)
                 );
             }
-            eprintln!("tend: {err:#}");
+            eprintln!("tend: {}", error_text(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes on one line, each cause said once: a cause
+/// whose text the message already carries is not repeated.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut chain = err.chain();
+    let mut text = chain.next().map(ToString::to_string).unwrap_or_default();
+    for cause in chain {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_tracing(verbose: u8) {
@@ -436,9 +451,10 @@ async fn plan(
     let store = store.as_deref();
     let facts = reconcile::facts(store, &loaded.desired.settings, now)?;
     let planned = reconcile::plan(&loaded, &rt, opts, &facts, store, now).await?;
-    Publisher::new()
-        .with(out)
-        .publish(&Published::Plan(&planned.plan))?;
+    Publisher::new().with(out).publish(&Published::Plan {
+        plan: &planned.plan,
+        secrets: &planned.secrets,
+    })?;
     Ok(if detailed_exitcode && planned.plan.pending() > 0 {
         2
     } else {
@@ -633,6 +649,23 @@ mod tests {
         );
         assert!(parse_since("2h").unwrap() < chrono::Utc::now());
         assert!(parse_since("yesterday-ish").is_err());
+    }
+
+    /// Regression: causes were printed twice ("x.yaml is not valid UTF-8:
+    /// x.yaml is not valid UTF-8").
+    #[test]
+    fn each_cause_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("failed to read the source: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let err = anyhow::Error::from(Outer(std::io::Error::other("x.yaml is not valid UTF-8")));
+        assert_eq!(
+            error_text(&err),
+            "failed to read the source: x.yaml is not valid UTF-8"
+        );
+        let err =
+            anyhow::Error::from(std::io::Error::other("disk full")).context("failed to write");
+        assert_eq!(error_text(&err), "failed to write: disk full");
     }
 
     #[test]

@@ -12,15 +12,36 @@ use std::io::Write;
 use crate::plan::Plan;
 use crate::reconcile::{Applied, PassError};
 use crate::report::{self, Format, PassView, WatchFormat, WatchPass};
+use crate::vocab::Secrets;
 
 /// What a pass has to say.
 pub enum Published<'a> {
     /// `tend plan`: a decided plan; nothing was applied.
-    Plan(&'a Plan),
+    Plan {
+        plan: &'a Plan,
+        secrets: &'a Secrets,
+    },
     /// An `apply` pass, or one pass of `tend watch`.
     Pass { applied: &'a Applied, full: bool },
     /// A watch pass that failed before anything changed.
     Failed(&'a PassError),
+}
+
+impl Published<'_> {
+    /// `text` without any secret value the pass knows of: the last line of
+    /// defence for everything a sink sends out.
+    pub fn scrub(&self, text: String) -> String {
+        let secrets = match self {
+            Published::Plan { secrets, .. } => secrets,
+            Published::Pass { applied, .. } => &applied.secrets,
+            Published::Failed(_) => return text,
+        };
+        if secrets.is_empty() {
+            text
+        } else {
+            secrets.scrub(&text)
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +103,9 @@ pub struct Stdout {
 impl Sink for Stdout {
     fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
         let text = match (what, self.layout) {
-            (Published::Plan(plan), Layout::Once(format)) => render_plan(plan, format, self.color),
+            (Published::Plan { plan, .. }, Layout::Once(format)) => {
+                render_plan(plan, format, self.color)
+            }
             (Published::Pass { applied, .. }, Layout::Once(format)) => {
                 report::render_applied(&view(applied), format, self.color)
             }
@@ -110,11 +133,11 @@ impl Sink for Stdout {
             ),
             // A failed `plan` or `apply` is reported by the CLI as an error.
             (Published::Failed(_), Layout::Once(_)) => String::new(),
-            (Published::Plan(plan), Layout::Watch(_)) => {
+            (Published::Plan { plan, .. }, Layout::Watch(_)) => {
                 render_plan(plan, Format::Human, self.color)
             }
         };
-        write_stdout(&text)
+        write_stdout(&what.scrub(text))
     }
 }
 

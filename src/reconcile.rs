@@ -26,10 +26,11 @@ use crate::provider::{
 };
 use crate::source::{Source, SourceError};
 use crate::state::{
-    Incident, IncidentStep, IncidentUpdate, JournalRecord, NewRun, RunStatus, StateError, Store,
+    Incident, IncidentStep, IncidentUpdate, JournalRecord, NewRun, RunStatus, Scrubbing,
+    StateError, Store,
 };
 use crate::vocab::{
-    IncidentStatus, JournalOutcome, LiveResource, ResourceKey, Status, StepOutcome,
+    IncidentStatus, JournalOutcome, LiveResource, ResourceKey, Secrets, Status, StepOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,8 @@ pub struct Loaded {
     pub state_dir: PathBuf,
     /// The default pack and the repository's policies.
     pub policy_files: Vec<PolicyFile>,
+    /// The secret values of the declared specs.
+    pub secrets: Secrets,
 }
 
 impl Loaded {
@@ -106,6 +109,7 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
         (None, Some(d)) => root.join(d),
         _ => bootstrap_state_dir(opts)?,
     };
+    let secrets = Secrets::collect(desired.resources.iter().map(|r| &r.spec));
     Ok(Loaded {
         origin: snapshot.origin,
         commit: snapshot.commit,
@@ -113,6 +117,7 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
         root,
         state_dir,
         policy_files,
+        secrets,
     })
 }
 
@@ -272,6 +277,8 @@ pub struct Planned {
     pub live: HashMap<ResourceKey, LiveResource>,
     /// Unresolved incidents of resources that are healthy again.
     pub recovered: Vec<i64>,
+    /// Every secret value the pass knows of: declared and live.
+    pub secrets: Secrets,
 }
 
 /// Inventories, diffs, reads health and plans, undecided. Reads the state
@@ -337,10 +344,15 @@ async fn survey(
             ineffective_after: desired.settings.healing.ineffective_after,
         },
     );
+    let mut secrets = loaded.secrets.clone();
+    for l in live.values() {
+        secrets.add_from(&l.spec);
+    }
     Ok(Planned {
         plan,
         live,
         recovered,
+        secrets,
     })
 }
 
@@ -405,6 +417,7 @@ pub async fn plan(
             live: &planned.live,
             facts,
             now,
+            secrets: &planned.secrets,
         },
     );
     decider.decide_plan(&mut planned.plan)?;
@@ -420,6 +433,8 @@ pub struct Applied {
     pub recovered: Vec<i64>,
     /// Every incident this pass touched, and every one still escalated.
     pub incidents: Vec<Incident>,
+    /// Every secret value the pass knows of, to scrub from what is published.
+    pub secrets: Secrets,
 }
 
 impl Applied {
@@ -478,6 +493,11 @@ async fn apply_run(
     let desired = &loaded.desired;
     let facts = facts(Some(store), &desired.settings, now)?;
     let mut planned = survey(loaded, rt, opts, Some(store), scope).await?;
+    // From here on, every text written to the store is scrubbed.
+    let store = &Scrubbing {
+        inner: store,
+        secrets: &planned.secrets,
+    };
     let index = desired.index();
     let decider = Decider::new(
         &rt.policies,
@@ -487,6 +507,7 @@ async fn apply_run(
             live: &planned.live,
             facts: &facts,
             now,
+            secrets: &planned.secrets,
         },
     );
     decider.decide_plan(&mut planned.plan)?;
@@ -498,6 +519,7 @@ async fn apply_run(
         store,
         run_id,
         commit: loaded.commit.as_deref(),
+        secrets: &planned.secrets,
     };
     let plan = &planned.plan;
     let results = executor
@@ -539,6 +561,7 @@ async fn apply_run(
         healed,
         recovered: planned.recovered,
         incidents,
+        secrets: planned.secrets,
     })
 }
 

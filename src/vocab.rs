@@ -389,6 +389,117 @@ pub fn is_secret_name(name: &str) -> bool {
     .any(|s| upper.contains(s))
 }
 
+/// Every secret value tend knows of in a pass: the values of
+/// secret-looking fields of the declared and live specs. Text that leaves
+/// tend (reports, the journal, policy reasons, logs) is scrubbed of them,
+/// the way CI systems mask registered secrets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Secrets {
+    /// Longest first, so that a secret containing another is masked whole.
+    values: Vec<String>,
+}
+
+/// What a secret is replaced with in text.
+pub const MASK: &str = "***";
+
+/// Shorter values are not masked in text (they would mangle every number
+/// and word); their fields are still redacted wherever they are shown.
+const MIN_MASKED_LEN: usize = 4;
+
+impl Secrets {
+    /// Collects the values of secret-looking fields anywhere in `specs`.
+    pub fn collect<'a>(specs: impl IntoIterator<Item = &'a Value>) -> Secrets {
+        let mut s = Secrets::default();
+        for spec in specs {
+            s.add_from(spec);
+        }
+        s
+    }
+
+    /// Adds the values of secret-looking fields of `spec`.
+    pub fn add_from(&mut self, spec: &Value) {
+        walk_secrets(spec, false, &mut |v| {
+            if v.len() >= MIN_MASKED_LEN && !self.values.iter().any(|x| x == v) {
+                self.values.push(v.to_string());
+            }
+        });
+        self.values
+            .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn values(&self) -> &[String] {
+        &self.values
+    }
+
+    /// `text` with every known secret value replaced by [`MASK`].
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for v in &self.values {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), MASK);
+            }
+        }
+        out
+    }
+
+    /// A copy of `spec` with secret-looking fields replaced by a keyed
+    /// digest: a policy can tell that a secret is set and whether desired
+    /// and live agree (equal digests in one pass), never its value.
+    pub fn redact_spec(&self, spec: &Value) -> Value {
+        redact_value(spec, false)
+    }
+}
+
+/// Calls `f` with every string under a secret-looking key.
+fn walk_secrets(v: &Value, secret: bool, f: &mut dyn FnMut(&str)) {
+    match v {
+        Value::String(s) if secret => f(s),
+        Value::Object(m) => {
+            for (k, child) in m {
+                walk_secrets(child, secret || is_secret_name(k), f);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                walk_secrets(child, secret, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn redact_value(v: &Value, secret: bool) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, child)| (k.clone(), redact_value(child, secret || is_secret_name(k))))
+                .collect(),
+        ),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|c| redact_value(c, secret)).collect())
+        }
+        Value::Null => Value::Null,
+        other if secret => Value::from(format!("(redacted {})", digest(other))),
+        other => other.clone(),
+    }
+}
+
+/// A digest of a secret under a key drawn once per process: equal values
+/// give equal digests within one run of tend, and nothing outside it can
+/// test a guess against them.
+fn digest(v: &Value) -> String {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(rand::random);
+    let mut h = Sha256::new();
+    h.update(key);
+    h.update(v.to_string().as_bytes());
+    format!("sha256:{}", hex::encode(&h.finalize()[..8]))
+}
+
 /// Plans are shown, journaled and posted; values of secret-looking fields
 /// never are. The fingerprint is taken before redaction, so a changed secret
 /// is still a distinct change.
@@ -452,6 +563,35 @@ mod tests {
         assert_eq!(a, fingerprint(ActionType::Create, &k, &[]));
         assert_ne!(a, fingerprint(ActionType::Delete, &k, &[]));
         assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn secrets_are_collected_scrubbed_and_redacted_for_policies() {
+        let desired = json!({"command": "app", "env": {"API_TOKEN": "hunter2-very-secret", "PORT": "8080"},
+            "auth": {"password": "correct horse"}, "short": {"secret": "abc"}});
+        let live = json!({"env": {"API_TOKEN": "older-token-value"}});
+        let s = Secrets::collect([&desired, &live]);
+        assert_eq!(
+            s.values(),
+            ["hunter2-very-secret", "older-token-value", "correct horse"]
+        );
+        assert_eq!(
+            s.scrub("reason: token hunter2-very-secret was older-token-value"),
+            "reason: token *** was ***"
+        );
+        let r = s.redact_spec(&desired);
+        assert_eq!(r["env"]["PORT"], json!("8080"));
+        let token = r["env"]["API_TOKEN"].as_str().unwrap();
+        assert!(token.starts_with("(redacted sha256:"), "{token}");
+        assert!(!r.to_string().contains("hunter2"));
+        assert_eq!(
+            r["env"]["API_TOKEN"],
+            s.redact_spec(&desired)["env"]["API_TOKEN"]
+        );
+        assert_ne!(
+            r["env"]["API_TOKEN"],
+            s.redact_spec(&live)["env"]["API_TOKEN"]
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use gates::{Correction, Facts, GateError, PastOutcome};
 
 use crate::model::{DesiredState, Mode, Resource, ResourceKey};
 use crate::plan::Plan;
-use crate::vocab::{Action, Decision, LiveResource};
+use crate::vocab::{Action, Decision, LiveResource, Secrets};
 
 /// The policy files of a pass: the default pack, plus the files of the
 /// repository's policy directories. Repository files only add rules: the
@@ -53,8 +53,14 @@ pub fn policy_files(
     files
 }
 
-/// The `resource` member of a policy input.
-fn resource_json(desired: Option<&Resource>, live: Option<&LiveResource>) -> Value {
+/// The `resource` member of a policy input. Secret-looking fields carry a
+/// keyed digest instead of their value: a policy can tell a secret is set
+/// and whether desired and live agree, but can never read or print it.
+fn resource_json(
+    desired: Option<&Resource>,
+    live: Option<&LiveResource>,
+    secrets: &Secrets,
+) -> Value {
     let desired = desired.map(|r| {
         let labels: serde_json::Map<String, Value> = r
             .labels
@@ -64,10 +70,11 @@ fn resource_json(desired: Option<&Resource>, live: Option<&LiveResource>) -> Val
         json!({
             "kind": r.key.kind.as_str(),
             "metadata": {"name": r.key.name, "labels": labels, "mode": r.mode},
-            "spec": r.spec,
+            "spec": secrets.redact_spec(&r.spec),
         })
     });
-    let live = live.map(|l| json!({"spec": l.spec, "owned": l.owned, "id": l.id}));
+    let live =
+        live.map(|l| json!({"spec": secrets.redact_spec(&l.spec), "owned": l.owned, "id": l.id}));
     json!({"desired": desired, "live": live})
 }
 
@@ -79,6 +86,8 @@ pub struct Context<'a> {
     pub live: &'a HashMap<ResourceKey, LiveResource>,
     pub facts: &'a Facts,
     pub now: DateTime<Utc>,
+    /// Scrubbed from every reason a policy gives.
+    pub secrets: &'a Secrets,
 }
 
 /// What the pass as a whole looks like to a policy (`context.run`).
@@ -124,7 +133,7 @@ pub fn input_for(
             "risk": action.risk.as_str(),
             "reversible": action.reversible,
         },
-        "resource": resource_json(ctx.index.get(&action.target).copied(), ctx.live.get(&action.target)),
+        "resource": resource_json(ctx.index.get(&action.target).copied(), ctx.live.get(&action.target), ctx.secrets),
         "incident": action.incident.as_ref().map_or(Value::Null, |i| json!(i)),
         "context": {
             "mode": run.mode.as_str(),
@@ -216,7 +225,7 @@ impl<'a> Decider<'a> {
             .collect();
         let verdicts = evaluate_all(self.policies, &inputs, default_threads());
         for (action, verdict) in plan.actions.iter_mut().zip(verdicts) {
-            combine(action, verdict);
+            combine(action, self.scrubbed(verdict));
         }
         let allowed = gates::apply_to(&mut plan.actions, 0, settings, self.ctx.facts, now);
         self.spent.store(allowed, Ordering::SeqCst);
@@ -238,12 +247,22 @@ impl<'a> Decider<'a> {
         (action.decision, action.reasons) = crate::plan::ceiling(run.mode, declared);
         let window = gates::open_window(&settings.maintenance_windows, now).map(|w| w.name.clone());
         let input = input_for(&action, run, &self.ctx, now, window.as_deref());
-        combine(&mut action, self.policies.decide(&input));
+        combine(&mut action, self.scrubbed(self.policies.decide(&input)));
         let spent = self.spent.load(Ordering::SeqCst);
         let one = std::slice::from_mut(&mut action);
         let allowed = gates::apply_to(one, spent, settings, self.ctx.facts, now);
         self.spent.fetch_add(allowed, Ordering::SeqCst);
         action
+    }
+}
+
+impl Decider<'_> {
+    /// A verdict whose reasons name no secret, whatever the policy wrote.
+    fn scrubbed(&self, mut verdict: PolicyDecision) -> PolicyDecision {
+        for r in &mut verdict.reasons {
+            *r = self.ctx.secrets.scrub(r);
+        }
+        verdict
     }
 }
 

@@ -9,6 +9,7 @@
 //! watchers) implements the same trait and no stage changes. This module
 //! never decides anything: it records and answers. See ARCHITECTURE.md.
 
+mod scrub;
 mod sqlite;
 mod sqlite_incidents;
 
@@ -23,6 +24,7 @@ use crate::vocab::{
     StepOutcome,
 };
 
+pub use scrub::Scrubbing;
 pub use sqlite::SqliteStore;
 
 /// Why a backend failed, without naming the backend in the type.
@@ -41,28 +43,19 @@ impl std::fmt::Display for BackendError {
     }
 }
 
-impl std::error::Error for BackendError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
+// The backend's message is the whole cause: its own source repeats it in
+// other words ("unable to open database file: Error code 14: Unable to
+// open the database file").
+impl std::error::Error for BackendError {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("failed to open the state database {path}: {source}")]
-    Open {
-        path: String,
-        #[source]
-        source: BackendError,
-    },
-    #[error("failed to prepare the state directory {path}: {source}")]
-    Dir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("failed to open the state database {path}: {cause}")]
+    Open { path: String, cause: BackendError },
+    #[error("failed to prepare the state directory {path}: {cause}")]
+    Dir { path: String, cause: std::io::Error },
     #[error("failed to update the state database: {0}")]
-    Backend(#[source] BackendError),
+    Backend(BackendError),
     #[error("another tend process holds the state lock at {path}: pid {pid} on {host}, running `{command}` since {since}")]
     Locked {
         path: String,

@@ -149,12 +149,53 @@ const DB: &str = "tend.db";
 impl SqliteStore {
     /// Opens an existing state database, or `None` when there is none yet
     /// (a plan before the first apply).
+    ///
+    /// For commands that only read (`plan`, `history`, `incidents`): a
+    /// store that cannot be written (a read-only mount, a restored cache)
+    /// is read as it is, with a warning that names why.
     pub fn open_existing(dir: &Path) -> Result<Option<SqliteStore>, StateError> {
-        if dir.join(DB).exists() {
-            SqliteStore::open(dir).map(Some)
-        } else {
-            Ok(None)
+        if !dir.join(DB).exists() {
+            return Ok(None);
         }
+        match SqliteStore::open(dir) {
+            Ok(s) => Ok(Some(s)),
+            Err(e @ (StateError::Open { .. } | StateError::Dir { .. })) => {
+                let Ok(s) = SqliteStore::open_read_only(dir) else {
+                    return Err(e);
+                };
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "The state directory cannot be written ({e}); reading it as it is."
+                );
+                Ok(Some(s))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the database without writing anything, not even SQLite's
+    /// lock and log files.
+    pub fn open_read_only(dir: &Path) -> Result<SqliteStore, StateError> {
+        use rusqlite::OpenFlags;
+        let path = dir.join(DB);
+        let uri = format!("file:{}?immutable=1", path.display());
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .and_then(|c| {
+            // Reading is what fails on a file that is not a database.
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(c)
+        })
+        .map_err(|source| StateError::Open {
+            path: path.display().to_string(),
+            cause: BackendError::new(source),
+        })?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+        })
     }
 
     pub fn open(dir: &Path) -> Result<SqliteStore, StateError> {
@@ -162,11 +203,11 @@ impl SqliteStore {
         let path = dir.join(DB);
         let conn = Connection::open(&path).map_err(|source| StateError::Open {
             path: path.display().to_string(),
-            source: BackendError::new(source),
+            cause: BackendError::new(source),
         })?;
         let open = |e: rusqlite::Error| StateError::Open {
             path: path.display().to_string(),
-            source: BackendError::new(e),
+            cause: BackendError::new(e),
         };
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open)?;
@@ -192,9 +233,9 @@ impl SqliteStore {
 /// Creates the state directory 0700, or tightens an existing one.
 fn private_dir(dir: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |source| StateError::Dir {
+    let err = |cause| StateError::Dir {
         path: dir.display().to_string(),
-        source,
+        cause,
     };
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -217,9 +258,9 @@ pub(super) fn private_file(path: &Path) -> Result<(), StateError> {
     };
     if meta.permissions().mode() & 0o077 != 0 {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| StateError::Dir {
+            |cause| StateError::Dir {
                 path: path.display().to_string(),
-                source,
+                cause,
             },
         )?;
     }
@@ -502,6 +543,30 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].fingerprint, "b");
         assert_eq!(s.history(None, 100).unwrap().len(), 3);
+    }
+
+    /// A store that cannot be written is read as it is by the commands that
+    /// only read. (Root writes through file modes, so the write failure is
+    /// made here with a directory where SQLite's log file must go.)
+    #[test]
+    fn a_store_that_cannot_be_written_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let run = s
+            .begin_run(&NewRun {
+                command: "apply",
+                origin: "x",
+                commit: None,
+                mode: "auto",
+            })
+            .unwrap();
+        s.intent(&rec(run, "a")).unwrap();
+        drop(s);
+        std::fs::create_dir(dir.path().join("tend.db-wal")).unwrap();
+        assert!(SqliteStore::open(dir.path()).is_err());
+        let s = SqliteStore::open_existing(dir.path()).unwrap().unwrap();
+        assert_eq!(s.history(None, 10).unwrap().len(), 1);
+        assert!(s.intent(&rec(run, "b")).is_err(), "nothing is written");
     }
 
     /// Regression: the database was created 0644 in a 0755 directory and

@@ -9,6 +9,7 @@ mod invalid;
 mod policy;
 mod process;
 mod proxy;
+mod secrets;
 
 pub use proxy::CutoffProxy;
 

@@ -84,12 +84,13 @@ fn record_path(refs: &HostRefs, name: &str) -> PathBuf {
 }
 
 fn read_ownership(refs: &HostRefs, name: &str) -> Result<Option<Ownership>, ProviderError> {
-    match std::fs::read(record_path(refs, name)) {
+    let path = record_path(refs, name);
+    match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| list_err(format!("corrupt ownership record for {name}: {e}"))),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(list_err(e)),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => Ok(None),
+        Err(e) => Err(list_err(format!("{}: {e}", path.display()))),
     }
 }
 

@@ -40,10 +40,19 @@ impl HostProvider {
 
 /// Names of the JSON records in a directory (`<name>.json`).
 fn record_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    use std::io::ErrorKind;
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        // No records kept there (yet): nothing tend owns.
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            return Ok(Vec::new())
+        }
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", dir.display()),
+            ))
+        }
     };
     let mut names = Vec::new();
     for entry in entries {

@@ -60,7 +60,7 @@ pub fn read_record(procs_dir: &Path, name: &str) -> std::io::Result<Option<Proce
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => Ok(None),
         Err(e) => Err(e),
     }
 }

@@ -1,0 +1,171 @@
+//! A store that scrubs known secret values from every text it writes:
+//! journal details, incident steps, states and recommendations, symptoms
+//! and remembered signal details. Last known good specs are kept whole (a
+//! `reapply-last-good` step needs them) in the private store.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry, JournalRecord, LastGood,
+    NewIncident, NewRun, RunStatus, SignalRow, StateError, StepResult, StepStats, Store,
+};
+use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets};
+
+pub struct Scrubbing<'a> {
+    pub inner: &'a dyn Store,
+    pub secrets: &'a Secrets,
+}
+
+impl Scrubbing<'_> {
+    fn text(&self, s: &str) -> String {
+        self.secrets.scrub(s)
+    }
+
+    fn json(&self, v: &serde_json::Value) -> serde_json::Value {
+        if self.secrets.is_empty() {
+            return v.clone();
+        }
+        serde_json::from_str(&self.text(&v.to_string())).unwrap_or_else(|_| v.clone())
+    }
+}
+
+impl Store for Scrubbing<'_> {
+    fn lock(&self, command: &str) -> Result<(), StateError> {
+        self.inner.lock(command)
+    }
+
+    fn unlock(&self) -> Result<(), StateError> {
+        self.inner.unlock()
+    }
+
+    fn begin_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
+        self.inner.begin_run(run)
+    }
+
+    fn finish_run(&self, run_id: i64, status: RunStatus) -> Result<(), StateError> {
+        self.inner.finish_run(run_id, status)
+    }
+
+    fn journal(&self, phase: JournalPhase, r: &JournalRecord<'_>) -> Result<i64, StateError> {
+        let detail = self.text(r.detail);
+        self.inner.journal(
+            phase,
+            &JournalRecord {
+                detail: &detail,
+                ..*r
+            },
+        )
+    }
+
+    fn history(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StateError> {
+        self.inner.history(since, limit)
+    }
+
+    fn outcomes_since(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError> {
+        self.inner.outcomes_since(since)
+    }
+
+    fn dangling_intents(&self) -> Result<Vec<JournalEntry>, StateError> {
+        self.inner.dangling_intents()
+    }
+
+    fn record_corrections(&self, key: &ResourceKey, paths: &[&str]) -> Result<(), StateError> {
+        self.inner.record_corrections(key, paths)
+    }
+
+    fn corrections_since(&self, since: DateTime<Utc>) -> Result<Vec<CorrectionRow>, StateError> {
+        self.inner.corrections_since(since)
+    }
+
+    fn remembered(&self, key: &ResourceKey) -> Result<HashMap<String, Remembered>, StateError> {
+        self.inner.remembered(key)
+    }
+
+    fn remember(&self, key: &ResourceKey, rows: &[SignalRow]) -> Result<(), StateError> {
+        let rows: Vec<SignalRow> = rows
+            .iter()
+            .map(|r| SignalRow {
+                detail: self.text(&r.detail),
+                ..r.clone()
+            })
+            .collect();
+        self.inner.remember(key, &rows)
+    }
+
+    fn open_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
+        self.inner.open_incident(&NewIncident {
+            symptoms: self.json(&n.symptoms),
+            ..*n
+        })
+    }
+
+    fn active_incident(&self, key: &ResourceKey) -> Result<Option<Incident>, StateError> {
+        self.inner.active_incident(key)
+    }
+
+    fn add_step(&self, incident: i64, s: &IncidentStep) -> Result<(), StateError> {
+        self.inner.add_step(
+            incident,
+            &IncidentStep {
+                detail: self.text(&s.detail),
+                ..s.clone()
+            },
+        )
+    }
+
+    fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
+        let (state, recommendation) = (self.text(u.state), self.text(u.recommendation));
+        self.inner.update_incident(
+            id,
+            &IncidentUpdate {
+                state: &state,
+                recommendation: &recommendation,
+                ..*u
+            },
+        )
+    }
+
+    fn incident(&self, id: i64) -> Result<Option<Incident>, StateError> {
+        self.inner.incident(id)
+    }
+
+    fn incidents(&self, all: bool, limit: usize) -> Result<Vec<Incident>, StateError> {
+        self.inner.incidents(all, limit)
+    }
+
+    fn consecutive_failures(
+        &self,
+        cause: &str,
+        runbook: &str,
+        step: i64,
+    ) -> Result<i64, StateError> {
+        self.inner.consecutive_failures(cause, runbook, step)
+    }
+
+    fn record_step_result(&self, r: &StepResult<'_>) -> Result<(), StateError> {
+        self.inner.record_step_result(r)
+    }
+
+    fn remediation_stats(&self) -> Result<Vec<StepStats>, StateError> {
+        self.inner.remediation_stats()
+    }
+
+    fn set_last_good(
+        &self,
+        key: &ResourceKey,
+        commit: Option<&str>,
+        spec: &serde_json::Value,
+    ) -> Result<(), StateError> {
+        self.inner.set_last_good(key, commit, spec)
+    }
+
+    fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError> {
+        self.inner.last_good(key)
+    }
+}
