@@ -139,16 +139,19 @@ impl Executor<'_> {
                 info!(%detail, "Action applied.");
                 self.store
                     .outcome(&self.record(action, Some(JournalOutcome::Synced), &detail))?;
-                // Declared fields tend set, whichever stage planned it: a
-                // restart or a command changes no field another controller
-                // could fight over.
+                // Declared fields tend set again, whichever stage planned
+                // it. Creating a resource sets its fields for the first
+                // time, which is no correction; a restart or a command
+                // changes no field another controller could fight over.
                 let paths: Vec<&str> = action
                     .changes
                     .iter()
                     .map(|c| c.path.as_str())
                     .filter(|p| p.starts_with("/spec/"))
                     .collect();
-                if action.action_type != ActionType::Delete && !paths.is_empty() {
+                let corrects =
+                    !matches!(action.action_type, ActionType::Create | ActionType::Delete);
+                if corrects && !paths.is_empty() {
                     self.store.record_corrections(&action.target, &paths)?;
                 }
                 Outcome::Synced { detail }

@@ -175,18 +175,29 @@ impl Runtime {
 
     /// Brings the runtime up to date with a new load: providers and prober
     /// are rebuilt only when Settings (or where tend keeps state) changed,
-    /// policies only when a policy file changed.
+    /// policies only when a policy file changed. All or nothing: on an
+    /// error the runtime is as it was.
     pub async fn refresh(&mut self, loaded: &Loaded) -> Result<(), PassError> {
-        if self.policy_files != loaded.policy_files {
-            self.policies = compile_policies(&loaded.policy_files)?;
+        let policies = if self.policy_files != loaded.policy_files {
+            Some(compile_policies(&loaded.policy_files)?)
+        } else {
+            None
+        };
+        let settings = &loaded.desired.settings;
+        let rebuild = self.settings != *settings
+            || self.root != loaded.root
+            || self.state_dir != loaded.state_dir;
+        let providers = if rebuild {
+            Some(build_providers(settings, loaded).await?)
+        } else {
+            None
+        };
+        if let Some(p) = policies {
+            self.policies = p;
             self.policy_files = loaded.policy_files.clone();
         }
-        let settings = &loaded.desired.settings;
-        if self.settings != *settings
-            || self.root != loaded.root
-            || self.state_dir != loaded.state_dir
-        {
-            self.providers = build_providers(settings, loaded).await?;
+        if let Some(p) = providers {
+            self.providers = p;
             self.prober = Prober::new(&settings.healing);
             self.settings = settings.clone();
             self.root = loaded.root.clone();

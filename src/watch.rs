@@ -75,13 +75,15 @@ pub async fn run(
         }
         let full =
             force_full || current.is_none() || last_full.is_none_or(|t| t.elapsed() >= wo.interval);
+        // While the source is broken (unreadable, invalid), the resources
+        // of the last valid desired state are still healed; nothing of the
+        // broken state is applied.
+        let mut broken = false;
         if full {
             last_full = Some(Instant::now());
-            match reload(source, opts, current.take().map(|(_, rt)| rt)).await {
-                Ok(c) => current = Some(c),
-                Err(e) => {
-                    publish(&mut publisher, &Published::Failed(&e));
-                }
+            if let Err(e) = reload(source, opts, &mut current).await {
+                publish(&mut publisher, &Published::Failed(&e));
+                broken = true;
             }
         }
         force_full = false;
@@ -99,7 +101,7 @@ pub async fn run(
             let Some((_, s)) = state.as_ref() else {
                 continue;
             };
-            let (command, scope) = if full {
+            let (command, scope) = if full && !broken {
                 ("tend watch", Scope::Full)
             } else {
                 ("tend watch (heal)", Scope::Healing)
@@ -109,7 +111,7 @@ pub async fn run(
                     &mut publisher,
                     &Published::Pass {
                         applied: &applied,
-                        full,
+                        full: scope == Scope::Full,
                     },
                 ),
                 Err(error) => publish(&mut publisher, &Published::Failed(&error)),
@@ -145,22 +147,27 @@ pub async fn run(
 }
 
 /// Loads desired state and brings the runtime up to date with it (built
-/// on the first load, refreshed after).
+/// on the first load, refreshed after). On an error, `current` is left as
+/// it was: the last valid desired state and its runtime.
 async fn reload(
     source: &Source,
     opts: &Options,
-    runtime: Option<Runtime>,
-) -> Result<(Loaded, Runtime), PassError> {
+    current: &mut Option<(Loaded, Runtime)>,
+) -> Result<(), PassError> {
     let mut loaded = reconcile::load(source, opts)?;
-    let rt = match runtime {
-        Some(mut rt) => {
+    match current {
+        Some((old, rt)) => {
             rt.refresh(&loaded).await?;
-            rt
+            rt.normalize(&mut loaded);
+            *old = loaded;
         }
-        None => Runtime::build(&loaded).await?,
-    };
-    rt.normalize(&mut loaded);
-    Ok((loaded, rt))
+        None => {
+            let rt = Runtime::build(&loaded).await?;
+            rt.normalize(&mut loaded);
+            *current = Some((loaded, rt));
+        }
+    }
+    Ok(())
 }
 
 /// A sink that fails is logged; the loop goes on.

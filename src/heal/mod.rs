@@ -342,17 +342,18 @@ fn hold(
     started: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StateError> {
     h.executor.journal_decision(action)?;
-    h.store.add_step(
-        inc.id,
-        &IncidentStep::ended_now(
-            index as i64,
-            step.action.as_str(),
-            action.decision.as_str(),
-            StepOutcome::Held,
-            action.reasons.join("; "),
-            started,
-        ),
-    )?;
+    // Held pass after pass: one step, whose end moves on.
+    let held = IncidentStep::ended_now(
+        index as i64,
+        step.action.as_str(),
+        action.decision.as_str(),
+        StepOutcome::Held,
+        action.reasons.join("; "),
+        started,
+    );
+    if !h.store.update_last_step(inc.id, &held)? {
+        h.store.add_step(inc.id, &held)?;
+    }
     h.store.update_incident(
         inc.id,
         &IncidentUpdate {

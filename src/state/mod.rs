@@ -104,6 +104,11 @@ pub trait Store: Send + Sync {
     /// The unresolved incident of a resource, if any.
     fn active_incident(&self, key: &ResourceKey) -> Result<Option<Incident>, StateError>;
     fn add_step(&self, incident: i64, s: &IncidentStep) -> Result<(), StateError>;
+    /// Updates the incident's newest step in place when it is the same step
+    /// with the same outcome (a step still held, pass after pass): its
+    /// decision, detail and end move on, its start stays. Returns whether
+    /// there was such a step.
+    fn update_last_step(&self, incident: i64, s: &IncidentStep) -> Result<bool, StateError>;
     /// Moves an incident along.
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError>;
     fn incident(&self, id: i64) -> Result<Option<Incident>, StateError>;

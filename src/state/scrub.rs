@@ -119,6 +119,16 @@ impl Store for Scrubbing<'_> {
         )
     }
 
+    fn update_last_step(&self, incident: i64, s: &IncidentStep) -> Result<bool, StateError> {
+        self.inner.update_last_step(
+            incident,
+            &IncidentStep {
+                detail: self.text(&s.detail),
+                ..s.clone()
+            },
+        )
+    }
+
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
         let (state, recommendation) = (self.text(u.state), self.text(u.recommendation));
         self.inner.update_incident(

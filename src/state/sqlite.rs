@@ -425,6 +425,10 @@ impl Store for SqliteStore {
         self.insert_step(incident, s)
     }
 
+    fn update_last_step(&self, incident: i64, s: &IncidentStep) -> Result<bool, StateError> {
+        self.update_newest_step(incident, s)
+    }
+
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
         self.move_incident(id, u)
     }

@@ -110,6 +110,33 @@ impl SqliteStore {
         Ok(())
     }
 
+    pub(super) fn update_newest_step(
+        &self,
+        incident: i64,
+        s: &IncidentStep,
+    ) -> Result<bool, StateError> {
+        let conn = self.conn();
+        let newest: Option<(i64, i64, String, String)> = conn
+            .query_row(
+                "SELECT id, step, outcome, started_at FROM incident_steps WHERE incident_id = ?1 ORDER BY id DESC LIMIT 1",
+                params![incident],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((id, step, outcome, started_at)) = newest else {
+            return Ok(false);
+        };
+        if step != s.step || outcome != s.outcome.as_str() {
+            return Ok(false);
+        }
+        let duration = millis(&started_at, &s.finished_at).unwrap_or(0).max(0);
+        conn.execute(
+            "UPDATE incident_steps SET decision = ?2, detail = ?3, finished_at = ?4, duration_ms = ?5 WHERE id = ?1",
+            params![id, s.decision, s.detail, s.finished_at, duration],
+        )?;
+        Ok(true)
+    }
+
     pub(super) fn move_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
         let resolved = (u.status == IncidentStatus::Resolved).then(now);
         self.conn().execute(

@@ -470,6 +470,23 @@ fn a_maintenance_window_holds_the_step_for_review() {
         .contains("maintenance window"));
     assert!(!alive(pid));
     assert_eq!(ws.record("web")["pid"], pid, "not restarted");
+
+    // Regression: every pass in the window added another identical `held`
+    // step. The step is recorded once and its end moves on.
+    let first_end = inc["steps"][0]["finishedAt"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(20));
+        ws.run(&["apply"]).ok();
+    }
+    let inc = &incidents(&ws)[0];
+    let steps = inc["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{inc:#}");
+    assert_eq!(steps[0]["outcome"], "held");
+    assert_eq!(
+        steps[0]["startedAt"],
+        j["incidents"][0]["steps"][0]["startedAt"]
+    );
+    assert!(steps[0]["finishedAt"].as_str().unwrap() > first_end.as_str());
 }
 
 #[test]
@@ -659,4 +676,61 @@ fn reapply_last_good_rolls_a_bad_change_back() {
     let args = ws.record("web")["cmdline"].to_string();
     assert!(!args.contains("crash-after"), "{args}");
     wait_http(port);
+}
+
+/// Regression: while the desired state was invalid, a workload killed in
+/// that window was not restarted until the file was fixed. The last valid
+/// desired state keeps being healed; nothing of the broken one is applied.
+#[test]
+fn a_broken_commit_does_not_stop_healing() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\"}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "1s"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_http(port);
+    std::thread::sleep(Duration::from_millis(1500));
+    ws.write(
+        "broken.yaml",
+        &file_doc("extra", "extra.txt", "x").replace("spec:", "spec: [oops"),
+    );
+    // The broken file is read and reported before the crash.
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = ws.pid("web");
+    kill_and_wait(pid);
+    let t0 = Instant::now();
+    let restarted = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not restarted in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let now = ws.pid("web");
+        if now != pid && alive(now) {
+            break now;
+        }
+    };
+    assert!(
+        !ws.path().join("extra.txt").exists(),
+        "nothing of the broken state is applied"
+    );
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(watch.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(out.contains("pass failed, nothing changed"), "{out}");
+    assert!(out.contains("broken.yaml"), "the error is located: {out}");
+    assert!(alive(restarted));
 }

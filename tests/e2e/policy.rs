@@ -164,6 +164,8 @@ fn the_cooldown_holds_a_second_correction() {
     );
 }
 
+/// Regression: the initial create counted as a correction, so a field was
+/// contested after two real corrections instead of the configured three.
 #[test]
 fn fight_detection_stops_correcting_a_contested_field() {
     let ws = Workspace::new();
@@ -172,8 +174,9 @@ fn fight_detection_stops_correcting_a_contested_field() {
         "  safety:\n    fightDetection: {corrections: 3, window: 1h}\n",
     );
     ws.write("f.yaml", &file_doc("f", "f.txt", "declared"));
-    ws.run(&["apply"]).ok(); // correction 1 (create)
-    for round in 2..=3 {
+    // Creating the file sets the field for the first time: no correction.
+    ws.run(&["apply"]).ok();
+    for round in 1..=3 {
         std::fs::write(ws.path().join("f.txt"), format!("changed back {round}")).unwrap();
         ws.run(&["apply"]).ok();
         assert_eq!(
@@ -181,7 +184,8 @@ fn fight_detection_stops_correcting_a_contested_field() {
             "declared"
         );
     }
-    // Another controller changes it back once more: tend stops fighting.
+    // Three real corrections; another controller changes it back once
+    // more: tend stops fighting.
     std::fs::write(ws.path().join("f.txt"), "changed back again").unwrap();
     let json = ws.run(&["apply", "--format", "json"]).ok().json();
     let action = &json["actions"][0];
