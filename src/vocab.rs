@@ -20,6 +20,10 @@ pub use crate::model::{Kind, Mode, Origin, ResourceKey};
 /// a field of any spec, so fight detection and diffs never see it as one.
 pub const RESTART_PATH: &str = "/status/instance";
 
+/// How a provider's note starts for a process that exited because its
+/// address was in use: the health stage states it as the cause.
+pub const PORT_CONFLICT: &str = "port conflict";
+
 /// One field that differs: where, what it is, what it should be.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FieldChange {

@@ -142,16 +142,19 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
     };
     record_skips(h, id, &remedy.skipped)?;
     let mut next = remedy.step.zip(action);
+    // Where the runbook goes on from when nothing more is tried.
+    let mut from = remedy.step.unwrap_or(0);
     while let Some((index, action)) = next.take() {
         let Some(step) = inc.spec.steps.get(index) else {
             break;
         };
+        from = index + 1;
         match run_step(h, &inc, index, step, &action).await? {
             StepEnd::Stands(standing) => return Ok(healed(id, standing)),
             StepEnd::NotHealed => next = next_step(h, &inc, index).await?,
         }
     }
-    escalate(h, &inc)
+    escalate(h, &inc, from).await
 }
 
 fn healed(incident: i64, standing: Standing) -> Healed {
@@ -407,7 +410,9 @@ async fn next_step(
     Ok(Some((i, h.decider.decide_one(action))))
 }
 
-fn escalate(h: &Healer<'_>, inc: &Incident<'_>) -> Result<Healed, StateError> {
+/// Hands the incident to a human: the runbook's `escalate` step (the first
+/// one at or after `from`), or the end of a runbook that has none.
+async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<Healed, StateError> {
     let (id, remedy, spec) = (inc.id, inc.remedy, &inc.spec);
     let tried: Vec<String> = h
         .store
@@ -419,10 +424,18 @@ fn escalate(h: &Healer<'_>, inc: &Incident<'_>) -> Result<Healed, StateError> {
                 .collect()
         })
         .unwrap_or_default();
+    // -1: not a step of the runbook (it has no `escalate` step).
+    let index = spec
+        .steps
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, s)| s.action == StepAction::Escalate)
+        .map_or(-1, |(i, _)| i as i64);
     h.store.add_step(
         id,
         &IncidentStep::ended_now(
-            spec.steps.len() as i64,
+            index,
             "escalate",
             "auto",
             StepOutcome::Escalated,
@@ -430,18 +443,13 @@ fn escalate(h: &Healer<'_>, inc: &Incident<'_>) -> Result<Healed, StateError> {
             chrono::Utc::now(),
         ),
     )?;
-    let symptoms: Vec<String> = remedy
-        .problem
-        .symptoms
-        .iter()
-        .map(|t| format!("{} {}", t.reading.signal, t.reading.detail))
-        .collect();
+    let state = current_state(h, inc).await;
     h.store.update_incident(
         id,
         &IncidentUpdate {
             status: IncidentStatus::Escalated,
             next_step: spec.steps.len() as i64,
-            state: &format!("unhealthy: {}", symptoms.join("; ")),
+            state: &state,
             recommendation: &format!(
                 "a human should investigate {} on {}: tried {}; when it is fixed, tend resolves the incident on the next healthy pass",
                 remedy.problem.cause,
@@ -452,6 +460,27 @@ fn escalate(h: &Healer<'_>, inc: &Incident<'_>) -> Result<Healed, StateError> {
     )?;
     warn!(incident = id, "Incident escalated.");
     Ok(healed(id, Standing::Escalated))
+}
+
+/// The resource's state now, in words: the problem's signals read again
+/// (after the steps tried, the first reading is out of date).
+async fn current_state(h: &Healer<'_>, inc: &Incident<'_>) -> String {
+    let live = match verify::read_live(h, inc.resource).await {
+        Ok(l) => l,
+        Err(e) => return format!("unknown: failed to read live state: {e}"),
+    };
+    let readings = h.prober.read(inc.resource, live.as_ref()).await;
+    let bad: Vec<String> = readings
+        .iter()
+        .filter(|r| inc.symptoms.contains(&r.signal) || r.signal == "liveness")
+        .filter(|r| r.status != Status::Healthy)
+        .map(|r| format!("{} {}", r.signal, r.detail))
+        .collect();
+    if bad.is_empty() {
+        "the problem's signals read healthy; tend resolves the incident once they hold".into()
+    } else {
+        format!("unhealthy: {}", bad.join("; "))
+    }
 }
 
 /// After a verified step: the SLO and signal states start healthy again,

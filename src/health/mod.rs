@@ -19,6 +19,7 @@ use crate::model::health::{builtin_signals, Severity, Signature, Slo};
 use crate::model::{DesiredState, Resource, ResourceKey};
 use crate::state::SignalRow;
 use crate::vocab::LiveResource;
+use crate::vocab::PORT_CONFLICT;
 pub use crate::vocab::{Remembered, Status};
 
 pub use probe::Prober;
@@ -149,6 +150,17 @@ impl Assessment {
 /// remediation, or a signature selects it.
 pub fn watched(r: &Resource, signatures: &[Signature]) -> bool {
     r.health.is_some() || r.remediation.is_some() || signatures.iter().any(|s| s.selects(r))
+}
+
+/// Why a declared process is down, in words that stay the same from one
+/// crash to the next (the pid and details are in the symptom). A process
+/// that could not bind its address is a port conflict, whatever its health
+/// probe reads from the process that holds the address.
+pub fn process_down_cause(detail: &str) -> String {
+    match detail.strip_prefix(PORT_CONFLICT) {
+        Some(rest) => format!("port conflict: {}", rest.trim_start_matches([':', ' '])),
+        None => "the process is not running".to_string(),
+    }
 }
 
 /// The signals of a resource that are not probes.
@@ -339,7 +351,7 @@ fn diagnose(
         .filter(|t| t.reading.status == Status::Unhealthy)
     {
         (
-            format!("the process is not running ({})", t.reading.detail),
+            process_down_cause(&t.reading.detail),
             None,
             runbook,
             Severity::Warning,

@@ -361,6 +361,24 @@ fn a_fix_that_does_not_hold_moves_on_and_escalates_with_a_summary() {
         "{}",
         shown.stdout
     );
+    // Regression: the escalation was shown as "step 4" of this 3-step
+    // runbook, the current state named the first dead pid, and the cause
+    // read "the process is not running (not running)".
+    assert!(
+        shown.stdout.contains("step 3 escalate [auto] escalated"),
+        "{}",
+        shown.stdout
+    );
+    assert!(!shown.stdout.contains("step 4"), "{}", shown.stdout);
+    let latest = ws.pid("web");
+    assert!(
+        inc["state"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {latest} has exited")),
+        "the latest instance: {inc:#}"
+    );
+    assert_eq!(inc["cause"], "the process is not running", "{inc:#}");
 
     // It stays escalated and nothing more is tried until a human acts.
     let again = ws.run(&["apply", "--format", "markdown"]);
@@ -733,4 +751,61 @@ fn a_broken_commit_does_not_stop_healing() {
     assert!(out.contains("pass failed, nothing changed"), "{out}");
     assert!(out.contains("broken.yaml"), "the error is located: {out}");
     assert!(alive(restarted));
+}
+
+/// A server that answers every request with 200, holding a port.
+fn foreign_server(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    use std::io::{Read, Write};
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf);
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+}
+
+/// Regression: with a foreign process on the workload's port, the http
+/// probe read the foreign server's answers as the workload's health and
+/// "Address already in use" appeared only inside step details. A port
+/// conflict is the stated cause.
+#[test]
+fn a_port_held_by_another_process_is_the_stated_cause() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = foreign_server(port, Arc::clone(&stop));
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\"}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    let first = ws.run(&["apply"]);
+    first.code(1);
+    assert!(
+        first.stdout.contains("Address already in use"),
+        "{}",
+        first.stdout
+    );
+    ws.run(&["apply"]);
+    let list = incidents(&ws);
+    assert_eq!(list.len(), 1, "{list:#?}");
+    let cause = list[0]["cause"].as_str().unwrap();
+    assert!(cause.starts_with("port conflict"), "{cause}");
+    assert!(cause.contains("Address already in use"), "{cause}");
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
 }

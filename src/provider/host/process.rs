@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::{record_names, write_atomic, HostRefs};
 use crate::model::{Kind, ResourceKey};
 use crate::provider::{Applied, LiveResource, ProviderError};
-use crate::vocab::{Action, ActionType};
+use crate::vocab::{Action, ActionType, PORT_CONFLICT};
 
 /// How long a new process must stay up before its start counts.
 const START_GRACE: Duration = Duration::from_millis(300);
@@ -40,6 +40,10 @@ pub struct ProcessRecord {
     pub spec: Value,
     pub started_at: String,
     pub log: String,
+    /// Where this start's output begins in `log` (the log is appended to
+    /// across starts).
+    #[serde(default)]
+    pub log_from: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,8 +148,11 @@ fn with_state(spec: &Value, state: &str) -> Value {
 fn live_from_record(rec: &ProcessRecord, owned: bool) -> LiveResource {
     let (state, note) = match process_alive(rec) {
         Liveness::Ours => ("running", None),
-        Liveness::Gone if rec.pid > 0 => ("stopped", Some(format!("pid {} has exited", rec.pid))),
-        Liveness::Gone => ("stopped", None),
+        Liveness::Gone => match (port_conflict(rec), rec.pid) {
+            (Some(line), _) => ("stopped", Some(format!("{PORT_CONFLICT}: {line}"))),
+            (None, 0) => ("stopped", None),
+            (None, pid) => ("stopped", Some(format!("pid {pid} has exited"))),
+        },
         Liveness::Foreign(cmd) => (
             "stopped",
             Some(format!(
@@ -284,10 +291,37 @@ fn launch_of(refs: &HostRefs, exe: &Path, spec: &Value) -> Launch {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The last `lines` lines a process wrote since `from`, reading at most
+/// the last 16 KiB of its log.
+fn tail(path: &Path, from: u64, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = from.max(len.saturating_sub(16 * 1024)).min(len);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The line in which a process that exited said its address was in use.
+fn port_conflict(rec: &ProcessRecord) -> Option<String> {
+    if rec.log.is_empty() {
+        return None;
+    }
+    let text = tail(Path::new(&rec.log), rec.log_from, 20);
+    text.lines()
+        .rev()
+        .find(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("address already in use") || l.contains("eaddrinuse")
+        })
+        .map(|l| l.trim().chars().take(300).collect())
 }
 
 fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<ProcessRecord, String> {
@@ -300,6 +334,7 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log_from = log.metadata().map(|m| m.len()).unwrap_or(0);
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&launch.command);
     cmd.args(&launch.args)
@@ -341,6 +376,7 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
         spec: spec.clone(),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         log: log_path.display().to_string(),
+        log_from,
     };
     // Record at once: a crash from here on still leaves tend knowing the pid.
     write_record(refs, &rec).map_err(|e| e.to_string())?;
@@ -349,7 +385,7 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
     if let Ok(Some(status)) = child.try_wait() {
         rec.pid = 0;
         let _ = write_record(refs, &rec);
-        let last = tail(&log_path, 5);
+        let last = tail(&log_path, log_from, 5);
         return Err(if last.is_empty() {
             format!("`{}` exited at once ({status})", launch.command)
         } else {
@@ -445,6 +481,7 @@ pub(super) fn apply(
                     spec: spec.clone(),
                     started_at: String::new(),
                     log: existing.map(|r| r.log).unwrap_or_default(),
+                    log_from: 0,
                 };
                 write_record(refs, &rec).map_err(|e| fail(e.to_string()))?;
             } else {
@@ -482,6 +519,7 @@ mod tests {
             spec: Value::Null,
             started_at: String::new(),
             log: String::new(),
+            log_from: 0,
         };
         assert!(matches!(process_alive(&rec), Liveness::Foreign(_)));
         let rec = ProcessRecord {
