@@ -111,6 +111,31 @@ impl Executor<'_> {
         )
     }
 
+    /// Journals the verification of a runbook step that was carried out:
+    /// `None` before it starts (an intent, so a stop during verification
+    /// is found and recorded by the next pass), then what it found.
+    pub fn journal_verification(
+        &self,
+        action: &Action,
+        verdict: Option<Result<&str, &str>>,
+    ) -> Result<(), StateError> {
+        let (outcome, detail) = match verdict {
+            None => (None, "verifying"),
+            Some(Ok(d)) => (Some(JournalOutcome::Verified), d),
+            Some(Err(d)) => (Some(JournalOutcome::NotVerified), d),
+        };
+        let detail = self.secrets.scrub(detail);
+        let r = JournalRecord {
+            action: "verify",
+            ..self.record(action, outcome, &detail)
+        };
+        match outcome {
+            None => self.store.intent(&r)?,
+            Some(_) => self.store.outcome(&r)?,
+        };
+        Ok(())
+    }
+
     /// Carries out one `auto` action: intent, call, outcome, bookkeeping.
     pub async fn execute(
         &self,

@@ -500,6 +500,7 @@ async fn apply_run(
     stop: &AtomicBool,
 ) -> Result<Applied, PassError> {
     close_dangling_intents(store, run_id)?;
+    heal::close_running_steps(store, run_id)?;
     let now = chrono::Utc::now();
     let desired = &loaded.desired;
     let facts = facts(Some(store), &desired.settings, now)?;

@@ -263,6 +263,9 @@ pub enum StepOutcome {
     Interrupted,
     /// The resource recovered without a step.
     Recovered,
+    /// Under way: carried out or being verified. A step still running
+    /// when a pass begins was cut short by a stop of tend.
+    Running,
 }
 
 impl StepOutcome {
@@ -276,6 +279,7 @@ impl StepOutcome {
             StepOutcome::Escalated => "escalated",
             StepOutcome::Interrupted => "interrupted",
             StepOutcome::Recovered => "recovered",
+            StepOutcome::Running => "running",
         }
     }
 
@@ -289,6 +293,7 @@ impl StepOutcome {
             StepOutcome::Escalated,
             StepOutcome::Interrupted,
             StepOutcome::Recovered,
+            StepOutcome::Running,
         ]
         .into_iter()
         .find(|o| o.as_str() == s)
@@ -338,6 +343,10 @@ impl JournalPhase {
 pub enum JournalOutcome {
     Synced,
     Failed,
+    /// A runbook step's effect held for its hold time.
+    Verified,
+    /// A runbook step's effect did not hold within its deadline.
+    NotVerified,
     /// A pass ended between intent and outcome.
     Interrupted,
     Decided(Decision),
@@ -348,6 +357,8 @@ impl JournalOutcome {
         match self {
             JournalOutcome::Synced => "synced",
             JournalOutcome::Failed => "failed",
+            JournalOutcome::Verified => "verified",
+            JournalOutcome::NotVerified => "not-verified",
             JournalOutcome::Interrupted => "interrupted",
             JournalOutcome::Decided(d) => d.as_str(),
         }
@@ -357,6 +368,8 @@ impl JournalOutcome {
         Some(match s {
             "synced" => JournalOutcome::Synced,
             "failed" => JournalOutcome::Failed,
+            "verified" => JournalOutcome::Verified,
+            "not-verified" => JournalOutcome::NotVerified,
             "interrupted" => JournalOutcome::Interrupted,
             other => JournalOutcome::Decided(Decision::parse(other)?),
         })

@@ -226,16 +226,39 @@ async fn run_step(
         hold(h, inc, index, step, action, started)?;
         return Ok(StepEnd::Stands(Standing::Held));
     }
+    // On the incident before anything happens: a stop of tend from here
+    // on leaves a `running` step, which the next pass marks interrupted.
+    h.store.add_step(
+        id,
+        &IncidentStep::ended_now(
+            index as i64,
+            step.action.as_str(),
+            "auto",
+            StepOutcome::Running,
+            "carried out, then verified".into(),
+            started,
+        ),
+    )?;
     let verdict = match execute(h, inc, step, action).await? {
-        Outcome::Synced { detail } => verify::verify(h, inc.resource, &inc.symptoms, step)
-            .await
-            .map(|v| format!("{detail}; verified: {v}"))
-            .map_err(|v| {
-                format!(
-                    "{detail}; not verified within {}: {v}",
-                    humantime::format_duration(step.within())
-                )
-            }),
+        Outcome::Synced { detail } => {
+            h.executor.journal_verification(action, None)?;
+            let verdict = verify::verify(h, inc.resource, &inc.symptoms, step).await;
+            if verdict.is_ok() || !h.stop.load(Ordering::SeqCst) {
+                let said = match &verdict {
+                    Ok(v) => Ok(v.as_str()),
+                    Err(v) => Err(v.as_str()),
+                };
+                h.executor.journal_verification(action, Some(said))?;
+            }
+            verdict
+                .map(|v| format!("{detail}; verified: {v}"))
+                .map_err(|v| {
+                    format!(
+                        "{detail}; not verified within {}: {v}",
+                        humantime::format_duration(step.within())
+                    )
+                })
+        }
         Outcome::Failed { error } => Err(format!("the step failed: {error}")),
         Outcome::Skipped { reason } => Err(reason),
     };
@@ -258,7 +281,8 @@ async fn run_step(
         Ok(d) => (StepOutcome::Verified, d),
         Err(d) => (StepOutcome::NotVerified, d),
     };
-    h.store.add_step(
+    finish_step(
+        h,
         id,
         &IncidentStep::ended_now(
             index as i64,
@@ -281,6 +305,46 @@ async fn run_step(
     Ok(StepEnd::Stands(Standing::Resolved))
 }
 
+/// Ends the step that is `running` on the incident.
+fn finish_step(h: &Healer<'_>, id: i64, s: &IncidentStep) -> Result<(), StateError> {
+    if !h.store.update_last_step(id, StepOutcome::Running, s)? {
+        h.store.add_step(id, s)?;
+    }
+    Ok(())
+}
+
+/// Steps a stop of tend cut short (killed while a step was carried out or
+/// verified): marked interrupted at the start of the next pass, which reads
+/// the signals again and continues the runbook from that step.
+pub fn close_running_steps(store: &dyn Store, run_id: i64) -> Result<(), StateError> {
+    for (incident, step) in store.running_steps()? {
+        let ended = IncidentStep {
+            outcome: StepOutcome::Interrupted,
+            detail: format!(
+                "tend stopped while this step was carried out or verified; run {run_id} reads the signals again"
+            ),
+            finished_at: crate::state::now(),
+            ..step.clone()
+        };
+        store.update_last_step(incident.id, StepOutcome::Running, &ended)?;
+        store.update_incident(
+            incident.id,
+            &IncidentUpdate {
+                status: incident.status,
+                next_step: step.step.max(0),
+                state: "unknown: the step was cut short",
+                recommendation: "the next pass reads the signals again and continues the runbook",
+            },
+        )?;
+        warn!(
+            incident = incident.id,
+            step = step.step + 1,
+            "A step was cut short by a stop of tend."
+        );
+    }
+    Ok(())
+}
+
 fn interrupted(
     h: &Healer<'_>,
     inc: &Incident<'_>,
@@ -289,7 +353,8 @@ fn interrupted(
     detail: String,
     started: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StateError> {
-    h.store.add_step(
+    finish_step(
+        h,
         inc.id,
         &IncidentStep::ended_now(
             index as i64,
@@ -354,7 +419,7 @@ fn hold(
         action.reasons.join("; "),
         started,
     );
-    if !h.store.update_last_step(inc.id, &held)? {
+    if !h.store.update_last_step(inc.id, StepOutcome::Held, &held)? {
         h.store.add_step(inc.id, &held)?;
     }
     h.store.update_incident(

@@ -104,11 +104,19 @@ pub trait Store: Send + Sync {
     /// The unresolved incident of a resource, if any.
     fn active_incident(&self, key: &ResourceKey) -> Result<Option<Incident>, StateError>;
     fn add_step(&self, incident: i64, s: &IncidentStep) -> Result<(), StateError>;
-    /// Updates the incident's newest step in place when it is the same step
-    /// with the same outcome (a step still held, pass after pass): its
-    /// decision, detail and end move on, its start stays. Returns whether
-    /// there was such a step.
-    fn update_last_step(&self, incident: i64, s: &IncidentStep) -> Result<bool, StateError>;
+    /// Updates the incident's newest step in place when it is step
+    /// `s.step` and its outcome is `was` (a step still held pass after
+    /// pass; a running step that ended): its outcome, decision, detail and
+    /// end move on, its start stays. Returns whether there was such a step.
+    fn update_last_step(
+        &self,
+        incident: i64,
+        was: StepOutcome,
+        s: &IncidentStep,
+    ) -> Result<bool, StateError>;
+    /// The newest step of each unresolved incident that is still
+    /// `running`: at the start of a pass, steps cut short by a stop.
+    fn running_steps(&self) -> Result<Vec<(Incident, IncidentStep)>, StateError>;
     /// Moves an incident along.
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError>;
     fn incident(&self, id: i64) -> Result<Option<Incident>, StateError>;

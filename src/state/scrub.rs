@@ -11,7 +11,7 @@ use super::{
     CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry, JournalRecord, LastGood,
     NewIncident, NewRun, RunStatus, SignalRow, StateError, StepResult, StepStats, Store,
 };
-use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets};
+use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets, StepOutcome};
 
 pub struct Scrubbing<'a> {
     pub inner: &'a dyn Store,
@@ -119,14 +119,24 @@ impl Store for Scrubbing<'_> {
         )
     }
 
-    fn update_last_step(&self, incident: i64, s: &IncidentStep) -> Result<bool, StateError> {
+    fn update_last_step(
+        &self,
+        incident: i64,
+        was: StepOutcome,
+        s: &IncidentStep,
+    ) -> Result<bool, StateError> {
         self.inner.update_last_step(
             incident,
+            was,
             &IncidentStep {
                 detail: self.text(&s.detail),
                 ..s.clone()
             },
         )
+    }
+
+    fn running_steps(&self) -> Result<Vec<(Incident, IncidentStep)>, StateError> {
+        self.inner.running_steps()
     }
 
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {

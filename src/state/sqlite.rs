@@ -14,7 +14,7 @@ use super::{
     JournalRecord, LastGood, NewIncident, NewRun, RunStatus, SignalRow, StateError, StepResult,
     StepStats, Store,
 };
-use crate::vocab::{JournalOutcome, JournalPhase, Remembered, ResourceKey};
+use crate::vocab::{JournalOutcome, JournalPhase, Remembered, ResourceKey, StepOutcome};
 
 impl From<rusqlite::Error> for StateError {
     fn from(e: rusqlite::Error) -> StateError {
@@ -425,8 +425,24 @@ impl Store for SqliteStore {
         self.insert_step(incident, s)
     }
 
-    fn update_last_step(&self, incident: i64, s: &IncidentStep) -> Result<bool, StateError> {
-        self.update_newest_step(incident, s)
+    fn update_last_step(
+        &self,
+        incident: i64,
+        was: StepOutcome,
+        s: &IncidentStep,
+    ) -> Result<bool, StateError> {
+        self.update_newest_step(incident, was, s)
+    }
+
+    fn running_steps(&self) -> Result<Vec<(Incident, IncidentStep)>, StateError> {
+        let mut out = Vec::new();
+        for i in self.list_incidents(false, 1000)? {
+            if let Some(last) = i.steps.last().filter(|s| s.outcome == StepOutcome::Running) {
+                let last = last.clone();
+                out.push((i, last));
+            }
+        }
+        Ok(out)
     }
 
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {

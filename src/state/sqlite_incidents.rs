@@ -113,6 +113,7 @@ impl SqliteStore {
     pub(super) fn update_newest_step(
         &self,
         incident: i64,
+        was: StepOutcome,
         s: &IncidentStep,
     ) -> Result<bool, StateError> {
         let conn = self.conn();
@@ -126,13 +127,13 @@ impl SqliteStore {
         let Some((id, step, outcome, started_at)) = newest else {
             return Ok(false);
         };
-        if step != s.step || outcome != s.outcome.as_str() {
+        if step != s.step || outcome != was.as_str() {
             return Ok(false);
         }
         let duration = millis(&started_at, &s.finished_at).unwrap_or(0).max(0);
         conn.execute(
-            "UPDATE incident_steps SET decision = ?2, detail = ?3, finished_at = ?4, duration_ms = ?5 WHERE id = ?1",
-            params![id, s.decision, s.detail, s.finished_at, duration],
+            "UPDATE incident_steps SET outcome = ?2, decision = ?3, detail = ?4, finished_at = ?5, duration_ms = ?6 WHERE id = ?1",
+            params![id, s.outcome.as_str(), s.decision, s.detail, s.finished_at, duration],
         )?;
         Ok(true)
     }

@@ -809,3 +809,137 @@ fn a_port_held_by_another_process_is_the_stated_cause() {
     stop.store(true, Ordering::SeqCst);
     server.join().unwrap();
 }
+
+/// The processes whose command line holds `--port <port>`.
+fn instances_on(port: u16) -> Vec<i32> {
+    let needle = format!("--port\0{port}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+                && alive(*pid)
+        })
+        .collect()
+}
+
+/// Regression: when `tend apply` was killed after it spawned the workload
+/// but before it wrote the pid record, the orphan kept the port, the next
+/// pass started a second instance that failed with "Address already in
+/// use", and the incident escalated falsely.
+#[test]
+fn a_kill_between_spawn_and_record_leaves_exactly_one_instance() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\"}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    let mut cmd = ws.cmd();
+    cmd.env("TEND_FAULT", "kill-after-spawn")
+        .arg("apply")
+        .arg(ws.desired());
+    let killed = cmd.output().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(libc::SIGKILL)
+    );
+    wait_http(port);
+    assert_eq!(instances_on(port).len(), 1);
+
+    let out = ws.run(&["apply", "--format", "json"]);
+    out.ok();
+    let orphan = instances_on(port);
+    assert_eq!(orphan.len(), 1, "exactly one instance");
+    assert_eq!(ws.pid("web"), orphan[0], "the orphan is adopted");
+    assert!(incidents(&ws).is_empty(), "no false incident");
+    let history = ws.run_raw(&["history", "--format", "json"]).ok().json();
+    let interrupted: Vec<&serde_json::Value> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "interrupted")
+        .collect();
+    assert_eq!(interrupted.len(), 1, "{history:#}");
+    assert_eq!(interrupted[0]["action"], "create");
+    // And a second pass leaves it alone.
+    ws.run(&["apply"]).ok();
+    assert_eq!(instances_on(port), orphan);
+}
+
+/// Regression: when `tend watch` was killed while it verified a restart,
+/// the restart was missing from the incident and nothing recorded the
+/// interruption. The next pass records the interrupted step on the
+/// incident and in the journal.
+#[test]
+fn a_watch_killed_during_verification_leaves_an_interrupted_step() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\"}}\nremediation: {{runbook: slow}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: slow}\nspec:\n  steps:\n    - {action: restart, within: 60s, hold: 30s}\n    - {action: escalate}\n",
+    );
+    ws.run(&["apply"]).ok();
+    wait_http(port);
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "1s"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let first = ws.pid("web");
+    kill_and_wait(first);
+    let t0 = Instant::now();
+    // Killed once the restart is done and its verification under way.
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no verification under way"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let history = ws.run_raw(&["history", "--format", "json"]).json();
+        let verifying = history["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["action"] == "verify"));
+        if verifying {
+            break;
+        }
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+
+    ws.run(&["apply"]).ok();
+    let inc = &incidents(&ws)[0];
+    let steps = inc["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["action"], "restart", "{inc:#}");
+    assert_eq!(steps[0]["outcome"], "interrupted", "{inc:#}");
+    assert!(steps[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("tend stopped"));
+    assert_eq!(inc["status"], "resolved", "the restart held: {inc:#}");
+    let history = ws.run_raw(&["history", "--format", "json"]).ok().json();
+    assert!(
+        history["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "verify" && e["outcome"] == "interrupted"),
+        "{history:#}"
+    );
+}

@@ -44,6 +44,12 @@ pub struct ProcessRecord {
     /// across starts).
     #[serde(default)]
     pub log_from: u64,
+    /// The marker tend put in the process's environment
+    /// (`TEND_INSTANCE=<name>:<instance>`), so that a process started by a
+    /// run killed before it recorded the pid is recognised and adopted
+    /// instead of started twice.
+    #[serde(default)]
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,7 +189,7 @@ pub(super) fn list(
     for (name, spec) in desired {
         names.insert(name.as_str());
         match read_record(&refs.procs_dir, name).map_err(|e| list_err(format!("{name}: {e}")))? {
-            Some(rec) => out.push(live_from_record(&rec, true)),
+            Some(rec) => out.push(live_from_record(&adopt_orphan(refs, rec), true)),
             // Nothing recorded and nothing wanted running: already as declared.
             None if spec.get("state").and_then(Value::as_str) == Some("stopped") => {
                 out.push(LiveResource {
@@ -309,6 +315,50 @@ fn tail(path: &Path, from: u64, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The environment entry that marks a process tend started.
+const INSTANCE_VAR: &str = "TEND_INSTANCE";
+
+fn marker(name: &str, instance: &str) -> String {
+    format!("{INSTANCE_VAR}={name}:{instance}")
+}
+
+/// A record whose start was begun but whose pid was never written (tend
+/// was killed between spawning the process and recording it): the process
+/// carrying the record's marker, if it runs, is adopted and recorded.
+fn adopt_orphan(refs: &HostRefs, rec: ProcessRecord) -> ProcessRecord {
+    if rec.pid != 0 || rec.instance.is_empty() {
+        return rec;
+    }
+    let Some(pid) = find_marked(&marker(&rec.name, &rec.instance)) else {
+        return rec;
+    };
+    let Some((_, start_time)) = stat(pid) else {
+        return rec;
+    };
+    let adopted = ProcessRecord {
+        pid,
+        start_time,
+        cmdline: cmdline(pid).unwrap_or_default(),
+        ..rec
+    };
+    if write_record(refs, &adopted).is_err() {
+        return adopted;
+    }
+    tracing::warn!(name = %adopted.name, pid, "Adopted a process an interrupted run started.");
+    adopted
+}
+
+/// The live process whose environment holds `entry` exactly.
+fn find_marked(entry: &str) -> Option<i32> {
+    let want = entry.as_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let alive = !matches!(stat(pid), None | Some(('Z', _)) | Some(('X', _)));
+        (alive && environ.split(|b| *b == 0).any(|v| v == want)).then_some(pid)
+    })
+}
+
 /// The line in which a process that exited said its address was in use.
 fn port_conflict(rec: &ProcessRecord) -> Option<String> {
     if rec.log.is_empty() {
@@ -351,6 +401,8 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
         }
     }
     cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
+    let instance = format!("{:016x}", rand::random::<u64>());
+    cmd.env(INSTANCE_VAR, format!("{name}:{instance}"));
     // SAFETY: setsid is async-signal-safe and touches no memory of the
     // parent; it makes the child lead a new session so it outlives tend.
     unsafe {
@@ -361,23 +413,30 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("failed to start `{}`: {e}", launch.command))?;
-    let pid = child.id() as i32;
-    let start_time = stat(pid).map(|(_, t)| t).unwrap_or(0);
     let mut expected = vec![launch.command.clone()];
     expected.extend(launch.args.iter().cloned());
     let mut rec = ProcessRecord {
         name: name.to_string(),
-        pid,
-        start_time,
+        pid: 0,
+        start_time: 0,
         cmdline: expected,
         spec: spec.clone(),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         log: log_path.display().to_string(),
         log_from,
+        instance,
     };
+    // The start is recorded before the process exists: if tend dies
+    // before it records the pid, the next pass finds the process by its
+    // marker and adopts it.
+    write_record(refs, &rec).map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("failed to start `{}`: {e}", launch.command))?;
+    let pid = child.id() as i32;
+    fault_point_after_spawn();
+    rec.pid = pid;
+    rec.start_time = stat(pid).map(|(_, t)| t).unwrap_or(0);
     // Record at once: a crash from here on still leaves tend knowing the pid.
     write_record(refs, &rec).map_err(|e| e.to_string())?;
 
@@ -418,6 +477,18 @@ fn start(refs: &HostRefs, exe: &Path, name: &str, spec: &Value) -> Result<Proces
         let _ = child.wait();
     });
     Ok(rec)
+}
+
+/// Crash tests: `TEND_FAULT=kill-after-spawn` makes tend kill itself with
+/// SIGKILL right after spawning a process, before recording its pid (the
+/// window a crash-safe start must survive).
+fn fault_point_after_spawn() {
+    if std::env::var("TEND_FAULT").is_ok_and(|f| f == "kill-after-spawn") {
+        // SAFETY: kill(2) on our own pid with a signal that cannot be caught.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
 }
 
 /// The change a runbook restart carries: from the running instance (`pid
@@ -482,6 +553,7 @@ pub(super) fn apply(
                     started_at: String::new(),
                     log: existing.map(|r| r.log).unwrap_or_default(),
                     log_from: 0,
+                    instance: String::new(),
                 };
                 write_record(refs, &rec).map_err(|e| fail(e.to_string()))?;
             } else {
@@ -520,6 +592,7 @@ mod tests {
             started_at: String::new(),
             log: String::new(),
             log_from: 0,
+            instance: String::new(),
         };
         assert!(matches!(process_alive(&rec), Liveness::Foreign(_)));
         let rec = ProcessRecord {
