@@ -345,6 +345,15 @@ async fn survey(
             .and_then(|s| s.consecutive_failures(cause, runbook, step as i64).ok())
             .unwrap_or(0)
     };
+    let healing = &desired.settings.healing;
+    let now = chrono::Utc::now();
+    let window_start =
+        now - chrono::Duration::from_std(healing.crash_loop.window.0).unwrap_or_default();
+    let recurrences = |key: &ResourceKey, cause: &str| {
+        store
+            .and_then(|s| s.incidents_of(key, window_start).ok())
+            .map_or(0, |list| list.iter().filter(|i| i.cause == cause).count())
+    };
     let recovered = plan::add_health(
         &mut plan,
         watched,
@@ -352,7 +361,11 @@ async fn survey(
         &HealingInput {
             runbooks: &desired.runbooks,
             failures: &failures,
-            ineffective_after: desired.settings.healing.ineffective_after,
+            ineffective_after: healing.ineffective_after,
+            backoff: &healing.backoff,
+            crash_loop: &healing.crash_loop,
+            recurrences: &recurrences,
+            now,
         },
     );
     let mut secrets = loaded.secrets.clone();
@@ -399,14 +412,35 @@ async fn read_health<'a>(
         out.push(Watched {
             resource: r,
             assessment: health_stage::assess(r, readings, &remembered, &desired.signatures, now),
-            prior: active.map(|i| Prior {
-                id: i.id,
-                escalated: i.status == IncidentStatus::Escalated,
-                next_step: usize::try_from(i.next_step).unwrap_or(0),
-            }),
+            prior: active.as_ref().map(prior_of),
         });
     }
     Ok(out)
+}
+
+/// What an open incident says for planning: where its runbook stands, and
+/// the attempts to restore the declared state since it was escalated.
+fn prior_of(i: &Incident) -> Prior {
+    let escalated_at = i
+        .steps
+        .iter()
+        .rposition(|s| s.outcome == StepOutcome::Escalated);
+    let after: &[IncidentStep] = escalated_at.map_or(&[], |at| &i.steps[at..]);
+    let attempts: Vec<&IncidentStep> = after
+        .iter()
+        .filter(|s| s.step < 0 && matches!(s.outcome, StepOutcome::Restored | StepOutcome::Failed))
+        .collect();
+    Prior {
+        id: i.id,
+        escalated: i.status == IncidentStatus::Escalated,
+        next_step: usize::try_from(i.next_step).unwrap_or(0),
+        attempts: attempts.len() as u32,
+        last_change: attempts
+            .last()
+            .copied()
+            .or(after.first())
+            .and_then(|s| crate::state::parse_ts(&s.finished_at)),
+    }
 }
 
 /// Plans and decides, for `tend plan`: nothing is written anywhere.
@@ -542,6 +576,7 @@ async fn apply_run(
             stop,
         )
         .await?;
+    record_baseline_attempts(store, plan, &results, &desired.settings.healing.backoff)?;
     let work: Vec<heal::Work> = plan
         .remedies
         .iter()
@@ -595,6 +630,49 @@ fn close_dangling_intents(store: &dyn Store, run_id: i64) -> Result<(), StateErr
                 d.run_id
             ),
         })?;
+    }
+    Ok(())
+}
+
+/// Each attempt to restore the declared state of an escalated resource is
+/// recorded on its incident, with the backoff before the next one.
+fn record_baseline_attempts(
+    store: &dyn Store,
+    plan: &Plan,
+    results: &[ActionResult],
+    backoff: &crate::model::health::Backoff,
+) -> Result<(), StateError> {
+    for remedy in &plan.remedies {
+        let (Some(id), Some(b)) = (remedy.incident, &remedy.baseline) else {
+            continue;
+        };
+        // Restarts only: other drift (a fix committed to Git) is applied as
+        // usual and is no attempt of the backoff.
+        let restarts = results
+            .iter()
+            .filter(|r| r.target == remedy.target && r.action_type == "restart");
+        for r in restarts {
+            let (outcome, detail) = match &r.outcome {
+                crate::act::Outcome::Synced { detail } => (StepOutcome::Restored, detail),
+                crate::act::Outcome::Failed { error } => (StepOutcome::Failed, error),
+                crate::act::Outcome::Skipped { .. } => continue,
+            };
+            let wait = humantime::format_duration(backoff.delay(b.attempt));
+            store.add_step(
+                id,
+                &IncidentStep::ended_now(
+                    -1,
+                    &r.action_type,
+                    "auto",
+                    outcome,
+                    format!(
+                        "attempt {} to restore the declared state while escalated: {detail}; the next attempt waits {wait}",
+                        b.attempt
+                    ),
+                    chrono::Utc::now() - chrono::Duration::milliseconds(r.duration_ms as i64),
+                ),
+            )?;
+        }
     }
     Ok(())
 }

@@ -263,6 +263,9 @@ pub enum StepOutcome {
     Interrupted,
     /// The resource recovered without a step.
     Recovered,
+    /// The declared state restored while the incident is escalated (a
+    /// dead process started again, with backoff).
+    Restored,
     /// Under way: carried out or being verified. A step still running
     /// when a pass begins was cut short by a stop of tend.
     Running,
@@ -279,6 +282,7 @@ impl StepOutcome {
             StepOutcome::Escalated => "escalated",
             StepOutcome::Interrupted => "interrupted",
             StepOutcome::Recovered => "recovered",
+            StepOutcome::Restored => "restored",
             StepOutcome::Running => "running",
         }
     }
@@ -293,6 +297,7 @@ impl StepOutcome {
             StepOutcome::Escalated,
             StepOutcome::Interrupted,
             StepOutcome::Recovered,
+            StepOutcome::Restored,
             StepOutcome::Running,
         ]
         .into_iter()

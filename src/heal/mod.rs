@@ -123,6 +123,9 @@ async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
     if remedy.escalated {
         return Ok(healed(id, Standing::Escalated));
     }
+    if let Some(why) = &remedy.crash_loop {
+        return escalate_crash_loop(h, id, &remedy, why);
+    }
     let (_, spec) = remedy::runbook_for(
         key.kind,
         (remedy.runbook != remedy::BUILTIN_RUNBOOK).then_some(remedy.runbook.as_str()),
@@ -524,6 +527,48 @@ async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<Hea
         },
     )?;
     warn!(incident = id, "Incident escalated.");
+    Ok(healed(id, Standing::Escalated))
+}
+
+/// A crash loop is escalated when its incident opens: another run of the
+/// runbook would be one more turn of the loop. The declared state is
+/// restored with backoff only.
+fn escalate_crash_loop(
+    h: &Healer<'_>,
+    id: i64,
+    remedy: &Remedy,
+    why: &str,
+) -> Result<Healed, StateError> {
+    h.store.add_step(
+        id,
+        &IncidentStep::ended_now(
+            -1,
+            "escalate",
+            "auto",
+            StepOutcome::Escalated,
+            why.to_string(),
+            chrono::Utc::now(),
+        ),
+    )?;
+    let next = remedy
+        .baseline
+        .as_ref()
+        .and_then(|b| b.not_before)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| "now".into());
+    h.store.update_incident(
+        id,
+        &IncidentUpdate {
+            status: IncidentStatus::Escalated,
+            next_step: 0,
+            state: &format!("unhealthy: {}", remedy.problem.cause),
+            recommendation: &format!(
+                "a human should find why {} keeps failing ({why}); tend restores the declared state with backoff (next attempt {next}) and resolves the incident once it is healthy",
+                remedy.target
+            ),
+        },
+    )?;
+    warn!(incident = id, "Crash loop: incident escalated.");
     Ok(healed(id, Standing::Escalated))
 }
 

@@ -278,6 +278,80 @@ pub struct Healing {
     pub ineffective_after: u32,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default)]
+    pub crash_loop: CrashLoop,
+}
+
+/// `Settings spec.healing.backoff`: how often tend restores the declared
+/// state of a resource whose incident is escalated (a dead process is
+/// started again): `initial` after the escalation, doubling after each
+/// attempt up to `max`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    #[serde(default = "default_backoff_initial")]
+    pub initial: Span,
+    #[serde(default = "default_backoff_max")]
+    pub max: Span,
+}
+
+fn default_backoff_initial() -> Span {
+    Span(std::time::Duration::from_secs(10))
+}
+
+fn default_backoff_max() -> Span {
+    Span(std::time::Duration::from_secs(300))
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after attempt `n` (0: after the escalation itself).
+    pub fn delay(&self, n: u32) -> std::time::Duration {
+        let factor = 2u32.saturating_pow(n.min(31));
+        self.initial
+            .0
+            .saturating_mul(factor)
+            .min(self.max.0.max(self.initial.0))
+    }
+}
+
+/// `Settings spec.healing.crashLoop`: the same problem on one resource
+/// `incidents` times within `window` is a crash loop: the next incident is
+/// escalated at once and the resource restored with backoff only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CrashLoop {
+    #[serde(default = "default_crash_loop_incidents")]
+    pub incidents: usize,
+    #[serde(default = "default_crash_loop_window")]
+    pub window: Span,
+}
+
+fn default_crash_loop_incidents() -> usize {
+    3
+}
+
+fn default_crash_loop_window() -> Span {
+    Span(std::time::Duration::from_secs(600))
+}
+
+impl Default for CrashLoop {
+    fn default() -> Self {
+        CrashLoop {
+            incidents: default_crash_loop_incidents(),
+            window: default_crash_loop_window(),
+        }
+    }
 }
 
 fn default_ineffective_after() -> u32 {
@@ -295,6 +369,8 @@ impl Default for Healing {
             commands: Vec::new(),
             ineffective_after: default_ineffective_after(),
             concurrency: default_concurrency(),
+            backoff: Backoff::default(),
+            crash_loop: CrashLoop::default(),
         }
     }
 }

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 use crate::diff::{Change, Diff};
 use crate::health::Assessment;
-use crate::model::health::Runbook;
+use chrono::{DateTime, Utc};
+
+use crate::model::health::{Backoff, CrashLoop, Runbook};
 use crate::model::{Kind, Mode, Resource, ResourceKey};
 use crate::vocab::redact;
 pub use crate::vocab::{
@@ -131,6 +133,12 @@ pub struct HealingInput<'a> {
     /// Consecutive verification failures of (cause, runbook, step).
     pub failures: &'a dyn Fn(&str, &str, usize) -> i64,
     pub ineffective_after: u32,
+    /// How often the declared state is restored while escalated.
+    pub backoff: &'a Backoff,
+    pub crash_loop: &'a CrashLoop,
+    /// Incidents of (resource, cause) opened within the crash-loop window.
+    pub recurrences: &'a dyn Fn(&ResourceKey, &str) -> usize,
+    pub now: DateTime<Utc>,
 }
 
 /// Puts the next runbook step of each unhealthy resource into the plan in
@@ -151,12 +159,17 @@ pub fn add_health(
         let exists = live.contains_key(&r.key);
         match w.assessment.problem.as_ref().filter(|_| exists) {
             None if !exists => {}
-            None => recovered.extend(w.prior.as_ref().map(|p| p.id)),
+            None => recovered.extend(
+                w.prior
+                    .as_ref()
+                    .filter(|p| held_healthy(p, input))
+                    .map(|p| p.id),
+            ),
             Some(problem) => {
                 let (runbook, spec) =
                     remedy::runbook_for(r.key.kind, problem.runbook.as_deref(), input.runbooks);
                 let failures = |cause: &str, step: usize| (input.failures)(cause, &runbook, step);
-                let remedy = remedy::remedy(
+                let mut remedy = remedy::remedy(
                     r,
                     problem.clone(),
                     (&runbook, &spec),
@@ -164,6 +177,12 @@ pub fn add_health(
                     &failures,
                     input.ineffective_after,
                 );
+                if w.prior.is_none() {
+                    remedy.crash_loop = crash_loop(&r.key, problem, input);
+                    if remedy.crash_loop.is_some() {
+                        remedy.step = None;
+                    }
+                }
                 if let Some(i) = remedy.step {
                     let drift: Vec<_> = plan
                         .actions
@@ -179,11 +198,20 @@ pub fn add_health(
                     plan.actions.push(action);
                 } else {
                     // The runbook is exhausted or the incident escalated:
-                    // restarting is what failed, so it is not retried as
-                    // drift. Other drift still applies, so a fix committed
-                    // to Git reaches the resource.
-                    plan.actions
-                        .retain(|a| a.target != r.key || a.action_type != ActionType::Restart);
+                    // the declared state is still restored, with backoff
+                    // (a dead process is not left dead until a human acts,
+                    // nor restarted in a storm). Other drift applies as
+                    // usual, so a fix committed to Git reaches the resource.
+                    let escalated = remedy.escalated || remedy.crash_loop.is_some();
+                    remedy.baseline = escalated.then(|| baseline(w.prior.as_ref(), input));
+                    let now = remedy
+                        .baseline
+                        .as_ref()
+                        .is_some_and(|b| b.not_before.is_none());
+                    if !now {
+                        plan.actions
+                            .retain(|a| a.target != r.key || a.action_type != ActionType::Restart);
+                    }
                 }
                 plan.remedies.push(remedy);
             }
@@ -191,6 +219,49 @@ pub fn add_health(
         plan.health.push(w.assessment);
     }
     recovered
+}
+
+/// Whether an incident whose resource reads healthy again is over. One
+/// that tend restored while escalated (a crash loop) must stay healthy for
+/// the first backoff delay after the last restart: a workload that dies a
+/// few seconds after each start is not healed by starting it.
+fn held_healthy(prior: &remedy::Prior, input: &HealingInput<'_>) -> bool {
+    if !prior.escalated || prior.attempts == 0 {
+        return true;
+    }
+    let hold = chrono::Duration::from_std(input.backoff.initial.0).unwrap_or_default();
+    prior.last_change.is_none_or(|t| input.now - t >= hold)
+}
+
+/// The same problem on a resource recurring `incidents` times within the
+/// window: a crash loop.
+fn crash_loop(
+    key: &ResourceKey,
+    problem: &crate::health::Problem,
+    input: &HealingInput<'_>,
+) -> Option<String> {
+    let n = (input.recurrences)(key, &problem.cause);
+    let limit = input.crash_loop.incidents;
+    (n >= limit).then(|| {
+        format!(
+            "crash loop: {} {n} times within {} (Settings spec.healing.crashLoop)",
+            problem.cause,
+            humantime::format_duration(input.crash_loop.window.0)
+        )
+    })
+}
+
+/// The next attempt to restore the declared state of an escalated
+/// resource: now, or when the backoff allows.
+fn baseline(prior: Option<&remedy::Prior>, input: &HealingInput<'_>) -> remedy::Baseline {
+    let attempts = prior.map_or(0, |p| p.attempts);
+    let since = prior.and_then(|p| p.last_change).unwrap_or(input.now);
+    let wait = chrono::Duration::from_std(input.backoff.delay(attempts)).unwrap_or_default();
+    let not_before = since + wait;
+    remedy::Baseline {
+        attempt: attempts + 1,
+        not_before: (input.now < not_before).then_some(not_before),
+    }
 }
 
 /// A process whose only drift is that it is not running is restarted; one

@@ -1,6 +1,7 @@
 //! From a diagnosed problem to the runbook step to take next. Pure: the
 //! incident so far and the remediation statistics are passed in.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
@@ -49,6 +50,22 @@ pub struct Prior {
     pub id: i64,
     pub escalated: bool,
     pub next_step: usize,
+    /// Attempts to restore the declared state since the escalation.
+    pub attempts: u32,
+    /// The last of those attempts, else the escalation.
+    pub last_change: Option<DateTime<Utc>>,
+}
+
+/// Restoring the declared state of a resource whose incident is escalated
+/// (or a crash loop), with backoff.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    /// The number of the next attempt.
+    pub attempt: u32,
+    /// When the backoff allows it; absent when it is made in this pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// A resource that needs healing and what comes next.
@@ -65,14 +82,43 @@ pub struct Remedy {
     /// reaches `escalate`) and the incident is handed to a human.
     pub step: Option<usize>,
     pub skipped: Vec<Skipped>,
-    /// The incident was escalated earlier; nothing more is tried.
+    /// The incident was escalated earlier; no runbook step is tried.
     pub escalated: bool,
+    /// The declared state is restored with backoff while escalated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+    /// The same problem recurred often enough to be a crash loop: the new
+    /// incident is escalated at once.
+    #[serde(rename = "crashLoop", skip_serializing_if = "Option::is_none")]
+    pub crash_loop: Option<String>,
     /// Where the resource is declared.
     #[serde(rename = "declaredAt")]
     pub declared_at: crate::model::Origin,
 }
 
 impl Remedy {
+    /// What tend does next about this problem, in words.
+    pub fn next_in_words(&self) -> String {
+        let restore = |b: &Baseline| match b.not_before {
+            None => format!("restore the declared state now (attempt {})", b.attempt),
+            Some(t) => format!(
+                "restore the declared state after {} (attempt {}, backoff)",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                b.attempt
+            ),
+        };
+        match (&self.crash_loop, self.escalated, self.step, &self.baseline) {
+            (Some(why), _, _, b) => format!(
+                "{why}: escalate; {}",
+                b.as_ref().map(restore).unwrap_or_default()
+            ),
+            (None, true, _, Some(b)) => format!("escalated, waiting for a human; {}", restore(b)),
+            (None, true, _, None) => "escalated; waiting for a human".to_string(),
+            (None, false, Some(i), _) => format!("runbook {} step {}", self.runbook, i + 1),
+            (None, false, None, _) => format!("runbook {} is exhausted: escalate", self.runbook),
+        }
+    }
+
     /// The key remediation statistics are counted under.
     pub fn cause_key(&self) -> String {
         cause_key(&self.target, &self.problem)
@@ -148,6 +194,8 @@ pub fn remedy(
         step,
         skipped,
         escalated,
+        baseline: None,
+        crash_loop: None,
         declared_at: r.origin.clone(),
     }
 }

@@ -38,11 +38,7 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
         }
     }
     for r in &plan.remedies {
-        let next = match (r.escalated, r.step) {
-            (true, _) => "already escalated; waiting for a human".to_string(),
-            (false, Some(i)) => format!("runbook {} step {}", r.runbook, i + 1),
-            (false, None) => format!("runbook {} is exhausted: escalate", r.runbook),
-        };
+        let next = r.next_in_words();
         lines.push(format!(
             "{}!{} {}  {}{}{} → {next}",
             p.yellow, p.reset, r.target, p.bold, r.problem.cause, p.reset

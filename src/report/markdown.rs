@@ -97,11 +97,7 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
     if !plan.remedies.is_empty() || plan.health.iter().any(|a| a.unknown().next().is_some()) {
         out.push_str("**Health:**\n\n");
         for r in &plan.remedies {
-            let next = match (r.escalated, r.step) {
-                (true, _) => "escalated; waiting for a human".to_string(),
-                (false, Some(i)) => format!("runbook `{}` step {}", r.runbook, i + 1),
-                (false, None) => format!("runbook `{}` exhausted: escalate", r.runbook),
-            };
+            let next = cell(&r.next_in_words());
             let _ = writeln!(
                 out,
                 "- ⚠️ `{}`: {} → {next}",

@@ -122,6 +122,12 @@ pub trait Store: Send + Sync {
     fn incident(&self, id: i64) -> Result<Option<Incident>, StateError>;
     /// Incidents, newest first; only unresolved ones unless `all`.
     fn incidents(&self, all: bool, limit: usize) -> Result<Vec<Incident>, StateError>;
+    /// A resource's incidents detected at or after `since`, oldest first.
+    fn incidents_of(
+        &self,
+        key: &ResourceKey,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Incident>, StateError>;
 
     /// Consecutive verification failures of a runbook step for a cause.
     fn consecutive_failures(

@@ -159,6 +159,14 @@ impl Store for Scrubbing<'_> {
         self.inner.incidents(all, limit)
     }
 
+    fn incidents_of(
+        &self,
+        key: &ResourceKey,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Incident>, StateError> {
+        self.inner.incidents_of(key, since)
+    }
+
     fn consecutive_failures(
         &self,
         cause: &str,

@@ -457,6 +457,28 @@ impl Store for SqliteStore {
         self.list_incidents(all, limit)
     }
 
+    fn incidents_of(
+        &self,
+        key: &ResourceKey,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Incident>, StateError> {
+        let conn = self.conn();
+        let ids: Vec<i64> = {
+            let mut stmt = conn.prepare(
+                "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND detected_at >= ?3 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![key.kind.as_str(), key.name, ts(since)], |r| {
+                r.get(0)
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.load_incident(&conn, id)?);
+        }
+        Ok(out)
+    }
+
     fn consecutive_failures(
         &self,
         cause: &str,

@@ -943,3 +943,163 @@ fn a_watch_killed_during_verification_leaves_an_interrupted_step() {
         "{history:#}"
     );
 }
+
+/// The starts of the workload tend journaled (create and restart outcomes).
+fn starts(ws: &Workspace) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let history = ws.run_raw(&["history", "--format", "json"]).ok().json();
+    history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["phase"] == "outcome"
+                && e["outcome"] == "synced"
+                && matches!(e["action"].as_str(), Some("create" | "restart"))
+        })
+        .map(|e| {
+            chrono::DateTime::parse_from_rfc3339(e["at"].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        })
+        .collect()
+}
+
+/// Regression: after a runbook was exhausted, a dead process stayed dead
+/// until a human acted ("already escalated; waiting for a human" on every
+/// pass). The declared state is restored with backoff, each attempt on the
+/// incident, and the incident stays escalated.
+#[test]
+fn an_escalated_process_is_still_restarted_with_backoff() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "settings.yaml",
+        &settings("  healing:\n    backoff: {initial: 1s, max: 2s}\n"),
+    );
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}remediation: {{runbook: once}}\n",
+            process_doc(
+                "web",
+                TEND,
+                &[
+                    "sample-app",
+                    "--port",
+                    &port.to_string(),
+                    "--crash-after",
+                    "0.5"
+                ]
+            )
+        ),
+    );
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: once}\nspec:\n  steps:\n    - {action: restart, within: 2s, hold: 1s}\n    - {action: escalate}\n",
+    );
+    ws.run(&["apply"]).ok();
+    std::thread::sleep(Duration::from_millis(1000));
+    ws.run(&["apply"]).code(1);
+    assert_eq!(incidents(&ws)[0]["status"], "escalated");
+    let dead = ws.pid("web");
+    assert!(!alive(dead));
+
+    // Within the backoff: nothing is started, the plan says when.
+    let held = ws.run(&["apply"]);
+    held.code(1);
+    assert!(
+        held.stdout.contains("restore the declared state after"),
+        "{}",
+        held.stdout
+    );
+    assert_eq!(ws.pid("web"), dead);
+
+    let mut pids = vec![dead];
+    for attempt in 1..=2 {
+        std::thread::sleep(Duration::from_millis(2100));
+        ws.run(&["apply"]).code(1);
+        let pid = ws.pid("web");
+        assert!(!pids.contains(&pid), "attempt {attempt} starts it again");
+        pids.push(pid);
+        let inc = &incidents(&ws)[0];
+        assert_eq!(inc["status"], "escalated", "{inc:#}");
+        let last = inc["steps"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["outcome"], "restored", "{inc:#}");
+        let detail = last["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("attempt {attempt} ")), "{detail}");
+        assert!(detail.contains("the next attempt waits 2s"), "{detail}");
+        // Right after an attempt, the backoff holds the next one.
+        std::thread::sleep(Duration::from_millis(700));
+        ws.run(&["apply"]).code(1);
+        assert_eq!(ws.pid("web"), pid, "held by the backoff");
+    }
+}
+
+/// Regression: a workload that crashed a few seconds after every start
+/// was restarted 11 times in 60 s, with 10 "resolved" incidents and no
+/// escalation. The same problem recurring is a crash loop: escalated, and
+/// restarts are bounded by the backoff.
+#[test]
+fn a_crash_loop_is_escalated_and_restarts_are_bounded() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "settings.yaml",
+        &settings("  healing:\n    crashLoop: {incidents: 2, window: 5m}\n    backoff: {initial: 4s, max: 8s}\n"),
+    );
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\"}}\n",
+            process_doc(
+                "web",
+                TEND,
+                &["sample-app", "--port", &port.to_string(), "--crash-after", "1.5"]
+            )
+        ),
+    );
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "1s"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(20));
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+
+    let starts = starts(&ws);
+    eprintln!(
+        "crash loop (crash 1.5 s after each start): {} starts in 20 s",
+        starts.len()
+    );
+    assert!(starts.len() <= 6, "{} starts in 20 s", starts.len());
+    let list = incidents(&ws);
+    let looped: Vec<&serde_json::Value> =
+        list.iter().filter(|i| i["status"] == "escalated").collect();
+    assert_eq!(looped.len(), 1, "{list:#?}");
+    let steps = looped[0]["steps"].as_array().unwrap();
+    assert!(
+        steps[0]["detail"].as_str().unwrap().contains("crash loop"),
+        "{steps:#?}"
+    );
+    assert!(
+        steps.iter().any(|s| s["outcome"] == "restored"),
+        "restored with backoff: {steps:#?}"
+    );
+    let resolved = list.iter().filter(|i| i["status"] == "resolved").count();
+    assert!(resolved <= 2, "{resolved} resolved incidents");
+    // The backoff doubles between restores.
+    let restored: Vec<&serde_json::Value> = steps
+        .iter()
+        .filter(|s| s["outcome"] == "restored")
+        .collect();
+    if restored.len() >= 2 {
+        assert!(
+            restored[1]["detail"].as_str().unwrap().contains("waits 8s"),
+            "{restored:#?}"
+        );
+    }
+}
