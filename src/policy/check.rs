@@ -615,7 +615,9 @@ impl Graph {
             while let Some(&(node, next)) = stack.last() {
                 let targets = self.edges.get(node).map(Vec::as_slice).unwrap_or(&[]);
                 if let Some((target, at)) = targets.get(next) {
-                    stack.last_mut().map(|t| t.1 += 1);
+                    if let Some(top) = stack.last_mut() {
+                        top.1 += 1;
+                    }
                     match marks.get(target.as_str()) {
                         None => {
                             marks.insert(target, Mark::Active);

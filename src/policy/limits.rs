@@ -5,9 +5,10 @@
 //!   interpreter steps through rules, loops and comprehensions. An
 //!   evaluation past [`TIME_LIMIT`] stops with an error, and the action is
 //!   denied.
-//! - Size: `numbers.range` and `numbers.range_step` build their whole list
-//!   in one builtin call, which the timer cannot interrupt; tend replaces
-//!   them with versions that refuse more than [`MAX_RANGE`] numbers.
+//! - Size: `numbers.range`, `numbers.range_step` and `net.cidr_expand`
+//!   build their whole list in one builtin call, which the timer cannot
+//!   interrupt; tend replaces them with versions that refuse lists of more
+//!   than [`MAX_RANGE`] items.
 //! - Depth: recursion and dependency chains deeper than
 //!   [`super::check::MAX_DEPTH`] are rejected when the policies are
 //!   compiled (a stack overflow cannot be caught at run time).
@@ -20,6 +21,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anyhow::bail;
+use regorus::unstable::{Expr, Ref, Source, Span, BUILTINS};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, LimitError, Value};
 
@@ -51,6 +53,55 @@ pub fn install(engine: &mut Engine, strict: bool) {
         3,
         Box::new(move |args: Vec<Value>| range("numbers.range_step", &args, strict)),
     );
+    let _ = engine.add_extension(
+        "net.cidr_expand".into(),
+        1,
+        Box::new(move |args: Vec<Value>| cidr_expand(&args, strict)),
+    );
+}
+
+/// `net.cidr_expand`, refusing networks of more than [`MAX_RANGE`]
+/// addresses (`10.0.0.0/8` has 16 million, `::/0` 2^128).
+fn cidr_expand(args: &[Value], strict: bool) -> anyhow::Result<Value> {
+    let name = "net.cidr_expand";
+    if let Some(cidr) = args.first().and_then(|a| a.as_string().ok()) {
+        let (addr, prefix) = cidr.split_once('/').unwrap_or((cidr, ""));
+        let bits: u32 = if addr.contains(':') { 128 } else { 32 };
+        if let Ok(prefix) = prefix.parse::<u32>() {
+            let n = 2f64.powi(bits.saturating_sub(prefix) as i32);
+            if prefix <= bits && n > MAX_RANGE as f64 {
+                bail!("{name} would build {n:.0} addresses, more than tend's limit of {MAX_RANGE}");
+            }
+        }
+    }
+    builtin(name, args, strict)
+}
+
+/// Calls regorus's own builtin `name`, which an extension of the same name
+/// hides from policies.
+fn builtin(name: &str, args: &[Value], strict: bool) -> anyhow::Result<Value> {
+    let Some((f, _)) = BUILTINS.get(name) else {
+        bail!("{name} is not available");
+    };
+    let source = Source::from_contents(name.to_string(), name.to_string())?;
+    let span = Span {
+        source,
+        line: 1,
+        col: 1,
+        start: 0,
+        end: name.len() as u32,
+    };
+    let params: Vec<Ref<Expr>> = args
+        .iter()
+        .map(|_| {
+            Ref::new(Expr::Null {
+                span: span.clone(),
+                value: Value::Null,
+                eidx: 0,
+            })
+        })
+        .collect();
+    f(&span, &params, args, strict)
 }
 
 /// How many numbers a range from `a` to `b` by `step` holds.
@@ -141,6 +192,20 @@ mod tests {
             range("numbers.range", &[Value::from(1.5), n(2)], false).unwrap(),
             Value::Undefined
         );
+    }
+
+    #[test]
+    fn cidr_expand_is_capped_and_otherwise_regorus_s_own() {
+        let s = |x: &str| Value::from(x);
+        let small = cidr_expand(&[s("10.0.0.0/30")], true).unwrap();
+        assert_eq!(small.as_array().unwrap().len(), 4);
+        let err = cidr_expand(&[s("::/0")], true).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "net.cidr_expand would build 340282366920938463463374607431768211456 addresses, more than tend's limit of 1000000"
+        );
+        assert!(cidr_expand(&[s("10.0.0.0/8")], true).is_err());
+        assert!(cidr_expand(&[s("not a cidr")], true).is_err());
     }
 
     #[test]
