@@ -6,8 +6,10 @@
 //! an `auto` action but never loosen anything. This module must never let
 //! an error turn into `auto`.
 
+mod check;
 mod engine;
 pub mod gates;
+mod limits;
 pub mod testing;
 
 use std::collections::HashMap;
@@ -20,6 +22,7 @@ pub use engine::{
     default_pack, rego_diagnostic, Policies, PolicyDecision, PolicyFile, Verdict, ENTRY_POINT,
 };
 pub use gates::{Correction, Facts, GateError, PastOutcome};
+pub use limits::{MAX_RANGE, TIME_LIMIT};
 
 use crate::model::{DesiredState, Mode, Resource, ResourceKey};
 use crate::plan::Plan;

@@ -4,7 +4,8 @@ use std::time::Instant;
 
 use regorus::Engine;
 
-use super::engine::{rego_diagnostic, PolicyFile};
+use super::engine::{load, PolicyFile};
+use super::limits;
 use crate::model::diagnostic::Diagnostic;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,15 +69,10 @@ pub fn run(
     coverage: bool,
 ) -> Result<TestReport, Vec<Diagnostic>> {
     let mut engine = Engine::new();
-    let mut diags = Vec::new();
-    for f in files {
-        if let Err(e) = engine.add_policy(f.path.clone(), f.text.clone()) {
-            diags.push(rego_diagnostic(&e.to_string(), files));
-        }
-    }
-    if !diags.is_empty() {
-        return Err(diags);
-    }
+    let sources: Vec<&PolicyFile> = files.iter().collect();
+    load(&mut engine, &sources, files)?;
+    // Each test rule runs under the limits decisions run under.
+    limits::install(&mut engine, false);
     engine.set_enable_coverage(coverage);
     let mut report = TestReport::default();
     for f in files.iter().filter(|f| tests_of.contains(&f.path)) {
@@ -86,16 +82,23 @@ pub fn run(
         for rule in rules {
             let name = format!("data.{package}.{rule}");
             let started = Instant::now();
-            let outcome = engine.eval_rule(name.clone());
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine.eval_rule(name.clone())
+            }));
             let micros = started.elapsed().as_micros();
             let (passed, error) = match outcome {
-                Ok(regorus::Value::Bool(true)) => (true, None),
-                Ok(regorus::Value::Undefined) | Ok(regorus::Value::Bool(false)) => (false, None),
-                Ok(other) => (false, Some(format!("evaluated to {other}, not true"))),
-                Err(e) => (
+                Ok(Ok(regorus::Value::Bool(true))) => (true, None),
+                Ok(Ok(regorus::Value::Undefined)) | Ok(Ok(regorus::Value::Bool(false))) => {
+                    (false, None)
+                }
+                Ok(Ok(other)) => (false, Some(format!("evaluated to {other}, not true"))),
+                Ok(Err(e)) => (
                     false,
-                    Some(e.to_string().lines().next().unwrap_or_default().to_string()),
+                    Some(limits::exceeded(&e).unwrap_or_else(|| {
+                        e.to_string().lines().next().unwrap_or_default().to_string()
+                    })),
                 ),
+                Err(_) => (false, Some("the evaluator stopped unexpectedly".into())),
             };
             report.results.push(TestResult {
                 name,

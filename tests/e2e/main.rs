@@ -7,6 +7,7 @@ mod git_source;
 mod healing;
 mod invalid;
 mod policy;
+mod policy_limits;
 mod process;
 mod proxy;
 mod secrets;
