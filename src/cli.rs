@@ -420,6 +420,13 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
 fn validate(source: &Source, opts: &Options) -> anyhow::Result<u8> {
     let loaded = reconcile::load(source, opts)?;
     reconcile::compile_policies(&loaded.policy_files)?;
+    let desired = &loaded.desired;
+    for w in model::health::noise_warnings(&desired.resources, &desired.signatures) {
+        eprintln!(
+            "warning: {}\n  --> {}:{}:{} (at {})",
+            w.message, w.origin.file, w.origin.line, w.origin.col, w.pointer
+        );
+    }
     let commit = loaded
         .commit
         .as_deref()

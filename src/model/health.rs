@@ -723,6 +723,131 @@ impl Checker<'_> {
     }
 }
 
+/// Something valid that likely does not do what its author meant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning {
+    pub origin: Origin,
+    /// A JSON Pointer into the document.
+    pub pointer: String,
+    pub message: String,
+}
+
+/// `for` shorter than the range window of a Prometheus signal's query does
+/// not filter noise: a burst shorter than `for` stays visible in the query
+/// for up to the window longer, so it outlasts `for` and acts anyway.
+pub fn noise_warnings(resources: &[super::Resource], signatures: &[Signature]) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let mut check = |origin: &Origin,
+                     pointer: String,
+                     signal: &str,
+                     for_: Option<Span>,
+                     window: Option<std::time::Duration>| {
+        let Some(window) = window else { return };
+        let f = for_.unwrap_or_default().0;
+        if f < window {
+            out.push(Warning {
+                origin: origin.clone(),
+                pointer,
+                message: format!(
+                    "`for: {}` is shorter than the {} range window of signal `{signal}`'s query: a burst shorter than `for` stays visible for up to {} longer, so `for` does not filter it; use `for` of at least {} plus the shortest burst to ignore, or a shorter window",
+                    humantime::format_duration(f),
+                    humantime::format_duration(window),
+                    humantime::format_duration(window),
+                    humantime::format_duration(window),
+                ),
+            });
+        }
+    };
+    let window_of = |r: &super::Resource, signal: &str| -> Option<std::time::Duration> {
+        let h = r.health.as_ref()?;
+        let p = h.probes.iter().find(|p| p.name == signal)?;
+        longest_range(&p.prometheus.as_ref()?.query)
+    };
+    for r in resources {
+        let Some(h) = &r.health else { continue };
+        for (i, slo) in h.slos.iter().enumerate() {
+            if let Some(sig) = &slo.signal {
+                check(
+                    &r.origin,
+                    format!("/health/slos/{i}/for"),
+                    sig,
+                    slo.for_,
+                    window_of(r, sig),
+                );
+            }
+        }
+    }
+    for s in signatures {
+        for (list, conds) in [("all", &s.spec.all), ("any", &s.spec.any)] {
+            for (i, c) in conds.iter().enumerate() {
+                let Some(sig) = &c.signal else { continue };
+                let window = resources
+                    .iter()
+                    .filter(|r| s.selects(r))
+                    .filter_map(|r| window_of(r, sig))
+                    .max();
+                check(
+                    &s.origin,
+                    format!("/spec/{list}/{i}/for"),
+                    sig,
+                    c.for_,
+                    window,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The longest range window (`[5m]`, `[1h30m]`, a subquery's `[10m:1m]`)
+/// in a PromQL query.
+pub fn longest_range(query: &str) -> Option<std::time::Duration> {
+    let mut longest = None;
+    let mut rest = query;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else { break };
+        let inside = after[..close].split(':').next().unwrap_or_default().trim();
+        if let Some(d) = prom_duration(inside) {
+            longest = longest.max(Some(d));
+        }
+        rest = &after[close..];
+    }
+    longest
+}
+
+/// A Prometheus duration: `1h30m`, `15s`, `500ms`.
+fn prom_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = ["ms", "s", "m", "h", "d", "w", "y"]
+            .into_iter()
+            .find(|u| rest.starts_with(u))?;
+        rest = &rest[unit.len()..];
+        let secs = match unit {
+            "ms" => {
+                total += std::time::Duration::from_millis(n);
+                continue;
+            }
+            "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86400,
+            "w" => n * 7 * 86400,
+            _ => n * 365 * 86400,
+        };
+        total += std::time::Duration::from_secs(secs);
+    }
+    Some(total)
+}
+
 fn no_prometheus() -> Option<String> {
     Some("set Settings spec.healing.prometheus.url".to_string())
 }
@@ -731,4 +856,21 @@ fn regex_check(pattern: &str) -> Result<(), String> {
     regex::Regex::new(pattern)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_windows_are_read_from_queries() {
+        let q = r#"sum(rate(x{code=~"5.."}[15s])) / sum(rate(x[1m])) + max_over_time(y[1h30m:1m])"#;
+        assert_eq!(longest_range(q), Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(longest_range("up"), None);
+        assert_eq!(
+            longest_range("x[500ms]"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(longest_range("x[$window]"), None);
+    }
 }

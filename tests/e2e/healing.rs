@@ -1103,3 +1103,105 @@ fn a_crash_loop_is_escalated_and_restarts_are_bounded() {
         );
     }
 }
+
+/// Regression: with `rate(...[15s])` and `for: 5s`, a 4 s error burst
+/// stayed visible for about 14 s, so `for` was exceeded and the workload
+/// was restarted for a burst shorter than `for`. With `for` longer than the
+/// query's window, a burst shorter than `for` causes no action.
+#[test]
+fn a_burst_shorter_than_for_causes_no_action() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let prom = Prometheus::start(&[port]);
+    let ratio = r#"sum(rate(sample_http_requests_total{code="500"}[5s])) / sum(rate(sample_http_requests_total[5s]))"#;
+    ws.write(
+        "settings.yaml",
+        &settings(&format!(
+            "  healing:\n    prometheus: {{url: \"{}\", timeout: 1s}}\n",
+            prom.url()
+        )),
+    );
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: error-ratio\n      prometheus:\n        query: '{ratio}'\n        above: 0.3\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()]),
+        ),
+    );
+    ws.write(
+        "healing.yaml",
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: errors}\nspec:\n  cause: the service fails requests\n  all: [{signal: error-ratio, for: 10s}]\n  runbook: restart\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart}\nspec:\n  steps:\n    - {action: restart, within: 40s, hold: 2s}\n    - {action: escalate}\n",
+    );
+    let validate = ws.run(&["validate"]);
+    validate.ok();
+    assert!(!validate.stderr.contains("warning"), "{}", validate.stderr);
+    ws.run(&["apply"]).ok();
+    wait_http(port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = http("GET", port, "/");
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    prom.wait_for(ratio, |v| v < 0.3, "healthy traffic");
+    let pid = ws.pid("web");
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "1s"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    http("POST", port, "/fault/error-ratio?value=0.9").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    http("POST", port, "/fault/error-ratio?value=0").unwrap();
+    // The burst, its 5 s tail in the query, and more.
+    std::thread::sleep(Duration::from_secs(14));
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    assert!(incidents(&ws).is_empty(), "{:#?}", incidents(&ws));
+    assert_eq!(ws.pid("web"), pid, "not restarted");
+}
+
+/// `tend validate` warns when a `for` is shorter than the window of its
+/// signal's query, at the condition.
+#[test]
+fn validate_warns_when_for_is_shorter_than_the_query_window() {
+    let ws = Workspace::new();
+    ws.write(
+        "settings.yaml",
+        &settings("  healing:\n    prometheus: {url: \"http://127.0.0.1:9\"}\n"),
+    );
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: error-ratio\n      prometheus:\n        query: 'rate(errors[15s])'\n        above: 0.3\n  slos:\n    - {{name: errors, signal: error-ratio, for: 20s}}\n",
+            process_doc("web", "sleep", &["300"]),
+        ),
+    );
+    ws.write(
+        "healing.yaml",
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: errors}\nspec:\n  cause: errors\n  all: [{signal: error-ratio, for: 5s}]\n  runbook: again\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: again}\nspec:\n  steps: [{action: restart}]\n",
+    );
+    let out = ws.run(&["validate"]);
+    out.ok();
+    assert_eq!(out.stderr.matches("warning:").count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("`for: 5s` is shorter than the 15s range window of signal `error-ratio`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("healing.yaml:1:1 (at /spec/all/0/for)"),
+        "{}",
+        out.stderr
+    );
+}
