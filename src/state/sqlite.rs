@@ -562,18 +562,21 @@ mod tests {
         }
     }
 
+    fn begin(s: &SqliteStore) -> i64 {
+        s.begin_run(&NewRun {
+            command: "apply",
+            origin: "x",
+            commit: None,
+            mode: "auto",
+        })
+        .unwrap()
+    }
+
     #[test]
     fn dangling_intents_are_found() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
-        let run = s
-            .begin_run(&NewRun {
-                command: "apply",
-                origin: "x",
-                commit: None,
-                mode: "auto",
-            })
-            .unwrap();
+        let run = begin(&s);
         s.intent(&rec(run, "a")).unwrap();
         s.outcome(&JournalRecord {
             outcome: Some(JournalOutcome::Synced),
@@ -594,14 +597,7 @@ mod tests {
     fn a_store_that_cannot_be_written_is_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
-        let run = s
-            .begin_run(&NewRun {
-                command: "apply",
-                origin: "x",
-                commit: None,
-                mode: "auto",
-            })
-            .unwrap();
+        let run = begin(&s);
         s.intent(&rec(run, "a")).unwrap();
         drop(s);
         std::fs::create_dir(dir.path().join("tend.db-wal")).unwrap();
