@@ -180,22 +180,15 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
         .collect())
 }
 
-/// A parse error, or the tab used for indentation that most likely caused
-/// it. YAML forbids tabs in indentation and parsers report this in many
-/// different ways, so tend points at the tab itself; it looks for one only
-/// once the parser refused the text, because a tab that starts a line is
-/// valid in places a line scan cannot see (inside a quoted scalar).
+/// A parse error, or the tab used for indentation that caused it. YAML
+/// forbids tabs in indentation and parsers report this in many different
+/// ways, so tend points at the tab itself; it looks for one only once the
+/// parser refused the text, and only on the line it refused, because a tab
+/// after the indentation of a quoted scalar's continuation line is valid.
 fn located_error(text: &str, e: serde_saphyr::Error) -> YamlError {
     let err = yaml_error(e);
-    match find_tab_indentation(text) {
-        Some(tab)
-            if err
-                .pos
-                .zip(tab.pos)
-                .is_none_or(|(at, tab)| tab.line <= at.line) =>
-        {
-            tab
-        }
+    match (find_tab_indentation(text), err.pos) {
+        (Some(tab), Some(at)) if tab.pos.is_some_and(|t| t.line == at.line) => tab,
         _ => err,
     }
 }
@@ -456,11 +449,18 @@ mod tests {
     }
 
     #[test]
-    fn a_tab_starting_a_quoted_continuation_line_is_valid() {
-        let docs = parse_documents("a: \"one\n\ttwo\"\nb: 'x\n\ty'\n").unwrap();
-        assert_eq!(docs[0].to_json()["a"], "one two");
-        assert_eq!(docs[0].to_json()["b"], "x y");
-        assert!(parse_values("a: \"one\n\ttwo\"\n").is_ok());
+    fn a_tab_after_the_indentation_of_a_quoted_continuation_line_is_valid() {
+        let text = "a:\n  b: \"one\n   \ttwo\"\n  c: 'x\n    \ty'\n";
+        let docs = parse_documents(text).unwrap();
+        assert_eq!(docs[0].to_json()["a"]["b"], "one two");
+        assert_eq!(docs[0].to_json()["a"]["c"], "x y");
+        assert!(parse_values(text).is_ok());
+        // At the top level there is no indentation to keep.
+        assert_eq!(parse_documents("\"one\n\ttwo\"\n").unwrap()[0].to_json(), "one two");
+        // Inside a mapping, the tab would stand in for indentation.
+        let err = parse_documents("a: \"one\n\ttwo\"\n").unwrap_err();
+        assert_eq!(err.pos.map(|p| (p.line, p.col)), Some((2, 1)));
+        assert!(err.message.contains("tab"), "{}", err.message);
     }
 
     #[test]

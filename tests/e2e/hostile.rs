@@ -319,7 +319,7 @@ fn a_tab_starting_a_quoted_continuation_line_is_valid_yaml() {
     let ws = Workspace::new();
     ws.write(
         "tab.yaml",
-        "apiVersion: tend.dev/v1\nkind: host.File\nmetadata:\n  name: tab\nspec:\n  path: tab.txt\n  content: \"one\n\ttwo\"\n",
+        "apiVersion: tend.dev/v1\nkind: host.File\nmetadata:\n  name: tab\nspec:\n  path: tab.txt\n  content: \"one\n   \ttwo\"\n",
     );
     ws.run(&["validate"]).ok();
     ws.run(&["apply"]).ok();
