@@ -328,11 +328,14 @@ impl<'de> Visitor<'de> for NodeVisitor {
                 NodeValue::Bool(b) => b.to_string(),
                 NodeValue::Float(f) => f.to_string(),
                 NodeValue::Null => "null".to_string(),
-                NodeValue::Seq(_) | NodeValue::Map(_) => {
-                    return Err(de::Error::custom(
-                        "mapping keys must be scalars, not sequences or mappings",
-                    ))
+                // A complex key (`? [a, b]`) is valid YAML; as its JSON text
+                // it stays located and is reported as an unknown field.
+                value @ (NodeValue::Seq(_) | NodeValue::Map(_)) => Node {
+                    value,
+                    pos: key_pos,
                 }
+                .to_json()
+                .to_string(),
             };
             let value = into_node(map.next_value::<Spanned<NodeValue>>()?);
             entries.push(Entry {
@@ -480,6 +483,14 @@ mod tests {
     fn duplicate_keys_are_errors() {
         let err = parse_documents("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(err.pos.map(|p| p.line), Some(3), "{err:?}");
+    }
+
+    #[test]
+    fn complex_keys_become_their_json_text() {
+        let docs = parse_documents("? [a, b]\n: c\n").unwrap();
+        assert_eq!(docs[0].to_json(), serde_json::json!({"[\"a\",\"b\"]": "c"}));
+        let key = docs[0].locate("/[\"a\",\"b\"]", true).unwrap();
+        assert_eq!((key.line, key.col), (1, 3));
     }
 
     #[test]
