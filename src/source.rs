@@ -239,7 +239,7 @@ fn with_help(mut refused: Refused, help: String) -> Refused {
 
 /// Text for a file's bytes, or the refusal that locates its first byte that
 /// is not UTF-8 (quoting the line with that byte replaced).
-fn decode(path: String, bytes: Vec<u8>) -> Result<SourceFile, Refused> {
+fn decode(path: String, bytes: Vec<u8>) -> Result<SourceFile, Box<Refused>> {
     match String::from_utf8(bytes) {
         Ok(text) => Ok(SourceFile { path, text }),
         Err(e) => {
@@ -257,10 +257,10 @@ fn decode(path: String, bytes: Vec<u8>) -> Result<SourceFile, Refused> {
                 format!("file is not valid UTF-8: byte 0x{bad:02X} is not part of a UTF-8 character"),
             )
             .with_help("desired-state files must be UTF-8; convert it, e.g. with `iconv -f LATIN1 -t UTF-8`");
-            Err(Refused {
+            Err(Box::new(Refused {
                 diagnostic,
                 text: Some(String::from_utf8_lossy(bytes).into_owned()),
-            })
+            }))
         }
     }
 }
@@ -292,7 +292,10 @@ fn read_dir_source(dir: &Path, limits: Limits) -> Result<Snapshot, SourceError> 
     walk(dir, &root, Path::new(""), &shown, &mut found, &mut refused)?;
     found.sort_by(|a, b| a.rel.cmp(&b.rel));
 
-    let total: u64 = found.iter().map(|f| f.size.min(limits.max_file_bytes)).sum();
+    let total: u64 = found
+        .iter()
+        .map(|f| f.size.min(limits.max_file_bytes))
+        .sum();
     if total > limits.max_source_bytes {
         return Ok(Snapshot {
             files: SourceFiles {
@@ -323,7 +326,7 @@ fn read_dir_source(dir: &Path, limits: Limits) -> Result<Snapshot, SourceError> 
         let file = match decode(path, bytes) {
             Ok(file) => file,
             Err(r) => {
-                refused.push(r);
+                refused.push(*r);
                 continue;
             }
         };
@@ -353,7 +356,9 @@ fn read_limited(path: &Path, max: u64) -> std::io::Result<Result<Vec<u8>, String
     {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Ok(Err("became a symbolic link while the source was read; it was not read".into()))
+            return Ok(Err(
+                "became a symbolic link while the source was read; it was not read".into(),
+            ))
         }
         Err(e) => return Err(e),
     };
@@ -429,10 +434,12 @@ fn walk(
                 }),
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => refused.push(refuse(&shown(&rel), "not a regular file; it was not read")),
-                Err(e) => return Err(SourceError::Read {
-                    path: shown(&rel),
-                    source: e,
-                }),
+                Err(e) => {
+                    return Err(SourceError::Read {
+                        path: shown(&rel),
+                        source: e,
+                    })
+                }
             }
             continue;
         }
@@ -582,7 +589,7 @@ fn read_git_source(
         let file = match decode(shown, blob.content().to_vec()) {
             Ok(file) => file,
             Err(r) => {
-                refused.push(r);
+                refused.push(*r);
                 continue;
             }
         };

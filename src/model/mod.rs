@@ -711,8 +711,12 @@ fn duplicates(files: &[SourceFile], resources: &[Resource], diagnostics: &mut Ve
         let here = name_pos(&r.origin);
         let there = name_pos(first);
         diagnostics.push(
-            Diagnostic::new(&*r.origin.file, Some(here), format!("{} is declared twice", r.key))
-                .with_note(&*first.file, there, "first declared here"),
+            Diagnostic::new(
+                &*r.origin.file,
+                Some(here),
+                format!("{} is declared twice", r.key),
+            )
+            .with_note(&*first.file, there, "first declared here"),
         );
     }
 }
@@ -750,7 +754,9 @@ impl<'a> Documents<'a> {
 fn quoted_sources(files: &[SourceFile], refused: &[Refused], diags: &[Diagnostic]) -> SourceTexts {
     let named: std::collections::HashSet<&str> = diags
         .iter()
-        .flat_map(|d| std::iter::once(d.file.as_str()).chain(d.notes.iter().map(|n| n.file.as_str())))
+        .flat_map(|d| {
+            std::iter::once(d.file.as_str()).chain(d.notes.iter().map(|n| n.file.as_str()))
+        })
         .collect();
     let mut sources = SourceTexts::default();
     for f in files {

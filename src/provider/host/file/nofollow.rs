@@ -62,10 +62,22 @@ fn cstr(name: &OsStr, shown: &Path) -> Result<CString, WalkError> {
     })
 }
 
-fn openat(dir: libc::c_int, name: &CString, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+fn openat(
+    dir: libc::c_int,
+    name: &CString,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid C string; the returned descriptor is owned
     // by the OwnedFd and closed once.
-    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -106,10 +118,18 @@ pub fn parent(base: &Path, rest: &Path, create: bool) -> Result<Option<Parent>, 
         }
     };
     let base_c = cstr(base.as_os_str(), base)?;
-    let mut dir = openat(libc::AT_FDCWD, &base_c, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        .map_err(|e| WalkError::Io(base.to_path_buf(), e))?;
+    let mut dir = openat(
+        libc::AT_FDCWD,
+        &base_c,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| WalkError::Io(base.to_path_buf(), e))?;
     let mut at = base.to_path_buf();
-    let dirs: Vec<Component<'_>> = rest.parent().map(|p| p.components().collect()).unwrap_or_default();
+    let dirs: Vec<Component<'_>> = rest
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
     for c in dirs {
         let part = match c {
             Component::Normal(p) => p,
@@ -129,7 +149,11 @@ pub fn parent(base: &Path, rest: &Path, create: bool) -> Result<Option<Parent>, 
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 // SAFETY: `part` is a valid C string.
                 let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), part.as_ptr(), 0o755) };
-                let made = if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+                let made = if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                };
                 match made {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -266,8 +290,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
-        let err = parent(dir.path(), Path::new("sub/x.txt"), true).err().unwrap();
-        assert!(matches!(err, WalkError::Link(ref p) if p.ends_with("sub")), "{err}");
+        let err = parent(dir.path(), Path::new("sub/x.txt"), true)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, WalkError::Link(ref p) if p.ends_with("sub")),
+            "{err}"
+        );
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 
@@ -283,15 +312,28 @@ mod tests {
         assert!(p.open_read().is_err());
         p.write_atomic(b"new", 0o640).unwrap();
         assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s3cret");
-        assert_eq!(p.look().unwrap(), Found::File { mode: 0o640, len: 3 });
+        assert_eq!(
+            p.look().unwrap(),
+            Found::File {
+                mode: 0o640,
+                len: 3
+            }
+        );
     }
 
     #[test]
     fn missing_directories_are_made_or_reported_missing() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(parent(dir.path(), Path::new("a/b/c"), false).unwrap().is_none());
-        let p = parent(dir.path(), Path::new("a/b/c"), true).unwrap().unwrap();
+        assert!(parent(dir.path(), Path::new("a/b/c"), false)
+            .unwrap()
+            .is_none());
+        let p = parent(dir.path(), Path::new("a/b/c"), true)
+            .unwrap()
+            .unwrap();
         p.write_atomic(b"x", 0o644).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("a/b/c")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a/b/c")).unwrap(),
+            "x"
+        );
     }
 }
