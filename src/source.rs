@@ -796,4 +796,62 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["a.yaml", "x.yml"]);
     }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("8MiB"), Some(8 << 20));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("16k"), Some(16 << 10));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(human_size(8 << 20), "8.0 MiB");
+    }
+
+    #[test]
+    fn git_links_stay_inside_the_tree() {
+        let at = |dir: &str, target: &str| within(Path::new(dir), Path::new(target));
+        assert_eq!(at("a/b", "../x.yaml"), Some(PathBuf::from("a/x.yaml")));
+        assert_eq!(at("a", "./b/../c.yaml"), Some(PathBuf::from("a/c.yaml")));
+        assert_eq!(at("a", "../../x.yaml"), None);
+        assert_eq!(at("", "/etc/passwd"), None);
+    }
+
+    #[test]
+    fn links_out_of_the_tree_and_special_files_are_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("s.yaml"), "secret: 1").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("s.yaml"), dir.path().join("out.yaml"))
+            .unwrap();
+        std::fs::write(dir.path().join("real.txt"), "a: 1").unwrap();
+        std::os::unix::fs::symlink("real.txt", dir.path().join("in.yaml")).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("fifo.yaml").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let snap = Source::Dir(dir.path().to_path_buf())
+            .snapshot_with(dir.path(), Limits::default())
+            .unwrap();
+        let texts: Vec<&str> = snap.files.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(texts, vec!["a: 1"]);
+        let mut refused: Vec<(&str, &str)> = snap
+            .files
+            .refused
+            .iter()
+            .map(|r| {
+                let file = r.diagnostic.file.rsplit('/').next().unwrap_or_default();
+                (file, r.diagnostic.message.as_str())
+            })
+            .collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            vec![
+                ("fifo.yaml", "not a regular file; it was not read"),
+                (
+                    "out.yaml",
+                    "symbolic link to a file outside the source root; it was not read"
+                ),
+            ]
+        );
+    }
 }
