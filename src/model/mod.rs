@@ -421,6 +421,68 @@ pub struct SourceFile {
     pub text: String,
 }
 
+/// A file the source found but did not hand over as text (not UTF-8, too
+/// large, a symbolic link out of the tree, not a regular file). It is
+/// reported with every other diagnostic of the pass, so one bad file never
+/// hides the problems of the others.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub diagnostic: Diagnostic,
+    /// The text to quote from, when some of it could be shown.
+    pub text: Option<String>,
+}
+
+/// The files of a source and the ones it refused: what [`load`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct SourceFiles {
+    pub files: Vec<SourceFile>,
+    pub refused: Vec<Refused>,
+}
+
+impl std::ops::Deref for SourceFiles {
+    type Target = [SourceFile];
+
+    fn deref(&self) -> &[SourceFile] {
+        &self.files
+    }
+}
+
+/// Anything [`load`] can read: plain files, or a source's files with the
+/// ones it refused.
+pub trait Inputs {
+    fn files(&self) -> &[SourceFile];
+    fn refused(&self) -> &[Refused] {
+        &[]
+    }
+}
+
+impl Inputs for [SourceFile] {
+    fn files(&self) -> &[SourceFile] {
+        self
+    }
+}
+
+impl<const N: usize> Inputs for [SourceFile; N] {
+    fn files(&self) -> &[SourceFile] {
+        self
+    }
+}
+
+impl Inputs for Vec<SourceFile> {
+    fn files(&self) -> &[SourceFile] {
+        self
+    }
+}
+
+impl Inputs for SourceFiles {
+    fn files(&self) -> &[SourceFile] {
+        &self.files
+    }
+    fn refused(&self) -> &[Refused] {
+        &self.refused
+    }
+}
+
 /// Everything wrong with a desired state, and the texts to quote from.
 #[derive(Debug)]
 pub struct Invalid {
@@ -441,8 +503,10 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// Loads and validates every document in `files`.
-pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
+/// Loads and validates every document in `input`, and reports the files
+/// its source refused.
+pub fn load<I: Inputs + ?Sized>(input: &I) -> Result<DesiredState, Invalid> {
+    let files = input.files();
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -463,7 +527,11 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
         })
     };
 
-    let mut diagnostics = Vec::new();
+    let mut diagnostics: Vec<Diagnostic> = input
+        .refused()
+        .iter()
+        .map(|r| r.diagnostic.clone())
+        .collect();
     let mut documents = 0;
     let mut settings_docs: Vec<(Value, Origin)> = Vec::new();
     let mut resources = Vec::with_capacity(per_file.iter().map(|f| f.resources.len()).sum());
@@ -489,38 +557,14 @@ pub fn load(files: &[SourceFile]) -> Result<DesiredState, Invalid> {
             ),
         );
     }
-    let mut seen: HashMap<(Kind, &str), &Origin> = HashMap::with_capacity(resources.len());
-    for r in &resources {
-        if let Some(first) = seen.get(&(r.key.kind, r.key.name.as_str())) {
-            let name_pos = |o: &Origin| name_position(files, o).unwrap_or(pos_of(o));
-            diagnostics.push(
-                Diagnostic::new(
-                    &*r.origin.file,
-                    Some(name_pos(&r.origin)),
-                    format!("{} is declared twice", r.key),
-                )
-                .with_note(&*first.file, name_pos(first), "first declared here"),
-            );
-        } else {
-            seen.insert((r.key.kind, r.key.name.as_str()), &r.origin);
-        }
-    }
-    drop(seen);
+    duplicates(files, &resources, &mut diagnostics);
 
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| {
             (a.file.as_str(), a.pos.map(|p| (p.line, p.col)))
                 .cmp(&(b.file.as_str(), b.pos.map(|p| (p.line, p.col))))
         });
-        let mut sources = SourceTexts::default();
-        for f in files {
-            if diagnostics
-                .iter()
-                .any(|d| d.file == f.path || d.notes.iter().any(|n| n.file == f.path))
-            {
-                sources.insert(&f.path, &f.text);
-            }
-        }
+        let sources = quoted_sources(files, input.refused(), &diagnostics);
         return Err(Invalid {
             diagnostics,
             sources,
@@ -621,42 +665,111 @@ fn split_healing(resources: Vec<Resource>, files: &[SourceFile]) -> Result<Split
 /// Diagnostics for problems found after the per-document checks, each
 /// located at the field it is about.
 fn located(files: &[SourceFile], problems: Vec<health::Problem>) -> Invalid {
-    let mut sources = SourceTexts::default();
+    let mut docs = Documents::new(files);
     let mut diagnostics = Vec::with_capacity(problems.len());
     for p in problems {
-        let file = files.iter().find(|f| *f.path == *p.origin.file);
-        let pos = file
-            .and_then(|f| {
-                let nodes = yaml::parse_documents(&f.text).ok()?;
-                let node = nodes
-                    .iter()
-                    .find(|n| n.pos.line == p.origin.line && n.pos.col == p.origin.col)?;
-                node.locate(&p.pointer, false)
-            })
+        let pos = docs
+            .at(&p.origin)
+            .and_then(|node| node.locate(&p.pointer, false))
             .unwrap_or(Pos::new(p.origin.line, p.origin.col, 1));
-        if let Some(f) = file {
-            sources.insert(&f.path, &f.text);
-        }
         let d = Diagnostic::new(&*p.origin.file, Some(pos), p.message);
         diagnostics.push(match p.help {
             Some(h) => d.with_help(h),
             None => d,
         });
     }
+    let sources = quoted_sources(files, &[], &diagnostics);
     Invalid {
         diagnostics,
         sources,
     }
 }
 
-/// Where `metadata.name` of the document that starts at `origin` is written.
-fn name_position(files: &[SourceFile], origin: &Origin) -> Option<Pos> {
-    let file = files.iter().find(|f| *f.path == *origin.file)?;
-    let nodes = yaml::parse_documents(&file.text).ok()?;
-    let node = nodes
+/// Reports every resource declared twice, pointing at both names.
+fn duplicates(files: &[SourceFile], resources: &[Resource], diagnostics: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<(Kind, &str), &Origin> = HashMap::with_capacity(resources.len());
+    let mut twice: Vec<(&Resource, &Origin)> = Vec::new();
+    for r in resources {
+        match seen.entry((r.key.kind, r.key.name.as_str())) {
+            std::collections::hash_map::Entry::Occupied(first) => twice.push((r, *first.get())),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(&r.origin);
+            }
+        }
+    }
+    if twice.is_empty() {
+        return;
+    }
+    // Each file is parsed again at most once, however many names it repeats.
+    let mut docs = Documents::new(files);
+    let mut name_pos = |o: &Origin| {
+        docs.at(o)
+            .and_then(|n| n.locate("/metadata/name", false))
+            .unwrap_or(Pos::new(o.line, o.col, 1))
+    };
+    for (r, first) in twice {
+        let here = name_pos(&r.origin);
+        let there = name_pos(first);
+        diagnostics.push(
+            Diagnostic::new(
+                &*r.origin.file,
+                Some(here),
+                format!("{} is declared twice", r.key),
+            )
+            .with_note(&*first.file, there, "first declared here"),
+        );
+    }
+}
+
+/// The positioned documents of files, parsed on first use and at most once
+/// per file, found by where each document starts.
+struct Documents<'a> {
+    files: HashMap<&'a str, &'a SourceFile>,
+    parsed: HashMap<&'a str, HashMap<(u32, u32), Node>>,
+}
+
+impl<'a> Documents<'a> {
+    fn new(files: &'a [SourceFile]) -> Self {
+        Documents {
+            files: files.iter().map(|f| (f.path.as_str(), f)).collect(),
+            parsed: HashMap::new(),
+        }
+    }
+
+    fn at(&mut self, origin: &Origin) -> Option<&Node> {
+        let (&path, &file) = self.files.get_key_value(&*origin.file)?;
+        let docs = self.parsed.entry(path).or_insert_with(|| {
+            yaml::parse_documents(&file.text)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| ((n.pos.line, n.pos.col), n))
+                .collect()
+        });
+        docs.get(&(origin.line, origin.col))
+    }
+}
+
+/// The texts the diagnostics quote from: the files they name, and what
+/// could be shown of refused ones.
+fn quoted_sources(files: &[SourceFile], refused: &[Refused], diags: &[Diagnostic]) -> SourceTexts {
+    let named: std::collections::HashSet<&str> = diags
         .iter()
-        .find(|n| n.pos.line == origin.line && n.pos.col == origin.col)?;
-    node.locate("/metadata/name", false)
+        .flat_map(|d| {
+            std::iter::once(d.file.as_str()).chain(d.notes.iter().map(|n| n.file.as_str()))
+        })
+        .collect();
+    let mut sources = SourceTexts::default();
+    for f in files {
+        if named.contains(f.path.as_str()) {
+            sources.insert(&f.path, &f.text);
+        }
+    }
+    for r in refused {
+        if let Some(text) = &r.text {
+            sources.insert(&r.diagnostic.file, text);
+        }
+    }
+    sources
 }
 
 fn into_resource(kind: Kind, name: String, doc: Value, origin: Origin) -> Result<Resource, String> {
@@ -738,7 +851,9 @@ enum Checked {
 fn check_file(file: &SourceFile) -> FileResult {
     let values = match yaml::parse_values(&file.text) {
         Ok(v) => v,
-        Err(e) => return yaml_failure(file, e),
+        // The positioned parser reads what JSON cannot hold directly (a null
+        // or numeric key) and words its errors for the user.
+        Err(_) => return check_file_precisely(file),
     };
     let path: Arc<str> = Arc::from(file.path.as_str());
     let mut out = FileResult {

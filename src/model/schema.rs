@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(v[0].pointer, "/spec/contnet");
         assert_eq!(
             v[0].help.as_deref(),
-            Some("expected one of: path, content, mode")
+            Some("expected one of: path, content, mode, followSymlinks")
         );
     }
 

@@ -8,8 +8,11 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+
+use serde_saphyr::budget::BudgetBreach;
 use serde_saphyr::options::DuplicateKeyPolicy;
-use serde_saphyr::{Budget, Options, Spanned};
+use serde_saphyr::{Budget, MessageFormatter, Options, Spanned, UserMessageFormatter};
 
 /// A position in a source file: 1-based line and column, and the length of
 /// the token in characters (at least 1) for the caret underline.
@@ -99,20 +102,62 @@ fn options() -> Options {
 fn yaml_error(e: serde_saphyr::Error) -> YamlError {
     let pos = e.location().map(|l| Pos::from_location(&l));
     YamlError {
-        message: clean_message(&e.without_snippet().to_string()),
+        message: clean_message(&Messages.format_message(e.without_snippet())),
         pos,
     }
+}
+
+/// The parser's errors in the words of someone writing YAML: no Rust
+/// types, parser options or settings to change.
+struct Messages;
+
+impl MessageFormatter for Messages {
+    fn format_message<'a>(&self, err: &'a serde_saphyr::Error) -> Cow<'a, str> {
+        use serde_saphyr::Error as E;
+        match err {
+            E::WithSnippet { error, .. } => self.format_message(error),
+            E::NullIntoString { .. } | E::InvalidCharNull { .. } => {
+                "expected a string, found null".into()
+            }
+            E::TaggedScalarCannotDeserializeIntoString { .. } => {
+                "expected a string, found a value with a non-string tag".into()
+            }
+            E::BinaryNotUtf8 { .. } => "a !!binary value must decode to UTF-8 text here".into(),
+            E::DuplicateMappingKey { key: Some(k), .. } => format!("duplicate key `{k}`").into(),
+            E::DuplicateMappingKey { key: None, .. } => "duplicate key".into(),
+            E::Budget { breach, .. } => budget_message(breach).into(),
+            other => match UserMessageFormatter.format_message(other) {
+                // Serde's own wording ("invalid type: null, expected a
+                // string") is close to the user's terms already; options and
+                // Rust types are not.
+                m if m.contains("Options") || m.contains("Option<") => {
+                    "this value cannot be read here".into()
+                }
+                m => m,
+            },
+        }
+    }
+}
+
+fn budget_message(breach: &BudgetBreach) -> String {
+    let what = match breach {
+        BudgetBreach::Depth { .. } => "nested deeper than 48 levels",
+        BudgetBreach::Aliases { .. } | BudgetBreach::Anchors { .. } => {
+            "uses more than 1,000 anchors or aliases"
+        }
+        BudgetBreach::Documents { .. } => "holds more than 20,000 documents",
+        _ => "holds more than tend reads from one file",
+    };
+    format!("YAML document too large or too complex: it is {what}")
 }
 
 /// Parses every document of one file straight into JSON values, with the
 /// position of each document only: the fast path for valid files. Empty
 /// documents are skipped, as in [`parse_documents`].
 pub fn parse_values(text: &str) -> Result<Vec<(Value, Pos)>, YamlError> {
-    if let Some(err) = find_tab_indentation(text) {
-        return Err(err);
-    }
     let docs: Vec<Option<Spanned<Value>>> =
-        serde_saphyr::from_multiple_with_options(text, options()).map_err(yaml_error)?;
+        serde_saphyr::from_multiple_with_options(text, options())
+            .map_err(|e| located_error(text, e))?;
     Ok(docs
         .into_iter()
         .flatten()
@@ -124,11 +169,9 @@ pub fn parse_values(text: &str) -> Result<Vec<(Value, Pos)>, YamlError> {
 /// Parses every document of one file into nodes that carry positions.
 /// Empty documents are skipped.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
-    if let Some(err) = find_tab_indentation(text) {
-        return Err(err);
-    }
     let docs: Vec<Option<Spanned<NodeValue>>> =
-        serde_saphyr::from_multiple_with_options(text, options()).map_err(yaml_error)?;
+        serde_saphyr::from_multiple_with_options(text, options())
+            .map_err(|e| located_error(text, e))?;
     Ok(docs
         .into_iter()
         .flatten()
@@ -137,8 +180,20 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
         .collect())
 }
 
-/// YAML forbids tabs in indentation; parsers report this in many different
-/// ways, so tend checks it first and points at the tab itself.
+/// A parse error, or the tab used for indentation that caused it. YAML
+/// forbids tabs in indentation and parsers report this in many different
+/// ways, so tend points at the tab itself; it looks for one only once the
+/// parser refused the text, and only on the line it refused, because a tab
+/// after the indentation of a quoted scalar's continuation line is valid.
+fn located_error(text: &str, e: serde_saphyr::Error) -> YamlError {
+    let err = yaml_error(e);
+    match (find_tab_indentation(text), err.pos) {
+        (Some(tab), Some(at)) if tab.pos.is_some_and(|t| t.line == at.line) => tab,
+        _ => err,
+    }
+}
+
+/// The first line indented with a tab, outside block scalars.
 fn find_tab_indentation(text: &str) -> Option<YamlError> {
     let mut in_block_scalar = false;
     let mut block_indent = 0usize;
@@ -273,11 +328,14 @@ impl<'de> Visitor<'de> for NodeVisitor {
                 NodeValue::Bool(b) => b.to_string(),
                 NodeValue::Float(f) => f.to_string(),
                 NodeValue::Null => "null".to_string(),
-                NodeValue::Seq(_) | NodeValue::Map(_) => {
-                    return Err(de::Error::custom(
-                        "mapping keys must be scalars, not sequences or mappings",
-                    ))
+                // A complex key (`? [a, b]`) is valid YAML; as its JSON text
+                // it stays located and is reported as an unknown field.
+                value @ (NodeValue::Seq(_) | NodeValue::Map(_)) => Node {
+                    value,
+                    pos: key_pos,
                 }
+                .to_json()
+                .to_string(),
             };
             let value = into_node(map.next_value::<Spanned<NodeValue>>()?);
             entries.push(Entry {
@@ -394,9 +452,48 @@ mod tests {
     }
 
     #[test]
+    fn a_tab_after_the_indentation_of_a_quoted_continuation_line_is_valid() {
+        let text = "a:\n  b: \"one\n   \ttwo\"\n  c: 'x\n    \ty'\n";
+        let docs = parse_documents(text).unwrap();
+        assert_eq!(docs[0].to_json()["a"]["b"], "one two");
+        assert_eq!(docs[0].to_json()["a"]["c"], "x y");
+        assert!(parse_values(text).is_ok());
+        // At the top level there is no indentation to keep.
+        assert_eq!(
+            parse_documents("\"one\n\ttwo\"\n").unwrap()[0].to_json(),
+            "one two"
+        );
+        // Inside a mapping, the tab would stand in for indentation.
+        let err = parse_documents("a: \"one\n\ttwo\"\n").unwrap_err();
+        assert_eq!(err.pos.map(|p| (p.line, p.col)), Some((2, 1)));
+        assert!(err.message.contains("tab"), "{}", err.message);
+    }
+
+    #[test]
+    fn library_words_stay_out_of_messages() {
+        for text in ["? : x\n", "a: !!binary Zm9v\nb: !!str\n", "a: 1\na: 2\n"] {
+            if let Err(e) = parse_values(text) {
+                for word in ["Option", "deserializ", "serde", "DuplicateKeyPolicy"] {
+                    assert!(!e.message.contains(word), "{text:?}: {}", e.message);
+                }
+            }
+        }
+        let err = parse_values("a: 1\na: 2\n").unwrap_err();
+        assert_eq!(err.message, "duplicate key `a`");
+    }
+
+    #[test]
     fn duplicate_keys_are_errors() {
         let err = parse_documents("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(err.pos.map(|p| p.line), Some(3), "{err:?}");
+    }
+
+    #[test]
+    fn complex_keys_become_their_json_text() {
+        let docs = parse_documents("? [a, b]\n: c\n").unwrap();
+        assert_eq!(docs[0].to_json(), serde_json::json!({"[\"a\",\"b\"]": "c"}));
+        let key = docs[0].locate("/[\"a\",\"b\"]", true).unwrap();
+        assert_eq!((key.line, key.col), (1, 3));
     }
 
     #[test]

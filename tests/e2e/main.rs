@@ -5,6 +5,7 @@ mod apply;
 mod aws;
 mod git_source;
 mod healing;
+mod hostile;
 mod invalid;
 mod policy;
 mod policy_limits;
