@@ -221,8 +221,12 @@ fn bench(c: &mut Criterion) {
     // Short ids: scripts/bench-aws.sh reads criterion's estimates by them.
     let mut g = c.benchmark_group(format!("aws-{n}"));
     g.sample_size(10).measurement_time(Duration::from_secs(60));
-    g.bench_function("tend", |b| b.iter(|| assert_eq!(tend_plan().code(), Some(0))));
-    g.bench_function("custodian", |b| b.iter(|| assert!(custodian_run().success())));
+    g.bench_function("tend", |b| {
+        b.iter(|| assert_eq!(tend_plan().code(), Some(0)))
+    });
+    g.bench_function("custodian", |b| {
+        b.iter(|| assert!(custodian_run().success()))
+    });
     g.bench_function("floor", |b| b.iter(|| assert!(boto_listings().success())));
     g.finish();
 }

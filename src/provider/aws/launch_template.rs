@@ -371,7 +371,10 @@ pub(super) async fn apply(
         }
         (ActionType::Create | ActionType::Update, None) => create(ec2, reads, name, spec).await,
         (ActionType::Create | ActionType::Update, Some(t)) => update(ec2, reads, &t, spec).await,
-        (other, _) => Err(format!("a launch template has no {} action", other.as_str())),
+        (other, _) => Err(format!(
+            "a launch template has no {} action",
+            other.as_str()
+        )),
     }
 }
 
@@ -559,7 +562,9 @@ mod tests {
     #[test]
     fn only_declared_versioned_fields_make_a_new_version() {
         let live = json!({"imageId": "ami-1", "instanceType": "t3.micro", "securityGroups": ["web"], "userData": null, "tags": {"team": "x"}});
-        assert!(changed_fields(&json!({"imageId": "ami-1", "tags": {"team": "y"}}), &live).is_empty());
+        assert!(
+            changed_fields(&json!({"imageId": "ami-1", "tags": {"team": "y"}}), &live).is_empty()
+        );
         assert_eq!(
             changed_fields(
                 &json!({"imageId": "ami-1", "instanceType": "t3.small", "userData": "x"}),

@@ -551,22 +551,45 @@ mod tests {
     #[test]
     fn references_by_tend_name_become_aws_names() {
         let mut rs = vec![
-            res(Kind::AwsSecurityGroup, "web", json!({"groupName": "web-sg"})),
-            res(Kind::AwsLaunchTemplate, "web", json!({"launchTemplateName": "web-lt", "securityGroups": ["web", "sg-1", "other"]})),
-            res(Kind::AwsLaunchTemplate, "api", json!({"securityGroups": ["web"]})),
-            res(Kind::AwsAutoScalingGroup, "web", json!({"launchTemplate": {"name": "web", "version": "$Latest"}})),
-            res(Kind::AwsAutoScalingGroup, "api", json!({"launchTemplate": {"name": "api"}})),
+            res(
+                Kind::AwsSecurityGroup,
+                "web",
+                json!({"groupName": "web-sg"}),
+            ),
+            res(
+                Kind::AwsLaunchTemplate,
+                "web",
+                json!({"launchTemplateName": "web-lt", "securityGroups": ["web", "sg-1", "other"]}),
+            ),
+            res(
+                Kind::AwsLaunchTemplate,
+                "api",
+                json!({"securityGroups": ["web"]}),
+            ),
+            res(
+                Kind::AwsAutoScalingGroup,
+                "web",
+                json!({"launchTemplate": {"name": "web", "version": "$Latest"}}),
+            ),
+            res(
+                Kind::AwsAutoScalingGroup,
+                "api",
+                json!({"launchTemplate": {"name": "api"}}),
+            ),
             res(Kind::AwsInstance, "vm", json!({"securityGroups": ["web"]})),
         ];
         prepare(&mut rs);
-        assert_eq!(rs[1].spec["securityGroups"], json!(["web-sg", "sg-1", "other"]));
-        assert_eq!(rs[2].spec["launchTemplateName"], "api", "defaults to metadata.name");
+        assert_eq!(
+            rs[1].spec["securityGroups"],
+            json!(["web-sg", "sg-1", "other"])
+        );
+        assert_eq!(
+            rs[2].spec["launchTemplateName"], "api",
+            "defaults to metadata.name"
+        );
         assert_eq!(rs[3].spec["launchTemplate"]["name"], "web-lt");
         assert_eq!(rs[4].spec["launchTemplate"]["name"], "api");
         assert_eq!(rs[5].spec["securityGroups"], json!(["web-sg"]));
-        assert_eq!(
-            rs[2].spec["tags"][OWNER_TAG],
-            "aws.ec2.LaunchTemplate/api"
-        );
+        assert_eq!(rs[2].spec["tags"][OWNER_TAG], "aws.ec2.LaunchTemplate/api");
     }
 }
