@@ -70,3 +70,10 @@ auto contains "restoring a declared auto scaling group is safe" if {
 	input.action.type in {"create", "update", "scale"}
 	input.action.target.kind == "aws.autoscaling.Group"
 }
+
+# A new launch template, or a new version of one: nothing running changes
+# until a group launches from it.
+auto contains "restoring a declared launch template is safe" if {
+	input.action.type in {"create", "update"}
+	input.action.target.kind == "aws.ec2.LaunchTemplate"
+}

@@ -66,3 +66,19 @@ test_terminating_an_instance_is_review if {
 test_a_runbook_replaces_a_failed_instance if {
 	tend.decision.decision == "auto" with input as instance_action("replace", {"runbook": "replace-failed", "severity": "warning"})
 }
+
+template_action(type) := {
+	"action": {"type": type, "target": {"kind": "aws.ec2.LaunchTemplate", "name": "web"}, "changes": [{"path": "/spec/instanceType", "from": "t3.micro", "to": "t3.small"}], "risk": "low", "reversible": true},
+	"resource": {"desired": {}, "live": {}},
+	"incident": null,
+	"context": {"mode": "auto", "in_maintenance_window": false},
+}
+
+test_a_new_launch_template_version_is_auto if {
+	tend.decision.decision == "auto" with input as template_action("update")
+	tend.decision.decision == "auto" with input as template_action("create")
+}
+
+test_deleting_a_launch_template_is_not_auto if {
+	tend.decision.decision != "auto" with input as template_action("delete")
+}

@@ -31,11 +31,13 @@ pub enum Kind {
     AwsSecurityGroup = 5,
     AwsBucket = 6,
     AwsInstance = 7,
-    AwsAutoScalingGroup = 8,
+    // Before the groups that launch from them: a plan applies in kind order.
+    AwsLaunchTemplate = 8,
+    AwsAutoScalingGroup = 9,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Settings,
         Kind::HostFile,
         Kind::HostProcess,
@@ -44,6 +46,7 @@ impl Kind {
         Kind::AwsSecurityGroup,
         Kind::AwsBucket,
         Kind::AwsInstance,
+        Kind::AwsLaunchTemplate,
         Kind::AwsAutoScalingGroup,
     ];
 
@@ -57,6 +60,7 @@ impl Kind {
             Kind::AwsSecurityGroup => "aws.ec2.SecurityGroup",
             Kind::AwsBucket => "aws.s3.Bucket",
             Kind::AwsInstance => "aws.ec2.Instance",
+            Kind::AwsLaunchTemplate => "aws.ec2.LaunchTemplate",
             Kind::AwsAutoScalingGroup => "aws.autoscaling.Group",
         }
     }
@@ -74,6 +78,7 @@ impl Kind {
             Kind::AwsSecurityGroup
             | Kind::AwsBucket
             | Kind::AwsInstance
+            | Kind::AwsLaunchTemplate
             | Kind::AwsAutoScalingGroup => Some(ProviderName::Aws),
         }
     }

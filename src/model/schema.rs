@@ -24,6 +24,9 @@ fn schema_text(kind: Kind) -> &'static str {
         Kind::AwsSecurityGroup => include_str!("../../schemas/aws.ec2.security-group.schema.json"),
         Kind::AwsBucket => include_str!("../../schemas/aws.s3.bucket.schema.json"),
         Kind::AwsInstance => include_str!("../../schemas/aws.ec2.instance.schema.json"),
+        Kind::AwsLaunchTemplate => {
+            include_str!("../../schemas/aws.ec2.launch-template.schema.json")
+        }
         Kind::AwsAutoScalingGroup => {
             include_str!("../../schemas/aws.autoscaling.group.schema.json")
         }

@@ -529,3 +529,148 @@ fn a_group_with_unhealthy_instances_reads_unhealthy() {
     assert!(text.contains("unhealthy"), "{j:#}");
     assert_eq!(j["summary"]["pending"], 0, "inside `for`, nothing acts");
 }
+
+/// `examples/aws` in a workspace, pointed at `moto` the way its settings
+/// file says to.
+fn example_workspace(moto: &Moto) -> Workspace {
+    let ws = Workspace::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/aws");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if name == "settings.yaml" {
+            let commented = "# endpointUrl: http://127.0.0.1:5000";
+            assert!(text.contains(commented), "{text}");
+            text = text.replace(commented, &format!("endpointUrl: {}", moto.url()));
+        }
+        ws.write(&name, &text);
+    }
+    ws
+}
+
+/// The latest and default version of the `web` template, the latest
+/// version's instance type and user data, and the version the `web` group
+/// launches from.
+const TEMPLATE_STATE: &str = "import base64\n\
+     asg = boto3.client('autoscaling', **kw)\n\
+     t = ec2.describe_launch_templates(Filters=[{'Name': 'tag:tend.dev/name', 'Values': ['aws.ec2.LaunchTemplate/web']}])['LaunchTemplates'][0]\n\
+     v = ec2.describe_launch_template_versions(LaunchTemplateId=t['LaunchTemplateId'], Versions=['$Latest'])['LaunchTemplateVersions'][0]['LaunchTemplateData']\n\
+     sg = ec2.describe_security_groups(GroupIds=v['SecurityGroupIds'])['SecurityGroups'][0]['GroupName']\n\
+     g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['web'])['AutoScalingGroups'][0]\n\
+     print(t['LatestVersionNumber'], t['DefaultVersionNumber'], v['InstanceType'], sg, repr(base64.b64decode(v['UserData']).decode()), g['LaunchTemplate']['LaunchTemplateName'], g['LaunchTemplate']['Version'])\n";
+
+#[test]
+fn the_aws_example_applies_from_empty_and_a_template_change_is_a_new_version_the_group_follows() {
+    let moto = Moto::start();
+    let ws = example_workspace(&moto);
+
+    // From empty: the group names the template `web`, which tend creates
+    // first in the same apply.
+    let j = plan_json(&ws);
+    let order: Vec<&str> = j["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["target"]["kind"].as_str().unwrap())
+        .collect();
+    let at = |kind: &str| order.iter().position(|k| *k == kind).unwrap();
+    assert!(
+        at("aws.ec2.SecurityGroup") < at("aws.ec2.LaunchTemplate")
+            && at("aws.ec2.LaunchTemplate") < at("aws.autoscaling.Group"),
+        "{order:?}"
+    );
+    let applied = run(&ws, &["apply", "--format", "json"]);
+    applied.ok();
+    let results = applied.json()["results"].clone();
+    assert_eq!(results["applied"], 4, "{results:#}");
+    assert_eq!(results["failed"], 0, "{results:#}");
+    run(&ws, &["plan", "--detailed-exitcode"]).code(0);
+    assert_eq!(
+        moto.boto(TEMPLATE_STATE).trim(),
+        "1 1 t3.micro web '#!/bin/sh\\nsystemctl enable --now nginx\\n' web $Latest"
+    );
+
+    // A new instance type in Git: a new version, made the default; the
+    // group still follows $Latest, so it launches the new type.
+    let web = ws.desired().join("web.yaml");
+    let text = std::fs::read_to_string(&web).unwrap();
+    assert!(text.contains("instanceType: t3.micro"));
+    ws.write(
+        "web.yaml",
+        &text.replace("instanceType: t3.micro", "instanceType: t3.small"),
+    );
+    let j = plan_json(&ws);
+    assert_eq!(j["summary"]["pending"], 1, "{j:#}");
+    let a = &j["actions"][0];
+    assert_eq!(a["target"]["kind"], "aws.ec2.LaunchTemplate");
+    assert_eq!(a["type"], "update");
+    assert_eq!(paths(a), ["/spec/instanceType"], "{a:#}");
+    assert_eq!(a["decision"], "auto", "{a:#}");
+    run(&ws, &["apply"]).ok();
+    assert_eq!(
+        moto.boto(TEMPLATE_STATE).trim(),
+        "2 2 t3.small web '#!/bin/sh\\nsystemctl enable --now nginx\\n' web $Latest"
+    );
+    // (moto cannot launch from a version created with user data, so the
+    // group's next launch is not exercised here.)
+    run(&ws, &["plan", "--detailed-exitcode"]).code(0);
+}
+
+#[test]
+fn a_template_changed_behind_tends_back_gets_a_new_version_and_a_pinned_group_keeps_its_own() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+    ws.write(
+        "lt.yaml",
+        "apiVersion: tend.dev/v1\nkind: aws.ec2.LaunchTemplate\nmetadata: {name: api}\nspec:\n  launchTemplateName: api-template\n  imageId: ami-12c6146b\n  instanceType: t3.micro\n  securityGroups: [web]\n  userData: \"echo hi\"\n",
+    );
+    ws.write(
+        "asg.yaml",
+        "apiVersion: tend.dev/v1\nkind: aws.autoscaling.Group\nmetadata: {name: api}\nspec:\n  minSize: 0\n  maxSize: 2\n  desiredCapacity: 1\n  launchTemplate: {name: api, version: \"1\"}\n  availabilityZones: [us-east-1a]\n",
+    );
+    // Someone else's template: listed as unmanaged, never touched.
+    moto.boto("ec2.create_launch_template(LaunchTemplateName='theirs', LaunchTemplateData={'ImageId': 'ami-12c6146b'})\n");
+    run(&ws, &["apply"]).ok();
+    let j = plan_json(&ws);
+    assert_eq!(j["summary"]["pending"], 0, "{j:#}");
+    assert!(
+        j["unmanaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "theirs" && u["reason"] == "not owned by tend"),
+        "{j:#}"
+    );
+
+    // Behind tend's back: a version with another security group (by id)
+    // and other user data.
+    moto.boto(
+        "import base64\n\
+         d = ec2.describe_security_groups(GroupNames=['default'])['SecurityGroups'][0]['GroupId']\n\
+         ec2.create_launch_template_version(LaunchTemplateName='api-template', LaunchTemplateData={'ImageId': 'ami-12c6146b', 'InstanceType': 't3.micro', 'SecurityGroupIds': [d], 'UserData': base64.b64encode(b'rm -rf /').decode()})\n",
+    );
+    let j = plan_json(&ws);
+    let a = &j["actions"][0];
+    assert_eq!(
+        paths(a),
+        ["/spec/securityGroups", "/spec/userData"],
+        "{a:#}"
+    );
+    assert_eq!(a["changes"][0]["from"], serde_json::json!(["default"]));
+    assert_eq!(a["changes"][1]["from"], "rm -rf /");
+    run(&ws, &["apply"]).ok();
+    assert_clean(&ws);
+    let now = moto.boto(
+        "asg = boto3.client('autoscaling', **kw)\n\
+         t = ec2.describe_launch_templates(LaunchTemplateNames=['api-template'])['LaunchTemplates'][0]\n\
+         g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=['api'])['AutoScalingGroups'][0]\n\
+         print(t['LatestVersionNumber'], t['DefaultVersionNumber'], g['LaunchTemplate']['Version'], len(ec2.describe_launch_templates()['LaunchTemplates']))\n",
+    );
+    assert_eq!(
+        now.trim(),
+        "3 3 1 2",
+        "version 3 restores; the group stays pinned to 1"
+    );
+}

@@ -198,7 +198,7 @@ async fn find(
 
 /// Declared security groups as ids: `sg-…` as is, tend names through the
 /// group's ownership tag, other names by group name.
-async fn group_ids(
+pub(super) async fn group_ids(
     ec2: &aws_sdk_ec2::Client,
     reads: &TokenBucket,
     spec: &Value,

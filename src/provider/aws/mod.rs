@@ -1,6 +1,5 @@
-//! The `aws` provider: EC2 instances and security groups, Auto Scaling
-//! groups and S3 buckets through the
-//! official AWS SDK for Rust.
+//! The `aws` provider: EC2 instances, security groups and launch templates,
+//! Auto Scaling groups and S3 buckets through the official AWS SDK for Rust.
 //!
 //! Credentials come from the SDK's standard chain (environment, shared
 //! profile, SSO, web identity for GitHub OIDC, instance role); TLS is rustls
@@ -15,6 +14,7 @@
 mod bucket;
 mod group;
 mod instance;
+mod launch_template;
 mod limit;
 mod security_group;
 
@@ -278,6 +278,7 @@ impl Provider for AwsProvider {
             Kind::AwsSecurityGroup,
             Kind::AwsBucket,
             Kind::AwsInstance,
+            Kind::AwsLaunchTemplate,
             Kind::AwsAutoScalingGroup,
         ]
     }
@@ -294,13 +295,17 @@ impl Provider for AwsProvider {
                 jobs.push((*kind, (*region).clone()));
             }
         }
-        let declared: HashMap<String, &Resource> = req
-            .desired
-            .iter()
-            .filter(|r| r.key.kind == Kind::AwsInstance)
-            .map(|r| (r.key.name.clone(), *r))
-            .collect();
-        let declared = &declared;
+        let declared_of = |kind: Kind| -> HashMap<String, &Resource> {
+            req.desired
+                .iter()
+                .filter(|r| r.key.kind == kind)
+                .map(|r| (r.key.name.clone(), *r))
+                .collect()
+        };
+        let (declared, templates) = (
+            &declared_of(Kind::AwsInstance),
+            &declared_of(Kind::AwsLaunchTemplate),
+        );
         // Buckets are global: list them once, from the first region.
         jobs.retain(|(k, r)| *k != Kind::AwsBucket || *r == self.default_region);
         if req.only_declared {
@@ -331,9 +336,10 @@ impl Provider for AwsProvider {
                 .map(|d| owner_value(Kind::AwsInstance, &d.key.name))
                 .collect::<Vec<_>>()
         });
-        let (buckets, groups, owners) = (
+        let (buckets, groups, template_names, owners) = (
             &only(Kind::AwsBucket, "bucketName"),
             &only(Kind::AwsAutoScalingGroup, "groupName"),
+            &only(Kind::AwsLaunchTemplate, "launchTemplateName"),
             &owners,
         );
         let lists = jobs.iter().map(|(kind, region)| async move {
@@ -350,6 +356,16 @@ impl Provider for AwsProvider {
                         status: req.status,
                     };
                     instance::list(&regional.ec2, region, &self.reads, scope).await
+                }
+                Kind::AwsLaunchTemplate => {
+                    launch_template::list(
+                        &regional.ec2,
+                        region,
+                        &self.reads,
+                        templates,
+                        template_names.as_deref(),
+                    )
+                    .await
                 }
                 Kind::AwsAutoScalingGroup => {
                     group::list(&regional.asg, region, &self.reads, groups.as_deref()).await
@@ -395,6 +411,9 @@ impl Provider for AwsProvider {
             }
             Kind::AwsBucket => bucket::apply(&regional.s3, &region, action, &spec).await,
             Kind::AwsInstance => instance::apply(&regional.ec2, &self.reads, action, &spec).await,
+            Kind::AwsLaunchTemplate => {
+                launch_template::apply(&regional.ec2, &self.reads, action, &spec).await
+            }
             Kind::AwsAutoScalingGroup => {
                 group::apply(&regional.asg, &self.reads, action, &spec).await
             }
@@ -425,15 +444,24 @@ impl Provider for AwsProvider {
                     groups.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
                 }
             }
+            Kind::AwsLaunchTemplate => {
+                if let Some(Value::Array(groups)) = obj.get_mut("securityGroups") {
+                    groups.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+                    groups.dedup();
+                }
+            }
             _ => {}
         }
     }
 }
 
 /// What normalisation needs the resource's name for (`normalize` sees only
-/// the spec): the ownership tag, and names that default to `metadata.name`.
+/// the spec): the ownership tag, names that default to `metadata.name`, and
+/// references to other declared resources by tend name, which become the
+/// names AWS knows them by (so that live values, which carry AWS names,
+/// compare with them).
 pub fn prepare(resources: &mut [Resource]) {
-    for r in resources {
+    for r in resources.iter_mut() {
         if r.key.kind.provider() != Some(ProviderName::Aws) {
             continue;
         }
@@ -445,9 +473,123 @@ pub fn prepare(resources: &mut [Resource]) {
             Kind::AwsSecurityGroup => "groupName",
             Kind::AwsBucket => "bucketName",
             Kind::AwsAutoScalingGroup => "groupName",
+            Kind::AwsLaunchTemplate => "launchTemplateName",
             _ => continue,
         };
         obj.entry(field)
             .or_insert_with(|| Value::from(r.key.name.clone()));
+    }
+    resolve_references(resources);
+}
+
+/// Security groups named by tend name (in instances and launch templates)
+/// become their group names, and a group's launch template named by tend
+/// name becomes the template's name.
+fn resolve_references(resources: &mut [Resource]) {
+    let aws_name = |kind: Kind, field: &str| -> HashMap<String, String> {
+        resources
+            .iter()
+            .filter(|r| r.key.kind == kind)
+            .filter_map(|r| {
+                let name = r.spec.get(field).and_then(Value::as_str)?;
+                (name != r.key.name).then(|| (r.key.name.clone(), name.to_string()))
+            })
+            .collect()
+    };
+    let groups = aws_name(Kind::AwsSecurityGroup, "groupName");
+    let templates = aws_name(Kind::AwsLaunchTemplate, "launchTemplateName");
+    if groups.is_empty() && templates.is_empty() {
+        return;
+    }
+    for r in resources.iter_mut() {
+        let (pointer, names) = match r.key.kind {
+            Kind::AwsInstance | Kind::AwsLaunchTemplate => ("/securityGroups", &groups),
+            Kind::AwsAutoScalingGroup => ("/launchTemplate/name", &templates),
+            _ => continue,
+        };
+        match r.spec.pointer_mut(pointer) {
+            Some(Value::Array(items)) => {
+                for item in items {
+                    if let Some(name) = item.as_str().and_then(|s| names.get(s)) {
+                        *item = Value::from(name.clone());
+                    }
+                }
+            }
+            Some(item) => {
+                if let Some(name) = item.as_str().and_then(|s| names.get(s)) {
+                    *item = Value::from(name.clone());
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Origin, ResourceKey};
+    use serde_json::json;
+
+    fn res(kind: Kind, name: &str, spec: Value) -> Resource {
+        Resource {
+            key: ResourceKey::new(kind, name),
+            labels: Vec::new(),
+            mode: None,
+            spec,
+            ignore: Vec::new(),
+            origin: Origin {
+                file: "a.yaml".into(),
+                line: 1,
+                col: 1,
+            },
+            health: None,
+            remediation: None,
+        }
+    }
+
+    #[test]
+    fn references_by_tend_name_become_aws_names() {
+        let mut rs = vec![
+            res(
+                Kind::AwsSecurityGroup,
+                "web",
+                json!({"groupName": "web-sg"}),
+            ),
+            res(
+                Kind::AwsLaunchTemplate,
+                "web",
+                json!({"launchTemplateName": "web-lt", "securityGroups": ["web", "sg-1", "other"]}),
+            ),
+            res(
+                Kind::AwsLaunchTemplate,
+                "api",
+                json!({"securityGroups": ["web"]}),
+            ),
+            res(
+                Kind::AwsAutoScalingGroup,
+                "web",
+                json!({"launchTemplate": {"name": "web", "version": "$Latest"}}),
+            ),
+            res(
+                Kind::AwsAutoScalingGroup,
+                "api",
+                json!({"launchTemplate": {"name": "api"}}),
+            ),
+            res(Kind::AwsInstance, "vm", json!({"securityGroups": ["web"]})),
+        ];
+        prepare(&mut rs);
+        assert_eq!(
+            rs[1].spec["securityGroups"],
+            json!(["web-sg", "sg-1", "other"])
+        );
+        assert_eq!(
+            rs[2].spec["launchTemplateName"], "api",
+            "defaults to metadata.name"
+        );
+        assert_eq!(rs[3].spec["launchTemplate"]["name"], "web-lt");
+        assert_eq!(rs[4].spec["launchTemplate"]["name"], "api");
+        assert_eq!(rs[5].spec["securityGroups"], json!(["web-sg"]));
+        assert_eq!(rs[2].spec["tags"][OWNER_TAG], "aws.ec2.LaunchTemplate/api");
     }
 }
