@@ -153,20 +153,55 @@ pub fn input_for(
 /// starting workers.
 const PARALLEL_FROM: usize = 64;
 
+/// How long all policy evaluations of one pass may take together. Each
+/// decision stops at [`TIME_LIMIT`], but a policy that runs to the limit on
+/// every action would otherwise stall a pass for the limit times the
+/// actions; past the budget, the pass's remaining actions are denied.
+pub const PASS_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Evaluates the policies for every input, in parallel across the
 /// machine's cores when there are many.
 pub fn evaluate_all(policies: &Policies, inputs: &[Value], threads: usize) -> Vec<PolicyDecision> {
+    evaluate_until(policies, inputs, threads, None)
+}
+
+/// One decision, unless the pass's policy budget is spent (then `deny`).
+fn decide_before(
+    policies: &Policies,
+    input: &Value,
+    deadline: Option<std::time::Instant>,
+) -> PolicyDecision {
+    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+        return PolicyDecision {
+            decision: Verdict::Deny,
+            reasons: vec![format!(
+                "policy evaluation stopped: this pass's policy time budget ({}) is spent; the policies take too long",
+                humantime::format_duration(PASS_BUDGET)
+            )],
+        };
+    }
+    policies.decide(input)
+}
+
+/// [`evaluate_all`], denying what is left once `deadline` passes.
+fn evaluate_until(
+    policies: &Policies,
+    inputs: &[Value],
+    threads: usize,
+    deadline: Option<std::time::Instant>,
+) -> Vec<PolicyDecision> {
     let threads = threads
         .max(1)
         .min(inputs.len().div_ceil(PARALLEL_FROM).max(1));
+    let decide = move |i: &Value| decide_before(policies, i, deadline);
     if threads == 1 {
-        return inputs.iter().map(|i| policies.decide(i)).collect();
+        return inputs.iter().map(decide).collect();
     }
     let chunk = inputs.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = inputs
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|i| policies.decide(i)).collect()))
+            .map(|part| scope.spawn(move || part.iter().map(decide).collect()))
             .collect();
         workers
             .into_iter()
@@ -199,6 +234,8 @@ pub struct Decider<'a> {
     pub policies: &'a Policies,
     pub ctx: Context<'a>,
     run: std::sync::OnceLock<Run>,
+    /// When the pass's policy time budget is spent.
+    deadline: std::time::Instant,
     /// Actions of this pass's budget already allowed.
     spent: AtomicUsize,
 }
@@ -209,6 +246,7 @@ impl<'a> Decider<'a> {
             policies,
             ctx,
             run: std::sync::OnceLock::new(),
+            deadline: std::time::Instant::now() + PASS_BUDGET,
             spent: AtomicUsize::new(0),
         }
     }
@@ -226,7 +264,12 @@ impl<'a> Decider<'a> {
             .iter()
             .map(|a| input_for(a, run, &self.ctx, now, window.as_deref()))
             .collect();
-        let verdicts = evaluate_all(self.policies, &inputs, default_threads());
+        let verdicts = evaluate_until(
+            self.policies,
+            &inputs,
+            default_threads(),
+            Some(self.deadline),
+        );
         for (action, verdict) in plan.actions.iter_mut().zip(verdicts) {
             combine(action, self.scrubbed(verdict));
         }
@@ -250,7 +293,8 @@ impl<'a> Decider<'a> {
         (action.decision, action.reasons) = crate::plan::ceiling(run.mode, declared);
         let window = gates::open_window(&settings.maintenance_windows, now).map(|w| w.name.clone());
         let input = input_for(&action, run, &self.ctx, now, window.as_deref());
-        combine(&mut action, self.scrubbed(self.policies.decide(&input)));
+        let verdict = decide_before(self.policies, &input, Some(self.deadline));
+        combine(&mut action, self.scrubbed(verdict));
         let spent = self.spent.load(Ordering::SeqCst);
         let one = std::slice::from_mut(&mut action);
         let allowed = gates::apply_to(one, spent, settings, self.ctx.facts, now);
@@ -328,6 +372,17 @@ mod tests {
             decision: v,
             reasons: vec!["rule".into()],
         }
+    }
+
+    #[test]
+    fn a_spent_policy_budget_denies_the_rest_of_the_pass() {
+        let p = Policies::compile(&default_pack()).unwrap();
+        let inputs = vec![json!({}); 3];
+        let past = Some(std::time::Instant::now() - std::time::Duration::from_secs(1));
+        let out = evaluate_until(&p, &inputs, 1, past);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|d| d.decision == Verdict::Deny));
+        assert!(out[0].reasons[0].contains("policy time budget"), "{out:?}");
     }
 
     #[test]
