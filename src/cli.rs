@@ -150,6 +150,10 @@ enum Command {
         /// Overrides the mode in Settings.
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
+        /// Serve GET /metrics (tend's own metrics), /healthz and /readyz on
+        /// this address (e.g. 127.0.0.1:9464). Off unless given.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
         /// human: a report per pass that did something; json: one JSON
         /// document per pass, one per line.
         #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
@@ -371,6 +375,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             jitter,
             max_passes,
             mode,
+            listen,
             format,
         } => {
             if !(0.0..=0.5).contains(jitter) {
@@ -384,6 +389,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                 heal_interval: heal_interval.unwrap_or(*interval),
                 jitter: *jitter,
                 max_passes: *max_passes,
+                listen: *listen,
             };
             let publisher = Publisher::new().with(Stdout {
                 layout: Layout::Watch((*format).into()),

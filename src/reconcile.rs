@@ -480,6 +480,10 @@ pub struct Applied {
     pub incidents: Vec<Incident>,
     /// Every secret value the pass knows of, to scrub from what is published.
     pub secrets: Secrets,
+    /// Declared resources by kind.
+    pub declared: Vec<(String, usize)>,
+    /// How long the pass took.
+    pub duration: std::time::Duration,
 }
 
 impl Applied {
@@ -513,7 +517,11 @@ pub async fn apply(
         commit: loaded.commit.as_deref(),
         mode: loaded.mode(opts).as_str(),
     })?;
-    let result = apply_run(loaded, rt, opts, store, run_id, scope, stop).await;
+    let started = std::time::Instant::now();
+    let mut result = apply_run(loaded, rt, opts, store, run_id, scope, stop).await;
+    if let Ok(a) = &mut result {
+        a.duration = started.elapsed();
+    }
     let status = match &result {
         Err(_) => RunStatus::Error,
         Ok(a) if a.failed() => RunStatus::Failed,
@@ -609,7 +617,17 @@ async fn apply_run(
         recovered: planned.recovered,
         incidents,
         secrets: planned.secrets,
+        declared: declared_kinds(desired),
+        duration: std::time::Duration::ZERO,
     })
+}
+
+fn declared_kinds(desired: &DesiredState) -> Vec<(String, usize)> {
+    let mut by_kind = std::collections::BTreeMap::new();
+    for r in &desired.resources {
+        *by_kind.entry(r.key.kind.as_str().to_string()).or_insert(0) += 1;
+    }
+    by_kind.into_iter().collect()
 }
 
 /// An earlier run died between calling a provider and recording what

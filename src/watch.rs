@@ -32,6 +32,8 @@ pub struct WatchOptions {
     pub jitter: f64,
     /// Stop after this many passes (for scripts and tests); 0 = forever.
     pub max_passes: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`, if anywhere.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 enum Wake {
@@ -63,6 +65,15 @@ pub async fn run(
         Source::Dir(dir) => Some(watch_dir(dir, tx.clone())?),
         Source::Git { .. } => None,
     };
+    if let Some(addr) = wo.listen {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        // Ready while the last successful pass is at most three intervals old.
+        let bound = crate::serve::spawn(addr, std::sync::Arc::clone(&metrics), wo.interval * 3)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+        info!(%bound, "Serving /metrics, /healthz and /readyz.");
+        publisher = publisher.with(crate::metrics::MetricsSink(metrics));
+    }
 
     let mut state: Option<(PathBuf, Box<dyn Store>)> = None;
     let mut current: Option<(Loaded, Runtime)> = None;

@@ -12,6 +12,7 @@ mod policy_limits;
 mod process;
 mod proxy;
 mod secrets;
+mod service;
 
 pub use proxy::CutoffProxy;
 
