@@ -1,35 +1,48 @@
 //! The HTTP listener of `tend watch` (`--listen`): `GET /metrics` (tend's
-//! own metrics), `GET /healthz` (the process is alive) and `GET /readyz`
-//! (the last pass succeeded recently). Loopback unless told otherwise; it
-//! only reads what the passes published. See ARCHITECTURE.md.
+//! own metrics), `GET /healthz` (the process is alive), `GET /readyz` (the
+//! last pass succeeded recently) and `POST /hooks/github` (a signed push
+//! starts a full pass at once). It only reads what the passes published
+//! and asks the loop for a pass; it never acts itself. See ARCHITECTURE.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
+use hmac::{Hmac, Mac};
 
 use crate::metrics::Metrics;
 
+/// What the listener needs from the loop.
+pub struct Service {
+    pub metrics: Arc<Metrics>,
+    /// `/readyz` answers 200 while the last successful pass is this recent.
+    pub ready_within: Duration,
+    /// The secret GitHub signs webhook deliveries with
+    /// (`TEND_GITHUB_WEBHOOK_SECRET`); without it the hook is off.
+    pub github_secret: Option<String>,
+    /// The branch a push must be to (`refs/heads/<branch>`), when the
+    /// source names one.
+    pub branch: Option<String>,
+    /// Asks the loop for a full pass at once.
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+}
+
 /// What the handlers read.
 #[derive(Clone)]
-struct Shared {
-    metrics: Arc<Metrics>,
-    /// `/readyz` answers 200 while the last successful pass is this recent.
-    ready_within: Duration,
-}
+struct Shared(Arc<Service>);
+
+/// GitHub's deliveries can be large (a push of many commits).
+const HOOK_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
 /// Binds `addr` and serves until the runtime stops. Returns the address
 /// bound (port 0 picks a free one).
-pub async fn spawn(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready_within: Duration,
-) -> std::io::Result<SocketAddr> {
+pub async fn spawn(addr: SocketAddr, service: Service) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new()
@@ -37,10 +50,12 @@ pub async fn spawn(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .with_state(Shared {
-            metrics,
-            ready_within,
-        });
+        .merge(
+            Router::new()
+                .route("/hooks/github", post(github))
+                .layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)),
+        )
+        .with_state(Shared(Arc::new(service)));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "The HTTP listener stopped.");
@@ -49,7 +64,7 @@ pub async fn spawn(
     Ok(local)
 }
 
-async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
+async fn metrics_text(State(Shared(s)): State<Shared>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -59,7 +74,7 @@ async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
     )
 }
 
-async fn ready(State(s): State<Shared>) -> impl IntoResponse {
+async fn ready(State(Shared(s)): State<Shared>) -> impl IntoResponse {
     let last = s.metrics.last_success();
     let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     if last > 0.0 && now - last <= s.ready_within.as_secs_f64() {
@@ -77,5 +92,101 @@ async fn ready(State(s): State<Shared>) -> impl IntoResponse {
                 now - last
             ),
         )
+    }
+}
+
+/// `POST /hooks/github`: a delivery signed with the shared secret
+/// (`X-Hub-Signature-256`, compared in constant time). `ping` is answered;
+/// a `push` to the watched branch asks for a full pass at once; anything
+/// unsigned or wrongly signed is 401 and changes nothing.
+async fn github(
+    State(Shared(s)): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let Some(secret) = &s.github_secret else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the GitHub webhook is off: set TEND_GITHUB_WEBHOOK_SECRET\n".into(),
+        );
+    };
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !signed(secret.as_bytes(), &body, signature) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong X-Hub-Signature-256\n".into(),
+        );
+    }
+    let event = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match event {
+        "ping" => (StatusCode::OK, "pong\n".into()),
+        "push" => {
+            let payload: serde_json::Value = match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("the push payload is not JSON: {e}\n"),
+                    )
+                }
+            };
+            let pushed = payload
+                .get("ref")
+                .and_then(|r| r.as_str())
+                .unwrap_or_default();
+            match &s.branch {
+                Some(b) if pushed != format!("refs/heads/{b}") && pushed != b => (
+                    StatusCode::OK,
+                    format!("ignored: a push to {pushed}; tend watches {b}\n"),
+                ),
+                _ => {
+                    tracing::info!(pushed, "A push: reconciling now.");
+                    (s.wake)();
+                    (StatusCode::ACCEPTED, "a full pass starts now\n".into())
+                }
+            }
+        }
+        other => (StatusCode::OK, format!("ignored: event `{other}`\n")),
+    }
+}
+
+/// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body`
+/// under `secret`, compared in constant time.
+pub fn signed(secret: &[u8], body: &[u8], signature: &str) -> bool {
+    let Some(hex_sig) = signature.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example from GitHub's documentation on validating deliveries.
+    #[test]
+    fn signatures_are_checked_as_github_makes_them() {
+        let secret = b"It's a Secret to Everybody";
+        let body = b"Hello, World!";
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(signed(secret, body, good));
+        assert!(!signed(secret, b"Hello, World?", good));
+        assert!(!signed(b"another secret", body, good));
+        assert!(!signed(secret, body, "sha1=757107"));
+        assert!(!signed(secret, body, "sha256=zz"));
+        assert!(!signed(secret, body, ""));
     }
 }

@@ -67,8 +67,24 @@ pub async fn run(
     };
     if let Some(addr) = wo.listen {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        // Ready while the last successful pass is at most three intervals old.
-        let bound = crate::serve::spawn(addr, std::sync::Arc::clone(&metrics), wo.interval * 3)
+        let wake = tx.clone();
+        let service = crate::serve::Service {
+            metrics: std::sync::Arc::clone(&metrics),
+            // Ready while the last successful pass is at most three
+            // intervals old.
+            ready_within: wo.interval * 3,
+            github_secret: std::env::var("TEND_GITHUB_WEBHOOK_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            branch: match source {
+                Source::Git { reference, .. } => reference.clone(),
+                Source::Dir(_) => None,
+            },
+            wake: std::sync::Arc::new(move || {
+                let _ = wake.send(Wake::Changed);
+            }),
+        };
+        let bound = crate::serve::spawn(addr, service)
             .await
             .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
         info!(%bound, "Serving /metrics, /healthz and /readyz.");

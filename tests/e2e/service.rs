@@ -119,3 +119,118 @@ fn readyz_says_not_ready_while_no_pass_has_succeeded() {
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     assert!(watch.wait().unwrap().success());
 }
+
+/// A POST with headers and a body, for the webhook.
+fn post(port: u16, path: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, resp.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+fn sign(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The full passes tend counted, from its own metrics.
+fn full_passes(port: u16) -> u64 {
+    let (_, text) = http("GET", port, "/metrics").unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("tend_passes_total{kind=\"full\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_signed_github_push_starts_a_pass_and_anything_else_is_refused() {
+    let ws = Workspace::new();
+    ws.write("f.yaml", &file_doc("f", "f.txt", "declared\n"));
+    let port = free_port();
+    let secret = "webhook secret for the test";
+    let mut watch = ws
+        .cmd()
+        .env("TEND_GITHUB_WEBHOOK_SECRET", secret)
+        .args([
+            "watch",
+            "--interval",
+            "1h",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_status(port, "/readyz", 200);
+    assert_eq!(full_passes(port), 1);
+
+    let ping = r#"{"zen":"Keep it logically awesome."}"#;
+    let (status, body) = post(
+        port,
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "ping".into()),
+            ("X-Hub-Signature-256", sign(secret, ping)),
+        ],
+        ping,
+    );
+    assert_eq!((status, body.as_str()), (200, "pong\n"));
+
+    let push = r#"{"ref":"refs/heads/main","after":"0123456789abcdef"}"#;
+    for wrong in [
+        String::new(),
+        sign("not the secret", push),
+        "sha256=00".into(),
+    ] {
+        let (status, body) = post(
+            port,
+            "/hooks/github",
+            &[
+                ("X-GitHub-Event", "push".into()),
+                ("X-Hub-Signature-256", wrong),
+            ],
+            push,
+        );
+        assert_eq!(status, 401, "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(full_passes(port), 1, "a refused delivery starts no pass");
+
+    let (status, body) = post(
+        port,
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "push".into()),
+            ("X-Hub-Signature-256", sign(secret, push)),
+        ],
+        push,
+    );
+    assert_eq!(status, 202, "{body}");
+    let t0 = Instant::now();
+    while full_passes(port) < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no pass after the push"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+}
