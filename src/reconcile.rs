@@ -156,6 +156,8 @@ pub struct Runtime {
     state_dir: PathBuf,
     /// What the policies were compiled from.
     policy_files: Vec<PolicyFile>,
+    /// Alerts pushed to `tend watch`, read by the prober.
+    alerts: std::sync::Arc<crate::health::alerts::AlertBook>,
 }
 
 impl Runtime {
@@ -170,7 +172,14 @@ impl Runtime {
             root: loaded.root.clone(),
             state_dir: loaded.state_dir.clone(),
             policy_files: loaded.policy_files.clone(),
+            alerts: std::sync::Arc::default(),
         })
+    }
+
+    /// Pushed alerts become signals of the resources they name.
+    pub fn set_alerts(&mut self, book: std::sync::Arc<crate::health::alerts::AlertBook>) {
+        self.prober = Prober::new(&self.settings.healing).with_alerts(std::sync::Arc::clone(&book));
+        self.alerts = book;
     }
 
     /// Brings the runtime up to date with a new load: providers and prober
@@ -198,7 +207,8 @@ impl Runtime {
         }
         if let Some(p) = providers {
             self.providers = p;
-            self.prober = Prober::new(&settings.healing);
+            self.prober =
+                Prober::new(&settings.healing).with_alerts(std::sync::Arc::clone(&self.alerts));
             self.settings = settings.clone();
             self.root = loaded.root.clone();
             self.state_dir = loaded.state_dir.clone();

@@ -31,6 +31,13 @@ pub struct Service {
     pub branch: Option<String>,
     /// Asks the loop for a full pass at once.
     pub wake: Arc<dyn Fn() + Send + Sync>,
+    /// The bearer token Alertmanager sends (`TEND_ALERTMANAGER_TOKEN`);
+    /// without it the hook is off.
+    pub alertmanager_token: Option<String>,
+    /// Where pushed alerts are kept for the prober.
+    pub alerts: Arc<crate::health::alerts::AlertBook>,
+    /// Asks the loop for a healing pass at once.
+    pub heal: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// What the handlers read.
@@ -53,6 +60,7 @@ pub async fn spawn(addr: SocketAddr, service: Service) -> std::io::Result<Socket
         .merge(
             Router::new()
                 .route("/hooks/github", post(github))
+                .route("/hooks/alertmanager", post(alertmanager))
                 .layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)),
         )
         .with_state(Shared(Arc::new(service)));
@@ -154,6 +162,125 @@ async fn github(
         }
         other => (StatusCode::OK, format!("ignored: event `{other}`\n")),
     }
+}
+
+/// `POST /hooks/alertmanager`: Alertmanager's webhook (version 4), with
+/// `Authorization: Bearer <TEND_ALERTMANAGER_TOKEN>` compared in constant
+/// time. Each alert labelled `tend_resource="<kind>/<name>"` becomes the
+/// signal `alert/<alertname>` of that resource, and a healing pass starts
+/// at once. A missing or wrong token is 401 and records nothing; a
+/// malformed payload is 400 with the reason.
+async fn alertmanager(
+    State(Shared(s)): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let Some(token) = &s.alertmanager_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the Alertmanager webhook is off: set TEND_ALERTMANAGER_TOKEN\n".into(),
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same(given.as_bytes(), token.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token\n".into(),
+        );
+    }
+    let alerts = match parse_alerts(&body) {
+        Ok(a) => a,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let (mut recorded, mut ignored) = (0, 0);
+    for a in alerts {
+        match a.resource {
+            Some(key) => {
+                s.alerts.set(key, &a.name, a.firing, a.summary);
+                recorded += 1;
+            }
+            None => ignored += 1,
+        }
+    }
+    if recorded > 0 {
+        (s.heal)();
+    }
+    (
+        StatusCode::OK,
+        format!("recorded {recorded} alerts; ignored {ignored} without a tend_resource label\n"),
+    )
+}
+
+/// One alert of a webhook payload.
+struct PushedAlert {
+    name: String,
+    firing: bool,
+    resource: Option<crate::vocab::ResourceKey>,
+    summary: String,
+}
+
+/// Reads Alertmanager's webhook payload (version 4).
+fn parse_alerts(body: &[u8]) -> Result<Vec<PushedAlert>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    if v.get("version").and_then(|x| x.as_str()) != Some("4") {
+        return Err("expected Alertmanager's webhook payload, version \"4\"".into());
+    }
+    let alerts = v
+        .get("alerts")
+        .and_then(|a| a.as_array())
+        .ok_or("the payload has no `alerts` list")?;
+    alerts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let label = |k: &str| a.pointer(&format!("/labels/{k}")).and_then(|x| x.as_str());
+            let name = label("alertname").ok_or(format!("alerts[{i}] has no alertname label"))?;
+            let firing = match a.get("status").and_then(|x| x.as_str()) {
+                Some("firing") => true,
+                Some("resolved") => false,
+                _ => return Err(format!("alerts[{i}].status must be firing or resolved")),
+            };
+            let resource = match label("tend_resource") {
+                None => None,
+                Some(r) => {
+                    let (kind, name) = r.split_once('/').ok_or(format!(
+                        "alerts[{i}]: tend_resource `{r}` is not <kind>/<name>"
+                    ))?;
+                    let kind = crate::vocab::Kind::parse(kind).ok_or(format!(
+                        "alerts[{i}]: unknown kind `{kind}` in tend_resource"
+                    ))?;
+                    Some(crate::vocab::ResourceKey::new(kind, name))
+                }
+            };
+            let summary = a
+                .pointer("/annotations/summary")
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
+            Ok(PushedAlert {
+                name: name.to_string(),
+                firing,
+                resource,
+                summary,
+            })
+        })
+        .collect()
+}
+
+/// Equal byte strings, compared in time that does not depend on where
+/// they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body`

@@ -38,6 +38,8 @@ pub struct WatchOptions {
 
 enum Wake {
     Changed,
+    /// A healing pass at once (an alert was pushed).
+    Heal,
     Stop,
 }
 
@@ -65,6 +67,7 @@ pub async fn run(
         Source::Dir(dir) => Some(watch_dir(dir, tx.clone())?),
         Source::Git { .. } => None,
     };
+    let alerts = std::sync::Arc::new(crate::health::alerts::AlertBook::new());
     if let Some(addr) = wo.listen {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let wake = tx.clone();
@@ -83,6 +86,16 @@ pub async fn run(
             wake: std::sync::Arc::new(move || {
                 let _ = wake.send(Wake::Changed);
             }),
+            alertmanager_token: std::env::var("TEND_ALERTMANAGER_TOKEN")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            alerts: std::sync::Arc::clone(&alerts),
+            heal: {
+                let heal = tx.clone();
+                std::sync::Arc::new(move || {
+                    let _ = heal.send(Wake::Heal);
+                })
+            },
         };
         let bound = crate::serve::spawn(addr, service)
             .await
@@ -108,7 +121,7 @@ pub async fn run(
         let mut broken = false;
         if full {
             last_full = Some(Instant::now());
-            if let Err(e) = reload(source, opts, &mut current).await {
+            if let Err(e) = reload(source, opts, &mut current, &alerts).await {
                 publish(&mut publisher, &Published::Failed(&e));
                 broken = true;
             }
@@ -163,6 +176,7 @@ pub async fn run(
                     info!("Source changed; reconciling now.");
                     force_full = true;
                 }
+                Some(Wake::Heal) => info!("An alert was pushed; healing now."),
                 Some(Wake::Stop) | None => {}
             },
         }
@@ -180,6 +194,7 @@ async fn reload(
     source: &Source,
     opts: &Options,
     current: &mut Option<(Loaded, Runtime)>,
+    alerts: &std::sync::Arc<crate::health::alerts::AlertBook>,
 ) -> Result<(), PassError> {
     let mut loaded = reconcile::load(source, opts)?;
     match current {
@@ -189,7 +204,8 @@ async fn reload(
             *old = loaded;
         }
         None => {
-            let rt = Runtime::build(&loaded).await?;
+            let mut rt = Runtime::build(&loaded).await?;
+            rt.set_alerts(std::sync::Arc::clone(alerts));
             rt.normalize(&mut loaded);
             *current = Some((loaded, rt));
         }

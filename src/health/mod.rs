@@ -7,6 +7,7 @@
 //! signal states kept in the state database, so they hold across passes.
 //! This module reads; it never acts.
 
+pub mod alerts;
 mod probe;
 
 use std::collections::HashMap;

@@ -20,6 +20,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Prober {
     client: reqwest::Client,
     prometheus: Option<(String, Duration)>,
+    alerts: std::sync::Arc<super::alerts::AlertBook>,
 }
 
 impl Prober {
@@ -36,13 +37,21 @@ impl Prober {
                     p.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
                 )
             }),
+            alerts: std::sync::Arc::default(),
         }
+    }
+
+    /// Reads pushed alerts from `book` as `alert/<name>` signals.
+    pub fn with_alerts(mut self, book: std::sync::Arc<super::alerts::AlertBook>) -> Prober {
+        self.alerts = book;
+        self
     }
 
     /// Every signal of a resource: built-in ones from the live inventory,
     /// then its probes and burn-rate SLOs, read concurrently.
     pub async fn read(&self, r: &Resource, live: Option<&LiveResource>) -> Vec<Reading> {
         let mut out = builtin_readings(r, live);
+        out.extend(self.alerts.readings(&r.key));
         let Some(h) = &r.health else { return out };
         let probes = h.probes.iter().map(|p| async move {
             let (status, value, detail) = if let Some(http) = &p.http {

@@ -564,8 +564,12 @@ impl Checker<'_> {
     }
 
     fn slos(&mut self, r: &super::Resource, h: &Health, names: &HashMap<&str, usize>) {
-        let signals =
-            |name: &str| builtin_signals(r.key.kind).contains(&name) || names.contains_key(name);
+        // `alert/<name>`: an alert pushed to `tend watch` for this resource.
+        let signals = |name: &str| {
+            builtin_signals(r.key.kind).contains(&name)
+                || names.contains_key(name)
+                || name.starts_with("alert/")
+        };
         let known_signals = || {
             let mut all: Vec<&str> = builtin_signals(r.key.kind).to_vec();
             all.extend(h.probes.iter().map(|p| p.name.as_str()));

@@ -234,3 +234,105 @@ fn a_signed_github_push_starts_a_pass_and_anything_else_is_refused() {
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     assert!(watch.wait().unwrap().success());
 }
+
+fn alert_payload(status: &str, resource: &str) -> String {
+    format!(
+        r#"{{"version":"4","groupKey":"g","status":"{status}","receiver":"tend","groupLabels":{{}},"commonLabels":{{}},"commonAnnotations":{{}},"externalURL":"http://127.0.0.1:9093","alerts":[{{"status":"{status}","labels":{{"alertname":"ServiceDown","tend_resource":"{resource}"}},"annotations":{{"summary":"the service stopped answering"}},"startsAt":"2026-11-22T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"f"}}]}}"#
+    )
+}
+
+fn restarts(ws: &Workspace) -> usize {
+    let history = ws.run_raw(&["history", "--format", "json"]).json();
+    history["entries"].as_array().map_or(0, |e| {
+        e.iter()
+            .filter(|e| e["action"] == "restart" && e["phase"] == "outcome")
+            .count()
+    })
+}
+
+/// A pushed alert is a signal of the resource it names: a signature over
+/// it runs its runbook at once, and the alert resolving verifies the fix.
+/// Without the token, or with a wrong one, nothing is recorded.
+#[test]
+fn a_pushed_alert_heals_through_its_signature_and_the_token_is_required() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let app_port = free_port();
+    ws.write(
+        "app.yaml",
+        &process_doc(
+            "web",
+            env!("CARGO_BIN_EXE_tend"),
+            &["sample-app", "--port", &app_port.to_string()],
+        )
+        .replace("  name: web\n", "  name: web\n  labels: {app: web}\n"),
+    );
+    ws.write(
+        "healing.yaml",
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: down}\nspec:\n  cause: monitoring says the service is down\n  selector: {labels: {app: web}}\n  all: [{signal: alert/ServiceDown}]\n  runbook: restart\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart}\nspec:\n  steps:\n    - {action: restart, within: 20s, hold: 1s}\n    - {action: escalate}\n",
+    );
+    let token = "a token for the test";
+    let mut watch = ws
+        .cmd()
+        .env("TEND_ALERTMANAGER_TOKEN", token)
+        .args([
+            "watch",
+            "--interval",
+            "1h",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_status(port, "/readyz", 200);
+    wait_http(app_port);
+    let before = ws.pid("web");
+    let firing = alert_payload("firing", "host.Process/web");
+    for auth in [None, Some("Bearer wrong")] {
+        let headers: Vec<(&str, String)> = auth
+            .map(|a| ("Authorization", a.to_string()))
+            .into_iter()
+            .collect();
+        let (status, body) = post(port, "/hooks/alertmanager", &headers, &firing);
+        assert_eq!(status, 401, "{body}");
+    }
+    let bearer = [("Authorization", format!("Bearer {token}"))];
+    let (status, body) = post(port, "/hooks/alertmanager", &bearer, r#"{"version":"4"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("no `alerts` list"), "{body}");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(ws.pid("web"), before, "a refused alert changes nothing");
+    assert_eq!(restarts(&ws), 0, "and nothing is journaled");
+
+    let (status, body) = post(port, "/hooks/alertmanager", &bearer, &firing);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("recorded 1"), "{body}");
+    let t0 = Instant::now();
+    while ws.pid("web") == before || ws.pid("web") == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "not restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resolved = alert_payload("resolved", "host.Process/web");
+    let (status, _) = post(port, "/hooks/alertmanager", &bearer, &resolved);
+    assert_eq!(status, 200);
+    let t0 = Instant::now();
+    let inc = loop {
+        assert!(t0.elapsed() < Duration::from_secs(30), "not verified");
+        std::thread::sleep(Duration::from_millis(200));
+        let out = ws
+            .run_raw(&["incidents", "--all", "--format", "json"])
+            .json();
+        if let Some(i) = out["incidents"].as_array().and_then(|a| a.first()).cloned() {
+            if i["status"] == "resolved" {
+                break i;
+            }
+        }
+    };
+    assert_eq!(inc["signature"], "down");
+    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+}
