@@ -5,6 +5,32 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// `tend watch --listen 127.0.0.1:<port>` on the workspace, with one
+/// extra environment variable.
+fn listening(
+    ws: &Workspace,
+    port: u16,
+    interval: &str,
+    env: Option<(&str, &str)>,
+) -> std::process::Child {
+    let mut cmd = ws.cmd();
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    cmd.args([
+        "watch",
+        "--interval",
+        interval,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg(ws.desired())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
 fn wait_status(port: u16, path: &str, want: u16) {
     let t0 = Instant::now();
     loop {
@@ -25,20 +51,7 @@ fn tend_watch_serves_metrics_a_real_prometheus_scrapes() {
     let ws = Workspace::new();
     ws.write("f.yaml", &file_doc("f", "f.txt", "declared\n"));
     let port = free_port();
-    let mut watch = ws
-        .cmd()
-        .args([
-            "watch",
-            "--interval",
-            "1s",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg(ws.desired())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = listening(&ws, port, "1s", None);
     wait_status(port, "/healthz", 200);
     wait_status(port, "/readyz", 200);
     // Drift that a pass corrects.
@@ -92,20 +105,7 @@ fn readyz_says_not_ready_while_no_pass_has_succeeded() {
         "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: x}\nspec: {nope: 1}\n",
     );
     let port = free_port();
-    let mut watch = ws
-        .cmd()
-        .args([
-            "watch",
-            "--interval",
-            "1s",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg(ws.desired())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = listening(&ws, port, "1s", None);
     wait_status(port, "/healthz", 200);
     std::thread::sleep(Duration::from_millis(1500));
     let (status, body) = http("GET", port, "/readyz").unwrap();
@@ -163,21 +163,12 @@ fn a_signed_github_push_starts_a_pass_and_anything_else_is_refused() {
     ws.write("f.yaml", &file_doc("f", "f.txt", "declared\n"));
     let port = free_port();
     let secret = "webhook secret for the test";
-    let mut watch = ws
-        .cmd()
-        .env("TEND_GITHUB_WEBHOOK_SECRET", secret)
-        .args([
-            "watch",
-            "--interval",
-            "1h",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg(ws.desired())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = listening(
+        &ws,
+        port,
+        "1h",
+        Some(("TEND_GITHUB_WEBHOOK_SECRET", secret)),
+    );
     wait_status(port, "/readyz", 200);
     assert_eq!(full_passes(port), 1);
 
@@ -272,21 +263,7 @@ fn a_pushed_alert_heals_through_its_signature_and_the_token_is_required() {
         "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: down}\nspec:\n  cause: monitoring says the service is down\n  selector: {labels: {app: web}}\n  all: [{signal: alert/ServiceDown}]\n  runbook: restart\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart}\nspec:\n  steps:\n    - {action: restart, within: 20s, hold: 1s}\n    - {action: escalate}\n",
     );
     let token = "a token for the test";
-    let mut watch = ws
-        .cmd()
-        .env("TEND_ALERTMANAGER_TOKEN", token)
-        .args([
-            "watch",
-            "--interval",
-            "1h",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg(ws.desired())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = listening(&ws, port, "1h", Some(("TEND_ALERTMANAGER_TOKEN", token)));
     wait_status(port, "/readyz", 200);
     wait_http(app_port);
     let before = ws.pid("web");
