@@ -11,8 +11,8 @@ use aws_sdk_ec2::types::{
 use serde_json::{json, Value};
 
 use super::{
-    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, owner_value, require_owned,
-    sdk_error, tag_ec2, tags_json, TokenBucket, OWNER_TAG,
+    declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, require_owned, sdk_error,
+    tag_ec2, tags_json, TokenBucket, OWNER_TAG,
 };
 use crate::model::{Kind, Resource, ResourceKey};
 use crate::vocab::{Action, ActionType, LiveResource};
@@ -179,12 +179,7 @@ async fn find(
     reads.acquire().await;
     let out = ec2
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{OWNER_TAG}"))
-                .values(owner_value(KIND, name))
-                .build(),
-        )
+        .filters(super::owner_filter(KIND, name))
         .send()
         .await
         .map_err(|e| sdk_error(&e))?;
@@ -218,12 +213,7 @@ pub(super) async fn group_ids(
         reads.acquire().await;
         let tagged = ec2
             .describe_security_groups()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{OWNER_TAG}"))
-                    .values(owner_value(Kind::AwsSecurityGroup, g))
-                    .build(),
-            )
+            .filters(super::owner_filter(Kind::AwsSecurityGroup, g))
             .send()
             .await
             .map_err(|e| sdk_error(&e))?;

@@ -13,8 +13,8 @@ use aws_sdk_ec2::types::{
 use serde_json::{json, Map, Value};
 
 use super::{
-    declared_tags, ec2_tag_pairs, ec2_tags, instance, next_page, owned_name, owner_value,
-    require_owned, sdk_error, tag_ec2, tags_json, TokenBucket, OWNER_TAG,
+    declared_tags, ec2_tag_pairs, ec2_tags, instance, next_page, owned_name, require_owned,
+    sdk_error, tag_ec2, tags_json, TokenBucket,
 };
 use crate::model::{Kind, Resource, ResourceKey};
 use crate::vocab::{Action, ActionType, LiveResource};
@@ -286,12 +286,7 @@ async fn find(
     reads.acquire().await;
     let tagged = ec2
         .describe_launch_templates()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{OWNER_TAG}"))
-                .values(owner_value(KIND, name))
-                .build(),
-        )
+        .filters(super::owner_filter(KIND, name))
         .send()
         .await
         .map_err(|e| sdk_error(&e))?;

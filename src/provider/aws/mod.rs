@@ -199,6 +199,14 @@ pub fn owner_value(kind: Kind, name: &str) -> String {
     format!("{kind}/{name}")
 }
 
+/// The EC2 filter for the resource tend owns as `kind/name`.
+pub(super) fn owner_filter(kind: Kind, name: &str) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name(format!("tag:{OWNER_TAG}"))
+        .values(owner_value(kind, name))
+        .build()
+}
+
 /// Prune and termination act only on what tend owns: an error naming
 /// `what` and the refused `verb` unless the ownership tag claims it for
 /// `kind`.

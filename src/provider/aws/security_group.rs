@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     declared_tags, ec2_tag_pairs, ec2_tags, next_page, owned_name, require_owned, sdk_error,
-    tag_ec2, tags_json, TokenBucket, OWNER_TAG,
+    tag_ec2, tags_json, TokenBucket,
 };
 use crate::model::{Kind, ResourceKey};
 use crate::vocab::{Action, ActionType, LiveResource};
@@ -201,10 +201,7 @@ async fn find(
     name: &str,
     spec: &Value,
 ) -> Result<Option<SecurityGroup>, String> {
-    let by_tag = Filter::builder()
-        .name(format!("tag:{OWNER_TAG}"))
-        .values(super::owner_value(KIND, name))
-        .build();
+    let by_tag = super::owner_filter(KIND, name);
     reads.acquire().await;
     let tagged = ec2
         .describe_security_groups()
