@@ -150,6 +150,24 @@ impl Executor<'_> {
         if let Some(i) = &action.incident {
             intent["step"] = i.step_action.as_str().into();
         }
+        if let Some(a) = &action.approval {
+            // Used before the provider is called: a crash in between must
+            // not leave the approval usable a second time.
+            self.store.use_approval(&crate::state::UsedApproval {
+                kind: action.target.kind.as_str().into(),
+                name: action.target.name.clone(),
+                fingerprint: a.fingerprint.clone(),
+                file: a.file.clone(),
+                commit: self.commit.map(str::to_string),
+                run_id: self.run_id,
+                at: crate::state::now(),
+            })?;
+            intent["approval"] = serde_json::json!({
+                "file": a.file,
+                "fingerprint": a.fingerprint,
+                "commit": self.commit,
+            });
+        }
         self.store
             .intent(&self.record(action, None, &intent.to_string()))?;
         let result = match effect {
@@ -337,6 +355,7 @@ mod tests {
                 step_action,
                 severity: Severity::Warning,
             }),
+            approval: None,
         }
     }
 

@@ -184,6 +184,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
         format: HistoryFormat,
     },
+    /// Pull requests and issues tend opened for a human: the open
+    /// proposals, and the log of every GitHub operation.
+    Review {
+        #[command(subcommand)]
+        command: ReviewCommand,
+    },
+    /// Write a resource's live values into its declaration, in place
+    /// (every other line of the file unchanged): the local form of a pull
+    /// request's "keep the live value in Git" box. Prints a unified diff.
+    Adopt {
+        /// The resource, as KIND/NAME (e.g. host.File/motd).
+        resource: String,
+        /// The desired-state directory. Default: the working directory.
+        dir: Option<PathBuf>,
+        /// Change the file instead of only printing the diff.
+        #[arg(long)]
+        write: bool,
+    },
     /// Test and debug Rego policies.
     Policy {
         #[command(subcommand)]
@@ -191,6 +209,23 @@ enum Command {
     },
     /// Run the sample HTTP workload (used by examples/desired-state).
     SampleApp(crate::sample::SampleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReviewCommand {
+    /// The resources waiting for review: fingerprint, state, pull request.
+    List {
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
+    /// Every operation tend made on GitHub, oldest first.
+    Log {
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,10 +394,18 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             format,
         } => {
             let opts = opts(*mode);
-            let mut loaded = reconcile::load(&source.source(), &opts)?;
+            let source = source.source();
+            let mut loaded = reconcile::load(&source, &opts)?;
+            // A review that cannot publish fails before anything changes.
+            if loaded.desired.settings.review.github.is_some()
+                && crate::review::token_from_env().is_none()
+            {
+                return Err(crate::review::ReviewError::NoToken.into());
+            }
             let store = crate::state::open(&loaded.state_dir)?;
             store.lock("tend apply")?;
-            let result = apply(&mut loaded, &opts, &*store, (*format).into(), color).await;
+            let sink = crate::review::GitHubSink::new(local_dir(&source));
+            let result = apply(&mut loaded, &opts, &*store, (*format).into(), color, sink).await;
             let unlocked = store.unlock();
             let code = result?;
             unlocked?;
@@ -391,11 +434,14 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                 max_passes: *max_passes,
                 listen: *listen,
             };
-            let publisher = Publisher::new().with(Stdout {
-                layout: Layout::Watch((*format).into()),
-                color,
-            });
-            crate::watch::run(&source.source(), &opts(*mode), &wo, publisher).await?;
+            let source = source.source();
+            let publisher = Publisher::new()
+                .with(Stdout {
+                    layout: Layout::Watch((*format).into()),
+                    color,
+                })
+                .with(crate::review::GitHubSink::new(local_dir(&source)));
+            crate::watch::run(&source, &opts(*mode), &wo, publisher).await?;
             Ok(0)
         }
         Command::Incidents {
@@ -414,6 +460,18 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         } => {
             let dir = reconcile::bootstrap_state_dir(&opts(None))?;
             history(&dir, since.as_deref(), *limit, *format)
+        }
+        Command::Review { command } => {
+            let dir = reconcile::bootstrap_state_dir(&opts(None))?;
+            review_command(&dir, command)
+        }
+        Command::Adopt {
+            resource,
+            dir,
+            write,
+        } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            adopt(resource, &dir, &opts(None), *write).await
         }
         Command::Policy { command } => policy_command(command),
         Command::SampleApp(args) => {
@@ -545,16 +603,19 @@ async fn apply(
     store: &dyn crate::state::Store,
     format: Format,
     color: bool,
+    review: crate::review::GitHubSink,
 ) -> anyhow::Result<u8> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let rt = Runtime::build(loaded).await?;
     rt.normalize(loaded);
     let applied =
         reconcile::apply(loaded, &rt, opts, store, "tend apply", Scope::Full, &stop).await?;
-    let mut publisher = Publisher::new().with(Stdout {
-        layout: Layout::Once(format),
-        color,
-    });
+    let mut publisher = Publisher::new()
+        .with(Stdout {
+            layout: Layout::Once(format),
+            color,
+        })
+        .with(review);
     publisher.publish(&Published::Pass {
         applied: &applied,
         full: true,
@@ -571,6 +632,108 @@ async fn apply(
     } else {
         0
     })
+}
+
+/// The directory of a local source, whose prefix the repository's paths
+/// do not have; `None` for a Git source.
+fn local_dir(source: &Source) -> Option<String> {
+    match source {
+        Source::Dir(d) => Some(d.display().to_string()),
+        Source::Git { .. } => None,
+    }
+}
+
+fn review_command(dir: &std::path::Path, command: &ReviewCommand) -> anyhow::Result<u8> {
+    let Some(state) = crate::state::open_existing(dir)? else {
+        anyhow::bail!(
+            "no state database at {}: nothing has been applied with this state directory",
+            dir.display()
+        );
+    };
+    let text = match command {
+        ReviewCommand::List { format } => {
+            let rows = state.proposals()?;
+            match format {
+                HistoryFormat::Human => report::render_proposals(&rows),
+                HistoryFormat::Json => format!("{:#}\n", report::proposals_json(&rows)),
+            }
+        }
+        ReviewCommand::Log { limit, format } => {
+            let events = state.review_log(*limit)?;
+            match format {
+                HistoryFormat::Human => report::render_review_log(&events),
+                HistoryFormat::Json => format!("{:#}\n", report::review_log_json(&events)),
+            }
+        }
+    };
+    print(&text)?;
+    Ok(0)
+}
+
+/// `tend adopt`: the resource's pending changes, written back as the live
+/// values in its declaration.
+async fn adopt(
+    resource: &str,
+    dir: &std::path::Path,
+    opts: &Options,
+    write: bool,
+) -> anyhow::Result<u8> {
+    let (kind, name) = resource
+        .split_once('/')
+        .and_then(|(k, n)| Some((model::Kind::parse(k)?, n)))
+        .with_context(|| {
+            format!("invalid resource `{resource}`: expected KIND/NAME, such as host.File/motd")
+        })?;
+    let key = model::ResourceKey::new(kind, name);
+    let mut loaded = reconcile::load(&Source::Dir(dir.to_path_buf()), opts)?;
+    let Some(declared) = loaded.desired.resources.iter().find(|r| r.key == key) else {
+        anyhow::bail!("{key} is not declared in {}", dir.display());
+    };
+    let origin = declared.origin.clone();
+    let rt = Runtime::build(&loaded).await?;
+    rt.normalize(&mut loaded);
+    let now = chrono::Utc::now();
+    let store = crate::state::open_existing(&loaded.state_dir)?;
+    let facts = reconcile::facts(store.as_deref(), &loaded.desired.settings, now)?;
+    let planned = reconcile::plan(&loaded, &rt, opts, &facts, store.as_deref(), now).await?;
+    let actions: Vec<&crate::vocab::Action> = planned
+        .plan
+        .actions
+        .iter()
+        .filter(|a| a.target == key && a.incident.is_none())
+        .collect();
+    if actions.is_empty() {
+        print(&format!(
+            "{key} matches its declaration: nothing to adopt.\n"
+        ))?;
+        return Ok(0);
+    }
+    crate::review::keep_live_offer(&actions)
+        .map_err(|why| anyhow::anyhow!("cannot adopt the live state of {key}: {why}"))?;
+    let path = std::path::Path::new(&*origin.file);
+    let old = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    let edits: Vec<(String, serde_json::Value)> = actions
+        .iter()
+        .flat_map(|a| a.changes.iter())
+        .map(|c| (c.path.clone(), c.from.clone()))
+        .collect();
+    let new = model::edit::set_values(&old, origin.line, origin.col, &edits)
+        .with_context(|| format!("cannot edit {} in place", path.display()))?;
+    print(
+        &planned
+            .secrets
+            .scrub(&report::render_file_diff(&origin.file, &old, &new)),
+    )?;
+    if write {
+        std::fs::write(path, &new)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+        eprintln!(
+            "tend: wrote the live state of {key} into {}",
+            path.display()
+        );
+    }
+    Ok(0)
 }
 
 /// The `*.rego` files of a directory, as (path relative to it, file).

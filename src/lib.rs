@@ -22,6 +22,7 @@ pub mod provider;
 pub mod publish;
 pub mod reconcile;
 pub mod report;
+pub mod review;
 pub mod sample;
 pub mod serve;
 pub mod source;

@@ -48,6 +48,8 @@ impl Published<'_> {
 pub enum PublishError {
     #[error("failed to write the report: {0}")]
     Write(#[source] std::io::Error),
+    #[error("failed to publish to GitHub: {0}")]
+    Review(String),
 }
 
 /// One destination.

@@ -276,9 +276,15 @@ pub fn facts(
             })
         })
         .collect();
+    let used_approvals = store
+        .used_approvals()?
+        .into_iter()
+        .filter_map(|u| Some((key(&u.kind, u.name)?, u.fingerprint)))
+        .collect();
     Ok(Facts {
         corrections,
         outcomes,
+        used_approvals,
     })
 }
 
@@ -492,6 +498,13 @@ pub struct Applied {
     pub secrets: Secrets,
     /// Declared resources by kind.
     pub declared: Vec<(String, usize)>,
+    /// The merged approvals of the desired state.
+    pub approvals: Vec<model::Approval>,
+    /// Where changes that need a human are proposed (`Settings
+    /// spec.review.github`).
+    pub review: Option<model::GithubReview>,
+    /// The pass's state directory.
+    pub state_dir: PathBuf,
     /// How long the pass took.
     pub duration: std::time::Duration,
 }
@@ -628,6 +641,9 @@ async fn apply_run(
         incidents,
         secrets: planned.secrets,
         declared: declared_kinds(desired),
+        approvals: desired.approvals.clone(),
+        review: desired.settings.review.github.clone(),
+        state_dir: loaded.state_dir.clone(),
         duration: std::time::Duration::ZERO,
     })
 }

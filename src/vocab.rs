@@ -156,6 +156,21 @@ pub struct Action {
     /// The incident this action is a runbook step of.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incident: Option<IncidentRef>,
+    /// The merged approval that lets this action run although a policy
+    /// asked for review.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
+}
+
+/// Which approval authorised an action (the journal adds the commit that
+/// carried it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRef {
+    /// The approval document (`approvals/<kind>/<name>.yaml`).
+    pub file: String,
+    /// The fingerprint of the change it approves.
+    pub fingerprint: String,
 }
 
 /// Which incident and runbook step an action carries out.
@@ -522,6 +537,9 @@ fn digest(v: &Value) -> String {
     format!("sha256:{}", hex::encode(&h.finalize()[..8]))
 }
 
+/// What a secret-looking field's value is shown as.
+pub const REDACTED: &str = "(redacted)";
+
 /// Plans are shown, journaled and posted; values of secret-looking fields
 /// never are. The fingerprint is taken before redaction, so a changed secret
 /// is still a distinct change.
@@ -530,7 +548,7 @@ pub fn redact(mut change: FieldChange) -> FieldChange {
     if is_secret_name(last) {
         for v in [&mut change.from, &mut change.to] {
             if !v.is_null() {
-                *v = Value::from("(redacted)");
+                *v = Value::from(REDACTED);
             }
         }
     }
@@ -553,6 +571,24 @@ pub fn fingerprint(t: ActionType, key: &ResourceKey, changes: &[FieldChange]) ->
         h.update(c.from.to_string().as_bytes());
         h.update([0]);
         h.update(c.to.to_string().as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+/// The fingerprint of a resource's pending review: what a pull request
+/// proposes and an approval names. One action's own fingerprint, so the
+/// plan and the pull request show the same; for several actions on one
+/// resource, a hash of theirs in order.
+pub fn change_fingerprint<'a>(fingerprints: impl IntoIterator<Item = &'a str>) -> String {
+    let mut all: Vec<&str> = fingerprints.into_iter().collect();
+    if all.len() == 1 {
+        return all[0].to_string();
+    }
+    all.sort_unstable();
+    let mut h = Sha256::new();
+    for f in all {
+        h.update(f.as_bytes());
+        h.update([0]);
     }
     hex::encode(&h.finalize()[..8])
 }

@@ -6,6 +6,7 @@
 //! valid state: one invalid document means nothing may be applied.
 
 pub mod diagnostic;
+pub mod edit;
 pub mod health;
 pub mod schema;
 pub mod yaml;
@@ -34,10 +35,13 @@ pub enum Kind {
     // Before the groups that launch from them: a plan applies in kind order.
     AwsLaunchTemplate = 8,
     AwsAutoScalingGroup = 9,
+    /// A human's approval of one pending change, merged through a pull
+    /// request.
+    Approval = 10,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Settings,
         Kind::HostFile,
         Kind::HostProcess,
@@ -48,6 +52,7 @@ impl Kind {
         Kind::AwsInstance,
         Kind::AwsLaunchTemplate,
         Kind::AwsAutoScalingGroup,
+        Kind::Approval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +67,7 @@ impl Kind {
             Kind::AwsInstance => "aws.ec2.Instance",
             Kind::AwsLaunchTemplate => "aws.ec2.LaunchTemplate",
             Kind::AwsAutoScalingGroup => "aws.autoscaling.Group",
+            Kind::Approval => "Approval",
         }
     }
 
@@ -73,7 +79,7 @@ impl Kind {
     /// own kinds.
     pub fn provider(self) -> Option<ProviderName> {
         match self {
-            Kind::Settings | Kind::Signature | Kind::Runbook => None,
+            Kind::Settings | Kind::Signature | Kind::Runbook | Kind::Approval => None,
             Kind::HostFile | Kind::HostProcess => Some(ProviderName::Host),
             Kind::AwsSecurityGroup
             | Kind::AwsBucket
@@ -214,6 +220,83 @@ pub struct Settings {
     pub healing: health::Healing,
     #[serde(default)]
     pub aws: AwsSettings,
+    #[serde(default)]
+    pub review: ReviewSettings,
+}
+
+/// `Settings spec.review`: where changes that need a human are proposed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReviewSettings {
+    #[serde(default)]
+    pub github: Option<GithubReview>,
+}
+
+/// `Settings spec.review.github`: pull requests for review, issues for
+/// escalated incidents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GithubReview {
+    /// `owner/name` of the desired-state repository.
+    pub repository: String,
+    /// Default: the repository's default branch.
+    #[serde(default)]
+    pub base_branch: Option<String>,
+    #[serde(default = "default_github_api")]
+    pub api_url: String,
+    #[serde(default = "default_review_labels")]
+    pub labels: Vec<String>,
+    #[serde(default = "default_max_open")]
+    pub max_open: usize,
+    #[serde(default = "default_max_new_per_run")]
+    pub max_new_per_run: usize,
+    /// Where the desired state lives in the repository (a sub-directory;
+    /// default: its root).
+    #[serde(default)]
+    pub path: String,
+    /// How long a merged approval stays valid.
+    #[serde(default = "default_approval_ttl")]
+    pub approval_ttl: Span,
+}
+
+impl GithubReview {
+    /// `(owner, name)` of the repository.
+    pub fn owner_repo(&self) -> (&str, &str) {
+        self.repository
+            .split_once('/')
+            .unwrap_or((&self.repository, ""))
+    }
+}
+
+fn default_github_api() -> String {
+    "https://api.github.com".into()
+}
+
+fn default_review_labels() -> Vec<String> {
+    vec!["tend".into()]
+}
+
+fn default_max_open() -> usize {
+    10
+}
+
+fn default_max_new_per_run() -> usize {
+    2
+}
+
+fn default_approval_ttl() -> Span {
+    Span(std::time::Duration::from_secs(7 * 24 * 3600))
+}
+
+/// A merged approval (kind `Approval`): a human allowed the pending change
+/// with this fingerprint on this resource, until it expires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approval {
+    pub name: String,
+    pub target: ResourceKey,
+    pub fingerprint: String,
+    pub expires: chrono::DateTime<chrono::Utc>,
+    pub origin: Origin,
 }
 
 /// `Settings spec.aws`: where the `aws` provider connects.
@@ -398,6 +481,7 @@ impl Default for Settings {
             policies: PolicySettings::default(),
             healing: health::Healing::default(),
             aws: AwsSettings::default(),
+            review: ReviewSettings::default(),
         }
     }
 }
@@ -409,6 +493,7 @@ pub struct DesiredState {
     pub resources: Vec<Resource>,
     pub signatures: Vec<health::Signature>,
     pub runbooks: Vec<health::Runbook>,
+    pub approvals: Vec<Approval>,
     pub documents: usize,
     pub files: usize,
 }
@@ -605,6 +690,7 @@ pub fn load<I: Inputs + ?Sized>(input: &I) -> Result<DesiredState, Invalid> {
         }
     };
     let (resources, signatures, runbooks) = split_healing(resources, files)?;
+    let (resources, approvals) = split_approvals(resources, files)?;
     let problems = health::check(&settings, &resources, &signatures, &runbooks);
     if !problems.is_empty() {
         return Err(located(files, problems));
@@ -614,6 +700,7 @@ pub fn load<I: Inputs + ?Sized>(input: &I) -> Result<DesiredState, Invalid> {
         resources,
         signatures,
         runbooks,
+        approvals,
         documents,
         files: files.len(),
     })
@@ -665,6 +752,65 @@ fn split_healing(resources: Vec<Resource>, files: &[SourceFile]) -> Result<Split
     }
     signatures.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((kept, signatures, runbooks))
+}
+
+/// Takes the `Approval` documents out of the resources and types them: the
+/// target must be a kind tend manages and the expiry an RFC 3339 time.
+fn split_approvals(
+    resources: Vec<Resource>,
+    files: &[SourceFile],
+) -> Result<(Vec<Resource>, Vec<Approval>), Invalid> {
+    if !resources.iter().any(|r| r.key.kind == Kind::Approval) {
+        return Ok((resources, Vec::new()));
+    }
+    let (mut kept, mut approvals, mut problems) = (Vec::new(), Vec::new(), Vec::new());
+    for r in resources {
+        if r.key.kind != Kind::Approval {
+            kept.push(r);
+            continue;
+        }
+        let problem = |pointer: &str, message: String| health::Problem {
+            origin: r.origin.clone(),
+            pointer: pointer.into(),
+            message,
+            help: None,
+        };
+        let text = |p: &str| r.spec.pointer(p).and_then(Value::as_str).unwrap_or("");
+        let kind = match Kind::parse(text("/target/kind")) {
+            Some(k) if k.provider().is_some() => k,
+            _ => {
+                problems.push(problem(
+                    "/spec/target/kind",
+                    format!(
+                        "invalid Approval: `{}` is not a kind tend manages",
+                        text("/target/kind")
+                    ),
+                ));
+                continue;
+            }
+        };
+        let expires = match chrono::DateTime::parse_from_rfc3339(text("/expires")) {
+            Ok(t) => t.with_timezone(&chrono::Utc),
+            Err(e) => {
+                problems.push(problem(
+                    "/spec/expires",
+                    format!("invalid Approval: `expires` is not an RFC 3339 time: {e}"),
+                ));
+                continue;
+            }
+        };
+        approvals.push(Approval {
+            target: ResourceKey::new(kind, text("/target/name")),
+            fingerprint: text("/fingerprint").to_string(),
+            expires,
+            name: r.key.name,
+            origin: r.origin,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(located(files, problems));
+    }
+    Ok((kept, approvals))
 }
 
 /// Diagnostics for problems found after the per-document checks, each

@@ -30,6 +30,7 @@ fn schema_text(kind: Kind) -> &'static str {
         Kind::AwsAutoScalingGroup => {
             include_str!("../../schemas/aws.autoscaling.group.schema.json")
         }
+        Kind::Approval => include_str!("../../schemas/approval.schema.json"),
     }
 }
 

@@ -105,6 +105,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
             contested: false,
             declared_at: None,
             incident: None,
+            approval: None,
         });
     }
     Plan {

@@ -293,6 +293,7 @@ pub fn step_action(
         contested: false,
         declared_at: None,
         incident: Some(incident),
+        approval: None,
     }
 }
 

@@ -36,6 +36,9 @@ pub struct Facts {
     pub corrections: Vec<Correction>,
     /// Oldest first.
     pub outcomes: Vec<PastOutcome>,
+    /// Approvals already used, by resource and fingerprint: each one
+    /// authorises one action only.
+    pub used_approvals: std::collections::HashSet<(ResourceKey, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -314,6 +317,7 @@ mod tests {
             contested: false,
             declared_at: None,
             incident: None,
+            approval: None,
         }
     }
 
@@ -372,6 +376,7 @@ mod tests {
                 outcome: JournalOutcome::Synced,
                 at: t("2026-11-21T10:00:00Z"),
             }],
+            ..Default::default()
         };
         let mut p = plan(vec![
             action("a", "/spec/content"),
@@ -400,6 +405,7 @@ mod tests {
                 })
                 .collect(),
             outcomes: vec![],
+            ..Default::default()
         };
         let mut p = plan(vec![
             action("a", "/spec/content"),
@@ -437,6 +443,7 @@ mod tests {
                 fail(3, "failed"),
                 fail(4, "failed"),
             ],
+            ..Default::default()
         };
         let mut p = plan(vec![action("a", "/spec/content")]);
         apply(&mut p, &settings, &facts, t("2026-11-21T10:05:00Z"));

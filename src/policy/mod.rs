@@ -6,6 +6,7 @@
 //! an `auto` action but never loosen anything. This module must never let
 //! an error turn into `auto`.
 
+pub mod approve;
 mod check;
 mod engine;
 pub mod gates;
@@ -273,6 +274,12 @@ impl<'a> Decider<'a> {
         for (action, verdict) in plan.actions.iter_mut().zip(verdicts) {
             combine(action, self.scrubbed(verdict));
         }
+        approve::apply(
+            &mut plan.actions,
+            &self.ctx.desired.approvals,
+            self.ctx.facts,
+            now,
+        );
         let allowed = gates::apply_to(&mut plan.actions, 0, settings, self.ctx.facts, now);
         self.spent.store(allowed, Ordering::SeqCst);
         Ok(())
@@ -297,6 +304,7 @@ impl<'a> Decider<'a> {
         combine(&mut action, self.scrubbed(verdict));
         let spent = self.spent.load(Ordering::SeqCst);
         let one = std::slice::from_mut(&mut action);
+        approve::apply(one, &self.ctx.desired.approvals, self.ctx.facts, now);
         let allowed = gates::apply_to(one, spent, settings, self.ctx.facts, now);
         self.spent.fetch_add(allowed, Ordering::SeqCst);
         action
@@ -364,6 +372,7 @@ mod tests {
             contested: false,
             declared_at: None,
             incident: None,
+            approval: None,
         }
     }
 

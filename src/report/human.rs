@@ -254,9 +254,20 @@ fn changed_paths(detail: &str) -> String {
         .iter()
         .filter_map(|c| c.get("path").and_then(|p| p.as_str()).map(str::to_string))
         .collect();
-    if paths.is_empty() {
+    let mut out = if paths.is_empty() {
         String::new()
     } else {
         format!("  changes {}", paths.join(", "))
+    };
+    if let Some(a) = parsed.get("approval") {
+        let commit = a["commit"]
+            .as_str()
+            .map(|c| format!(" at commit {}", &c[..c.len().min(12)]))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  approved by {}{commit}",
+            a["file"].as_str().unwrap_or("an approval")
+        ));
     }
+    out
 }

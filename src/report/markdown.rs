@@ -21,7 +21,7 @@ fn icon(t: ActionType) -> &'static str {
 }
 
 /// Escapes text for a table cell.
-fn cell(s: &str) -> String {
+pub(super) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
@@ -73,26 +73,7 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
             );
         }
         out.push('\n');
-        for a in plan.actions.iter().filter(|a| !a.changes.is_empty()) {
-            let _ = writeln!(
-                out,
-                "<details><summary><code>{}</code> {}</summary>\n\n```diff",
-                a.target,
-                a.action_type.as_str()
-            );
-            for c in &a.changes {
-                if is_text_change(&c.from, &c.to) {
-                    let _ = writeln!(out, "# {}", c.path);
-                    out.push_str(&unified(&c.from, &c.to));
-                } else {
-                    if !c.from.is_null() {
-                        let _ = writeln!(out, "- {}: {}", c.path, show(&c.from));
-                    }
-                    let _ = writeln!(out, "+ {}: {}", c.path, show(&c.to));
-                }
-            }
-            out.push_str("```\n\n</details>\n\n");
-        }
+        out.push_str(&diff_details(plan.actions.iter()));
     }
     if !plan.remedies.is_empty() || plan.health.iter().any(|a| a.unknown().next().is_some()) {
         out.push_str("**Health:**\n\n");
@@ -150,5 +131,31 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
         out.push('\n');
     }
     let _ = writeln!(out, "_{}_", summary_line(plan));
+    out
+}
+
+/// Each action's field changes as a folded diff.
+pub(super) fn diff_details<'a>(actions: impl Iterator<Item = &'a crate::vocab::Action>) -> String {
+    let mut out = String::new();
+    for a in actions.filter(|a| !a.changes.is_empty()) {
+        let _ = writeln!(
+            out,
+            "<details><summary><code>{}</code> {}</summary>\n\n```diff",
+            a.target,
+            a.action_type.as_str()
+        );
+        for c in &a.changes {
+            if is_text_change(&c.from, &c.to) {
+                let _ = writeln!(out, "# {}", c.path);
+                out.push_str(&unified(&c.from, &c.to));
+            } else {
+                if !c.from.is_null() {
+                    let _ = writeln!(out, "- {}: {}", c.path, show(&c.from));
+                }
+                let _ = writeln!(out, "+ {}: {}", c.path, show(&c.to));
+            }
+        }
+        out.push_str("```\n\n</details>\n\n");
+    }
     out
 }

@@ -11,6 +11,7 @@ mod incidents;
 mod json;
 mod markdown;
 mod policy;
+pub mod review;
 mod sarif;
 mod watch;
 
@@ -26,6 +27,9 @@ pub use incidents::{
 pub use json::{apply_json, history_json, plan_json, FORMAT_VERSION};
 pub use markdown::render_markdown;
 pub use policy::{policy_decision_json, render_policy_tests};
+pub use review::{
+    proposals_json, render_file_diff, render_proposals, render_review_log, review_log_json,
+};
 pub use sarif::plan_sarif;
 pub use watch::{render_watch_pass, WatchFormat, WatchPass};
 

@@ -35,6 +35,7 @@ fn action(
         contested: false,
         declared_at: None,
         incident: None,
+        approval: None,
     }
 }
 

@@ -12,6 +12,7 @@
 mod scrub;
 mod sqlite;
 mod sqlite_incidents;
+mod sqlite_review;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -149,6 +150,19 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StateError>;
     /// The last known good spec of a resource and the commit it came from.
     fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError>;
+
+    /// Records that an approval authorised an action, before it runs: an
+    /// approval is used once, whatever the action's outcome.
+    fn use_approval(&self, u: &UsedApproval) -> Result<(), StateError>;
+    /// Every approval used so far.
+    fn used_approvals(&self) -> Result<Vec<UsedApproval>, StateError>;
+    /// Appends one operation on the review host (GitHub) to its log.
+    fn log_review(&self, e: &ReviewEvent) -> Result<(), StateError>;
+    /// The newest `limit` review operations, oldest first.
+    fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError>;
+    /// Replaces the proposals tend last published.
+    fn save_proposals(&self, rows: &[ProposalRow]) -> Result<(), StateError>;
+    fn proposals(&self) -> Result<Vec<ProposalRow>, StateError>;
 
     /// Writes the intent of an action, before the provider is called.
     fn intent(&self, r: &JournalRecord<'_>) -> Result<i64, StateError> {
@@ -377,6 +391,53 @@ pub struct IncidentUpdate<'a> {
     pub next_step: i64,
     pub state: &'a str,
     pub recommendation: &'a str,
+}
+
+/// An approval that authorised an action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsedApproval {
+    pub kind: String,
+    pub name: String,
+    pub fingerprint: String,
+    /// The approval document.
+    pub file: String,
+    /// The commit of the desired state that carried it.
+    pub commit: Option<String>,
+    pub run_id: i64,
+    pub at: String,
+}
+
+/// One operation on the review host: what was done to which pull request
+/// or issue, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewEvent {
+    pub at: String,
+    /// e.g. `open-pull-request`, `update-pull-request`, `close-pull-request`,
+    /// `open-issue`, `comment`, `close-issue`.
+    pub operation: String,
+    /// The resource (`kind/name`) or incident (`incident #N`) it is about.
+    pub subject: String,
+    pub number: Option<i64>,
+    pub url: Option<String>,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    pub detail: String,
+}
+
+/// One open proposal: a resource's pending review and its pull request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProposalRow {
+    pub kind: String,
+    pub name: String,
+    pub fingerprint: String,
+    pub number: Option<i64>,
+    pub url: Option<String>,
+    /// `open`, `keep-live`, `declined`, `waiting` (over a limit) or `merged`.
+    pub state: String,
+    pub updated_at: String,
 }
 
 /// The last known good spec of a resource.

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry, JournalRecord, LastGood,
-    NewIncident, NewRun, RunStatus, SignalRow, StateError, StepResult, StepStats, Store,
+    NewIncident, NewRun, ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult,
+    StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets, StepOutcome};
 
@@ -195,5 +196,32 @@ impl Store for Scrubbing<'_> {
 
     fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError> {
         self.inner.last_good(key)
+    }
+
+    fn use_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
+        self.inner.use_approval(u)
+    }
+
+    fn used_approvals(&self) -> Result<Vec<UsedApproval>, StateError> {
+        self.inner.used_approvals()
+    }
+
+    fn log_review(&self, e: &ReviewEvent) -> Result<(), StateError> {
+        self.inner.log_review(&ReviewEvent {
+            detail: self.text(&e.detail),
+            ..e.clone()
+        })
+    }
+
+    fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError> {
+        self.inner.review_log(limit)
+    }
+
+    fn save_proposals(&self, rows: &[ProposalRow]) -> Result<(), StateError> {
+        self.inner.save_proposals(rows)
+    }
+
+    fn proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
+        self.inner.proposals()
     }
 }

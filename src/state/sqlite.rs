@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     now, ts, BackendError, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
-    JournalRecord, LastGood, NewIncident, NewRun, RunStatus, SignalRow, StateError, StepResult,
-    StepStats, Store,
+    JournalRecord, LastGood, NewIncident, NewRun, ProposalRow, ReviewEvent, RunStatus, SignalRow,
+    StateError, StepResult, StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalOutcome, JournalPhase, Remembered, ResourceKey, StepOutcome};
 
@@ -119,6 +119,36 @@ CREATE TABLE IF NOT EXISTS last_good (
     commit_sha TEXT,
     spec TEXT NOT NULL,
     at TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS used_approvals (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    file TEXT NOT NULL,
+    commit_sha TEXT,
+    run_id INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (kind, name, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS review_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    number INTEGER,
+    url TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS proposals (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    number INTEGER,
+    url TEXT,
+    state TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
     PRIMARY KEY (kind, name)
 );
 CREATE TABLE IF NOT EXISTS run_lock (
@@ -507,6 +537,30 @@ impl Store for SqliteStore {
             params![key.kind.as_str(), key.name, commit, spec.to_string(), now()],
         )?;
         Ok(())
+    }
+
+    fn use_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
+        self.insert_used_approval(u)
+    }
+
+    fn used_approvals(&self) -> Result<Vec<UsedApproval>, StateError> {
+        self.list_used_approvals()
+    }
+
+    fn log_review(&self, e: &ReviewEvent) -> Result<(), StateError> {
+        self.insert_review_event(e)
+    }
+
+    fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError> {
+        self.list_review_events(limit)
+    }
+
+    fn save_proposals(&self, rows: &[ProposalRow]) -> Result<(), StateError> {
+        self.replace_proposals(rows)
+    }
+
+    fn proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
+        self.list_proposals()
     }
 
     fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError> {

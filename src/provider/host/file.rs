@@ -413,6 +413,7 @@ mod tests {
             contested: false,
             declared_at: None,
             incident: None,
+            approval: None,
         };
         let spec = json!({"path": "link/f.txt", "content": "hi"});
         let err = apply(&r, &action(ActionType::Create), Some(&spec)).unwrap_err();

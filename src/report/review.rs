@@ -1,0 +1,366 @@
+//! Pull request and issue texts: what tend asks a human on GitHub.
+//!
+//! Bodies lead with a summary table, fold the details, say how to approve,
+//! and stay under [`BODY_LIMIT`] characters (GitHub refuses bodies over
+//! 65,536), cutting the folded plan first and saying what was cut.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use super::markdown::{cell, diff_details};
+use crate::state::{Incident, ProposalRow, ReviewEvent};
+use crate::vocab::{Action, ResourceKey};
+
+/// The most characters a body tend writes may have.
+pub const BODY_LIMIT: usize = 60_000;
+
+/// Everything a pull request body says.
+pub struct PullRequestView<'a> {
+    pub key: &'a ResourceKey,
+    /// The hidden marker, first in the body.
+    pub marker: &'a str,
+    pub fingerprint: &'a str,
+    pub actions: &'a [&'a Action],
+    /// The open incident of the resource, when a runbook step waits.
+    pub incident: Option<&'a Incident>,
+    pub approval_path: &'a str,
+    pub expires: &'a str,
+    /// The file and line that declare the resource.
+    pub declared: Option<String>,
+    /// The source commit the plan was made at.
+    pub commit: Option<&'a str>,
+    /// Whether the PR now writes the live values into Git.
+    pub keep_live: bool,
+    /// Whether the keep-live box is offered, and why not when it is not.
+    pub keep_live_offer: Result<(), String>,
+}
+
+pub fn pull_request_title(key: &ResourceKey, keep_live: bool) -> String {
+    if keep_live {
+        format!("tend: keep the live state of {key} in Git")
+    } else {
+        format!("tend: review a change to {key}")
+    }
+}
+
+pub fn pull_request_body(v: &PullRequestView<'_>) -> String {
+    let mut head = String::new();
+    let _ = writeln!(head, "{}", v.marker);
+    let _ = writeln!(
+        head,
+        "### {} `{}` {}\n",
+        if v.keep_live { "📝" } else { "🔍" },
+        v.key,
+        if v.keep_live {
+            "drifted; this pull request writes the live values into Git"
+        } else {
+            "has changes that need a human"
+        }
+    );
+    head.push_str("| Action | Risk | Decision | Reasons |\n|---|---|---|---|\n");
+    for a in v.actions {
+        let mut reasons = a.reasons.join("; ");
+        if let Some(note) = &a.note {
+            let _ = write!(reasons, "; {note}");
+        }
+        let _ = writeln!(
+            head,
+            "| {} | {} | **{}** | {} |",
+            a.action_type.as_str(),
+            a.risk.as_str(),
+            a.decision.as_str(),
+            cell(&reasons)
+        );
+    }
+    head.push('\n');
+    let commit = v
+        .commit
+        .map(|c| format!(" at `{}`", &c[..c.len().min(12)]))
+        .unwrap_or_default();
+    let _ = writeln!(
+        head,
+        "Change fingerprint `{}`{}{commit}.\n",
+        v.fingerprint,
+        v.declared
+            .as_deref()
+            .map(|d| format!(", declared in `{d}`"))
+            .unwrap_or_default()
+    );
+
+    let mut tail = String::new();
+    if let Some(i) = v.incident {
+        let _ = writeln!(
+            tail,
+            "<details><summary>Incident #{} ({}): {}</summary>\n\n{}\n</details>\n",
+            i.id,
+            i.status.as_str(),
+            cell(&i.cause),
+            incident_summary(i)
+        );
+    }
+    tail.push_str("#### How to approve\n\n");
+    if v.keep_live {
+        let _ = writeln!(
+            tail,
+            "Merging writes the live values into the declaration, so tend stops correcting them. \
+             Untick the box below to go back to approving the change instead.\n"
+        );
+    } else {
+        let _ = writeln!(
+            tail,
+            "Merging approves exactly this change, once: it adds `{}` (valid until {}), and \
+             tend's next pass applies the change, unless a policy denies it, a safety gate holds \
+             it, or the live state has changed since (then this pull request is updated instead). \
+             Closing without merging declines it: tend does not propose this change again until \
+             it differs. Who may merge is up to CODEOWNERS and branch protection on `approvals/`.\n",
+            v.approval_path, v.expires
+        );
+    }
+    match &v.keep_live_offer {
+        Ok(()) => {
+            let _ = writeln!(
+                tail,
+                "- [{}] {}",
+                if v.keep_live { "x" } else { " " },
+                crate::report::review::KEEP_LIVE_LABEL
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(tail, "_Keeping the live value is not offered: {why}._");
+        }
+    }
+
+    let details = diff_details(v.actions.iter().copied());
+    let plan = if details.is_empty() {
+        String::new()
+    } else {
+        format!("<details><summary>Plan</summary>\n\n{details}</details>\n\n")
+    };
+    fit(&head, &plan, &tail)
+}
+
+/// The box's label; `review::proposal` reads it back.
+pub const KEEP_LIVE_LABEL: &str = "keep the live value in Git instead";
+
+/// `head + middle + tail`, with `middle` cut (at a line) so that the whole
+/// stays under [`BODY_LIMIT`], and a note saying how much was cut.
+fn fit(head: &str, middle: &str, tail: &str) -> String {
+    let total = head.chars().count() + middle.chars().count() + tail.chars().count();
+    if total <= BODY_LIMIT {
+        return format!("{head}{middle}{tail}");
+    }
+    let note_room = 300;
+    let room = BODY_LIMIT
+        .saturating_sub(head.chars().count() + tail.chars().count() + note_room)
+        .max(0);
+    let mut kept = String::new();
+    let mut lines = middle.lines();
+    for line in lines.by_ref() {
+        if kept.chars().count() + line.chars().count() + 1 > room {
+            break;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    let cut = lines.count() + 1;
+    // Close what the cut left open, so the rest of the body renders.
+    if kept.matches("```").count() % 2 == 1 {
+        kept.push_str("```\n");
+    }
+    let opened = kept.matches("<details>").count();
+    let closed = kept.matches("</details>").count();
+    for _ in closed..opened {
+        kept.push_str("</details>\n");
+    }
+    let mut body = format!(
+        "{head}{kept}\n> ✂️ The plan was cut here: {cut} more lines do not fit in a pull request body. `tend plan` shows all of it.\n\n{tail}"
+    );
+    if body.chars().count() > BODY_LIMIT {
+        body = body.chars().take(BODY_LIMIT - 40).collect();
+        body.push_str("\n\n> ✂️ (cut to fit)\n");
+    }
+    body
+}
+
+pub fn status_comment(marker: &str, text: &str) -> String {
+    format!("{marker}\n{text}\n")
+}
+
+pub fn incident_issue_title(i: &Incident) -> String {
+    format!(
+        "tend: incident #{} on {}/{} needs a person: {}",
+        i.id,
+        i.kind,
+        i.name,
+        i.cause.chars().take(120).collect::<String>()
+    )
+}
+
+pub fn incident_issue_body(marker: &str, i: &Incident) -> String {
+    let text = format!(
+        "{marker}\n### 🚨 `{}/{}`: {}\n\n{}",
+        i.kind,
+        i.name,
+        i.cause,
+        incident_summary(i)
+    );
+    fit(&text, "", "")
+}
+
+/// The incident as Markdown: resource, symptoms with values and since
+/// when, probable cause, every step with its outcome and timing, current
+/// state, recommended next action, timings.
+pub fn incident_summary(i: &Incident) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "- **Status:** {} (severity {})",
+        i.status.as_str(),
+        i.severity
+    );
+    let _ = writeln!(out, "- **Resource:** `{}/{}`", i.kind, i.name);
+    let _ = writeln!(
+        out,
+        "- **Probable cause:** {}{}",
+        i.cause,
+        i.signature
+            .as_deref()
+            .map(|s| format!(" (signature `{s}`)"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "- **Runbook:** {}",
+        i.runbook.as_deref().unwrap_or("none")
+    );
+    let _ = writeln!(
+        out,
+        "- **Onset:** {} · **detected:** {}",
+        i.onset_at, i.detected_at
+    );
+    out.push_str(
+        "\n**Symptoms**\n\n| Signal | Status | Value | Since | Detail |\n|---|---|---|---|---|\n",
+    );
+    for s in i.symptoms.as_array().into_iter().flatten() {
+        let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("");
+        let value = s
+            .get("value")
+            .and_then(Value::as_f64)
+            .map(|v| format!("{v:.3}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {value} | {} | {} |",
+            text("signal"),
+            text("status"),
+            text("since"),
+            cell(text("detail"))
+        );
+    }
+    out.push_str("\n**Steps**\n\n| # | Action | Decision | Outcome | Started | Took | Detail |\n|---|---|---|---|---|---|---|\n");
+    for s in &i.steps {
+        let n = if s.step >= 0 {
+            (s.step + 1).to_string()
+        } else {
+            "–".into()
+        };
+        let _ = writeln!(
+            out,
+            "| {n} | {} | {} | {} | {} | {} ms | {} |",
+            s.action,
+            s.decision,
+            s.outcome,
+            s.started_at,
+            s.duration_ms,
+            cell(&s.detail)
+        );
+    }
+    let _ = writeln!(out, "\n- **Current state:** {}", i.state);
+    let _ = writeln!(out, "- **Recommended next action:** {}", i.recommendation);
+    if let Some(t) = i.time_to_recover_ms {
+        let _ = writeln!(out, "- **Time to recover:** {:.1} s", t as f64 / 1000.0);
+    }
+    out
+}
+
+/// `tend review list`.
+pub fn render_proposals(rows: &[ProposalRow]) -> String {
+    if rows.is_empty() {
+        return "No proposals: nothing waits for a human.\n".into();
+    }
+    let mut out = String::new();
+    for r in rows {
+        let pr = match (&r.number, &r.url) {
+            (_, Some(url)) if !url.is_empty() => url.clone(),
+            (Some(n), _) => format!("#{n}"),
+            _ => "(no pull request)".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{}/{}  {}  {:<9} {pr}",
+            r.kind, r.name, r.fingerprint, r.state
+        );
+    }
+    out
+}
+
+pub fn proposals_json(rows: &[ProposalRow]) -> Value {
+    serde_json::json!({"apiVersion": "tend.dev/v1", "kind": "Proposals", "formatVersion": super::FORMAT_VERSION, "proposals": rows})
+}
+
+/// `tend review log`.
+pub fn render_review_log(events: &[ReviewEvent]) -> String {
+    if events.is_empty() {
+        return "No GitHub operations yet.\n".into();
+    }
+    let mut out = String::new();
+    for e in events {
+        let number = e.number.map(|n| format!(" #{n}")).unwrap_or_default();
+        let detail = if e.detail.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", e.detail)
+        };
+        let _ = writeln!(
+            out,
+            "{}  {:<6} {} {}{number}{detail}",
+            e.at, e.outcome, e.operation, e.subject
+        );
+    }
+    out
+}
+
+pub fn review_log_json(events: &[ReviewEvent]) -> Value {
+    serde_json::json!({"apiVersion": "tend.dev/v1", "kind": "ReviewLog", "formatVersion": super::FORMAT_VERSION, "entries": events})
+}
+
+/// A unified diff of one file, as `tend adopt` prints it.
+pub fn render_file_diff(path: &str, old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{path}"), &format!("b/{path}"))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_that_is_too_long_is_cut_in_the_middle_and_says_so() {
+        let middle: String = (0..20_000).map(|i| format!("+ line {i}\n")).collect();
+        let middle =
+            format!("<details><summary>Plan</summary>\n\n```diff\n{middle}```\n</details>\n");
+        let body = fit("HEAD\n", &middle, "TAIL\n");
+        assert!(body.chars().count() <= BODY_LIMIT, "{}", body.len());
+        assert!(body.starts_with("HEAD\n") && body.ends_with("TAIL\n"));
+        assert!(body.contains("more lines do not fit"));
+        assert_eq!(body.matches("```").count() % 2, 0);
+        assert_eq!(
+            body.matches("<details>").count(),
+            body.matches("</details>").count()
+        );
+    }
+}

@@ -1,0 +1,1155 @@
+//! Review: asking a human through GitHub, after a pass.
+//!
+//! Every resource with `review` actions gets one pull request on branch
+//! `tend/review/<kind>/<name>`, whose commit adds an `Approval` document:
+//! merging it approves exactly that change, once (`policy::approve`). A
+//! ticked "keep the live value" box turns the commit into an in-place edit
+//! of the declaration to the live values (`model::edit`). Escalated
+//! incidents get one issue each. Everything is written through GitHub's
+//! API (blobs, trees, commits, refs), so no clone or push credentials are
+//! needed.
+//!
+//! Quiet by construction: an unchanged proposal writes nothing; a changed
+//! one updates its pull request in place and edits one status comment; a
+//! change that is gone closes its pull request only after a full pass (a
+//! complete inventory). A pull request a human closed unmerged declines
+//! that fingerprint. This stage runs from `publish`, after a pass, so a
+//! failure here never changes what the pass did; it must never write a
+//! secret. See ARCHITECTURE.md.
+
+pub mod github;
+pub mod proposal;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::model::{Approval, GithubReview};
+use crate::plan::Plan;
+use crate::publish::{PublishError, Published, Sink};
+use crate::report::review as text;
+use crate::state::{Incident, ProposalRow, ReviewEvent, StateError, Store};
+use crate::vocab::{ActionType, IncidentStatus, ResourceKey, Secrets};
+use github::{enc, query, Client, GitHubError, Method};
+use proposal::{Ask, Proposal};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error(
+        "Settings spec.review.github is set, but neither TEND_GITHUB_TOKEN nor GITHUB_TOKEN is"
+    )]
+    NoToken,
+    #[error(transparent)]
+    GitHub(#[from] GitHubError),
+    #[error("failed to record the review: {0}")]
+    State(#[from] StateError),
+    #[error("failed to edit the declaration: {0}")]
+    Edit(String),
+}
+
+/// Where the files of the desired state live in the repository.
+#[derive(Debug, Clone, Default)]
+pub struct RepoPaths {
+    /// The prefix of shown file paths that is not part of the repository
+    /// (a local directory source's path).
+    pub strip: String,
+    /// The directory of the desired state inside the repository.
+    pub under: String,
+}
+
+impl RepoPaths {
+    /// The repository path of a file as the source shows it.
+    pub fn of(&self, shown: &str) -> String {
+        let rel = if self.strip.is_empty() {
+            Path::new(shown)
+        } else {
+            Path::new(shown)
+                .strip_prefix(&self.strip)
+                .unwrap_or(Path::new(shown))
+        };
+        self.join(&rel.to_string_lossy())
+    }
+
+    /// A path under the desired-state directory.
+    pub fn join(&self, rel: &str) -> String {
+        let under = self.under.trim_matches('/');
+        if under.is_empty() || under == "." {
+            rel.to_string()
+        } else {
+            format!("{under}/{rel}")
+        }
+    }
+}
+
+/// What one publication did, for the report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub opened: usize,
+    pub updated: usize,
+    pub closed: usize,
+    pub unchanged: usize,
+    pub waiting: usize,
+    pub declined: usize,
+    pub issues_opened: usize,
+    pub issues_updated: usize,
+    pub issues_closed: usize,
+}
+
+/// What a pass hands to review.
+pub struct Input<'a> {
+    pub plan: &'a Plan,
+    pub incidents: &'a [Incident],
+    pub approvals: &'a [Approval],
+    pub secrets: &'a Secrets,
+    /// A full pass: every declared resource was inventoried, so a
+    /// proposal that is gone may be closed.
+    pub full: bool,
+}
+
+/// A pull request as GitHub reports it.
+#[derive(Debug, Clone)]
+struct Pull {
+    number: i64,
+    body: String,
+    head_ref: String,
+    url: String,
+    merged: bool,
+}
+
+impl Pull {
+    fn of(v: &Value) -> Pull {
+        Pull {
+            number: v["number"].as_i64().unwrap_or(0),
+            body: v["body"].as_str().unwrap_or("").to_string(),
+            head_ref: v["head"]["ref"].as_str().unwrap_or("").to_string(),
+            url: v["html_url"].as_str().unwrap_or("").to_string(),
+            merged: !v["merged_at"].is_null(),
+        }
+    }
+}
+
+/// The base branch as this pass found it.
+struct Base {
+    branch: String,
+    sha: String,
+    tree: String,
+}
+
+const AUTHOR: &str = "tend";
+const AUTHOR_EMAIL: &str = "tend@users.noreply.github.com";
+/// The trailer on every commit tend makes: a branch whose commits all
+/// carry it may be deleted.
+const TRAILER: &str = "Proposed-by: tend";
+
+pub struct Reviewer {
+    client: Client,
+    cfg: GithubReview,
+    store: Box<dyn Store>,
+    paths: RepoPaths,
+}
+
+/// The token for GitHub: `TEND_GITHUB_TOKEN`, else `GITHUB_TOKEN`.
+pub fn token_from_env() -> Option<String> {
+    ["TEND_GITHUB_TOKEN", "GITHUB_TOKEN"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|t| !t.trim().is_empty())
+}
+
+impl Reviewer {
+    pub fn new(
+        cfg: &GithubReview,
+        token: &str,
+        store: Box<dyn Store>,
+        paths: RepoPaths,
+    ) -> Result<Reviewer, ReviewError> {
+        Ok(Reviewer {
+            client: Client::new(&cfg.api_url, &cfg.repository, token)?,
+            cfg: cfg.clone(),
+            store,
+            paths,
+        })
+    }
+
+    /// Brings pull requests and issues in line with what the pass found.
+    pub async fn publish(&self, input: &Input<'_>) -> Result<Summary, ReviewError> {
+        let mut summary = Summary::default();
+        let proposals = proposal::proposals(input.plan);
+        let mut rows = Vec::new();
+        let open = if proposals.is_empty() && !input.full {
+            BTreeMap::new()
+        } else {
+            self.open_pulls().await?
+        };
+        if !proposals.is_empty() || !open.is_empty() {
+            let base = self.base().await?;
+            let used: HashSet<(ResourceKey, String)> = self
+                .store
+                .used_approvals()?
+                .into_iter()
+                .filter_map(|u| {
+                    Some((
+                        ResourceKey::new(crate::model::Kind::parse(&u.kind)?, u.name),
+                        u.fingerprint,
+                    ))
+                })
+                .collect();
+            let stale = proposal::stale_approvals(input.approvals, &used, Utc::now());
+            let mut budget = Budget {
+                open: open.len(),
+                new: 0,
+            };
+            for p in &proposals {
+                let pr = open.get(&p.branch());
+                let row = self
+                    .propose(p, pr, &base, input, &stale, &mut budget, &mut summary)
+                    .await?;
+                rows.push(row);
+            }
+            if input.full {
+                let wanted: HashSet<String> = proposals.iter().map(Proposal::branch).collect();
+                for pr in open.values().filter(|pr| !wanted.contains(&pr.head_ref)) {
+                    self.withdraw(pr, input.secrets).await?;
+                    summary.closed += 1;
+                }
+            }
+        }
+        self.incidents(input, &mut summary).await?;
+        if input.full {
+            self.store.save_proposals(&rows)?;
+        } else {
+            let mut all = self.store.proposals()?;
+            for r in rows {
+                all.retain(|o| {
+                    (o.kind.as_str(), o.name.as_str()) != (r.kind.as_str(), r.name.as_str())
+                });
+                all.push(r);
+            }
+            self.store.save_proposals(&all)?;
+        }
+        Ok(summary)
+    }
+
+    async fn base(&self) -> Result<Base, ReviewError> {
+        let branch = match &self.cfg.base_branch {
+            Some(b) => b.clone(),
+            None => {
+                let repo = self
+                    .read("read the repository", &self.client.path(""))
+                    .await?;
+                repo["default_branch"]
+                    .as_str()
+                    .unwrap_or("main")
+                    .to_string()
+            }
+        };
+        let r = self
+            .read(
+                "read the base branch",
+                &self
+                    .client
+                    .path(&format!("/git/ref/{}", enc(&format!("heads/{branch}")))),
+            )
+            .await?;
+        let sha = r["object"]["sha"].as_str().unwrap_or_default().to_string();
+        let c = self
+            .read(
+                "read the base commit",
+                &self.client.path(&format!("/git/commits/{}", enc(&sha))),
+            )
+            .await?;
+        Ok(Base {
+            branch,
+            sha,
+            tree: c["tree"]["sha"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// tend's open pull requests, by branch.
+    async fn open_pulls(&self) -> Result<BTreeMap<String, Pull>, ReviewError> {
+        let mut out = BTreeMap::new();
+        for page in 1..=50 {
+            let list = self
+                .read(
+                    "list pull requests",
+                    &self.client.path(&format!(
+                        "/pulls{}",
+                        query(&[
+                            ("state", "open"),
+                            ("per_page", "100"),
+                            ("page", &page.to_string())
+                        ])
+                    )),
+                )
+                .await?;
+            let items = list.as_array().cloned().unwrap_or_default();
+            for v in &items {
+                let pr = Pull::of(v);
+                if pr.head_ref.starts_with(proposal::BRANCH_PREFIX)
+                    && proposal::parse_marker(&pr.body).is_some()
+                {
+                    out.insert(pr.head_ref.clone(), pr);
+                }
+            }
+            if items.len() < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pull requests of one branch that are closed.
+    async fn closed_pulls(&self, branch: &str) -> Result<Vec<Pull>, ReviewError> {
+        let head = format!("{}:{branch}", self.client.owner);
+        let list = self
+            .read(
+                "list closed pull requests",
+                &self.client.path(&format!(
+                    "/pulls{}",
+                    query(&[("state", "closed"), ("head", &head), ("per_page", "100")])
+                )),
+            )
+            .await?;
+        Ok(list
+            .as_array()
+            .map(|a| a.iter().map(Pull::of).collect())
+            .unwrap_or_default())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn propose(
+        &self,
+        p: &Proposal<'_>,
+        pr: Option<&Pull>,
+        base: &Base,
+        input: &Input<'_>,
+        stale: &[&Approval],
+        budget: &mut Budget,
+        summary: &mut Summary,
+    ) -> Result<ProposalRow, ReviewError> {
+        let offer = keep_live_offer(&p.actions);
+        let ticked = pr.is_some_and(|pr| proposal::keep_live_ticked(&pr.body));
+        let mut ask = if ticked && offer.is_ok() {
+            Ask::KeepLive
+        } else {
+            Ask::Approve
+        };
+        let row = |state: &str, pr: Option<&Pull>| ProposalRow {
+            kind: p.key.kind.as_str().into(),
+            name: p.key.name.clone(),
+            fingerprint: p.fingerprint.clone(),
+            number: pr.map(|pr| pr.number),
+            url: pr.map(|pr| pr.url.clone()),
+            state: state.into(),
+            updated_at: crate::state::now(),
+        };
+        let Some(pr) = pr else {
+            return self
+                .open_new(p, base, input, stale, budget, summary, offer)
+                .await
+                .map(|made| match made {
+                    Made::Opened(pr) => row("open", Some(&pr)),
+                    Made::Declined(pr) => row("declined", Some(&pr)),
+                    Made::Merged(pr) => row("merged", Some(&pr)),
+                    Made::Waiting => row("waiting", None),
+                });
+        };
+        let was = proposal::parse_marker(&pr.body);
+        let same = |ask: Ask| {
+            was.as_ref()
+                .is_some_and(|m| m.fingerprint == p.fingerprint && m.ask == ask)
+        };
+        if same(ask) {
+            summary.unchanged += 1;
+            return Ok(row(ask.as_str(), Some(pr)));
+        }
+        let mut note = None;
+        let sha = match self.commit(p, ask, base, input, stale).await {
+            Ok(sha) => sha,
+            Err(Refusal::Edit(why)) => {
+                // The box is ticked but the edit cannot be made: say why
+                // once, and keep proposing the approval.
+                ask = Ask::Approve;
+                note = Some(format!(
+                    "⚠️ The live value cannot be kept in Git: {why}. This pull request still approves the change."
+                ));
+                if same(ask) {
+                    self.status(pr.number, note.as_deref().unwrap_or(""), input.secrets)
+                        .await?;
+                    summary.unchanged += 1;
+                    return Ok(row(ask.as_str(), Some(pr)));
+                }
+                self.commit(p, ask, base, input, stale)
+                    .await
+                    .map_err(Refusal::into_error)?
+            }
+            Err(e) => return Err(e.into_error()),
+        };
+        self.write(
+            "update-branch",
+            &p.key.to_string(),
+            Some(pr.number),
+            Method::Patch,
+            &self.client.path(&format!(
+                "/git/refs/{}",
+                enc(&format!("heads/{}", p.branch()))
+            )),
+            &json!({"sha": sha, "force": true}),
+        )
+        .await?;
+        let body = input
+            .secrets
+            .scrub(&self.body(p, ask, input, offer.clone(), &base.sha));
+        self.write(
+            "update-pull-request",
+            &p.key.to_string(),
+            Some(pr.number),
+            Method::Patch,
+            &self.client.path(&format!("/pulls/{}", pr.number)),
+            &json!({"title": text::pull_request_title(&p.key, ask == Ask::KeepLive), "body": body}),
+        )
+        .await?;
+        let status = note.unwrap_or_else(|| match &was {
+            Some(m) if m.fingerprint != p.fingerprint => format!(
+                "The live state changed since this was proposed: the pending change is now `{}` (was `{}`). The approval in this pull request names the new change.",
+                p.fingerprint, m.fingerprint
+            ),
+            _ if ask == Ask::KeepLive => {
+                "The box is ticked: this pull request now writes the live values into Git instead of approving the change.".to_string()
+            }
+            _ => "The box is unticked: this pull request approves the change again.".to_string(),
+        });
+        self.status(pr.number, &status, input.secrets).await?;
+        summary.updated += 1;
+        Ok(row(ask.as_str(), Some(pr)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn open_new(
+        &self,
+        p: &Proposal<'_>,
+        base: &Base,
+        input: &Input<'_>,
+        stale: &[&Approval],
+        budget: &mut Budget,
+        summary: &mut Summary,
+        offer: Result<(), String>,
+    ) -> Result<Made, ReviewError> {
+        let branch = p.branch();
+        for old in self.closed_pulls(&branch).await? {
+            let Some(m) = proposal::parse_marker(&old.body) else {
+                continue;
+            };
+            if m.fingerprint != p.fingerprint {
+                continue;
+            }
+            if old.merged {
+                return Ok(Made::Merged(old));
+            }
+            summary.declined += 1;
+            return Ok(Made::Declined(old));
+        }
+        if budget.open >= self.cfg.max_open || budget.new >= self.cfg.max_new_per_run {
+            summary.waiting += 1;
+            return Ok(Made::Waiting);
+        }
+        let sha = self
+            .commit(p, Ask::Approve, base, input, stale)
+            .await
+            .map_err(Refusal::into_error)?;
+        let subject = p.key.to_string();
+        let created = self
+            .write(
+                "create-branch",
+                &subject,
+                None,
+                Method::Post,
+                &self.client.path("/git/refs"),
+                &json!({"ref": format!("refs/heads/{branch}"), "sha": sha}),
+            )
+            .await;
+        match created {
+            Ok(_) => {}
+            // Left by an earlier pull request: point it at the new commit.
+            Err(ReviewError::GitHub(e)) if e.status() == Some(422) => {
+                self.write(
+                    "update-branch",
+                    &subject,
+                    None,
+                    Method::Patch,
+                    &self
+                        .client
+                        .path(&format!("/git/refs/{}", enc(&format!("heads/{branch}")))),
+                    &json!({"sha": sha, "force": true}),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
+        let title = text::pull_request_title(&p.key, false);
+        let body = input
+            .secrets
+            .scrub(&self.body(p, Ask::Approve, input, offer, &base.sha));
+        let made = self
+            .write(
+                "open-pull-request",
+                &subject,
+                None,
+                Method::Post,
+                &self.client.path("/pulls"),
+                &json!({"title": title, "head": branch, "base": base.branch, "body": body, "maintainer_can_modify": true}),
+            )
+            .await;
+        let pr = match made {
+            Ok(v) => Pull::of(&v),
+            // Another run opened it a moment ago: take that one.
+            Err(ReviewError::GitHub(e))
+                if e.status() == Some(422) && e.message().contains("already exists") =>
+            {
+                let head = format!("{}:{branch}", self.client.owner);
+                let list = self
+                    .read(
+                        "find the pull request",
+                        &self.client.path(&format!(
+                            "/pulls{}",
+                            query(&[("state", "open"), ("head", &head)])
+                        )),
+                    )
+                    .await?;
+                let Some(v) = list.as_array().and_then(|a| a.first()) else {
+                    return Err(ReviewError::GitHub(e));
+                };
+                let pr = Pull::of(v);
+                self.write(
+                    "update-pull-request",
+                    &subject,
+                    Some(pr.number),
+                    Method::Patch,
+                    &self.client.path(&format!("/pulls/{}", pr.number)),
+                    &json!({"title": title, "body": body}),
+                )
+                .await?;
+                pr
+            }
+            Err(e) => return Err(e),
+        };
+        if !self.cfg.labels.is_empty() {
+            self.write(
+                "label",
+                &subject,
+                Some(pr.number),
+                Method::Post,
+                &self.client.path(&format!("/issues/{}/labels", pr.number)),
+                &json!({"labels": self.cfg.labels}),
+            )
+            .await?;
+        }
+        budget.open += 1;
+        budget.new += 1;
+        summary.opened += 1;
+        Ok(Made::Opened(pr))
+    }
+
+    fn body(
+        &self,
+        p: &Proposal<'_>,
+        ask: Ask,
+        input: &Input<'_>,
+        offer: Result<(), String>,
+        base_sha: &str,
+    ) -> String {
+        let marker = proposal::marker(&p.key, &p.fingerprint, ask);
+        let incident = input.incidents.iter().find(|i| {
+            i.kind == p.key.kind.as_str()
+                && i.name == p.key.name
+                && i.status != IncidentStatus::Resolved
+        });
+        let declared = p.actions.iter().find_map(|a| {
+            a.declared_at
+                .as_ref()
+                .map(|o| format!("{}:{}", self.paths.of(&o.file), o.line))
+        });
+        let approval_path = self.paths.join(&proposal::approval_path(&p.key));
+        let expires = self.expires();
+        text::pull_request_body(&text::PullRequestView {
+            key: &p.key,
+            marker: &marker,
+            fingerprint: &p.fingerprint,
+            actions: &p.actions,
+            incident,
+            approval_path: &approval_path,
+            expires: &expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            declared,
+            commit: input.plan.source.commit.as_deref().or(Some(base_sha)),
+            keep_live: ask == Ask::KeepLive,
+            keep_live_offer: offer,
+        })
+    }
+
+    fn expires(&self) -> DateTime<Utc> {
+        Utc::now()
+            + chrono::Duration::from_std(self.cfg.approval_ttl.0)
+                .unwrap_or(chrono::Duration::days(7))
+    }
+
+    /// Makes the commit of a proposal on top of the base: the approval
+    /// (or the edit to live values), and the removal of used and expired
+    /// approvals. Returns its sha.
+    async fn commit(
+        &self,
+        p: &Proposal<'_>,
+        ask: Ask,
+        base: &Base,
+        input: &Input<'_>,
+        stale: &[&Approval],
+    ) -> Result<String, Refusal> {
+        let mut entries = Vec::new();
+        let approval_path = self.paths.join(&proposal::approval_path(&p.key));
+        let message = match ask {
+            Ask::Approve => {
+                let doc = proposal::approval_document(&p.key, &p.fingerprint, self.expires());
+                entries.push(json!({"path": approval_path, "mode": "100644", "type": "blob", "content": doc}));
+                format!(
+                    "tend: approve change {} to {}\n\nMerging this approves exactly this change, once.\n\n{TRAILER}\n",
+                    p.fingerprint, p.key
+                )
+            }
+            Ask::KeepLive => {
+                for (path, content) in self.live_edits(p, base).await? {
+                    entries.push(
+                        json!({"path": path, "mode": "100644", "type": "blob", "content": content}),
+                    );
+                }
+                format!(
+                    "tend: keep the live state of {} in Git\n\nChange {} declined in favour of the live values.\n\n{TRAILER}\n",
+                    p.key, p.fingerprint
+                )
+            }
+        };
+        for a in stale {
+            let path = self.paths.of(&a.origin.file);
+            if path == approval_path || !self.exists(&path, &base.sha).await? {
+                continue;
+            }
+            entries
+                .push(json!({"path": path, "mode": "100644", "type": "blob", "sha": Value::Null}));
+        }
+        for e in &mut entries {
+            if let Some(c) = e.get("content").and_then(Value::as_str) {
+                e["content"] = Value::String(input.secrets.scrub(c));
+            }
+        }
+        let subject = p.key.to_string();
+        let tree = self
+            .write(
+                "create-tree",
+                &subject,
+                None,
+                Method::Post,
+                &self.client.path("/git/trees"),
+                &json!({"base_tree": base.tree, "tree": entries}),
+            )
+            .await?;
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let commit = self
+            .write(
+                "create-commit",
+                &subject,
+                None,
+                Method::Post,
+                &self.client.path("/git/commits"),
+                &json!({
+                    "message": input.secrets.scrub(&message),
+                    "tree": tree["sha"],
+                    "parents": [base.sha],
+                    "author": {"name": AUTHOR, "email": AUTHOR_EMAIL, "date": now},
+                }),
+            )
+            .await?;
+        Ok(commit["sha"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The declaration files of a proposal, edited to the live values.
+    async fn live_edits(
+        &self,
+        p: &Proposal<'_>,
+        base: &Base,
+    ) -> Result<Vec<(String, String)>, Refusal> {
+        keep_live_offer(&p.actions).map_err(Refusal::Edit)?;
+        let Some(origin) = p.actions.iter().find_map(|a| a.declared_at.clone()) else {
+            return Err(Refusal::Edit(
+                "the resource is not declared in a file".into(),
+            ));
+        };
+        let path = self.paths.of(&origin.file);
+        let file = self
+            .read(
+                "read the declaration",
+                &self.client.path(&format!(
+                    "/contents/{}{}",
+                    enc(&path),
+                    query(&[("ref", &base.sha)])
+                )),
+            )
+            .await?;
+        let encoded: String = file["content"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| Refusal::Edit(format!("{path} could not be read: {e}")))?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| Refusal::Edit(format!("{path} is not UTF-8")))?;
+        let edits: Vec<(String, Value)> = p
+            .actions
+            .iter()
+            .flat_map(|a| a.changes.iter())
+            .map(|c| (c.path.clone(), c.from.clone()))
+            .collect();
+        let edited = crate::model::edit::set_values(&text, origin.line, origin.col, &edits)
+            .map_err(|e| Refusal::Edit(format!("{path}: {e}")))?;
+        Ok(vec![(path, edited)])
+    }
+
+    async fn exists(&self, path: &str, sha: &str) -> Result<bool, ReviewError> {
+        match self
+            .read(
+                "read an approval",
+                &self.client.path(&format!(
+                    "/contents/{}{}",
+                    enc(path),
+                    query(&[("ref", sha)])
+                )),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ReviewError::GitHub(e)) if e.status() == Some(404) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes a pull request whose change is gone, and deletes its branch
+    /// when every commit on it is tend's.
+    async fn withdraw(&self, pr: &Pull, secrets: &Secrets) -> Result<(), ReviewError> {
+        let subject = proposal::parse_marker(&pr.body)
+            .map(|m| m.key)
+            .unwrap_or_else(|| pr.head_ref.clone());
+        let commits = self
+            .read(
+                "list the pull request's commits",
+                &self
+                    .client
+                    .path(&format!("/pulls/{}/commits?per_page=100", pr.number)),
+            )
+            .await?;
+        let all_tends = commits.as_array().is_some_and(|list| {
+            list.iter().all(|c| {
+                c["commit"]["author"]["name"].as_str() == Some(AUTHOR)
+                    && c["commit"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(TRAILER))
+            })
+        });
+        let mut status = "The change is no longer pending (the resource matches its declaration, or the change no longer needs a human), so tend closes this pull request.".to_string();
+        if !all_tends {
+            status.push_str(&format!(
+                " The branch `{}` is left in place: it has commits that are not tend's.",
+                pr.head_ref
+            ));
+        }
+        self.status(pr.number, &status, secrets).await?;
+        self.write(
+            "close-pull-request",
+            &subject,
+            Some(pr.number),
+            Method::Patch,
+            &self.client.path(&format!("/pulls/{}", pr.number)),
+            &json!({"state": "closed"}),
+        )
+        .await?;
+        if all_tends {
+            self.write(
+                "delete-branch",
+                &subject,
+                Some(pr.number),
+                Method::Delete,
+                &self.client.path(&format!(
+                    "/git/refs/{}",
+                    enc(&format!("heads/{}", pr.head_ref))
+                )),
+                &Value::Null,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// One issue per escalated incident; new steps edit its status
+    /// comment; recovery closes it.
+    async fn incidents(&self, input: &Input<'_>, summary: &mut Summary) -> Result<(), ReviewError> {
+        let wanted: Vec<&Incident> = input
+            .incidents
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i.status,
+                    IncidentStatus::Escalated | IncidentStatus::Resolved
+                )
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let issues = self.incident_issues().await?;
+        for i in wanted {
+            let subject = format!("incident #{}", i.id);
+            let body = input.secrets.scrub(&text::incident_issue_body(
+                &proposal::incident_marker(i.id),
+                i,
+            ));
+            match (i.status, issues.get(&i.id)) {
+                (IncidentStatus::Escalated, None) => {
+                    let mut labels = self.cfg.labels.clone();
+                    labels.push(format!("severity:{}", i.severity));
+                    self.write(
+                        "open-issue",
+                        &subject,
+                        None,
+                        Method::Post,
+                        &self.client.path("/issues"),
+                        &json!({"title": input.secrets.scrub(&text::incident_issue_title(i)), "body": body, "labels": labels}),
+                    )
+                    .await?;
+                    summary.issues_opened += 1;
+                }
+                (IncidentStatus::Escalated, Some(issue)) => {
+                    if issue.body.trim_end() == body.trim_end() {
+                        continue;
+                    }
+                    self.write(
+                        "update-issue",
+                        &subject,
+                        Some(issue.number),
+                        Method::Patch,
+                        &self.client.path(&format!("/issues/{}", issue.number)),
+                        &json!({"body": body}),
+                    )
+                    .await?;
+                    if let Some(s) = i.steps.last() {
+                        let step = format!(
+                            "Latest step: {} → **{}** at {}: {}",
+                            s.action, s.outcome, s.finished_at, s.detail
+                        );
+                        self.status(issue.number, &step, input.secrets).await?;
+                    }
+                    summary.issues_updated += 1;
+                }
+                (_, Some(issue)) => {
+                    let recovered = i
+                        .time_to_recover_ms
+                        .map(|t| format!(" Time to recover: {:.1} s.", t as f64 / 1000.0))
+                        .unwrap_or_default();
+                    let note = format!(
+                        "✅ Resolved at {}.{recovered}",
+                        i.resolved_at.as_deref().unwrap_or("now")
+                    );
+                    self.status(issue.number, &note, input.secrets).await?;
+                    self.write(
+                        "close-issue",
+                        &subject,
+                        Some(issue.number),
+                        Method::Patch,
+                        &self.client.path(&format!("/issues/{}", issue.number)),
+                        &json!({"state": "closed", "state_reason": "completed", "body": body}),
+                    )
+                    .await?;
+                    summary.issues_closed += 1;
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// tend's open incident issues, by incident id.
+    async fn incident_issues(&self) -> Result<BTreeMap<i64, Issue>, ReviewError> {
+        let mut out = BTreeMap::new();
+        let labels = self.cfg.labels.join(",");
+        for page in 1..=20 {
+            let page = page.to_string();
+            let mut q = vec![
+                ("state", "open"),
+                ("per_page", "100"),
+                ("page", page.as_str()),
+            ];
+            if !labels.is_empty() {
+                q.push(("labels", labels.as_str()));
+            }
+            let list = self
+                .read(
+                    "list issues",
+                    &self.client.path(&format!("/issues{}", query(&q))),
+                )
+                .await?;
+            let items = list.as_array().cloned().unwrap_or_default();
+            for v in items.iter().filter(|v| v.get("pull_request").is_none()) {
+                let body = v["body"].as_str().unwrap_or("");
+                if let Some(id) = proposal::parse_incident_marker(body) {
+                    out.insert(
+                        id,
+                        Issue {
+                            number: v["number"].as_i64().unwrap_or(0),
+                            body: body.to_string(),
+                        },
+                    );
+                }
+            }
+            if items.len() < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates or edits the one status comment of a pull request or issue;
+    /// the same text again writes nothing.
+    async fn status(
+        &self,
+        number: i64,
+        status: &str,
+        secrets: &Secrets,
+    ) -> Result<(), ReviewError> {
+        let body = secrets.scrub(&text::status_comment(proposal::STATUS_MARKER, status));
+        let comments = self
+            .read(
+                "list comments",
+                &self
+                    .client
+                    .path(&format!("/issues/{number}/comments?per_page=100")),
+            )
+            .await?;
+        let mine = comments.as_array().and_then(|list| {
+            list.iter().find(|c| {
+                c["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(proposal::STATUS_MARKER))
+            })
+        });
+        let subject = format!("#{number}");
+        match mine {
+            Some(c) if c["body"].as_str().map(str::trim_end) == Some(body.trim_end()) => Ok(()),
+            Some(c) => {
+                let id = c["id"].as_i64().unwrap_or(0);
+                self.write(
+                    "edit-comment",
+                    &subject,
+                    Some(number),
+                    Method::Patch,
+                    &self.client.path(&format!("/issues/comments/{id}")),
+                    &json!({"body": body}),
+                )
+                .await
+                .map(drop)
+            }
+            None => self
+                .write(
+                    "comment",
+                    &subject,
+                    Some(number),
+                    Method::Post,
+                    &self.client.path(&format!("/issues/{number}/comments")),
+                    &json!({"body": body}),
+                )
+                .await
+                .map(drop),
+        }
+    }
+
+    async fn read(&self, op: &str, path: &str) -> Result<Value, ReviewError> {
+        Ok(self.client.call(op, Method::Get, path, None).await?)
+    }
+
+    /// A write to GitHub, logged with its outcome.
+    async fn write(
+        &self,
+        op: &str,
+        subject: &str,
+        number: Option<i64>,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, ReviewError> {
+        let body = (!body.is_null()).then_some(body);
+        let result = self.client.call(op, method, path, body).await;
+        let (outcome, detail, number, url) = match &result {
+            Ok(v) => (
+                "ok",
+                String::new(),
+                number.or_else(|| v["number"].as_i64()),
+                v["html_url"].as_str().map(str::to_string),
+            ),
+            Err(e) => ("failed", e.to_string(), number, None),
+        };
+        self.store.log_review(&ReviewEvent {
+            at: crate::state::now(),
+            operation: op.to_string(),
+            subject: subject.to_string(),
+            number,
+            url,
+            outcome: outcome.to_string(),
+            detail,
+        })?;
+        Ok(result?)
+    }
+}
+
+struct Issue {
+    number: i64,
+    body: String,
+}
+
+struct Budget {
+    open: usize,
+    new: usize,
+}
+
+enum Made {
+    Opened(Pull),
+    Declined(Pull),
+    Merged(Pull),
+    Waiting,
+}
+
+/// Why a commit was not made: the edit to live values is impossible (the
+/// pull request says why), or GitHub failed.
+enum Refusal {
+    Edit(String),
+    Failed(ReviewError),
+}
+
+impl Refusal {
+    fn into_error(self) -> ReviewError {
+        match self {
+            Refusal::Failed(e) => e,
+            Refusal::Edit(why) => ReviewError::Edit(why),
+        }
+    }
+}
+
+impl From<ReviewError> for Refusal {
+    fn from(e: ReviewError) -> Refusal {
+        Refusal::Failed(e)
+    }
+}
+
+/// Whether "keep the live value in Git" can apply to a resource's
+/// actions, and why not when it cannot.
+pub fn keep_live_offer(actions: &[&crate::vocab::Action]) -> Result<(), String> {
+    if !actions
+        .iter()
+        .any(|a| a.changes.iter().any(|c| !c.from.is_null()))
+    {
+        return Err("this change sets no field that exists live (a restart, a runbook step, or a resource that does not exist yet)".into());
+    }
+    for a in actions {
+        if matches!(a.action_type, ActionType::Create | ActionType::Delete) {
+            return Err(format!(
+                "a {} has no live value to keep",
+                a.action_type.as_str()
+            ));
+        }
+        for c in &a.changes {
+            if c.from.is_null() {
+                return Err(format!("{} does not exist live", c.path));
+            }
+            if c.from == Value::String(crate::vocab::REDACTED.into()) {
+                return Err(format!(
+                    "{} is a secret, and tend never writes a secret to Git",
+                    c.path
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The publish sink that hands every `apply` or `watch` pass to a
+/// [`Reviewer`], built from the pass's `Settings spec.review.github` (and
+/// rebuilt when they change).
+pub struct GitHubSink {
+    /// The prefix of shown paths that is not part of the repository: the
+    /// directory of a local source; `None` for a Git source, whose paths
+    /// are the repository's.
+    local_dir: Option<String>,
+    current: Option<(GithubReview, std::path::PathBuf, Reviewer)>,
+    /// What the last publication did.
+    pub last: Summary,
+}
+
+impl GitHubSink {
+    pub fn new(local_dir: Option<String>) -> GitHubSink {
+        GitHubSink {
+            local_dir,
+            current: None,
+            last: Summary::default(),
+        }
+    }
+
+    fn reviewer(&mut self, cfg: &GithubReview, state_dir: &Path) -> Result<&Reviewer, ReviewError> {
+        let stale = !matches!(&self.current, Some((c, d, _)) if c == cfg && d == state_dir);
+        if stale {
+            let token = token_from_env().ok_or(ReviewError::NoToken)?;
+            let paths = match &self.local_dir {
+                Some(dir) => RepoPaths {
+                    strip: dir.clone(),
+                    under: cfg.path.clone(),
+                },
+                None => RepoPaths::default(),
+            };
+            let store = crate::state::open(state_dir)?;
+            let reviewer = Reviewer::new(cfg, &token, store, paths)?;
+            self.current = Some((cfg.clone(), state_dir.to_path_buf(), reviewer));
+        }
+        match &self.current {
+            Some((_, _, r)) => Ok(r),
+            None => Err(ReviewError::NoToken),
+        }
+    }
+}
+
+impl Sink for GitHubSink {
+    fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
+        let Published::Pass { applied, full } = what else {
+            return Ok(());
+        };
+        let Some(cfg) = &applied.review else {
+            return Ok(());
+        };
+        let input = Input {
+            plan: &applied.plan,
+            incidents: &applied.incidents,
+            approvals: &applied.approvals,
+            secrets: &applied.secrets,
+            full: *full,
+        };
+        let reviewer = self
+            .reviewer(cfg, &applied.state_dir)
+            .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?;
+        let handle = tokio::runtime::Handle::current();
+        let result = tokio::task::block_in_place(|| handle.block_on(reviewer.publish(&input)));
+        match result {
+            Ok(summary) => {
+                self.last = summary;
+                Ok(())
+            }
+            Err(e) => Err(PublishError::Review(what.scrub(e.to_string()))),
+        }
+    }
+}

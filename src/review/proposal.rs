@@ -1,0 +1,206 @@
+//! What to ask a human, as data: one proposal per resource with `review`
+//! actions, the hidden markers that tie a pull request or an issue to what
+//! it proposes, and the approval document a merge adds. Pure: no I/O.
+
+use chrono::{DateTime, Utc};
+
+use crate::model::Approval;
+use crate::plan::Plan;
+use crate::vocab::{change_fingerprint, Action, Decision, ResourceKey};
+
+/// A resource's pending review.
+#[derive(Debug, Clone)]
+pub struct Proposal<'a> {
+    pub key: ResourceKey,
+    pub fingerprint: String,
+    pub actions: Vec<&'a Action>,
+}
+
+impl Proposal<'_> {
+    pub fn branch(&self) -> String {
+        branch_of(&self.key)
+    }
+}
+
+pub const BRANCH_PREFIX: &str = "tend/review/";
+
+pub fn branch_of(key: &ResourceKey) -> String {
+    format!("{BRANCH_PREFIX}{}/{}", key.kind, key.name)
+}
+
+/// The proposals of a plan, in resource order.
+pub fn proposals(plan: &Plan) -> Vec<Proposal<'_>> {
+    let mut by_key: std::collections::BTreeMap<&ResourceKey, Vec<&Action>> = Default::default();
+    for a in plan
+        .actions
+        .iter()
+        .filter(|a| a.decision == Decision::Review)
+    {
+        by_key.entry(&a.target).or_default().push(a);
+    }
+    by_key
+        .into_iter()
+        .map(|(key, actions)| Proposal {
+            key: key.clone(),
+            fingerprint: change_fingerprint(actions.iter().map(|a| a.fingerprint.as_str())),
+            actions,
+        })
+        .collect()
+}
+
+/// What a pull request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Merge to approve the change.
+    Approve,
+    /// Merge to write the live values into Git.
+    KeepLive,
+}
+
+impl Ask {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ask::Approve => "approve",
+            Ask::KeepLive => "keep-live",
+        }
+    }
+}
+
+/// The hidden marker of a pull request tend opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    pub key: String,
+    pub fingerprint: String,
+    pub ask: Ask,
+}
+
+pub fn marker(key: &ResourceKey, fingerprint: &str, ask: Ask) -> String {
+    format!(
+        "<!-- tend:review key={key} fingerprint={fingerprint} ask={} -->",
+        ask.as_str()
+    )
+}
+
+/// Reads the marker of a pull request body, if it is tend's.
+pub fn parse_marker(body: &str) -> Option<Marker> {
+    let start = body.find("<!-- tend:review ")?;
+    let rest = &body[start + "<!-- tend:review ".len()..];
+    let inner = &rest[..rest.find("-->")?];
+    let field = |name: &str| {
+        inner
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    Some(Marker {
+        key: field("key")?,
+        fingerprint: field("fingerprint")?,
+        ask: match field("ask").as_deref() {
+            Some("keep-live") => Ask::KeepLive,
+            _ => Ask::Approve,
+        },
+    })
+}
+
+/// The checkbox a reviewer ticks to keep the live value instead.
+pub const KEEP_LIVE_BOX: &str = crate::report::review::KEEP_LIVE_LABEL;
+
+/// Whether the keep-live box is ticked in a body.
+pub fn keep_live_ticked(body: &str) -> bool {
+    body.lines().any(|l| {
+        let l = l.trim_start();
+        (l.starts_with("- [x]") || l.starts_with("- [X]")) && l.contains(KEEP_LIVE_BOX)
+    })
+}
+
+/// The marker of an incident's issue.
+pub fn incident_marker(id: i64) -> String {
+    format!("<!-- tend:incident id={id} -->")
+}
+
+pub fn parse_incident_marker(body: &str) -> Option<i64> {
+    let start = body.find("<!-- tend:incident id=")?;
+    let rest = &body[start + "<!-- tend:incident id=".len()..];
+    rest[..rest.find(' ')?].parse().ok()
+}
+
+/// The marker of the one status comment tend keeps on a pull request or
+/// issue.
+pub const STATUS_MARKER: &str = "<!-- tend:status -->";
+
+/// Where the approval of a resource lives in the desired state.
+pub fn approval_path(key: &ResourceKey) -> String {
+    format!("approvals/{}/{}.yaml", key.kind, key.name)
+}
+
+/// The approval document a merge adds.
+pub fn approval_document(key: &ResourceKey, fingerprint: &str, expires: DateTime<Utc>) -> String {
+    let name = format!("{}.{}", key.kind.as_str().to_ascii_lowercase(), key.name);
+    format!(
+        "# Added by tend's pull request: merging it approves exactly this change, once.\n\
+         apiVersion: tend.dev/v1\n\
+         kind: Approval\n\
+         metadata:\n  name: {name}\n\
+         spec:\n  target:\n    kind: {}\n    name: {}\n  fingerprint: \"{fingerprint}\"\n  expires: \"{}\"\n",
+        key.kind,
+        key.name,
+        expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+/// Approvals a new commit removes: used ones and expired ones.
+pub fn stale_approvals<'a>(
+    approvals: &'a [Approval],
+    used: &std::collections::HashSet<(ResourceKey, String)>,
+    now: DateTime<Utc>,
+) -> Vec<&'a Approval> {
+    approvals
+        .iter()
+        .filter(|a| a.expires <= now || used.contains(&(a.target.clone(), a.fingerprint.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+
+    #[test]
+    fn markers_read_back() {
+        let key = ResourceKey::new(Kind::HostFile, "motd");
+        let m = marker(&key, "0123456789abcdef", Ask::KeepLive);
+        let body = format!("{m}\n## tend\n");
+        assert_eq!(
+            parse_marker(&body),
+            Some(Marker {
+                key: "host.File/motd".into(),
+                fingerprint: "0123456789abcdef".into(),
+                ask: Ask::KeepLive
+            })
+        );
+        assert_eq!(parse_marker("a human's pull request"), None);
+        assert_eq!(parse_incident_marker(&incident_marker(42)), Some(42));
+    }
+
+    #[test]
+    fn the_keep_live_box_is_read_only_when_ticked() {
+        assert!(!keep_live_ticked(&format!("- [ ] {KEEP_LIVE_BOX}")));
+        assert!(keep_live_ticked(&format!("text\n- [x] {KEEP_LIVE_BOX}\n")));
+        assert!(keep_live_ticked(&format!("- [X] **{KEEP_LIVE_BOX}**")));
+    }
+
+    #[test]
+    fn the_approval_document_is_valid_desired_state() {
+        let key = ResourceKey::new(Kind::HostProcess, "sample-app");
+        let expires = Utc::now() + chrono::Duration::days(7);
+        let text = approval_document(&key, "0123456789abcdef", expires);
+        let files = [crate::model::SourceFile {
+            path: "approvals/host.Process/sample-app.yaml".into(),
+            text,
+        }];
+        let desired = crate::model::load(&files).unwrap();
+        assert_eq!(desired.approvals.len(), 1);
+        assert_eq!(desired.approvals[0].target, key);
+        assert_eq!(desired.approvals[0].fingerprint, "0123456789abcdef");
+    }
+}

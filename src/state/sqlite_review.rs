@@ -1,0 +1,108 @@
+//! The SQLite side of reviews: approvals used, the log of operations on
+//! the review host, and the proposals last published.
+
+use rusqlite::params;
+
+use super::sqlite::SqliteStore;
+use super::{ProposalRow, ReviewEvent, StateError, UsedApproval};
+
+impl SqliteStore {
+    pub(super) fn insert_used_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO used_approvals (kind, name, fingerprint, file, commit_sha, run_id, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![u.kind, u.name, u.fingerprint, u.file, u.commit, u.run_id, u.at],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn list_used_approvals(&self) -> Result<Vec<UsedApproval>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT kind, name, fingerprint, file, commit_sha, run_id, at FROM used_approvals ORDER BY at",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UsedApproval {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+                fingerprint: r.get(2)?,
+                file: r.get(3)?,
+                commit: r.get(4)?,
+                run_id: r.get(5)?,
+                at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(super) fn insert_review_event(&self, e: &ReviewEvent) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO review_log (at, operation, subject, number, url, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                e.at,
+                e.operation,
+                e.subject,
+                e.number,
+                e.url,
+                e.outcome,
+                e.detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn list_review_events(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at, operation, subject, number, url, outcome, detail
+             FROM (SELECT * FROM review_log ORDER BY id DESC LIMIT ?1) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![limit as i64], |r| {
+            Ok(ReviewEvent {
+                at: r.get(0)?,
+                operation: r.get(1)?,
+                subject: r.get(2)?,
+                number: r.get(3)?,
+                url: r.get(4)?,
+                outcome: r.get(5)?,
+                detail: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub(super) fn replace_proposals(&self, rows: &[ProposalRow]) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM proposals", [])?;
+        for p in rows {
+            tx.execute(
+                "INSERT OR REPLACE INTO proposals (kind, name, fingerprint, number, url, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![p.kind, p.name, p.fingerprint, p.number, p.url, p.state, p.updated_at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn list_proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT kind, name, fingerprint, number, url, state, updated_at FROM proposals ORDER BY kind, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ProposalRow {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+                fingerprint: r.get(2)?,
+                number: r.get(3)?,
+                url: r.get(4)?,
+                state: r.get(5)?,
+                updated_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
