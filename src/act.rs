@@ -158,6 +158,7 @@ impl Executor<'_> {
                 name: action.target.name.clone(),
                 fingerprint: a.fingerprint.clone(),
                 file: a.file.clone(),
+                expires: a.expires.clone(),
                 commit: self.commit.map(str::to_string),
                 run_id: self.run_id,
                 at: crate::state::now(),

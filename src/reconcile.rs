@@ -279,7 +279,7 @@ pub fn facts(
     let used_approvals = store
         .used_approvals()?
         .into_iter()
-        .filter_map(|u| Some((key(&u.kind, u.name)?, u.fingerprint)))
+        .filter_map(|u| Some((key(&u.kind, u.name)?, u.fingerprint, u.expires)))
         .collect();
     Ok(Facts {
         corrections,

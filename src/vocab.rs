@@ -171,6 +171,9 @@ pub struct ApprovalRef {
     pub file: String,
     /// The fingerprint of the change it approves.
     pub fingerprint: String,
+    /// When it expires (RFC 3339): a later approval of the same change is
+    /// another approval.
+    pub expires: String,
 }
 
 /// Which incident and runbook step an action carries out.

@@ -35,15 +35,14 @@ pub fn apply(actions: &mut [Action], approvals: &[Approval], facts: &Facts, now:
                 ap.target == *key
                     && ap.fingerprint == fingerprint
                     && ap.expires > now
-                    && !facts
-                        .used_approvals
-                        .contains(&(key.clone(), fingerprint.clone()))
+                    && !facts.used_approvals.contains(&used_key(ap))
             })?;
             Some((
                 key.clone(),
                 ApprovalRef {
                     file: approval.origin.file.to_string(),
                     fingerprint,
+                    expires: expiry(approval),
                 },
             ))
         })
@@ -61,6 +60,16 @@ pub fn apply(actions: &mut [Action], approvals: &[Approval], facts: &Facts, now:
             a.approval = Some(approval.clone());
         }
     }
+}
+
+/// An approval's expiry as the journal keeps it.
+pub fn expiry(a: &Approval) -> String {
+    a.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// What identifies an approval among the used ones.
+pub fn used_key(a: &Approval) -> (ResourceKey, String, String) {
+    (a.target.clone(), a.fingerprint.clone(), expiry(a))
 }
 
 #[cfg(test)]
@@ -127,10 +136,9 @@ mod tests {
 
         // Used once: never again.
         let mut facts = Facts::default();
-        facts.used_approvals.insert((
-            ResourceKey::new(Kind::HostFile, "motd"),
-            "aaaaaaaaaaaaaaaa".into(),
-        ));
+        facts
+            .used_approvals
+            .insert(used_key(&approval("aaaaaaaaaaaaaaaa", later)));
         let mut again = vec![action(Decision::Review, "aaaaaaaaaaaaaaaa")];
         apply(
             &mut again,
@@ -139,6 +147,10 @@ mod tests {
             now,
         );
         assert_eq!(again[0].decision, Decision::Review);
+        // A new approval of the same change (merged again) is another one.
+        let renewed = approval("aaaaaaaaaaaaaaaa", later + chrono::Duration::hours(1));
+        apply(&mut again, &[renewed], &facts, now);
+        assert_eq!(again[0].decision, Decision::Auto);
     }
 
     #[test]

@@ -36,9 +36,9 @@ pub struct Facts {
     pub corrections: Vec<Correction>,
     /// Oldest first.
     pub outcomes: Vec<PastOutcome>,
-    /// Approvals already used, by resource and fingerprint: each one
-    /// authorises one action only.
-    pub used_approvals: std::collections::HashSet<(ResourceKey, String)>,
+    /// Approvals already used, by resource, fingerprint and expiry: each
+    /// one authorises one action only.
+    pub used_approvals: std::collections::HashSet<(ResourceKey, String, String)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -186,7 +186,7 @@ impl Reviewer {
         };
         if !proposals.is_empty() || !open.is_empty() {
             let base = self.base().await?;
-            let used: HashSet<(ResourceKey, String)> = self
+            let used: HashSet<(ResourceKey, String, String)> = self
                 .store
                 .used_approvals()?
                 .into_iter()
@@ -194,6 +194,7 @@ impl Reviewer {
                     Some((
                         ResourceKey::new(crate::model::Kind::parse(&u.kind)?, u.name),
                         u.fingerprint,
+                        u.expires,
                     ))
                 })
                 .collect();
@@ -204,9 +205,13 @@ impl Reviewer {
             };
             for p in &proposals {
                 let pr = open.get(&p.branch());
-                let row = self
-                    .propose(p, pr, &base, input, &stale, &mut budget, &mut summary)
-                    .await?;
+                let ctx = Ctx {
+                    base: &base,
+                    input,
+                    stale: &stale,
+                    used: &used,
+                };
+                let row = self.propose(p, pr, &ctx, &mut budget, &mut summary).await?;
                 rows.push(row);
             }
             if input.full {
@@ -319,17 +324,15 @@ impl Reviewer {
             .unwrap_or_default())
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn propose(
         &self,
         p: &Proposal<'_>,
         pr: Option<&Pull>,
-        base: &Base,
-        input: &Input<'_>,
-        stale: &[&Approval],
+        ctx: &Ctx<'_>,
         budget: &mut Budget,
         summary: &mut Summary,
     ) -> Result<ProposalRow, ReviewError> {
+        let (base, input, stale) = (ctx.base, ctx.input, ctx.stale);
         let offer = keep_live_offer(&p.actions);
         let ticked = pr.is_some_and(|pr| proposal::keep_live_ticked(&pr.body));
         let mut ask = if ticked && offer.is_ok() {
@@ -348,7 +351,7 @@ impl Reviewer {
         };
         let Some(pr) = pr else {
             return self
-                .open_new(p, base, input, stale, budget, summary, offer)
+                .open_new(p, ctx, budget, summary, offer)
                 .await
                 .map(|made| match made {
                     Made::Opened(pr) => row("open", Some(&pr)),
@@ -427,26 +430,33 @@ impl Reviewer {
         Ok(row(ask.as_str(), Some(pr)))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn open_new(
         &self,
         p: &Proposal<'_>,
-        base: &Base,
-        input: &Input<'_>,
-        stale: &[&Approval],
+        ctx: &Ctx<'_>,
         budget: &mut Budget,
         summary: &mut Summary,
         offer: Result<(), String>,
     ) -> Result<Made, ReviewError> {
+        let (base, input, stale) = (ctx.base, ctx.input, ctx.stale);
         let branch = p.branch();
+        // A merged approval of this change that was already used does not
+        // stand for the change coming back: that needs a new approval.
+        let used_before = ctx
+            .used
+            .iter()
+            .any(|(k, f, _)| *k == p.key && *f == p.fingerprint);
         for old in self.closed_pulls(&branch).await? {
             let Some(m) = proposal::parse_marker(&old.body) else {
                 continue;
             };
-            if m.fingerprint != p.fingerprint {
+            if m.fingerprint != p.fingerprint || m.withdrawn {
                 continue;
             }
             if old.merged {
+                if used_before {
+                    continue;
+                }
                 return Ok(Made::Merged(old));
             }
             summary.declined += 1;
@@ -771,7 +781,7 @@ impl Reviewer {
             Some(pr.number),
             Method::Patch,
             &self.client.path(&format!("/pulls/{}", pr.number)),
-            &json!({"state": "closed"}),
+            &json!({"state": "closed", "body": secrets.scrub(&proposal::withdrawn_body(&pr.body))}),
         )
         .await?;
         if all_tends {
@@ -1008,6 +1018,14 @@ impl Reviewer {
         })?;
         Ok(result?)
     }
+}
+
+/// What every proposal of one publication shares.
+struct Ctx<'a> {
+    base: &'a Base,
+    input: &'a Input<'a>,
+    stale: &'a [&'a Approval],
+    used: &'a HashSet<(ResourceKey, String, String)>,
 }
 
 struct Issue {

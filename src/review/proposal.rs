@@ -72,6 +72,15 @@ pub struct Marker {
     pub key: String,
     pub fingerprint: String,
     pub ask: Ask,
+    /// tend closed it itself because the change was gone: not a human's
+    /// "no".
+    pub withdrawn: bool,
+}
+
+/// The body of a pull request tend closes itself, marked so that closing
+/// is not read as a human declining the change.
+pub fn withdrawn_body(body: &str) -> String {
+    body.replacen("<!-- tend:review ", "<!-- tend:review withdrawn=yes ", 1)
 }
 
 pub fn marker(key: &ResourceKey, fingerprint: &str, ask: Ask) -> String {
@@ -99,6 +108,7 @@ pub fn parse_marker(body: &str) -> Option<Marker> {
             Some("keep-live") => Ask::KeepLive,
             _ => Ask::Approve,
         },
+        withdrawn: field("withdrawn").is_some(),
     })
 }
 
@@ -151,12 +161,12 @@ pub fn approval_document(key: &ResourceKey, fingerprint: &str, expires: DateTime
 /// Approvals a new commit removes: used ones and expired ones.
 pub fn stale_approvals<'a>(
     approvals: &'a [Approval],
-    used: &std::collections::HashSet<(ResourceKey, String)>,
+    used: &std::collections::HashSet<(ResourceKey, String, String)>,
     now: DateTime<Utc>,
 ) -> Vec<&'a Approval> {
     approvals
         .iter()
-        .filter(|a| a.expires <= now || used.contains(&(a.target.clone(), a.fingerprint.clone())))
+        .filter(|a| a.expires <= now || used.contains(&crate::policy::approve::used_key(a)))
         .collect()
 }
 
@@ -175,9 +185,11 @@ mod tests {
             Some(Marker {
                 key: "host.File/motd".into(),
                 fingerprint: "0123456789abcdef".into(),
-                ask: Ask::KeepLive
+                ask: Ask::KeepLive,
+                withdrawn: false,
             })
         );
+        assert!(parse_marker(&withdrawn_body(&body)).unwrap().withdrawn);
         assert_eq!(parse_marker("a human's pull request"), None);
         assert_eq!(parse_incident_marker(&incident_marker(42)), Some(42));
     }

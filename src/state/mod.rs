@@ -402,6 +402,9 @@ pub struct UsedApproval {
     pub fingerprint: String,
     /// The approval document.
     pub file: String,
+    /// The approval's expiry: with the fingerprint, what tells one
+    /// approval from a later one of the same change.
+    pub expires: String,
     /// The commit of the desired state that carried it.
     pub commit: Option<String>,
     pub run_id: i64,

@@ -126,10 +126,11 @@ CREATE TABLE IF NOT EXISTS used_approvals (
     name TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     file TEXT NOT NULL,
+    expires TEXT NOT NULL,
     commit_sha TEXT,
     run_id INTEGER NOT NULL,
     at TEXT NOT NULL,
-    PRIMARY KEY (kind, name, fingerprint)
+    PRIMARY KEY (kind, name, fingerprint, expires)
 );
 CREATE TABLE IF NOT EXISTS review_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -9,9 +9,9 @@ use super::{ProposalRow, ReviewEvent, StateError, UsedApproval};
 impl SqliteStore {
     pub(super) fn insert_used_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
         self.conn().execute(
-            "INSERT OR IGNORE INTO used_approvals (kind, name, fingerprint, file, commit_sha, run_id, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![u.kind, u.name, u.fingerprint, u.file, u.commit, u.run_id, u.at],
+            "INSERT OR IGNORE INTO used_approvals (kind, name, fingerprint, file, expires, commit_sha, run_id, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![u.kind, u.name, u.fingerprint, u.file, u.expires, u.commit, u.run_id, u.at],
         )?;
         Ok(())
     }
@@ -19,7 +19,7 @@ impl SqliteStore {
     pub(super) fn list_used_approvals(&self) -> Result<Vec<UsedApproval>, StateError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT kind, name, fingerprint, file, commit_sha, run_id, at FROM used_approvals ORDER BY at",
+            "SELECT kind, name, fingerprint, file, expires, commit_sha, run_id, at FROM used_approvals ORDER BY at",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(UsedApproval {
@@ -27,9 +27,10 @@ impl SqliteStore {
                 name: r.get(1)?,
                 fingerprint: r.get(2)?,
                 file: r.get(3)?,
-                commit: r.get(4)?,
-                run_id: r.get(5)?,
-                at: r.get(6)?,
+                expires: r.get(4)?,
+                commit: r.get(5)?,
+                run_id: r.get(6)?,
+                at: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
