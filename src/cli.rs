@@ -34,6 +34,11 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
 
+    /// Speak to GitHub Actions: step summary, outputs, annotations, masks
+    /// (on by default when GITHUB_ACTIONS=true).
+    #[arg(long, global = true)]
+    github: bool,
+
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -319,10 +324,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let in_actions = crate::actions::detected(cli.github);
     match runtime.block_on(run(cli, color)) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             if let Some(PassError::Invalid(invalid)) = err.downcast_ref::<PassError>() {
+                if in_actions {
+                    let _ = crate::publish::write_stdout(&crate::actions::error_annotations(
+                        &invalid.diagnostics,
+                    ));
+                }
                 let color_err =
                     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
                 eprint!(
@@ -331,6 +342,13 @@ pub fn main() -> ExitCode {
                 );
             }
             eprintln!("tend: {}", error_text(&err));
+            if in_actions {
+                let _ = crate::publish::write_stdout(&crate::actions::command(
+                    "error",
+                    &[("title", "tend".to_string())],
+                    &error_text(&err),
+                ));
+            }
             ExitCode::from(1)
         }
     }
@@ -375,6 +393,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         state_dir: cli.state_dir.clone(),
         mode: mode.map(Mode::from),
     };
+    let in_actions = crate::actions::detected(cli.github);
     match &cli.command {
         Command::Validate { source } => validate(&source.source(), &opts(None)),
         Command::Plan {
@@ -386,7 +405,14 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                 layout: Layout::Once((*format).into()),
                 color,
             };
-            plan(&source.source(), &opts(None), out, *detailed_exitcode).await
+            plan(
+                &source.source(),
+                &opts(None),
+                out,
+                *detailed_exitcode,
+                in_actions,
+            )
+            .await
         }
         Command::Apply {
             source,
@@ -405,7 +431,12 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             let store = crate::state::open(&loaded.state_dir)?;
             store.lock("tend apply")?;
             let sink = crate::review::GitHubSink::new(local_dir(&source));
-            let result = apply(&mut loaded, &opts, &*store, (*format).into(), color, sink).await;
+            let report = Report {
+                format: (*format).into(),
+                color,
+                in_actions,
+            };
+            let result = apply(&mut loaded, &opts, &*store, report, sink).await;
             let unlocked = store.unlock();
             let code = result?;
             unlocked?;
@@ -513,6 +544,7 @@ async fn plan(
     opts: &Options,
     out: Stdout,
     detailed_exitcode: bool,
+    in_actions: bool,
 ) -> anyhow::Result<u8> {
     let mut loaded = reconcile::load(source, opts)?;
     let rt = Runtime::build(&loaded).await?;
@@ -522,7 +554,15 @@ async fn plan(
     let store = store.as_deref();
     let facts = reconcile::facts(store, &loaded.desired.settings, now)?;
     let planned = reconcile::plan(&loaded, &rt, opts, &facts, store, now).await?;
-    Publisher::new().with(out).publish(&Published::Plan {
+    let mut publisher = Publisher::new();
+    if in_actions {
+        publisher = publisher.with(crate::actions::Begin);
+    }
+    publisher = publisher.with(out);
+    if in_actions {
+        publisher = publisher.with(crate::actions::ActionsSink { command: "plan" });
+    }
+    publisher.publish(&Published::Plan {
         plan: &planned.plan,
         secrets: &planned.secrets,
     })?;
@@ -601,21 +641,31 @@ async fn apply(
     loaded: &mut reconcile::Loaded,
     opts: &Options,
     store: &dyn crate::state::Store,
-    format: Format,
-    color: bool,
+    report: Report,
     review: crate::review::GitHubSink,
 ) -> anyhow::Result<u8> {
+    let Report {
+        format,
+        color,
+        in_actions,
+    } = report;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let rt = Runtime::build(loaded).await?;
     rt.normalize(loaded);
     let applied =
         reconcile::apply(loaded, &rt, opts, store, "tend apply", Scope::Full, &stop).await?;
-    let mut publisher = Publisher::new()
-        .with(Stdout {
-            layout: Layout::Once(format),
-            color,
-        })
-        .with(review);
+    let mut publisher = Publisher::new();
+    if in_actions {
+        publisher = publisher.with(crate::actions::Begin);
+    }
+    publisher = publisher.with(Stdout {
+        layout: Layout::Once(format),
+        color,
+    });
+    if in_actions {
+        publisher = publisher.with(crate::actions::ActionsSink { command: "apply" });
+    }
+    let mut publisher = publisher.with(review);
     publisher.publish(&Published::Pass {
         applied: &applied,
         full: true,
@@ -632,6 +682,13 @@ async fn apply(
     } else {
         0
     })
+}
+
+/// How `apply` reports.
+struct Report {
+    format: Format,
+    color: bool,
+    in_actions: bool,
 }
 
 /// The directory of a local source, whose prefix the repository's paths

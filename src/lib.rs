@@ -10,6 +10,7 @@
 //! what it must never do, and where each safety invariant is enforced.
 
 pub mod act;
+pub mod actions;
 pub mod cli;
 pub mod diff;
 pub mod heal;

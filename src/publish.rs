@@ -28,6 +28,15 @@ pub enum Published<'a> {
 }
 
 impl Published<'_> {
+    /// Every secret value the pass knows of.
+    pub fn secrets(&self) -> Option<&Secrets> {
+        match self {
+            Published::Plan { secrets, .. } => Some(secrets),
+            Published::Pass { applied, .. } => Some(&applied.secrets),
+            Published::Failed(_) => None,
+        }
+    }
+
     /// `text` without any secret value the pass knows of: the last line of
     /// defence for everything a sink sends out.
     pub fn scrub(&self, text: String) -> String {

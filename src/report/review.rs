@@ -183,6 +183,11 @@ fn fit(head: &str, middle: &str, tail: &str) -> String {
     body
 }
 
+/// Any Markdown cut to fit a pull request or issue body.
+pub fn fit_body(markdown: &str) -> String {
+    fit("", markdown, "")
+}
+
 pub fn status_comment(marker: &str, text: &str) -> String {
     format!("{marker}\n{text}\n")
 }

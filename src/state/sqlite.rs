@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS last_good (
     at TEXT NOT NULL,
     PRIMARY KEY (kind, name)
 );
-CREATE TABLE IF NOT EXISTS used_approvals (
+CREATE TABLE IF NOT EXISTS approvals_used (
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     fingerprint TEXT NOT NULL,

@@ -9,7 +9,7 @@ use super::{ProposalRow, ReviewEvent, StateError, UsedApproval};
 impl SqliteStore {
     pub(super) fn insert_used_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
         self.conn().execute(
-            "INSERT OR IGNORE INTO used_approvals (kind, name, fingerprint, file, expires, commit_sha, run_id, at)
+            "INSERT OR IGNORE INTO approvals_used (kind, name, fingerprint, file, expires, commit_sha, run_id, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![u.kind, u.name, u.fingerprint, u.file, u.expires, u.commit, u.run_id, u.at],
         )?;
@@ -19,7 +19,7 @@ impl SqliteStore {
     pub(super) fn list_used_approvals(&self) -> Result<Vec<UsedApproval>, StateError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT kind, name, fingerprint, file, expires, commit_sha, run_id, at FROM used_approvals ORDER BY at",
+            "SELECT kind, name, fingerprint, file, expires, commit_sha, run_id, at FROM approvals_used ORDER BY at",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(UsedApproval {
