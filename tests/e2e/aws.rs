@@ -674,3 +674,45 @@ fn a_template_changed_behind_tends_back_gets_a_new_version_and_a_pinned_group_ke
         "version 3 restores; the group stays pinned to 1"
     );
 }
+
+/// GitHub Actions' OIDC path: no keys, a role and a web identity token, as
+/// `aws-actions/configure-aws-credentials` leaves them. The SDK's
+/// web-identity chain assumes the role through STS (moto answers
+/// `AssumeRoleWithWebIdentity`; the SDK's standard `AWS_ENDPOINT_URL_STS`
+/// points it there) and tend plans the example with those credentials.
+#[test]
+fn web_identity_credentials_from_github_oidc_plan_the_aws_example() {
+    let moto = Moto::start();
+    let ws = example_workspace(&moto);
+    // A JWT as GitHub's token service issues them (moto does not check
+    // the signature).
+    let token = ws.path().join("oidc-token");
+    std::fs::write(
+        &token,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOmFjbWUvaW5mcmE6cmVmOnJlZnMvaGVhZHMvbWFpbiIsImF1ZCI6InN0cy5hbWF6b25hd3MuY29tIn0.c2lnbmF0dXJl",
+    )
+    .unwrap();
+    let mut c = ws.cmd();
+    c.args(["plan", "--format", "json", "-v"])
+        .arg(ws.desired())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/tend-drift")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token)
+        .env("AWS_ROLE_SESSION_NAME", "tend-drift")
+        .env("AWS_ENDPOINT_URL_STS", moto.url())
+        .env("AWS_CONFIG_FILE", ws.path().join("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", ws.path().join("no-aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let run = Run::from(c.output().unwrap());
+    run.ok();
+    let j = run.json();
+    assert_eq!(j["summary"]["create"], 4, "{j:#}");
+    assert!(
+        !run.stderr.contains("provider failed to provide credentials"),
+        "{}",
+        run.stderr
+    );
+}
