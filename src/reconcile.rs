@@ -166,7 +166,7 @@ impl Runtime {
         let settings = &loaded.desired.settings;
         Ok(Runtime {
             providers: build_providers(settings, loaded).await?,
-            prober: Prober::new(&settings.healing),
+            prober: Prober::new(&settings.healing).with_host(&loaded.state_dir, &loaded.root),
             policies,
             settings: settings.clone(),
             root: loaded.root.clone(),
@@ -178,7 +178,9 @@ impl Runtime {
 
     /// Pushed alerts become signals of the resources they name.
     pub fn set_alerts(&mut self, book: std::sync::Arc<crate::health::alerts::AlertBook>) {
-        self.prober = Prober::new(&self.settings.healing).with_alerts(std::sync::Arc::clone(&book));
+        self.prober = Prober::new(&self.settings.healing)
+            .with_host(&self.state_dir, &self.root)
+            .with_alerts(std::sync::Arc::clone(&book));
         self.alerts = book;
     }
 
@@ -207,8 +209,9 @@ impl Runtime {
         }
         if let Some(p) = providers {
             self.providers = p;
-            self.prober =
-                Prober::new(&settings.healing).with_alerts(std::sync::Arc::clone(&self.alerts));
+            self.prober = Prober::new(&settings.healing)
+                .with_host(&loaded.state_dir, &loaded.root)
+                .with_alerts(std::sync::Arc::clone(&self.alerts));
             self.settings = settings.clone();
             self.root = loaded.root.clone();
             self.state_dir = loaded.state_dir.clone();
@@ -409,6 +412,7 @@ async fn read_health<'a>(
         .iter()
         .filter(|r| health_stage::watched(r, &desired.signatures))
         .collect();
+    feed_restarts(&watched, store, prober)?;
     let readings: Vec<_> =
         futures::stream::iter(watched.iter().map(|r| prober.read(r, live.get(&r.key))))
             .buffered(16)
@@ -432,6 +436,50 @@ async fn read_health<'a>(
         });
     }
     Ok(out)
+}
+
+/// The starts the journal knows of each resource that reads `restarts`.
+fn feed_restarts(
+    watched: &[&Resource],
+    store: Option<&dyn Store>,
+    prober: &Prober,
+) -> Result<(), PassError> {
+    use crate::model::health::HostMetric;
+    let Some(store) = store else { return Ok(()) };
+    let windows: Vec<(&Resource, std::time::Duration)> = watched
+        .iter()
+        .filter_map(|r| {
+            let w = r
+                .health
+                .as_ref()?
+                .probes
+                .iter()
+                .filter_map(|p| p.host.as_ref().filter(|h| h.metric == HostMetric::Restarts))
+                .map(|h| h.window.map_or(std::time::Duration::from_secs(60), |w| w.0))
+                .max()?;
+            Some((*r, w))
+        })
+        .collect();
+    let Some(longest) = windows.iter().map(|(_, w)| *w).max() else {
+        return Ok(());
+    };
+    let since =
+        chrono::Utc::now() - chrono::Duration::from_std(longest).unwrap_or(chrono::Duration::MAX);
+    let outcomes = store.outcomes_since(since)?;
+    for (r, _) in windows {
+        let starts = outcomes
+            .iter()
+            .filter(|e| {
+                e.kind == r.key.kind.as_str()
+                    && e.name == r.key.name
+                    && e.outcome == Some(JournalOutcome::Synced)
+                    && matches!(e.action.as_str(), "restart" | "create" | "replace")
+            })
+            .filter_map(|e| crate::state::parse_ts(&e.at))
+            .collect();
+        prober.host().set_starts(&r.key, starts);
+    }
+    Ok(())
 }
 
 /// What an open incident says for planning: where its runbook stands, and

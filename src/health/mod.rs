@@ -8,6 +8,7 @@
 //! This module reads; it never acts.
 
 pub mod alerts;
+pub mod host;
 mod probe;
 
 use std::collections::HashMap;

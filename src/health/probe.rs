@@ -21,6 +21,7 @@ pub struct Prober {
     client: reqwest::Client,
     prometheus: Option<(String, Duration)>,
     alerts: std::sync::Arc<super::alerts::AlertBook>,
+    host: std::sync::Arc<super::host::HostSignals>,
 }
 
 impl Prober {
@@ -38,7 +39,20 @@ impl Prober {
                 )
             }),
             alerts: std::sync::Arc::default(),
+            host: std::sync::Arc::default(),
         }
+    }
+
+    /// Reads host signals with the state directory (where a process's log
+    /// is) and the host root (where relative paths resolve).
+    pub fn with_host(mut self, state_dir: &std::path::Path, root: &std::path::Path) -> Prober {
+        self.host = std::sync::Arc::new(super::host::HostSignals::new(state_dir, root));
+        self
+    }
+
+    /// The host signals, to feed them what the journal knows.
+    pub fn host(&self) -> &super::host::HostSignals {
+        &self.host
     }
 
     /// Reads pushed alerts from `book` as `alert/<name>` signals.
@@ -60,6 +74,8 @@ impl Prober {
                 tcp_probe(tcp).await
             } else if let Some(q) = &p.prometheus {
                 self.threshold(q).await
+            } else if let Some(h) = &p.host {
+                self.host.read(r, &p.name, h, live).await
             } else {
                 (Status::Unknown, None, "probe has no type".into())
             };

@@ -39,6 +39,70 @@ pub struct Probe {
     pub tcp: Option<TcpProbe>,
     #[serde(default)]
     pub prometheus: Option<PrometheusProbe>,
+    #[serde(default)]
+    pub host: Option<HostProbe>,
+}
+
+/// A signal read from the machine itself (no exporter needed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostProbe {
+    pub metric: HostMetric,
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// `disk`, `diskFree`: a path on the filesystem to measure.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `logRate`: the log file (default: a `host.Process`'s own log).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// `logRate`: the lines to count (default: `(?i)error`).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// `memoryGrowth`, `logRate`, `restarts`: the window (default 1m).
+    #[serde(default)]
+    pub window: Option<Span>,
+}
+
+/// What a host probe measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HostMetric {
+    Cpu,
+    Memory,
+    MemoryGrowth,
+    Disk,
+    DiskFree,
+    LogRate,
+    Restarts,
+}
+
+impl HostMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostMetric::Cpu => "cpu",
+            HostMetric::Memory => "memory",
+            HostMetric::MemoryGrowth => "memoryGrowth",
+            HostMetric::Disk => "disk",
+            HostMetric::DiskFree => "diskFree",
+            HostMetric::LogRate => "logRate",
+            HostMetric::Restarts => "restarts",
+        }
+    }
+
+    /// The unit values are shown in.
+    pub fn unit(self) -> &'static str {
+        match self {
+            HostMetric::Cpu => " cores",
+            HostMetric::Memory | HostMetric::DiskFree => "MiB",
+            HostMetric::MemoryGrowth => "MiB/min",
+            HostMetric::Disk => "",
+            HostMetric::LogRate => " lines/min",
+            HostMetric::Restarts => " starts",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -491,16 +555,21 @@ impl Checker<'_> {
         let mut names: HashMap<&str, usize> = HashMap::new();
         for (i, p) in h.probes.iter().enumerate() {
             let at = format!("/health/probes/{i}");
-            let kinds = [p.http.is_some(), p.tcp.is_some(), p.prometheus.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
+            let kinds = [
+                p.http.is_some(),
+                p.tcp.is_some(),
+                p.prometheus.is_some(),
+                p.host.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
             if kinds != 1 {
                 self.problem(
                     &r.origin,
                     at.clone(),
                     format!(
-                        "probe `{}` must have exactly one of http, tcp, prometheus",
+                        "probe `{}` must have exactly one of http, tcp, prometheus, host",
                         p.name
                     ),
                     None,
@@ -527,6 +596,26 @@ impl Checker<'_> {
                     ),
                     None,
                 );
+            }
+            if let Some(host) = &p.host {
+                if host.above.is_some() == host.below.is_some() {
+                    self.problem(
+                        &r.origin,
+                        format!("{at}/host"),
+                        format!("host probe `{}` needs exactly one of above, below", p.name),
+                        None,
+                    );
+                }
+                if let Some(re) = &host.regex {
+                    if let Err(e) = regex::Regex::new(re) {
+                        self.problem(
+                            &r.origin,
+                            format!("{at}/host/regex"),
+                            format!("host probe `{}` has an invalid regex: {e}", p.name),
+                            None,
+                        );
+                    }
+                }
             }
             if let Some(prom) = &p.prometheus {
                 if prom.above.is_some() == prom.below.is_some() {

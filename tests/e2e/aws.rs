@@ -704,14 +704,18 @@ fn web_identity_credentials_from_github_oidc_plan_the_aws_example() {
         .env("AWS_ROLE_SESSION_NAME", "tend-drift")
         .env("AWS_ENDPOINT_URL_STS", moto.url())
         .env("AWS_CONFIG_FILE", ws.path().join("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", ws.path().join("no-aws-credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            ws.path().join("no-aws-credentials"),
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true");
     let run = Run::from(c.output().unwrap());
     run.ok();
     let j = run.json();
     assert_eq!(j["summary"]["create"], 4, "{j:#}");
     assert!(
-        !run.stderr.contains("provider failed to provide credentials"),
+        !run.stderr
+            .contains("provider failed to provide credentials"),
         "{}",
         run.stderr
     );
