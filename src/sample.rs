@@ -39,6 +39,9 @@ pub struct SampleArgs {
     /// Exit with status 1 this many seconds after starting.
     #[arg(long)]
     pub crash_after: Option<f64>,
+    /// Where `POST /fault/fill-disk?value=MIB` writes its files.
+    #[arg(long, default_value = "sample-scratch")]
+    pub scratch: std::path::PathBuf,
 }
 
 #[derive(Default)]
@@ -50,6 +53,7 @@ struct Faults {
 
 struct App {
     faults: Mutex<Faults>,
+    scratch: std::path::PathBuf,
     leaked: Mutex<Vec<Vec<u8>>>,
     leaked_bytes: AtomicU64,
     /// requests by status code
@@ -97,6 +101,8 @@ impl App {
         }
         let fail = ratio > 0.0 && self.random() < ratio;
         let (status, body) = if fail {
+            // Like a real service, a failure leaves a line in the log.
+            eprintln!("sample-app: ERROR request failed: injected error");
             (StatusCode::INTERNAL_SERVER_ERROR, "injected error\n")
         } else {
             (StatusCode::OK, ok_body)
@@ -219,6 +225,13 @@ async fn fault(
             f.leak_mib_per_sec = v;
             (StatusCode::OK, format!("leaking {v} MiB/s\n"))
         }
+        ("fill-disk", Some(v)) if v >= 0.0 => match fill(&app.scratch, v) {
+            Ok(path) => (StatusCode::OK, format!("wrote {v} MiB to {}\n", path.display())),
+            Err(e) => {
+                eprintln!("sample-app: ERROR write failed: {e}");
+                (StatusCode::INSUFFICIENT_STORAGE, format!("write failed: {e}\n"))
+            }
+        },
         ("reset", _) => {
             *f = Faults::default();
             if let Ok(mut l) = app.leaked.lock() {
@@ -229,9 +242,27 @@ async fn fault(
         }
         _ => (
             StatusCode::BAD_REQUEST,
-            "usage: POST /fault/{crash|reset} or /fault/{error-ratio|latency-ms|leak-mib-per-sec}?value=N\n".into(),
+            "usage: POST /fault/{crash|reset} or /fault/{error-ratio|latency-ms|leak-mib-per-sec|fill-disk}?value=N\n".into(),
         ),
     }
+}
+
+/// Writes `mib` MiB of data to a new file in `dir`.
+fn fill(dir: &std::path::Path, mib: f64) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let n = std::fs::read_dir(dir)?.count();
+    let path = dir.join(format!("fill-{n}.bin"));
+    let mut f = std::fs::File::create(&path)?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut left = (mib * 1024.0 * 1024.0) as usize;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        f.write_all(&chunk[..k])?;
+        left -= k;
+    }
+    f.sync_all()?;
+    Ok(path)
 }
 
 /// Runs the sample app until it is killed (or crashes on purpose).
@@ -247,6 +278,7 @@ pub async fn run(args: SampleArgs) -> anyhow::Result<()> {
             latency_ms: args.latency_ms,
             leak_mib_per_sec: args.leak_mib_per_sec.max(0.0),
         }),
+        scratch: args.scratch.clone(),
         leaked: Mutex::new(Vec::new()),
         leaked_bytes: AtomicU64::new(0),
         requests: Mutex::new(Default::default()),

@@ -239,8 +239,14 @@ impl HostSignals {
         let last = self.with_history(&r.key, signal, |h| h.log);
         let from = match last {
             Some((ino, off)) if ino == inode && off <= len => off,
-            // First reading: count from now on, not the whole history.
-            None => len,
+            None => {
+                // First reading: count from now on, not the whole history.
+                self.with_history(&r.key, signal, |h| h.log = Some((inode, len)));
+                return Err(format!(
+                    "counting lines of {} from now on (a rate needs tend watch)",
+                    file.display()
+                ));
+            }
             _ => 0,
         };
         let mut count = 0usize;

@@ -64,7 +64,8 @@ pub fn apply(actions: &mut [Action], approvals: &[Approval], facts: &Facts, now:
 
 /// An approval's expiry as the journal keeps it.
 pub fn expiry(a: &Approval) -> String {
-    a.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    a.expires
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// What identifies an approval among the used ones.

@@ -129,10 +129,7 @@ impl Client {
                     serde_json::from_str(&text).unwrap_or(Value::String(text))
                 });
             }
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or_else(|| text.chars().take(300).collect());
+            let message = error_message(&text);
             if status == StatusCode::FORBIDDEN
                 && message.contains("not permitted to create or approve pull requests")
             {
@@ -237,6 +234,30 @@ fn rate_limit_wait(
         Duration::from_millis(base * 1000 + rand::random_range(0..250))
     };
     Some(wait.clamp(Duration::from_millis(100), MAX_WAIT))
+}
+
+/// GitHub's message, with the messages of its `errors` ("Validation
+/// Failed: A pull request already exists for …").
+fn error_message(text: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return text.chars().take(300).collect();
+    };
+    let mut message = v["message"].as_str().unwrap_or("").to_string();
+    for e in v["errors"].as_array().into_iter().flatten() {
+        let detail = e["message"].as_str().map(str::to_string).or_else(|| {
+            Some(format!(
+                "{} {} {}",
+                e["resource"].as_str()?,
+                e["field"].as_str().unwrap_or(""),
+                e["code"].as_str().unwrap_or("")
+            ))
+        });
+        if let Some(d) = detail {
+            message.push_str(": ");
+            message.push_str(d.trim());
+        }
+    }
+    message
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -367,7 +367,7 @@ impl Reviewer {
         };
         if same(ask) {
             summary.unchanged += 1;
-            return Ok(row(ask.as_str(), Some(pr)));
+            return Ok(row(state_of(ask), Some(pr)));
         }
         let mut note = None;
         let sha = match self.commit(p, ask, base, input, stale).await {
@@ -383,7 +383,7 @@ impl Reviewer {
                     self.status(pr.number, note.as_deref().unwrap_or(""), input.secrets)
                         .await?;
                     summary.unchanged += 1;
-                    return Ok(row(ask.as_str(), Some(pr)));
+                    return Ok(row(state_of(ask), Some(pr)));
                 }
                 self.commit(p, ask, base, input, stale)
                     .await
@@ -427,7 +427,7 @@ impl Reviewer {
         });
         self.status(pr.number, &status, input.secrets).await?;
         summary.updated += 1;
-        Ok(row(ask.as_str(), Some(pr)))
+        Ok(row(state_of(ask), Some(pr)))
     }
 
     async fn open_new(
@@ -1017,6 +1017,14 @@ impl Reviewer {
             detail,
         })?;
         Ok(result?)
+    }
+}
+
+/// A proposal's state in `tend review list` while its pull request is open.
+fn state_of(ask: Ask) -> &'static str {
+    match ask {
+        Ask::Approve => "open",
+        Ask::KeepLive => "keep-live",
     }
 }
 

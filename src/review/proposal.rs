@@ -154,7 +154,7 @@ pub fn approval_document(key: &ResourceKey, fingerprint: &str, expires: DateTime
          spec:\n  target:\n    kind: {}\n    name: {}\n  fingerprint: \"{fingerprint}\"\n  expires: \"{}\"\n",
         key.kind,
         key.name,
-        expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     )
 }
 

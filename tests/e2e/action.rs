@@ -117,7 +117,10 @@ impl ActRepo {
             .arg("--local-repository")
             .arg(format!("tend-dev/tend@v1={}", root.join("tend").display()))
             .arg("--local-repository")
-            .arg(format!("actions/cache@v4={}", standins.join("cache").display()))
+            .arg(format!(
+                "actions/cache@v4={}",
+                standins.join("cache").display()
+            ))
             .arg("--local-repository")
             .arg(format!(
                 "github/codeql-action@v3={}",
@@ -148,7 +151,8 @@ impl ActRepo {
     }
 
     fn outputs(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.root().join("out/outputs.json")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.root().join("out/outputs.json")).unwrap_or_default();
         serde_json::from_str(&text).unwrap_or_default()
     }
 
@@ -181,13 +185,15 @@ fn motd(path: &Path) -> String {
 fn a_scheduled_run_corrects_drift_reports_it_and_keeps_its_state_for_the_next() {
     let target = tempfile::tempdir().unwrap();
     let file = target.path().join("motd.txt");
-    let Some(mut repo) = ActRepo::new(
-        "drift.yml",
-        &[("desired-state/motd.yaml", &motd(&file))],
-    ) else {
+    let Some(mut repo) = ActRepo::new("drift.yml", &[("desired-state/motd.yaml", &motd(&file))])
+    else {
         return;
     };
-    let (code, log) = repo.run("schedule", "drift.yml", &["--env", "GITHUB_REPOSITORY=acme/infra"]);
+    let (code, log) = repo.run(
+        "schedule",
+        "drift.yml",
+        &["--env", "GITHUB_REPOSITORY=acme/infra"],
+    );
     assert_eq!(code, 0, "{log}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello\n");
     let out = repo.outputs();
@@ -197,19 +203,29 @@ fn a_scheduled_run_corrects_drift_reports_it_and_keeps_its_state_for_the_next() 
     assert_eq!(out["escalated"], "0");
     assert!(out["sarif-file"].as_str().unwrap().ends_with("tend.sarif"));
     let summary = repo.summary();
-    assert!(summary.contains("### tend plan: 1 change pending"), "{summary}");
+    assert!(
+        summary.contains("### tend plan: 1 change pending"),
+        "{summary}"
+    );
     assert!(summary.contains("`host.File/motd`"), "{summary}");
     assert!(
-        log.contains("::warning file=desired-state/motd.yaml,line=1,title=tend%3A host.File/motd drifted::"),
+        log.contains(
+            "::warning file=desired-state/motd.yaml,line=1,title=tend%3A host.File/motd drifted::"
+        ),
         "{log}"
     );
     let sarif: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(repo.root().join("out/sarif.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(repo.root().join("out/sarif.json")).unwrap())
+            .unwrap();
     assert_eq!(sarif["version"], "2.1.0");
 
     // Drift, and a second run on a fresh runner: the state came back.
     std::fs::write(&file, "edited by hand\n").unwrap();
-    let (code, log) = repo.run("schedule", "drift.yml", &["--env", "GITHUB_REPOSITORY=acme/infra"]);
+    let (code, log) = repo.run(
+        "schedule",
+        "drift.yml",
+        &["--env", "GITHUB_REPOSITORY=acme/infra"],
+    );
     assert_eq!(code, 0, "{log}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello\n");
     let state = repo.root().join("cache/tend-state-2-1");
@@ -225,7 +241,11 @@ fn a_scheduled_run_corrects_drift_reports_it_and_keeps_its_state_for_the_next() 
         .iter()
         .map(|e| e["runId"].as_i64().unwrap())
         .collect();
-    assert_eq!(runs.len(), 2, "the second run's journal holds the first's: {history:#}");
+    assert_eq!(
+        runs.len(),
+        2,
+        "the second run's journal holds the first's: {history:#}"
+    );
 }
 
 #[test]
@@ -234,7 +254,11 @@ fn a_failing_validation_fails_the_job_with_a_located_error() {
     let Some(mut repo) = ActRepo::new("drift.yml", &[("desired-state/bad.yaml", bad)]) else {
         return;
     };
-    let (code, log) = repo.run("schedule", "drift.yml", &["--env", "GITHUB_REPOSITORY=acme/infra"]);
+    let (code, log) = repo.run(
+        "schedule",
+        "drift.yml",
+        &["--env", "GITHUB_REPOSITORY=acme/infra"],
+    );
     assert_ne!(code, 0, "{log}");
     assert!(
         log.contains("::error file=desired-state/bad.yaml,line=7,col=3::unknown field `contnet`"),
@@ -252,7 +276,8 @@ fn a_pull_request_run_keeps_one_plan_comment_edited_in_place() {
     let text = motd(&file);
     gh.create_repo(name, &[("desired-state/motd.yaml", &text)]);
     let number = gh.open_pull(name, "feature", "Change the message of the day");
-    let Some(mut repo) = ActRepo::new("plan-on-pr.yml", &[("desired-state/motd.yaml", &text)]) else {
+    let Some(mut repo) = ActRepo::new("plan-on-pr.yml", &[("desired-state/motd.yaml", &text)])
+    else {
         return;
     };
     let event = repo.root().join("event.json");
@@ -284,7 +309,11 @@ fn a_pull_request_run_keeps_one_plan_comment_edited_in_place() {
     };
     let first = comments(gh);
     assert_eq!(first.len(), 1, "{first:#?}");
-    assert!(first[0].contains("tend plan: 1 change pending"), "{}", first[0]);
+    assert!(
+        first[0].contains("tend plan: 1 change pending"),
+        "{}",
+        first[0]
+    );
     // A push later: the same comment is edited, no second one.
     std::fs::write(&file, "hello\n").unwrap();
     let (code, log) = repo.run("pull_request", "plan-on-pr.yml", &args);

@@ -1,9 +1,11 @@
 //! End-to-end tests: the real `tend` binary against temp directories, real
 //! processes and a real `git daemon` on 127.0.0.1.
 
+mod action;
 mod apply;
 mod aws;
 mod git_source;
+mod github;
 mod healing;
 mod hostile;
 mod invalid;
@@ -11,8 +13,10 @@ mod policy;
 mod policy_limits;
 mod process;
 mod proxy;
+mod review;
 mod secrets;
 mod service;
+mod signals;
 
 pub use proxy::CutoffProxy;
 

@@ -60,7 +60,10 @@ impl Review {
     }
 
     fn open_pulls(&self) -> Vec<Pull> {
-        self.pulls().into_iter().filter(|p| p.state == "open").collect()
+        self.pulls()
+            .into_iter()
+            .filter(|p| p.state == "open")
+            .collect()
     }
 
     /// Brings what was merged on `main` into the local desired state, as a
@@ -115,30 +118,59 @@ fn drift_needing_review_opens_one_pull_request_and_the_next_pass_writes_nothing(
     assert_eq!(pr.head_ref, "tend/review/host.File/motd");
     assert_eq!(pr.base_ref, "main");
     assert_eq!(pr.labels, ["tend"]);
-    assert!(pr.body.contains(&format!("fingerprint={fp}")), "{}", pr.body);
-    assert!(pr.body.contains("| update | low | **review** |"), "{}", pr.body);
+    assert!(
+        pr.body.contains(&format!("fingerprint={fp}")),
+        "{}",
+        pr.body
+    );
+    assert!(
+        pr.body.contains("| update | low | **review** |"),
+        "{}",
+        pr.body
+    );
     assert!(pr.body.contains("- [ ] keep the live value in Git instead"));
     let approval = r
         .gh()
         .file(&r.repo, &pr.head_ref, "approvals/host.File/motd.yaml")
         .expect("the approval document on the branch");
-    assert!(approval.contains(&format!("fingerprint: \"{fp}\"")), "{approval}");
+    assert!(
+        approval.contains(&format!("fingerprint: \"{fp}\"")),
+        "{approval}"
+    );
     assert!(approval.contains("kind: Approval"));
 
     let writes = r.gh().writes(&r.repo);
     r.apply().ok();
     r.apply().ok();
-    assert_eq!(r.gh().writes(&r.repo), writes, "an unchanged proposal writes nothing");
+    assert_eq!(
+        r.gh().writes(&r.repo),
+        writes,
+        "an unchanged proposal writes nothing"
+    );
     assert_eq!(r.pulls().len(), 1);
 
     // `tend review list` and the log of every GitHub operation.
     let list = r.ws.run_raw(&["review", "list"]);
     list.ok();
-    assert!(list.stdout.contains(&format!("host.File/motd  {fp}  open")), "{}", list.stdout);
-    assert!(list.stdout.contains(&pr.url), "{}", list.stdout);
+    assert!(
+        list.stdout.contains(&format!("host.File/motd  {fp}  open")),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        list.stdout.contains(&format!("/pull/{}", pr.number)),
+        "{}",
+        list.stdout
+    );
     let log = r.ws.run_raw(&["review", "log"]);
     log.ok();
-    for op in ["create-tree", "create-commit", "create-branch", "open-pull-request", "label"] {
+    for op in [
+        "create-tree",
+        "create-commit",
+        "create-branch",
+        "open-pull-request",
+        "label",
+    ] {
         assert!(log.stdout.contains(op), "{op}: {}", log.stdout);
     }
 }
@@ -157,7 +189,12 @@ fn live_state_that_changes_again_updates_the_same_pull_request() {
     let pulls = r.pulls();
     assert_eq!(pulls.len(), 1, "{pulls:#?}");
     assert!(pulls[0].body.contains(&format!("fingerprint={second}")));
-    assert_eq!(pulls[0].comments.len(), 1, "one status comment: {:#?}", pulls[0].comments);
+    assert_eq!(
+        pulls[0].comments.len(),
+        1,
+        "one status comment: {:#?}",
+        pulls[0].comments
+    );
     assert!(pulls[0].comments[0].contains(&first) && pulls[0].comments[0].contains(&second));
     let approval = r
         .gh()
@@ -187,7 +224,9 @@ fn a_merged_approval_applies_the_change_once_and_the_journal_names_it() {
     run.ok();
     let action = &run.json()["actions"][0];
     assert_eq!(action["decision"], "auto", "{action:#}");
-    assert!(action["reasons"].to_string().contains("approved by a merged pull request"));
+    assert!(action["reasons"]
+        .to_string()
+        .contains("approved by a merged pull request"));
     assert_eq!(run.json()["results"]["actions"][0]["outcome"], "synced");
     assert_eq!(
         std::fs::read_to_string(r.ws.path().join("www/motd.txt")).unwrap(),
@@ -195,7 +234,8 @@ fn a_merged_approval_applies_the_change_once_and_the_journal_names_it() {
     );
     let history = r.ws.run_raw(&["history"]);
     assert!(
-        history.stdout.contains("approved by") && history.stdout.contains("approvals/host.File/motd.yaml"),
+        history.stdout.contains("approved by")
+            && history.stdout.contains("approvals/host.File/motd.yaml"),
         "{}",
         history.stdout
     );
@@ -205,7 +245,12 @@ fn a_merged_approval_applies_the_change_once_and_the_journal_names_it() {
     let again = r.apply();
     again.ok();
     assert_eq!(fingerprint_of(&again, "host.File", "motd"), fp);
-    assert_eq!(again.json()["actions"][0]["decision"], "review", "{}", again.stdout);
+    assert_eq!(
+        again.json()["actions"][0]["decision"],
+        "review",
+        "{}",
+        again.stdout
+    );
     assert_eq!(
         std::fs::read_to_string(r.ws.path().join("www/motd.txt")).unwrap(),
         "edited by hand\n"
@@ -219,7 +264,10 @@ fn a_merged_approval_applies_the_change_once_and_the_journal_names_it() {
         .gh()
         .file(&r.repo, &open[0].head_ref, "approvals/host.File/motd.yaml")
         .unwrap();
-    let old = r.gh().file(&r.repo, "main", "approvals/host.File/motd.yaml").unwrap();
+    let old = r
+        .gh()
+        .file(&r.repo, "main", "approvals/host.File/motd.yaml")
+        .unwrap();
     assert_ne!(doc, old, "a new approval (new expiry)");
 }
 
@@ -234,7 +282,8 @@ fn keep_live_makes_the_pull_request_a_minimal_edit_of_the_declaration() {
     r.gh().set_body(
         &r.repo,
         pr.number,
-        &pr.body.replace("- [ ] keep the live value", "- [x] keep the live value"),
+        &pr.body
+            .replace("- [ ] keep the live value", "- [x] keep the live value"),
     );
     r.apply().ok();
     let pr = r.pulls()[0].clone();
@@ -246,7 +295,9 @@ fn keep_live_makes_the_pull_request_a_minimal_edit_of_the_declaration() {
         "only the value changes"
     );
     assert!(
-        r.gh().file(&r.repo, &pr.head_ref, "approvals/host.File/motd.yaml").is_none(),
+        r.gh()
+            .file(&r.repo, &pr.head_ref, "approvals/host.File/motd.yaml")
+            .is_none(),
         "keeping live approves nothing"
     );
     // Merged: Git now says what is live, and tend has nothing to do.
@@ -254,7 +305,12 @@ fn keep_live_makes_the_pull_request_a_minimal_edit_of_the_declaration() {
     r.pull_main();
     let run = r.apply();
     run.ok();
-    assert_eq!(run.json()["actions"].as_array().unwrap().len(), 0, "{}", run.stdout);
+    assert_eq!(
+        run.json()["actions"].as_array().unwrap().len(),
+        0,
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -283,7 +339,11 @@ fn a_change_that_is_gone_closes_its_pull_request_but_a_failed_inventory_closes_n
         .arg(r.ws.desired());
     let failed = super::Run::from(c.output().unwrap());
     failed.code(1);
-    assert_eq!(r.open_pulls().len(), 1, "an inventory failure closes nothing");
+    assert_eq!(
+        r.open_pulls().len(),
+        1,
+        "an inventory failure closes nothing"
+    );
 
     r.ws.remove("bucket.yaml");
     r.ws.write("settings.yaml", &settings(&r.repo, ""));
@@ -291,7 +351,10 @@ fn a_change_that_is_gone_closes_its_pull_request_but_a_failed_inventory_closes_n
     let closed = &r.pulls()[0];
     assert_eq!(closed.state, "closed");
     assert!(!closed.merged);
-    assert!(!r.gh().branch_exists(&r.repo, &pr.head_ref), "tend's branch is deleted");
+    assert!(
+        !r.gh().branch_exists(&r.repo, &pr.head_ref),
+        "tend's branch is deleted"
+    );
     assert_eq!(closed.comments.len(), 1, "{:#?}", closed.comments);
 
     // The drift comes back: tend withdrew the earlier one, so it asks again.
@@ -312,7 +375,11 @@ fn a_pull_request_closed_unmerged_declines_the_change_until_it_differs() {
     r.apply().ok();
     assert_eq!(r.pulls().len(), 1, "not reopened");
     assert_eq!(r.gh().writes(&r.repo), writes);
-    assert!(r.ws.run_raw(&["review", "list"]).stdout.contains("declined"));
+    assert!(r
+        .ws
+        .run_raw(&["review", "list"])
+        .stdout
+        .contains("declined"));
     // A different change is a new question.
     r.drift("something else\n");
     r.apply().ok();
@@ -334,7 +401,11 @@ fn a_branch_with_a_human_commit_is_left_in_place_when_closing() {
     let closed = &r.pulls()[0];
     assert_eq!(closed.state, "closed");
     assert!(r.gh().branch_exists(&r.repo, &pr.head_ref));
-    assert!(closed.comments[0].contains("left in place"), "{:#?}", closed.comments);
+    assert!(
+        closed.comments[0].contains("left in place"),
+        "{:#?}",
+        closed.comments
+    );
 }
 
 #[test]
@@ -358,21 +429,36 @@ fn limits_bound_how_many_pull_requests_open() {
     r.apply().ok();
     assert_eq!(r.pulls().len(), 3, "maxOpen");
     let list = r.ws.run_raw(&["review", "list"]);
-    assert_eq!(list.stdout.matches("waiting").count(), 27, "{}", list.stdout);
+    assert_eq!(
+        list.stdout.matches("waiting").count(),
+        27,
+        "{}",
+        list.stdout
+    );
 }
 
 #[test]
 fn a_huge_plan_fits_in_a_pull_request_body() {
     let big: String = (0..5000).map(|i| format!("line {i}\n")).collect();
-    let r = Review::new("huge", &[("big.yaml", file_doc("big", "www/big.txt", &big))], "");
+    let r = Review::new(
+        "huge",
+        &[("big.yaml", file_doc("big", "www/big.txt", &big))],
+        "",
+    );
     r.apply().ok();
     let drifted: String = (0..5000).map(|i| format!("changed {i}\n")).collect();
     std::fs::write(r.ws.path().join("www/big.txt"), drifted).unwrap();
     r.apply().ok();
     let pr = &r.pulls()[0];
     assert!(pr.body.chars().count() < 65_536, "{}", pr.body.len());
-    assert!(pr.body.contains("The plan was cut here"), "says what was cut");
-    assert!(pr.body.contains("#### How to approve"), "the end survives the cut");
+    assert!(
+        pr.body.contains("The plan was cut here"),
+        "says what was cut"
+    );
+    assert!(
+        pr.body.contains("#### How to approve"),
+        "the end survives the cut"
+    );
 }
 
 #[test]
@@ -386,7 +472,10 @@ fn a_secret_never_reaches_github() {
     let policy = "package tend\n\nreview contains msg if {\n\tinput.action.target.kind == \"host.Process\"\n\tinput.action.type == \"update\"\n\tmsg := sprintf(\"token %v\", [input.resource.desired.spec.env.API_TOKEN])\n}\n";
     let r = Review::new(
         "secret",
-        &[("app.yaml", app("8080")), ("policies/process.rego", policy.into())],
+        &[
+            ("app.yaml", app("8080")),
+            ("policies/process.rego", policy.into()),
+        ],
         "",
     );
     r.apply().ok();
@@ -396,10 +485,19 @@ fn a_secret_never_reaches_github() {
     let requests = r.gh().requests(&r.repo);
     assert!(!requests.is_empty());
     for req in &requests {
-        assert!(!req.body.contains(SECRET), "{} {}: {}", req.method, req.path, req.body);
+        assert!(
+            !req.body.contains(SECRET),
+            "{} {}: {}",
+            req.method,
+            req.path,
+            req.body
+        );
         assert!(!req.body.contains(TOKEN));
     }
-    assert!(r.pulls()[0].body.contains("token (redacted sha256:"), "the policy's reason, redacted");
+    assert!(
+        r.pulls()[0].body.contains("token (redacted sha256:"),
+        "the policy's reason, redacted"
+    );
 }
 
 #[test]
@@ -432,7 +530,8 @@ fn rate_limits_are_waited_out_and_the_actions_setting_is_named() {
     let run = r.apply();
     run.code(1);
     assert!(
-        run.stderr.contains("Allow GitHub Actions to create and approve pull requests"),
+        run.stderr
+            .contains("Allow GitHub Actions to create and approve pull requests"),
         "{}",
         run.stderr
     );
@@ -450,7 +549,10 @@ fn without_a_token_apply_stops_before_changing_anything() {
     let run = super::Run::from(c.output().unwrap());
     run.code(1);
     assert!(run.stderr.contains("TEND_GITHUB_TOKEN"), "{}", run.stderr);
-    assert!(!r.ws.path().join("www/motd.txt").exists(), "nothing applied");
+    assert!(
+        !r.ws.path().join("www/motd.txt").exists(),
+        "nothing applied"
+    );
     // `tend plan` never writes to GitHub, token or not.
     let plan = r.ws.run(&["plan"]);
     plan.ok();
@@ -463,7 +565,17 @@ fn an_escalated_incident_opens_one_issue_that_closes_on_recovery() {
     let tend = env!("CARGO_BIN_EXE_tend");
     let crashing = format!(
         "{}remediation: {{runbook: two-restarts}}\n",
-        process_doc("web", tend, &["sample-app", "--port", &port.to_string(), "--crash-after", "0.8"])
+        process_doc(
+            "web",
+            tend,
+            &[
+                "sample-app",
+                "--port",
+                &port.to_string(),
+                "--crash-after",
+                "0.8"
+            ]
+        )
     );
     let runbook = "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: two-restarts}\nspec:\n  steps:\n    - {action: restart, within: 4s, hold: 2s}\n    - {action: reapply, within: 4s, hold: 2s}\n    - {action: escalate}\n";
     let r = Review::new(
@@ -479,7 +591,14 @@ fn an_escalated_incident_opens_one_issue_that_closes_on_recovery() {
     let issue = &issues[0];
     assert!(issue.title.contains("web"), "{}", issue.title);
     assert!(issue.labels.contains(&"tend".to_string()));
-    for part in ["Probable cause", "Symptoms", "Steps", "not-verified", "Recommended next action", "Current state"] {
+    for part in [
+        "Probable cause",
+        "Symptoms",
+        "Steps",
+        "not-verified",
+        "Recommended next action",
+        "Current state",
+    ] {
         assert!(issue.body.contains(part), "{part}: {}", issue.body);
     }
     r.apply().code(1);
