@@ -151,9 +151,7 @@ fn fit(head: &str, middle: &str, tail: &str) -> String {
         return format!("{head}{middle}{tail}");
     }
     let note_room = 300;
-    let room = BODY_LIMIT
-        .saturating_sub(head.chars().count() + tail.chars().count() + note_room)
-        .max(0);
+    let room = BODY_LIMIT.saturating_sub(head.chars().count() + tail.chars().count() + note_room);
     let mut kept = String::new();
     let mut lines = middle.lines();
     for line in lines.by_ref() {

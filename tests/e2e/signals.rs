@@ -79,6 +79,11 @@ fn each_host_signal_reads_a_real_condition() {
             log.display()
         ),
     );
+    // Any other resource reads the host's own CPU and memory.
+    ws.write(
+        "host.yaml",
+        "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: marker}\nspec: {path: marker.txt, content: x}\nhealth:\n  probes:\n    - {name: host-mem, host: {metric: memory, above: 100000000}}\n    - {name: host-cpu, host: {metric: cpu, above: 100000}}\n",
+    );
     let w = Watch::start(&ws);
     wait_http(port);
     // Log lines, with a rotation in the middle: the renamed file is done,
@@ -115,10 +120,13 @@ fn each_host_signal_reads_a_real_condition() {
     );
     let cpu = value(&last, "cpu").unwrap();
     assert!((0.0..64.0).contains(&cpu), "{cpu} cores");
+    let host = w.signals("marker").unwrap();
+    let host_mem = value(&host, "host-mem").unwrap();
     assert!(
-        value(&last, "host-mem").unwrap() > mem,
-        "the host holds more than the process"
+        host_mem > mem,
+        "the host holds more than the process: {host_mem} vs {mem} MiB"
     );
+    assert!(value(&host, "host-cpu").unwrap() >= 0.0);
     let disk = value(&last, "disk").unwrap();
     assert!(disk > 0.0 && disk < 1.0, "{disk}");
     assert!(value(&last, "free").unwrap() > 0.0);
