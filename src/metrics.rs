@@ -43,6 +43,11 @@ struct IncidentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     origin: String,
     commit: String,
@@ -61,6 +66,11 @@ pub struct Metrics {
     time_to_detect: Histogram,
     time_to_recover: Histogram,
     source: Family<SourceLabels, Gauge>,
+    provider_calls: Family<ProviderLabels, Counter>,
+    provider_errors: Family<ProviderLabels, Counter>,
+    provider_throttled: Family<ProviderLabels, Counter>,
+    policy_evaluations: Counter,
+    policy_seconds: Counter<f64, AtomicU64>,
     /// Incidents whose times were observed already.
     seen: Mutex<HashSet<i64>>,
 }
@@ -85,6 +95,11 @@ impl Metrics {
             time_to_detect: Histogram::new(exponential_buckets(0.25, 2.0, 12)),
             time_to_recover: Histogram::new(exponential_buckets(0.25, 2.0, 12)),
             source: Family::default(),
+            provider_calls: Family::default(),
+            provider_errors: Family::default(),
+            provider_throttled: Family::default(),
+            policy_evaluations: Counter::default(),
+            policy_seconds: Counter::default(),
             seen: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
@@ -134,6 +149,31 @@ impl Metrics {
             m.time_to_recover.clone(),
         );
         registry.register(
+            "provider_calls",
+            "Provider API calls (aws), or listings and actions (host)",
+            m.provider_calls.clone(),
+        );
+        registry.register(
+            "provider_errors",
+            "Provider listings and actions that failed",
+            m.provider_errors.clone(),
+        );
+        registry.register(
+            "provider_throttled",
+            "Provider calls that waited for tend's client-side rate limit",
+            m.provider_throttled.clone(),
+        );
+        registry.register(
+            "policy_evaluations",
+            "Policy decisions made",
+            m.policy_evaluations.clone(),
+        );
+        registry.register(
+            "policy_evaluation_seconds",
+            "Time spent evaluating policies (divide by policy_evaluations for the mean)",
+            m.policy_seconds.clone(),
+        );
+        registry.register(
             "source_info",
             "The desired state in use: its origin and commit",
             m.source.clone(),
@@ -143,10 +183,34 @@ impl Metrics {
 
     /// The exposition text of every metric.
     pub fn encode(&self) -> String {
+        self.sync_process_counters();
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Brings the counters kept by providers and policies into the registry.
+    fn sync_process_counters(&self) {
+        let up = |c: &Counter, now: u64| c.inc_by(now.saturating_sub(c.get()));
+        for (p, calls, errors, throttled) in crate::provider::stats::snapshot() {
+            let l = ProviderLabels {
+                provider: p.as_str().into(),
+            };
+            up(&self.provider_calls.get_or_create(&l), calls);
+            up(&self.provider_errors.get_or_create(&l), errors);
+            up(&self.provider_throttled.get_or_create(&l), throttled);
+        }
+        use std::sync::atomic::Ordering;
+        up(
+            &self.policy_evaluations,
+            crate::policy::EVALUATIONS.load(Ordering::Relaxed) as u64,
+        );
+        let secs = crate::policy::EVALUATION_NANOS.load(Ordering::Relaxed) as f64 / 1e9;
+        let delta = secs - self.policy_seconds.get();
+        if delta > 0.0 {
+            self.policy_seconds.inc_by(delta);
+        }
     }
 
     /// Unix time of the last successful pass, 0 before the first.

@@ -63,13 +63,35 @@ pub async fn spawn(addr: SocketAddr, service: Service) -> std::io::Result<Socket
                 .route("/hooks/alertmanager", post(alertmanager))
                 .layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)),
         )
-        .with_state(Shared(Arc::new(service)));
+        .with_state(Shared(Arc::new(service)))
+        .layer(axum::middleware::from_fn(deadline));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "The HTTP listener stopped.");
         }
     });
     Ok(local)
+}
+
+/// How long one request may take, reading its body included: a client
+/// that sends slowly cannot hold a handler.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {}s\n",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_text(State(Shared(s)): State<Shared>) -> impl IntoResponse {

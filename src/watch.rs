@@ -38,6 +38,8 @@ pub struct WatchOptions {
 
 enum Wake {
     Changed,
+    /// A process tend started has exited: a full pass at once.
+    Exited(String),
     /// A healing pass at once (an alert was pushed).
     Heal,
     Stop,
@@ -104,6 +106,7 @@ pub async fn run(
         publisher = publisher.with(crate::metrics::MetricsSink(metrics));
     }
 
+    let mut exits = Exits::new(tx.clone());
     let mut state: Option<(PathBuf, Box<dyn Store>)> = None;
     let mut current: Option<(Loaded, Runtime)> = None;
     let mut passes = 0u64;
@@ -156,6 +159,7 @@ pub async fn run(
                 ),
                 Err(error) => publish(&mut publisher, &Published::Failed(&error)),
             }
+            exits.follow(l);
         }
         passes += 1;
         if wo.max_passes > 0 && passes >= wo.max_passes {
@@ -177,6 +181,10 @@ pub async fn run(
                     force_full = true;
                 }
                 Some(Wake::Heal) => info!("An alert was pushed; healing now."),
+                Some(Wake::Exited(name)) => {
+                    info!(process = %name, "A process tend started has exited; reconciling now.");
+                    force_full = true;
+                }
                 Some(Wake::Stop) | None => {}
             },
         }
@@ -210,6 +218,91 @@ async fn reload(
             *current = Some((loaded, rt));
         }
     }
+    Ok(())
+}
+
+/// Exit watches of the processes tend started: a pidfd per running
+/// `host.Process`, readable the moment the process exits, so a crash is
+/// handled at once instead of at the next interval (and through the same
+/// decide, act and verify path, crash-loop backoff included).
+struct Exits {
+    watching: std::collections::HashMap<String, (i32, tokio::task::JoinHandle<()>)>,
+    tx: mpsc::UnboundedSender<Wake>,
+}
+
+impl Exits {
+    fn new(tx: mpsc::UnboundedSender<Wake>) -> Exits {
+        Exits {
+            watching: Default::default(),
+            tx,
+        }
+    }
+
+    /// Watches every declared process that runs now and is not watched yet.
+    fn follow(&mut self, loaded: &Loaded) {
+        let declared: std::collections::HashSet<&str> = loaded
+            .desired
+            .resources
+            .iter()
+            .filter(|r| r.key.kind == crate::model::Kind::HostProcess)
+            .map(|r| r.key.name.as_str())
+            .collect();
+        self.watching.retain(|name, (_, task)| {
+            let keep = declared.contains(name.as_str()) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for name in declared {
+            let Some(pid) = crate::provider::host::started_pid(&loaded.state_dir, name) else {
+                continue;
+            };
+            if self.watching.get(name).is_some_and(|(p, _)| *p == pid) {
+                continue;
+            }
+            let fd = match pidfd(pid) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    warn!(process = name, pid, error = %e, "Cannot watch the process for its exit; it is checked every interval.");
+                    continue;
+                }
+            };
+            let tx = self.tx.clone();
+            let owned = name.to_string();
+            let task = tokio::spawn(async move {
+                if exited(fd).await.is_ok() {
+                    let _ = tx.send(Wake::Exited(owned));
+                }
+            });
+            if let Some((_, old)) = self.watching.insert(name.to_string(), (pid, task)) {
+                old.abort();
+            }
+        }
+    }
+}
+
+/// A pidfd of `pid` (Linux 5.3 and later).
+fn pidfd(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just opened and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Resolves when the process behind the pidfd exits.
+async fn exited(fd: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    // SAFETY: an OwnedFd stays open, and is the same descriptor, for as
+    // long as the AsyncFd owns it.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let _ready = fd.readable().await?;
     Ok(())
 }
 

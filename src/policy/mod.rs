@@ -167,7 +167,26 @@ pub fn evaluate_all(policies: &Policies, inputs: &[Value], threads: usize) -> Ve
 }
 
 /// One decision, unless the pass's policy budget is spent (then `deny`).
+/// Policy decisions made by this process, and the time they took.
+pub static EVALUATIONS: AtomicUsize = AtomicUsize::new(0);
+pub static EVALUATION_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn decide_before(
+    policies: &Policies,
+    input: &Value,
+    deadline: Option<std::time::Instant>,
+) -> PolicyDecision {
+    let started = std::time::Instant::now();
+    let d = decide_unmetered(policies, input, deadline);
+    EVALUATIONS.fetch_add(1, Ordering::Relaxed);
+    EVALUATION_NANOS.fetch_add(
+        started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+        Ordering::Relaxed,
+    );
+    d
+}
+
+fn decide_unmetered(
     policies: &Policies,
     input: &Value,
     deadline: Option<std::time::Instant>,

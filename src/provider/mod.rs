@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod host;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -107,10 +108,12 @@ impl BuiltIn {
     }
 
     pub async fn list(&self, req: &ListRequest<'_>) -> Result<Vec<LiveResource>, ProviderError> {
-        match self {
+        let r = match self {
             BuiltIn::Host(h) => h.list(req).await,
             BuiltIn::Aws(a) => a.list(req).await,
-        }
+        };
+        self.count(r.is_err());
+        r
     }
 
     pub async fn apply(
@@ -118,9 +121,24 @@ impl BuiltIn {
         action: &Action,
         desired: Option<&Resource>,
     ) -> Result<Applied, ProviderError> {
-        match self {
+        let r = match self {
             BuiltIn::Host(h) => h.apply(action, desired).await,
             BuiltIn::Aws(a) => a.apply(action, desired).await,
+        };
+        self.count(r.is_err());
+        r
+    }
+
+    /// Counts a listing or an action; the host provider's calls are these
+    /// (its API is the machine), the aws provider counts its API calls
+    /// itself.
+    fn count(&self, failed: bool) {
+        let s = stats::of(self.name());
+        if self.name() == ProviderName::Host {
+            s.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if failed {
+            s.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

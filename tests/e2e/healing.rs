@@ -180,6 +180,75 @@ fn tend_watch_heals_a_crash_and_stops_cleanly_on_sigterm() {
     ws.run(&["apply"]).ok();
 }
 
+/// Instant crash detection: under a 30 s interval, a killed process is
+/// noticed through its pidfd when it exits and restarted long before the
+/// next pass would have run. Prints the measured times (no timing assert:
+/// the machine's load varies); the bound asserted is the interval.
+#[test]
+fn a_crash_is_restarted_at_once_under_a_long_interval() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\"}}\n",
+            process_doc("web", TEND, &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "30s"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_http(port);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut restarts = Vec::new();
+    let mut verified = Vec::new();
+    for round in 0..3 {
+        let pid = ws.pid("web");
+        let t0 = Instant::now();
+        kill_and_wait(pid);
+        let restarted = loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(25),
+                "round {round}: not restarted before the next interval"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+            let now = ws.record("web")["pid"].as_i64().unwrap_or(0) as i32;
+            if now > 0 && now != pid && alive(now) {
+                break t0.elapsed();
+            }
+        };
+        restarts.push(restarted);
+        loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(25),
+                "round {round}: not verified before the next interval"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            let done = incidents(&ws)
+                .iter()
+                .filter(|i| i["status"] == "resolved")
+                .count();
+            if done > round {
+                break;
+            }
+        }
+        verified.push(t0.elapsed());
+        // Out of the crash-loop window's reach: one crash per round.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "tend watch --interval 30s, SIGKILL: restarted after {:?}, recovery verified after {:?}",
+        restarts, verified
+    );
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+}
+
 #[test]
 fn an_error_ratio_matching_a_signature_runs_its_runbook_and_unknown_never_acts() {
     let ws = Workspace::new();

@@ -157,7 +157,8 @@ fn post(port: u16, path: &str) {
 }
 
 /// The library of `examples/signatures`, on a free port, with the free-disk
-/// threshold just under what is free now, so writing 64 MiB crosses it.
+/// threshold 256 MiB under what is free now, so writing 768 MiB crosses it
+/// (and what other tests write meanwhile does not).
 fn library(ws: &Workspace, port: u16) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/signatures");
     for e in std::fs::read_dir(&dir).unwrap() {
@@ -168,7 +169,7 @@ fn library(ws: &Workspace, port: u16) {
             .replace("8788", &port.to_string());
         if name == "workload.yaml" {
             let st = nix_free_mib(ws.path());
-            text = text.replace("below: 512}", &format!("below: {}}}", (st - 32.0).floor()));
+            text = text.replace("below: 512}", &format!("below: {}}}", (st - 256.0).floor()));
         }
         ws.write(&name, &text);
     }
@@ -197,7 +198,7 @@ fn the_signature_library_heals_each_fault_and_stays_quiet_without_one() {
     );
 
     // Storage exhaustion: the scratch files are cleaned by the command step.
-    post(port, "/fault/fill-disk?value=64");
+    post(port, "/fault/fill-disk?value=768");
     wait_for(
         "storage-exhaustion resolved",
         Duration::from_secs(60),

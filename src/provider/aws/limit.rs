@@ -25,6 +25,11 @@ impl TokenBucket {
 
     /// Waits until a request may be sent, and takes its token.
     pub async fn acquire(&self) {
+        let stats = crate::provider::stats::of(crate::model::ProviderName::Aws);
+        stats
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut waited = false;
         loop {
             let wait = {
                 let mut s = self.state.lock().await;
@@ -34,8 +39,14 @@ impl TokenBucket {
                 s.1 = now;
                 if s.0 >= 1.0 {
                     s.0 -= 1.0;
+                    if waited {
+                        stats
+                            .throttled
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     return;
                 }
+                waited = true;
                 Duration::from_secs_f64((1.0 - s.0) / self.per_second)
             };
             tokio::time::sleep(wait).await;

@@ -19,6 +19,13 @@ use crate::vocab::Action;
 
 pub use process::{process_alive, read_record, ProcessRecord};
 
+/// The pid of a declared `host.Process` that tend started and that is
+/// still running as tend started it (never a reused pid).
+pub fn started_pid(state_dir: &Path, name: &str) -> Option<i32> {
+    let rec = read_record(&state_dir.join("host").join("processes"), name).ok()??;
+    matches!(process_alive(&rec), process::Liveness::Ours).then_some(rec.pid)
+}
+
 pub struct HostProvider {
     refs: HostRefs,
     tend_exe: PathBuf,
