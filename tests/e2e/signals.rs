@@ -198,7 +198,9 @@ fn the_signature_library_heals_each_fault_and_stays_quiet_without_one() {
     );
 
     // Storage exhaustion: the scratch files are cleaned by the command step.
-    post(port, "/fault/fill-disk?value=768");
+    for _ in 0..3 {
+        post(port, "/fault/fill-disk?value=256");
+    }
     wait_for(
         "storage-exhaustion resolved",
         Duration::from_secs(60),
