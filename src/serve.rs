@@ -220,13 +220,18 @@ async fn alertmanager(
     };
     let (mut recorded, mut ignored) = (0, 0);
     for a in alerts {
-        match a.resource {
-            Some(key) => {
-                s.alerts.set(key, &a.name, a.firing, a.summary);
-                recorded += 1;
-            }
-            None => ignored += 1,
+        let keys = match a.resource {
+            Some(key) => vec![key],
+            None => s.alerts.route(&a.name, &a.labels),
+        };
+        if keys.is_empty() {
+            ignored += 1;
+            continue;
         }
+        for key in keys {
+            s.alerts.set(key, &a.name, a.firing, a.summary.clone());
+        }
+        recorded += 1;
     }
     if recorded > 0 {
         (s.heal)();
@@ -242,6 +247,7 @@ struct PushedAlert {
     name: String,
     firing: bool,
     resource: Option<crate::vocab::ResourceKey>,
+    labels: std::collections::BTreeMap<String, String>,
     summary: String,
 }
 
@@ -286,10 +292,20 @@ fn parse_alerts(body: &[u8]) -> Result<Vec<PushedAlert>, String> {
                 .chars()
                 .take(300)
                 .collect();
+            let labels = a
+                .get("labels")
+                .and_then(|l| l.as_object())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
             Ok(PushedAlert {
                 name: name.to_string(),
                 firing,
                 resource,
+                labels,
                 summary,
             })
         })

@@ -205,6 +205,7 @@ async fn reload(
     alerts: &std::sync::Arc<crate::health::alerts::AlertBook>,
 ) -> Result<(), PassError> {
     let mut loaded = reconcile::load(source, opts)?;
+    alerts.set_routes(crate::health::alerts::routes(&loaded.desired));
     match current {
         Some((old, rt)) => {
             rt.refresh(&loaded).await?;

@@ -1,7 +1,10 @@
 //! Alerts pushed by a monitoring system (Alertmanager's webhook): each
 //! alert that names a resource becomes the signal `alert/<alertname>` of
 //! that resource, unhealthy while it fires and healthy once resolved,
-//! usable in SLOs and signatures like any probe.
+//! usable in SLOs and signatures like any probe. An alert names its
+//! resources with a `tend_resource="<kind>/<name>"` label, or through a
+//! Signature that reads `alert/<alertname>` and whose selector labels the
+//! alert carries: then it concerns every resource that signature selects.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -21,15 +24,75 @@ struct Alert {
     summary: String,
 }
 
+/// Where an alert without `tend_resource` goes: a signature that reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub alertname: String,
+    /// The signature's selector labels; the alert must carry all of them.
+    pub labels: BTreeMap<String, String>,
+    /// The resources the signature selects.
+    pub targets: Vec<ResourceKey>,
+}
+
+/// The routes of a desired state: one per signature condition on an
+/// `alert/<name>` signal.
+pub fn routes(desired: &crate::model::DesiredState) -> Vec<Route> {
+    let mut out = Vec::new();
+    for sig in &desired.signatures {
+        let targets: Vec<ResourceKey> = desired
+            .resources
+            .iter()
+            .filter(|r| sig.selects(r))
+            .map(|r| r.key.clone())
+            .collect();
+        for c in sig.spec.all.iter().chain(&sig.spec.any) {
+            if let Some(name) = c.signal.as_deref().and_then(|s| s.strip_prefix(PREFIX)) {
+                out.push(Route {
+                    alertname: name.to_string(),
+                    labels: sig.spec.selector.labels.clone(),
+                    targets: targets.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The latest state of every alert, by resource.
 #[derive(Debug, Default)]
 pub struct AlertBook {
     alerts: Mutex<HashMap<ResourceKey, BTreeMap<String, Alert>>>,
+    routes: Mutex<Vec<Route>>,
 }
 
 impl AlertBook {
     pub fn new() -> AlertBook {
         AlertBook::default()
+    }
+
+    /// The routes of the desired state in use.
+    pub fn set_routes(&self, routes: Vec<Route>) {
+        if let Ok(mut r) = self.routes.lock() {
+            *r = routes;
+        }
+    }
+
+    /// The resources an alert without `tend_resource` concerns: those of
+    /// every signature that reads it and whose selector labels it carries.
+    pub fn route(&self, alertname: &str, labels: &BTreeMap<String, String>) -> Vec<ResourceKey> {
+        let Ok(routes) = self.routes.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<ResourceKey> = routes
+            .iter()
+            .filter(|r| {
+                r.alertname == alertname && r.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .flat_map(|r| r.targets.iter().cloned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Records an alert as firing or resolved.
@@ -110,6 +173,36 @@ mod tests {
         assert_eq!(book.readings(&key)[0].status, Status::Healthy);
         assert!(book
             .readings(&ResourceKey::new(Kind::HostFile, "web"))
+            .is_empty());
+    }
+
+    #[test]
+    fn an_alert_without_a_resource_follows_the_signatures_that_read_it() {
+        let files = [crate::model::SourceFile {
+            path: "s.yaml".into(),
+            text: "apiVersion: tend.dev/v1\nkind: host.Process\nmetadata: {name: web, labels: {app: shop}}\nspec: {command: sleep}\n---\napiVersion: tend.dev/v1\nkind: host.Process\nmetadata: {name: db, labels: {app: other}}\nspec: {command: sleep}\n---\napiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: errors}\nspec:\n  cause: errors\n  runbook: r\n  selector: {labels: {app: shop}}\n  all: [{signal: alert/HighErrorRate}]\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: r}\nspec: {steps: [{action: restart}]}\n".into(),
+        }];
+        let desired = crate::model::load(&files).unwrap();
+        let book = AlertBook::new();
+        book.set_routes(routes(&desired));
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            book.route(
+                "HighErrorRate",
+                &labels(&[("app", "shop"), ("severity", "page")])
+            ),
+            vec![ResourceKey::new(Kind::HostProcess, "web")]
+        );
+        assert!(book
+            .route("HighErrorRate", &labels(&[("app", "other")]))
+            .is_empty());
+        assert!(book
+            .route("DiskFull", &labels(&[("app", "shop")]))
             .is_empty());
     }
 }

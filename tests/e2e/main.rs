@@ -245,6 +245,15 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[u16]) -> Prometheus {
+        Prometheus::start_with(targets, None)
+    }
+
+    /// Prometheus with alerting rules, sending to an Alertmanager.
+    pub fn start_with_rules(targets: &[u16], rules: &str, alertmanager: u16) -> Prometheus {
+        Prometheus::start_with(targets, Some((rules, alertmanager)))
+    }
+
+    fn start_with(targets: &[u16], alerting: Option<(&str, u16)>) -> Prometheus {
         let bin = which("prometheus").unwrap_or_else(|| {
             panic!("the `prometheus` binary is missing: run ./scripts/test.sh, which installs it")
         });
@@ -254,14 +263,18 @@ impl Prometheus {
             .iter()
             .map(|p| format!("\"127.0.0.1:{p}\""))
             .collect();
-        std::fs::write(
-            dir.path().join("prometheus.yml"),
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: sample\n    static_configs: [{{targets: [{}]}}]\n",
-                targets.join(", ")
-            ),
-        )
-        .unwrap();
+        let mut config = format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: sample\n    static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        );
+        if let Some((rules, am)) = alerting {
+            std::fs::write(dir.path().join("rules.yml"), rules).unwrap();
+            config.push_str(&format!(
+                "rule_files: [{}]\nalerting:\n  alertmanagers:\n    - static_configs: [{{targets: [\"127.0.0.1:{am}\"]}}]\n",
+                dir.path().join("rules.yml").display()
+            ));
+        }
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let child = Command::new(bin)
             .arg(format!(
                 "--config.file={}",

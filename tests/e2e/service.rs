@@ -313,3 +313,154 @@ fn a_pushed_alert_heals_through_its_signature_and_the_token_is_required() {
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     assert!(watch.wait().unwrap().success());
 }
+
+/// A real Alertmanager on 127.0.0.1, clustering off, notifying tend.
+struct Alertmanager {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Alertmanager {
+    fn start(tend_port: u16, token: &str) -> Alertmanager {
+        let bin = which("prometheus-alertmanager")
+            .or_else(|| which("alertmanager"))
+            .unwrap_or_else(|| {
+                panic!("Alertmanager is missing: run ./scripts/test.sh, which installs prometheus-alertmanager")
+            });
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let hook = format!("http://127.0.0.1:{tend_port}/hooks/alertmanager");
+        std::fs::write(
+            dir.path().join("alertmanager.yml"),
+            format!(
+                "route:\n  receiver: tend\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: tend\n    webhook_configs:\n      - url: {hook}\n        send_resolved: true\n        http_config: {{authorization: {{type: Bearer, credentials: \"{token}\"}}}}\n      # A sender with the wrong token: refused every time.\n      - url: {hook}\n        send_resolved: true\n        http_config: {{authorization: {{type: Bearer, credentials: not-the-token}}}}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("alertmanager.yml").display()
+            ))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // No gossip listener: it would bind beyond loopback.
+            .arg("--cluster.listen-address=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("alertmanager.log")).unwrap())
+            .spawn()
+            .expect("start alertmanager");
+        for _ in 0..300 {
+            if http("GET", port, "/-/ready").is_some_and(|(s, _)| s == 200) {
+                return Alertmanager {
+                    child,
+                    _dir: dir,
+                    port,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("alertmanager did not become ready on {port}");
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The whole chain with real peers: a fault in the sample app, a Prometheus
+/// rule over its error ratio fires, Alertmanager posts it to tend, tend
+/// runs the signature whose selector the alert's labels match, the new
+/// process serves without errors, the alert resolves, and the incident is
+/// verified and resolved. Alertmanager's second sender has a wrong token:
+/// refused every time, and nothing it sends is acted on.
+#[test]
+fn an_alert_from_a_real_alertmanager_heals_through_its_signature() {
+    let ws = Workspace::new();
+    let port = free_port();
+    let app_port = free_port();
+    ws.write(
+        "app.yaml",
+        &process_doc(
+            "web",
+            env!("CARGO_BIN_EXE_tend"),
+            &["sample-app", "--port", &app_port.to_string()],
+        )
+        .replace("  name: web\n", "  name: web\n  labels: {app: web}\n"),
+    );
+    ws.write(
+        "healing.yaml",
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: errors}\nspec:\n  cause: monitoring says the service fails requests\n  selector: {labels: {app: web}}\n  all: [{signal: alert/HighErrorRate}]\n  runbook: restart\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart}\nspec:\n  steps:\n    - {action: restart, within: 60s, hold: 1s}\n    - {action: escalate}\n",
+    );
+    let token = "the alertmanager token";
+    let mut watch = listening(&ws, port, "1h", Some(("TEND_ALERTMANAGER_TOKEN", token)));
+    wait_status(port, "/readyz", 200);
+    wait_http(app_port);
+    let am = Alertmanager::start(port, token);
+    let rule = r#"groups:
+  - name: tend
+    interval: 1s
+    rules:
+      - alert: HighErrorRate
+        expr: sum(rate(sample_http_requests_total{code="500"}[5s])) / sum(rate(sample_http_requests_total[5s])) > 0.2
+        labels: {app: web}
+        annotations: {summary: "more than 20% of requests fail"}
+"#;
+    let mut prom = Prometheus::start_with_rules(&[app_port], rule, am.port);
+    let before = ws.pid("web");
+    // Traffic for the whole test, and the fault.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http("GET", app_port, "/");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(http("POST", app_port, "/fault/error-ratio?value=1").is_some());
+    let t0 = Instant::now();
+    while ws.pid("web") == before || ws.pid("web") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the alert did not lead to a restart"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let inc = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "not verified after the alert resolved"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let out = ws
+            .run_raw(&["incidents", "--all", "--format", "json"])
+            .json();
+        if let Some(i) = out["incidents"].as_array().and_then(|a| a.first()).cloned() {
+            if i["status"] == "resolved" {
+                break i;
+            }
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().unwrap();
+    assert_eq!(inc["signature"], "errors", "{inc:#}");
+    assert_eq!(inc["steps"][0]["outcome"], "verified", "{inc:#}");
+    assert_eq!(
+        restarts(&ws),
+        1,
+        "one restart: the refused sender changed nothing"
+    );
+    prom.stop();
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+}
