@@ -338,7 +338,7 @@ impl Alertmanager {
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .arg(format!(
                 "--config.file={}",
                 dir.path().join("alertmanager.yml").display()
@@ -364,6 +364,8 @@ impl Alertmanager {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("alertmanager did not become ready on {port}");
     }
 }
