@@ -50,10 +50,22 @@ fn wait_status(port: u16, path: &str, want: u16) {
 fn tend_watch_serves_metrics_a_real_prometheus_scrapes() {
     let ws = Workspace::new();
     ws.write("f.yaml", &file_doc("f", "f.txt", "declared\n"));
+    let app_port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{app_port}/healthz\"}}\n",
+            process_doc("web", env!("CARGO_BIN_EXE_tend"), &["sample-app", "--port", &app_port.to_string()])
+        ),
+    );
     let port = free_port();
     let mut watch = listening(&ws, port, "1s", None);
     wait_status(port, "/healthz", 200);
     wait_status(port, "/readyz", 200);
+    wait_http(app_port);
+    // A crash that the watcher heals.
+    std::thread::sleep(Duration::from_millis(1500));
+    kill_and_wait(ws.pid("web"));
     // Drift that a pass corrects.
     std::fs::write(ws.path().join("f.txt"), "changed by hand\n").unwrap();
     let t0 = Instant::now();
@@ -72,8 +84,28 @@ fn tend_watch_serves_metrics_a_real_prometheus_scrapes() {
     prom.wait_for("sum(tend_passes_total)", |v| v >= 2.0, "tend's passes");
     prom.wait_for(
         r#"sum(tend_actions_total{type="create",decision="auto",outcome="synced"})"#,
-        |v| v == 1.0,
-        "the create",
+        |v| v == 2.0,
+        "the creates",
+    );
+    prom.wait_for(
+        "sum(tend_time_to_recover_seconds_count)",
+        |v| v >= 1.0,
+        "the healed crash",
+    );
+    prom.wait_for(
+        r#"sum(tend_actions_total{type="restart",outcome="runbook-step"})"#,
+        |v| v >= 1.0,
+        "the restart",
+    );
+    prom.wait_for(
+        r#"tend_provider_calls_total{provider="host"}"#,
+        |v| v >= 2.0,
+        "host provider calls",
+    );
+    prom.wait_for(
+        "tend_policy_evaluations_total",
+        |v| v >= 2.0,
+        "policy decisions",
     );
     prom.wait_for(
         r#"sum(tend_actions_total{type="update",decision="auto",outcome="synced"})"#,
