@@ -253,7 +253,7 @@ fn pull_request_number() -> Option<i64> {
 
 /// Creates or edits tend's one plan comment on pull request `number`.
 async fn plan_comment(number: i64, markdown: &str) -> Result<(), crate::review::ReviewError> {
-    use crate::review::github::{Client, Method};
+    use crate::review::github::Client;
     let repository = std::env::var("GITHUB_REPOSITORY").unwrap_or_default();
     let api = std::env::var("GITHUB_API_URL").unwrap_or_else(|_| "https://api.github.com".into());
     let token = crate::review::token_from_env().ok_or(crate::review::ReviewError::NoToken)?;
@@ -262,41 +262,11 @@ async fn plan_comment(number: i64, markdown: &str) -> Result<(), crate::review::
         "{PLAN_MARKER}\n{}",
         crate::report::review::fit_body(markdown)
     );
-    let comments = client
-        .call(
-            "list comments",
-            Method::Get,
-            &client.path(&format!("/issues/{number}/comments?per_page=100")),
-            None,
-        )
-        .await?;
-    let mine = comments.as_array().and_then(|list| {
-        list.iter()
-            .find(|c| c["body"].as_str().is_some_and(|b| b.contains(PLAN_MARKER)))
-    });
-    match mine {
-        Some(c) if c["body"].as_str().map(str::trim_end) == Some(body.trim_end()) => {}
-        Some(c) => {
-            let id = c["id"].as_i64().unwrap_or(0);
-            client
-                .call(
-                    "edit the plan comment",
-                    Method::Patch,
-                    &client.path(&format!("/issues/comments/{id}")),
-                    Some(&json!({"body": body})),
-                )
-                .await?;
-        }
-        None => {
-            client
-                .call(
-                    "comment the plan",
-                    Method::Post,
-                    &client.path(&format!("/issues/{number}/comments")),
-                    Some(&json!({"body": body})),
-                )
-                .await?;
-        }
+    let kept = client.kept_comment(number, PLAN_MARKER, &body).await?;
+    if let Some((op, method, path)) = kept.write() {
+        client
+            .call(op, method, path, Some(&json!({"body": body})))
+            .await?;
     }
     Ok(())
 }

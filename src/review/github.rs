@@ -68,6 +68,25 @@ pub struct Client {
     pub repo: String,
 }
 
+/// What keeping one comment takes: nothing (the same text is there), an
+/// edit of the comment, or a new one.
+pub enum KeptComment {
+    Unchanged,
+    Edit { path: String },
+    Create { path: String },
+}
+
+impl KeptComment {
+    /// The write to make, if any: (operation, method, path).
+    pub fn write(&self) -> Option<(&'static str, Method, &str)> {
+        match self {
+            KeptComment::Unchanged => None,
+            KeptComment::Edit { path } => Some(("edit-comment", Method::Patch, path)),
+            KeptComment::Create { path } => Some(("comment", Method::Post, path)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub enum Method {
     Get,
@@ -157,6 +176,42 @@ impl Client {
                 message,
             });
         }
+    }
+
+    /// What keeping one comment, found by `marker`, on issue or pull
+    /// request `number` at `body` takes.
+    pub async fn kept_comment(
+        &self,
+        number: i64,
+        marker: &str,
+        body: &str,
+    ) -> Result<KeptComment, GitHubError> {
+        let comments = self
+            .call(
+                "list comments",
+                Method::Get,
+                &self.path(&format!("/issues/{number}/comments?per_page=100")),
+                None,
+            )
+            .await?;
+        let mine = comments.as_array().and_then(|list| {
+            list.iter()
+                .find(|c| c["body"].as_str().is_some_and(|b| b.contains(marker)))
+        });
+        Ok(match mine {
+            Some(c) if c["body"].as_str().map(str::trim_end) == Some(body.trim_end()) => {
+                KeptComment::Unchanged
+            }
+            Some(c) => KeptComment::Edit {
+                path: self.path(&format!(
+                    "/issues/comments/{}",
+                    c["id"].as_i64().unwrap_or(0)
+                )),
+            },
+            None => KeptComment::Create {
+                path: self.path(&format!("/issues/{number}/comments")),
+            },
+        })
     }
 
     pub fn full_name(&self) -> String {

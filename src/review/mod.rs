@@ -937,49 +937,23 @@ impl Reviewer {
         secrets: &Secrets,
     ) -> Result<(), ReviewError> {
         let body = secrets.scrub(&text::status_comment(proposal::STATUS_MARKER, status));
-        let comments = self
-            .read(
-                "list comments",
-                &self
-                    .client
-                    .path(&format!("/issues/{number}/comments?per_page=100")),
-            )
+        let kept = self
+            .client
+            .kept_comment(number, proposal::STATUS_MARKER, &body)
             .await?;
-        let mine = comments.as_array().and_then(|list| {
-            list.iter().find(|c| {
-                c["body"]
-                    .as_str()
-                    .is_some_and(|b| b.contains(proposal::STATUS_MARKER))
-            })
-        });
-        let subject = format!("#{number}");
-        match mine {
-            Some(c) if c["body"].as_str().map(str::trim_end) == Some(body.trim_end()) => Ok(()),
-            Some(c) => {
-                let id = c["id"].as_i64().unwrap_or(0);
-                self.write(
-                    "edit-comment",
-                    &subject,
-                    Some(number),
-                    Method::Patch,
-                    &self.client.path(&format!("/issues/comments/{id}")),
-                    &json!({"body": body}),
-                )
-                .await
-                .map(drop)
-            }
-            None => self
-                .write(
-                    "comment",
-                    &subject,
-                    Some(number),
-                    Method::Post,
-                    &self.client.path(&format!("/issues/{number}/comments")),
-                    &json!({"body": body}),
-                )
-                .await
-                .map(drop),
-        }
+        let Some((op, method, path)) = kept.write() else {
+            return Ok(());
+        };
+        self.write(
+            op,
+            &format!("#{number}"),
+            Some(number),
+            method,
+            path,
+            &json!({"body": body}),
+        )
+        .await
+        .map(drop)
     }
 
     async fn read(&self, op: &str, path: &str) -> Result<Value, ReviewError> {

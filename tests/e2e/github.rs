@@ -324,38 +324,7 @@ impl GitHub {
         let mut st = self.st();
         let r = st.repo_mut(repo);
         let head_sha = r.refs[&format!("heads/{branch}")].clone();
-        let number = r.next_number();
-        let now = now();
-        r.items.insert(
-            number,
-            Item {
-                number,
-                id: next_id(),
-                pr_id: next_id(),
-                title: title.to_string(),
-                body: Some(String::new()),
-                state: "open".into(),
-                state_reason: None,
-                labels: vec![],
-                user: HUMAN.into(),
-                created_at: now.clone(),
-                updated_at: now,
-                closed_at: None,
-                closed_by: None,
-                pr: Some(Pr {
-                    head: branch.to_string(),
-                    base: "main".into(),
-                    head_sha,
-                    base_sha_at_merge: None,
-                    draft: false,
-                    merged_at: None,
-                    merged_by: None,
-                    merge_commit_sha: None,
-                    maintainer_can_modify: true,
-                }),
-            },
-        );
-        number
+        r.open_pull_item(title, "", HUMAN, (branch, "main", head_sha), (false, true))
     }
 
     /// A person pushes a commit to `branch` that writes these files.
@@ -636,6 +605,50 @@ struct Repo {
 }
 
 impl Repo {
+    /// A new open pull request: (head, base, head sha), (draft, maintainer
+    /// can modify). Returns its number.
+    fn open_pull_item(
+        &mut self,
+        title: &str,
+        body: &str,
+        user: &str,
+        (head, base, head_sha): (&str, &str, String),
+        (draft, maintainer_can_modify): (bool, bool),
+    ) -> u64 {
+        let number = self.next_number();
+        let now = now();
+        self.items.insert(
+            number,
+            Item {
+                number,
+                id: next_id(),
+                pr_id: next_id(),
+                title: title.to_string(),
+                body: Some(body.to_string()),
+                state: "open".into(),
+                state_reason: None,
+                labels: vec![],
+                user: user.into(),
+                created_at: now.clone(),
+                updated_at: now,
+                closed_at: None,
+                closed_by: None,
+                pr: Some(Pr {
+                    head: head.to_string(),
+                    base: base.to_string(),
+                    head_sha,
+                    base_sha_at_merge: None,
+                    draft,
+                    merged_at: None,
+                    merged_by: None,
+                    merge_commit_sha: None,
+                    maintainer_can_modify,
+                }),
+            },
+        );
+        number
+    }
+
     fn store_blob(&mut self, content: Vec<u8>) -> String {
         let sha = object_id("blob", &content);
         self.blobs.insert(sha.clone(), content);
@@ -2444,44 +2457,22 @@ impl Fake {
                 json!([{"resource": "PullRequest", "code": "custom", "message": message}]),
             );
         }
-        let number = r.next_number();
-        let now = now();
-        r.items.insert(
-            number,
-            Item {
-                number,
-                id: next_id(),
-                pr_id: next_id(),
-                title: title.to_string(),
-                body: c.str("body").map(str::to_string),
-                state: "open".into(),
-                state_reason: None,
-                labels: vec![],
-                user: BOT.into(),
-                created_at: now.clone(),
-                updated_at: now,
-                closed_at: None,
-                closed_by: None,
-                pr: Some(Pr {
-                    head: head.to_string(),
-                    base: base.to_string(),
-                    head_sha,
-                    base_sha_at_merge: None,
-                    draft: c
-                        .body
-                        .get("draft")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                    merged_at: None,
-                    merged_by: None,
-                    merge_commit_sha: None,
-                    maintainer_can_modify: c
-                        .body
-                        .get("maintainer_can_modify")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true),
-                }),
-            },
+        let draft = c
+            .body
+            .get("draft")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let maintainer_can_modify = c
+            .body
+            .get("maintainer_can_modify")
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let number = r.open_pull_item(
+            title,
+            c.str("body").unwrap_or_default(),
+            BOT,
+            (head, base, head_sha),
+            (draft, maintainer_can_modify),
         );
         Reply::new(201, self.view(c.full, r).pull(&r.items[&number], true))
     }
