@@ -647,12 +647,27 @@ impl Reviewer {
             entries
                 .push(json!({"path": path, "mode": "100644", "type": "blob", "sha": Value::Null}));
         }
+        let subject = p.key.to_string();
+        // Each file is a blob of its own, then the tree names the blobs.
         for e in &mut entries {
-            if let Some(c) = e.get("content").and_then(Value::as_str) {
-                e["content"] = Value::String(input.secrets.scrub(c));
+            let Some(content) = e.get("content").and_then(Value::as_str).map(str::to_string) else {
+                continue;
+            };
+            let blob = self
+                .write(
+                    "create-blob",
+                    &subject,
+                    None,
+                    Method::Post,
+                    &self.client.path("/git/blobs"),
+                    &json!({"content": input.secrets.scrub(&content), "encoding": "utf-8"}),
+                )
+                .await?;
+            if let Some(map) = e.as_object_mut() {
+                map.remove("content");
+                map.insert("sha".into(), blob["sha"].clone());
             }
         }
-        let subject = p.key.to_string();
         let tree = self
             .write(
                 "create-tree",

@@ -165,6 +165,7 @@ fn drift_needing_review_opens_one_pull_request_and_the_next_pass_writes_nothing(
     let log = r.ws.run_raw(&["review", "log"]);
     log.ok();
     for op in [
+        "create-blob",
         "create-tree",
         "create-commit",
         "create-branch",
