@@ -80,12 +80,27 @@ pub fn workspace_path(file: &str) -> String {
 }
 
 /// `::add-mask::` for every secret value, printed before anything else.
+/// The runner masks line by line, so a value of several lines is also
+/// registered line by line.
 pub fn mask(secrets: &Secrets) -> String {
-    secrets
-        .values()
-        .iter()
-        .map(|v| command("add-mask", &[], v))
-        .collect()
+    let mut out = String::new();
+    for v in secrets.values() {
+        out.push_str(&command("add-mask", &[], v));
+        if v.contains('\n') {
+            for line in v.lines().filter(|l| l.trim().len() >= 4) {
+                out.push_str(&command("add-mask", &[], line));
+            }
+        }
+    }
+    out
+}
+
+/// The token that stops the runner from reading workflow commands in the
+/// report (a drifted file's content could hold `::error::` or worse),
+/// drawn once per run.
+fn stop_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("tend-{:016x}", rand::random::<u64>()))
 }
 
 /// `::error` annotations for invalid documents.
@@ -165,6 +180,7 @@ impl Sink for Begin {
     fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
         let mut text = what.secrets().map(mask).unwrap_or_default();
         text.push_str("::group::tend report\n");
+        text.push_str(&format!("::stop-commands::{}\n", stop_token()));
         crate::publish::write_stdout(&text)
     }
 }
@@ -188,7 +204,7 @@ impl Sink for ActionsSink {
             }
             Published::Failed(_) => return Ok(()),
         };
-        crate::publish::write_stdout("::endgroup::\n")?;
+        crate::publish::write_stdout(&format!("\n::{}::\n::endgroup::\n", stop_token()))?;
         let escalated = incidents
             .iter()
             .filter(|i| i.status == IncidentStatus::Escalated)

@@ -691,12 +691,11 @@ struct Report {
     in_actions: bool,
 }
 
-/// The directory of a local source, whose prefix the repository's paths
-/// do not have; `None` for a Git source.
-fn local_dir(source: &Source) -> Option<String> {
+/// Where the source's files are in the repository tend proposes to.
+fn local_dir(source: &Source) -> crate::review::SourcePaths {
     match source {
-        Source::Dir(d) => Some(d.display().to_string()),
-        Source::Git { .. } => None,
+        Source::Dir(d) => crate::review::SourcePaths::Dir(d.display().to_string()),
+        Source::Git { path, .. } => crate::review::SourcePaths::Git(path.clone()),
     }
 }
 

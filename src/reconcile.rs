@@ -463,8 +463,11 @@ fn feed_restarts(
     let Some(longest) = windows.iter().map(|(_, w)| *w).max() else {
         return Ok(());
     };
-    let since =
-        chrono::Utc::now() - chrono::Duration::from_std(longest).unwrap_or(chrono::Duration::MAX);
+    let now = chrono::Utc::now();
+    let since = chrono::Duration::from_std(longest)
+        .ok()
+        .and_then(|w| now.checked_sub_signed(w))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
     let outcomes = store.outcomes_since(since)?;
     for (r, _) in windows {
         let starts = outcomes

@@ -229,7 +229,8 @@ async fn alertmanager(
             continue;
         }
         for key in keys {
-            s.alerts.set(key, &a.name, a.firing, a.summary.clone());
+            s.alerts
+                .set_instance(key, &a.name, &a.instance, a.firing, a.summary.clone());
         }
         recorded += 1;
     }
@@ -248,6 +249,8 @@ struct PushedAlert {
     firing: bool,
     resource: Option<crate::vocab::ResourceKey>,
     labels: std::collections::BTreeMap<String, String>,
+    /// Which instance of the alert (Alertmanager's fingerprint).
+    instance: String,
     summary: String,
 }
 
@@ -301,11 +304,17 @@ fn parse_alerts(body: &[u8]) -> Result<Vec<PushedAlert>, String> {
                         .collect()
                 })
                 .unwrap_or_default();
+            let instance = a
+                .get("fingerprint")
+                .and_then(|f| f.as_str())
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{labels:?}"));
             Ok(PushedAlert {
                 name: name.to_string(),
                 firing,
                 resource,
                 labels,
+                instance,
                 summary,
             })
         })

@@ -61,7 +61,9 @@ pub fn routes(desired: &crate::model::DesiredState) -> Vec<Route> {
 /// The latest state of every alert, by resource.
 #[derive(Debug, Default)]
 pub struct AlertBook {
-    alerts: Mutex<HashMap<ResourceKey, BTreeMap<String, Alert>>>,
+    /// By resource, alert name and instance (Alertmanager's fingerprint):
+    /// one alert rule can fire for several instances at once.
+    alerts: Mutex<HashMap<ResourceKey, BTreeMap<String, BTreeMap<String, Alert>>>>,
     routes: Mutex<Vec<Route>>,
 }
 
@@ -97,17 +99,33 @@ impl AlertBook {
 
     /// Records an alert as firing or resolved.
     pub fn set(&self, key: ResourceKey, alertname: &str, firing: bool, summary: String) {
+        self.set_instance(key, alertname, "", firing, summary);
+    }
+
+    /// Records one instance of an alert as firing or resolved.
+    pub fn set_instance(
+        &self,
+        key: ResourceKey,
+        alertname: &str,
+        instance: &str,
+        firing: bool,
+        summary: String,
+    ) {
         let Ok(mut alerts) = self.alerts.lock() else {
             return;
         };
-        let entry = alerts.entry(key).or_default();
-        let changed = entry.get(alertname).is_none_or(|a| a.firing != firing);
-        let since = match entry.get(alertname) {
+        let entry = alerts
+            .entry(key)
+            .or_default()
+            .entry(alertname.to_string())
+            .or_default();
+        let changed = entry.get(instance).is_none_or(|a| a.firing != firing);
+        let since = match entry.get(instance) {
             Some(a) if !changed => a.since,
             _ => Utc::now(),
         };
         entry.insert(
-            alertname.to_string(),
+            instance.to_string(),
             Alert {
                 firing,
                 since,
@@ -116,7 +134,8 @@ impl AlertBook {
         );
     }
 
-    /// The alert signals of a resource.
+    /// The alert signals of a resource: unhealthy while any instance
+    /// fires.
     pub fn readings(&self, key: &ResourceKey) -> Vec<Reading> {
         let Ok(alerts) = self.alerts.lock() else {
             return Vec::new();
@@ -125,6 +144,14 @@ impl AlertBook {
             .get(key)
             .into_iter()
             .flatten()
+            .filter_map(|(name, instances)| {
+                let a = instances
+                    .values()
+                    .filter(|a| a.firing)
+                    .min_by_key(|a| a.since)
+                    .or_else(|| instances.values().max_by_key(|a| a.since))?;
+                Some((name, a))
+            })
             .map(|(name, a)| Reading {
                 signal: format!("{PREFIX}{name}"),
                 status: if a.firing {
@@ -174,6 +201,17 @@ mod tests {
         assert!(book
             .readings(&ResourceKey::new(Kind::HostFile, "web"))
             .is_empty());
+    }
+
+    #[test]
+    fn an_alert_fires_while_any_instance_fires() {
+        let book = AlertBook::new();
+        let key = ResourceKey::new(Kind::HostProcess, "web");
+        book.set_instance(key.clone(), "HighErrorRate", "a", true, String::new());
+        book.set_instance(key.clone(), "HighErrorRate", "b", false, String::new());
+        assert_eq!(book.readings(&key)[0].status, Status::Unhealthy);
+        book.set_instance(key.clone(), "HighErrorRate", "a", false, String::new());
+        assert_eq!(book.readings(&key)[0].status, Status::Healthy);
     }
 
     #[test]

@@ -39,6 +39,10 @@ struct History {
     cpu: Option<(Instant, u64)>,
     /// Log: where the last read stopped, in which file (inode).
     log: Option<(u64, u64)>,
+    /// Log: lines counted per reading, as (from, to, lines).
+    lines: VecDeque<(Instant, Instant, f64)>,
+    /// Log: when the last reading was made.
+    last_read: Option<Instant>,
 }
 
 /// The host signals of a pass's prober.
@@ -125,12 +129,14 @@ impl HostSignals {
                 };
                 let at = Instant::now();
                 self.with_history(key, signal, |h| h.cpu = Some((at, again)));
-                return Ok((again - ticks) as f64
+                return Ok(again.saturating_sub(ticks) as f64
                     / ticks_per_sec
                     / at.duration_since(now).as_secs_f64());
             }
         };
-        Ok((ticks - was) as f64 / ticks_per_sec / now.duration_since(then).as_secs_f64())
+        Ok(ticks.saturating_sub(was) as f64
+            / ticks_per_sec
+            / now.duration_since(then).as_secs_f64())
     }
 
     /// MiB per minute over the window: a least-squares slope of the samples.
@@ -241,7 +247,10 @@ impl HostSignals {
             Some((ino, off)) if ino == inode && off <= len => off,
             None => {
                 // First reading: count from now on, not the whole history.
-                self.with_history(&r.key, signal, |h| h.log = Some((inode, len)));
+                self.with_history(&r.key, signal, |h| {
+                    h.log = Some((inode, len));
+                    h.last_read = Some(now);
+                });
                 return Err(format!(
                     "counting lines of {} from now on (a rate needs tend watch)",
                     file.display()
@@ -258,7 +267,12 @@ impl HostSignals {
                 .read_to_end(&mut buf)
                 .map_err(|e| e.to_string())?;
             // Only whole lines; a partial last line is read next time.
-            let whole = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let whole = match buf.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                // A line longer than a whole read: skip what was read of it.
+                None if buf.len() as u64 >= MAX_LOG_READ => buf.len(),
+                None => 0,
+            };
             read_to = from + whole as u64;
             count = String::from_utf8_lossy(&buf[..whole])
                 .lines()
@@ -267,22 +281,32 @@ impl HostSignals {
         }
         self.with_history(&r.key, signal, |h| {
             h.log = Some((inode, read_to));
-            h.samples.push_back((now, count as f64));
+            let since = h.last_read.replace(now).unwrap_or(now);
+            h.lines.push_back((since, now, count as f64));
             while h
-                .samples
+                .lines
                 .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > window)
+                .is_some_and(|(_, to, _)| now.duration_since(*to) > window)
             {
-                h.samples.pop_front();
+                h.lines.pop_front();
             }
-            let lines: f64 = h.samples.iter().map(|(_, c)| c).sum();
-            Ok(lines / window.as_secs_f64() * 60.0)
+            // Over the window, or over the time the readings cover when
+            // they are further apart than the window.
+            let covered = h
+                .lines
+                .front()
+                .map_or(Duration::ZERO, |(from, _, _)| now.duration_since(*from));
+            let lines: f64 = h.lines.iter().map(|(_, _, c)| c).sum();
+            Ok(lines / window.max(covered).as_secs_f64() * 60.0)
         })
     }
 
     fn restarts(&self, key: &ResourceKey, window: Duration) -> f64 {
-        let since =
-            Utc::now() - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+        let now = Utc::now();
+        let since = chrono::Duration::from_std(window)
+            .ok()
+            .and_then(|w| now.checked_sub_signed(w))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         self.starts
             .lock()
             .map(|s| {

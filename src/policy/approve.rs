@@ -16,10 +16,14 @@ use chrono::{DateTime, Utc};
 use crate::model::{Approval, ResourceKey};
 use crate::vocab::{change_fingerprint, Action, ApprovalRef, Decision};
 
-use super::Facts;
+/// The approvals already used: by earlier passes (the journal) and by
+/// this one.
+pub type Used = std::collections::HashSet<(ResourceKey, String, String)>;
 
-/// Approves, in place, the review actions that a valid approval names.
-pub fn apply(actions: &mut [Action], approvals: &[Approval], facts: &Facts, now: DateTime<Utc>) {
+/// Approves, in place, the review actions that a valid approval names, and
+/// counts each approval granted as used, so that a later step of the same
+/// pass cannot use it again.
+pub fn apply(actions: &mut [Action], approvals: &[Approval], used: &mut Used, now: DateTime<Utc>) {
     if approvals.is_empty() {
         return;
     }
@@ -35,8 +39,9 @@ pub fn apply(actions: &mut [Action], approvals: &[Approval], facts: &Facts, now:
                 ap.target == *key
                     && ap.fingerprint == fingerprint
                     && ap.expires > now
-                    && !facts.used_approvals.contains(&used_key(ap))
+                    && !used.contains(&used_key(ap))
             })?;
+            used.insert(used_key(approval));
             Some((
                 key.clone(),
                 ApprovalRef {
@@ -119,7 +124,7 @@ mod tests {
         apply(
             &mut actions,
             &[approval("aaaaaaaaaaaaaaaa", later)],
-            &Facts::default(),
+            &mut Used::default(),
             now,
         );
         assert_eq!(actions[0].decision, Decision::Auto);
@@ -130,27 +135,25 @@ mod tests {
         apply(
             &mut other,
             &[approval("aaaaaaaaaaaaaaaa", later)],
-            &Facts::default(),
+            &mut Used::default(),
             now,
         );
         assert_eq!(other[0].decision, Decision::Review);
 
         // Used once: never again.
-        let mut facts = Facts::default();
-        facts
-            .used_approvals
-            .insert(used_key(&approval("aaaaaaaaaaaaaaaa", later)));
+        let mut facts = Used::default();
+        facts.insert(used_key(&approval("aaaaaaaaaaaaaaaa", later)));
         let mut again = vec![action(Decision::Review, "aaaaaaaaaaaaaaaa")];
         apply(
             &mut again,
             &[approval("aaaaaaaaaaaaaaaa", later)],
-            &facts,
+            &mut facts,
             now,
         );
         assert_eq!(again[0].decision, Decision::Review);
         // A new approval of the same change (merged again) is another one.
         let renewed = approval("aaaaaaaaaaaaaaaa", later + chrono::Duration::hours(1));
-        apply(&mut again, &[renewed], &facts, now);
+        apply(&mut again, &[renewed], &mut facts, now);
         assert_eq!(again[0].decision, Decision::Auto);
     }
 
@@ -165,7 +168,7 @@ mod tests {
                     "aaaaaaaaaaaaaaaa",
                     now + chrono::Duration::hours(1),
                 )],
-                &Facts::default(),
+                &mut Used::default(),
                 now,
             );
             assert_eq!(actions[0].decision, d);
@@ -177,7 +180,7 @@ mod tests {
                 "aaaaaaaaaaaaaaaa",
                 now - chrono::Duration::seconds(1),
             )],
-            &Facts::default(),
+            &mut Used::default(),
             now,
         );
         assert_eq!(actions[0].decision, Decision::Review);

@@ -258,16 +258,20 @@ pub struct Decider<'a> {
     deadline: std::time::Instant,
     /// Actions of this pass's budget already allowed.
     spent: AtomicUsize,
+    /// Approvals used, by earlier passes and by this one.
+    used: std::sync::Mutex<approve::Used>,
 }
 
 impl<'a> Decider<'a> {
     pub fn new(policies: &'a Policies, ctx: Context<'a>) -> Decider<'a> {
+        let used = ctx.facts.used_approvals.clone();
         Decider {
             policies,
             ctx,
             run: std::sync::OnceLock::new(),
             deadline: std::time::Instant::now() + PASS_BUDGET,
             spent: AtomicUsize::new(0),
+            used: std::sync::Mutex::new(used),
         }
     }
 
@@ -293,12 +297,14 @@ impl<'a> Decider<'a> {
         for (action, verdict) in plan.actions.iter_mut().zip(verdicts) {
             combine(action, self.scrubbed(verdict));
         }
-        approve::apply(
-            &mut plan.actions,
-            &self.ctx.desired.approvals,
-            self.ctx.facts,
-            now,
-        );
+        if let Ok(mut used) = self.used.lock() {
+            approve::apply(
+                &mut plan.actions,
+                &self.ctx.desired.approvals,
+                &mut used,
+                now,
+            );
+        }
         let allowed = gates::apply_to(&mut plan.actions, 0, settings, self.ctx.facts, now);
         self.spent.store(allowed, Ordering::SeqCst);
         Ok(())
@@ -323,7 +329,9 @@ impl<'a> Decider<'a> {
         combine(&mut action, self.scrubbed(verdict));
         let spent = self.spent.load(Ordering::SeqCst);
         let one = std::slice::from_mut(&mut action);
-        approve::apply(one, &self.ctx.desired.approvals, self.ctx.facts, now);
+        if let Ok(mut used) = self.used.lock() {
+            approve::apply(one, &self.ctx.desired.approvals, &mut used, now);
+        }
         let allowed = gates::apply_to(one, spent, settings, self.ctx.facts, now);
         self.spent.fetch_add(allowed, Ordering::SeqCst);
         action

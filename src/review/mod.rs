@@ -56,8 +56,11 @@ pub struct RepoPaths {
     /// The prefix of shown file paths that is not part of the repository
     /// (a local directory source's path).
     pub strip: String,
-    /// The directory of the desired state inside the repository.
+    /// What the stripped paths are under in the repository.
     pub under: String,
+    /// The directory of the desired state inside the repository, where
+    /// approvals go.
+    pub desired: String,
 }
 
 impl RepoPaths {
@@ -70,18 +73,33 @@ impl RepoPaths {
                 .strip_prefix(&self.strip)
                 .unwrap_or(Path::new(shown))
         };
-        self.join(&rel.to_string_lossy())
+        under(&self.under, &rel.to_string_lossy())
     }
 
-    /// A path under the desired-state directory.
+    /// A path in the desired-state directory (an approval's).
     pub fn join(&self, rel: &str) -> String {
-        let under = self.under.trim_matches('/');
-        if under.is_empty() || under == "." {
-            rel.to_string()
-        } else {
-            format!("{under}/{rel}")
-        }
+        under(&self.desired, rel)
     }
+}
+
+fn under(dir: &str, rel: &str) -> String {
+    let dir = dir.trim_matches('/');
+    if dir.is_empty() || dir == "." {
+        rel.to_string()
+    } else {
+        format!("{dir}/{rel}")
+    }
+}
+
+/// Where a pass's desired state came from, for its paths in the repository.
+#[derive(Debug, Clone)]
+pub enum SourcePaths {
+    /// A local directory: its files are shown under the directory's path,
+    /// and sit under `Settings spec.review.github.path` in the repository.
+    Dir(String),
+    /// A Git source: its files are shown with their repository paths; the
+    /// desired state is under `--path`.
+    Git(Option<String>),
 }
 
 /// What one publication did, for the report.
@@ -115,6 +133,8 @@ struct Pull {
     number: i64,
     body: String,
     head_ref: String,
+    /// The repository the head branch is in (a fork's, for a fork's).
+    head_repo: String,
     url: String,
     merged: bool,
 }
@@ -125,6 +145,10 @@ impl Pull {
             number: v["number"].as_i64().unwrap_or(0),
             body: v["body"].as_str().unwrap_or("").to_string(),
             head_ref: v["head"]["ref"].as_str().unwrap_or("").to_string(),
+            head_repo: v["head"]["repo"]["full_name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
             url: v["html_url"].as_str().unwrap_or("").to_string(),
             merged: !v["merged_at"].is_null(),
         }
@@ -177,6 +201,7 @@ impl Reviewer {
     /// Brings pull requests and issues in line with what the pass found.
     pub async fn publish(&self, input: &Input<'_>) -> Result<Summary, ReviewError> {
         let mut summary = Summary::default();
+        let mut failed = None;
         let proposals = proposal::proposals(input.plan);
         let mut rows = Vec::new();
         let open = if proposals.is_empty() && !input.full {
@@ -211,11 +236,33 @@ impl Reviewer {
                     stale: &stale,
                     used: &used,
                 };
-                let row = self.propose(p, pr, &ctx, &mut budget, &mut summary).await?;
-                rows.push(row);
+                // One proposal GitHub refuses does not hold back the others,
+                // unless what it refused holds for every one.
+                match self.propose(p, pr, &ctx, &mut budget, &mut summary).await {
+                    Ok(row) => rows.push(row),
+                    Err(
+                        e @ ReviewError::GitHub(
+                            GitHubError::ActionsNotPermitted { .. }
+                            | GitHubError::RateLimited { .. }
+                            | GitHubError::Transport { .. },
+                        ),
+                    ) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(resource = %p.key, error = %e, "Proposing failed.");
+                        failed.get_or_insert(e);
+                    }
+                }
             }
             if input.full {
-                let wanted: HashSet<String> = proposals.iter().map(Proposal::branch).collect();
+                // A resource that still has any action (denied, deferred,
+                // observed) keeps its pull request: only a change that is
+                // gone is withdrawn.
+                let wanted: HashSet<String> = input
+                    .plan
+                    .actions
+                    .iter()
+                    .map(|a| proposal::branch_of(&a.target))
+                    .collect();
                 for pr in open.values().filter(|pr| !wanted.contains(&pr.head_ref)) {
                     self.withdraw(pr, input.secrets).await?;
                     summary.closed += 1;
@@ -235,7 +282,10 @@ impl Reviewer {
             }
             self.store.save_proposals(&all)?;
         }
-        Ok(summary)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 
     async fn base(&self) -> Result<Base, ReviewError> {
@@ -293,7 +343,10 @@ impl Reviewer {
             let items = list.as_array().cloned().unwrap_or_default();
             for v in &items {
                 let pr = Pull::of(v);
+                // tend's own: its branch in this repository (a fork's pull
+                // request can copy the branch name and the marker).
                 if pr.head_ref.starts_with(proposal::BRANCH_PREFIX)
+                    && pr.head_repo.eq_ignore_ascii_case(&self.client.full_name())
                     && proposal::parse_marker(&pr.body).is_some()
                 {
                     out.insert(pr.head_ref.clone(), pr);
@@ -358,6 +411,7 @@ impl Reviewer {
                     Made::Declined(pr) => row("declined", Some(&pr)),
                     Made::Merged(pr) => row("merged", Some(&pr)),
                     Made::Waiting => row("waiting", None),
+                    Made::Blocked => row("blocked", None),
                 });
         };
         let was = proposal::parse_marker(&pr.body);
@@ -368,6 +422,15 @@ impl Reviewer {
         if same(ask) {
             summary.unchanged += 1;
             return Ok(row(state_of(ask), Some(pr)));
+        }
+        if !self.pull_is_tends(pr.number).await? {
+            let status = format!(
+                "This branch has commits that are not tend's, so tend does not overwrite them. The pending change is now `{}`: close this pull request to let tend propose it anew.",
+                p.fingerprint
+            );
+            self.status(pr.number, &status, input.secrets).await?;
+            summary.unchanged += 1;
+            return Ok(row("blocked", Some(pr)));
         }
         let mut note = None;
         let sha = match self.commit(p, ask, base, input, stale).await {
@@ -454,7 +517,12 @@ impl Reviewer {
                 continue;
             }
             if old.merged {
-                if used_before {
+                // Merged, but its approval is not (or no longer) one that
+                // can apply: ask again.
+                let valid = input.approvals.iter().any(|a| {
+                    a.target == p.key && a.fingerprint == p.fingerprint && a.expires > Utc::now()
+                });
+                if used_before || !valid {
                     continue;
                 }
                 return Ok(Made::Merged(old));
@@ -483,8 +551,15 @@ impl Reviewer {
             .await;
         match created {
             Ok(_) => {}
-            // Left by an earlier pull request: point it at the new commit.
-            Err(ReviewError::GitHub(e)) if e.status() == Some(422) => {
+            // Left by an earlier pull request: point it at the new commit,
+            // unless someone else committed to it.
+            Err(ReviewError::GitHub(e))
+                if e.status() == Some(422) && e.message().contains("already exists") =>
+            {
+                if !self.branch_is_tends(&branch).await? {
+                    summary.waiting += 1;
+                    return Ok(Made::Blocked);
+                }
                 self.write(
                     "update-branch",
                     &subject,
@@ -600,9 +675,11 @@ impl Reviewer {
     }
 
     fn expires(&self) -> DateTime<Utc> {
-        Utc::now()
-            + chrono::Duration::from_std(self.cfg.approval_ttl.0)
-                .unwrap_or(chrono::Duration::days(7))
+        let now = Utc::now();
+        chrono::Duration::from_std(self.cfg.approval_ttl.0)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(now + chrono::Duration::days(7))
     }
 
     /// Makes the commit of a proposal on top of the base: the approval
@@ -628,7 +705,7 @@ impl Reviewer {
                 )
             }
             Ask::KeepLive => {
-                for (path, content) in self.live_edits(p, base).await? {
+                for (path, content) in self.live_edits(p, base, input.secrets).await? {
                     entries.push(
                         json!({"path": path, "mode": "100644", "type": "blob", "content": content}),
                     );
@@ -641,7 +718,15 @@ impl Reviewer {
         };
         for a in stale {
             let path = self.paths.of(&a.origin.file);
-            if path == approval_path || !self.exists(&path, &base.sha).await? {
+            if path == approval_path {
+                continue;
+            }
+            // Only a file that holds nothing but this approval, as it is on
+            // the base branch now (the source may be older than the base).
+            let Some(text) = self.base_file(&path, &base.sha).await? else {
+                continue;
+            };
+            if !proposal::only_this_approval(&text, a) {
                 continue;
             }
             entries
@@ -702,6 +787,7 @@ impl Reviewer {
         &self,
         p: &Proposal<'_>,
         base: &Base,
+        secrets: &Secrets,
     ) -> Result<Vec<(String, String)>, Refusal> {
         keep_live_offer(&p.actions).map_err(Refusal::Edit)?;
         let Some(origin) = p.actions.iter().find_map(|a| a.declared_at.clone()) else {
@@ -710,27 +796,10 @@ impl Reviewer {
             ));
         };
         let path = self.paths.of(&origin.file);
-        let file = self
-            .read(
-                "read the declaration",
-                &self.client.path(&format!(
-                    "/contents/{}{}",
-                    enc(&path),
-                    query(&[("ref", &base.sha)])
-                )),
-            )
-            .await?;
-        let encoded: String = file["content"]
-            .as_str()
-            .unwrap_or("")
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .map_err(|e| Refusal::Edit(format!("{path} could not be read: {e}")))?;
-        let text =
-            String::from_utf8(bytes).map_err(|_| Refusal::Edit(format!("{path} is not UTF-8")))?;
+        let text = self
+            .base_file(&path, &base.sha)
+            .await?
+            .ok_or_else(|| Refusal::Edit(format!("{path} is not on the base branch")))?;
         let edits: Vec<(String, Value)> = p
             .actions
             .iter()
@@ -739,13 +808,21 @@ impl Reviewer {
             .collect();
         let edited = crate::model::edit::set_values(&text, origin.line, origin.col, &edits)
             .map_err(|e| Refusal::Edit(format!("{path}: {e}")))?;
+        // The file is sent whole: one that holds a secret is never sent.
+        if secrets.scrub(&edited) != edited {
+            return Err(Refusal::Edit(format!(
+                "{path} holds a secret value, and tend never sends a secret to GitHub; run `tend adopt {}` where the repository is checked out instead",
+                p.key
+            )));
+        }
         Ok(vec![(path, edited)])
     }
 
-    async fn exists(&self, path: &str, sha: &str) -> Result<bool, ReviewError> {
-        match self
+    /// A file's text at `sha`, or `None` when it is not there.
+    async fn base_file(&self, path: &str, sha: &str) -> Result<Option<String>, ReviewError> {
+        let file = match self
             .read(
-                "read an approval",
+                "read a file",
                 &self.client.path(&format!(
                     "/contents/{}{}",
                     enc(path),
@@ -754,10 +831,20 @@ impl Reviewer {
             )
             .await
         {
-            Ok(_) => Ok(true),
-            Err(ReviewError::GitHub(e)) if e.status() == Some(404) => Ok(false),
-            Err(e) => Err(e),
-        }
+            Ok(f) => f,
+            Err(ReviewError::GitHub(e)) if e.status() == Some(404) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let encoded: String = file["content"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| ReviewError::Edit(format!("{path} could not be read: {e}")))?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// Closes a pull request whose change is gone, and deletes its branch
@@ -766,22 +853,7 @@ impl Reviewer {
         let subject = proposal::parse_marker(&pr.body)
             .map(|m| m.key)
             .unwrap_or_else(|| pr.head_ref.clone());
-        let commits = self
-            .read(
-                "list the pull request's commits",
-                &self
-                    .client
-                    .path(&format!("/pulls/{}/commits?per_page=100", pr.number)),
-            )
-            .await?;
-        let all_tends = commits.as_array().is_some_and(|list| {
-            list.iter().all(|c| {
-                c["commit"]["author"]["name"].as_str() == Some(AUTHOR)
-                    && c["commit"]["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains(TRAILER))
-            })
-        });
+        let all_tends = self.pull_is_tends(pr.number).await?;
         let mut status = "The change is no longer pending (the resource matches its declaration, or the change no longer needs a human), so tend closes this pull request.".to_string();
         if !all_tends {
             status.push_str(&format!(
@@ -814,6 +886,41 @@ impl Reviewer {
             .await?;
         }
         Ok(())
+    }
+
+    /// Whether every commit of a pull request is tend's.
+    async fn pull_is_tends(&self, number: i64) -> Result<bool, ReviewError> {
+        let commits = self
+            .read(
+                "list the pull request's commits",
+                &self
+                    .client
+                    .path(&format!("/pulls/{number}/commits?per_page=100")),
+            )
+            .await?;
+        Ok(commits
+            .as_array()
+            .is_some_and(|list| list.iter().all(|c| is_tends(&c["commit"]))))
+    }
+
+    /// Whether the newest commit of a branch is tend's.
+    async fn branch_is_tends(&self, branch: &str) -> Result<bool, ReviewError> {
+        let r = self
+            .read(
+                "read the branch",
+                &self
+                    .client
+                    .path(&format!("/git/ref/{}", enc(&format!("heads/{branch}")))),
+            )
+            .await?;
+        let sha = r["object"]["sha"].as_str().unwrap_or_default();
+        let c = self
+            .read(
+                "read the branch's commit",
+                &self.client.path(&format!("/git/commits/{}", enc(sha))),
+            )
+            .await?;
+        Ok(is_tends(&c))
     }
 
     /// One issue per escalated incident; new steps edit its status
@@ -1017,6 +1124,12 @@ fn state_of(ask: Ask) -> &'static str {
     }
 }
 
+/// A commit (as the Git database API shows it) that tend made.
+fn is_tends(c: &Value) -> bool {
+    c["author"]["name"].as_str() == Some(AUTHOR)
+        && c["message"].as_str().is_some_and(|m| m.contains(TRAILER))
+}
+
 /// What every proposal of one publication shares.
 struct Ctx<'a> {
     base: &'a Base,
@@ -1040,6 +1153,8 @@ enum Made {
     Declined(Pull),
     Merged(Pull),
     Waiting,
+    /// Its branch has someone else's commits: tend does not overwrite them.
+    Blocked,
 }
 
 /// Why a commit was not made: the edit to live values is impossible (the
@@ -1099,19 +1214,16 @@ pub fn keep_live_offer(actions: &[&crate::vocab::Action]) -> Result<(), String> 
 /// [`Reviewer`], built from the pass's `Settings spec.review.github` (and
 /// rebuilt when they change).
 pub struct GitHubSink {
-    /// The prefix of shown paths that is not part of the repository: the
-    /// directory of a local source; `None` for a Git source, whose paths
-    /// are the repository's.
-    local_dir: Option<String>,
+    source: SourcePaths,
     current: Option<(GithubReview, std::path::PathBuf, Reviewer)>,
     /// What the last publication did.
     pub last: Summary,
 }
 
 impl GitHubSink {
-    pub fn new(local_dir: Option<String>) -> GitHubSink {
+    pub fn new(source: SourcePaths) -> GitHubSink {
         GitHubSink {
-            local_dir,
+            source,
             current: None,
             last: Summary::default(),
         }
@@ -1121,12 +1233,17 @@ impl GitHubSink {
         let stale = !matches!(&self.current, Some((c, d, _)) if c == cfg && d == state_dir);
         if stale {
             let token = token_from_env().ok_or(ReviewError::NoToken)?;
-            let paths = match &self.local_dir {
-                Some(dir) => RepoPaths {
+            let paths = match &self.source {
+                SourcePaths::Dir(dir) => RepoPaths {
                     strip: dir.clone(),
                     under: cfg.path.clone(),
+                    desired: cfg.path.clone(),
                 },
-                None => RepoPaths::default(),
+                SourcePaths::Git(sub) => RepoPaths {
+                    strip: String::new(),
+                    under: String::new(),
+                    desired: sub.clone().unwrap_or_default(),
+                },
             };
             let store = crate::state::open(state_dir)?;
             let reviewer = Reviewer::new(cfg, &token, store, paths)?;

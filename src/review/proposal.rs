@@ -145,17 +145,46 @@ pub fn approval_path(key: &ResourceKey) -> String {
 
 /// The approval document a merge adds.
 pub fn approval_document(key: &ResourceKey, fingerprint: &str, expires: DateTime<Utc>) -> String {
+    // Every value quoted: a name such as `123` or `null` stays a string.
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let name = format!("{}.{}", key.kind.as_str().to_ascii_lowercase(), key.name);
     format!(
         "# Added by tend's pull request: merging it approves exactly this change, once.\n\
          apiVersion: tend.dev/v1\n\
          kind: Approval\n\
-         metadata:\n  name: {name}\n\
-         spec:\n  target:\n    kind: {}\n    name: {}\n  fingerprint: \"{fingerprint}\"\n  expires: \"{}\"\n",
-        key.kind,
-        key.name,
-        expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+         metadata:\n  name: {}\n\
+         spec:\n  target:\n    kind: {}\n    name: {}\n  fingerprint: {}\n  expires: {}\n",
+        q(&name),
+        q(key.kind.as_str()),
+        q(&key.name),
+        q(fingerprint),
+        q(&expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     )
+}
+
+/// Whether a file holds nothing but approval `a`: then removing the file
+/// removes only that approval.
+pub fn only_this_approval(text: &str, a: &Approval) -> bool {
+    let Ok(docs) = crate::model::yaml::parse_values(text) else {
+        return false;
+    };
+    let expires = crate::policy::approve::expiry(a);
+    !docs.is_empty()
+        && docs.iter().all(|(d, _)| {
+            d["kind"] == "Approval"
+                && d["spec"]["fingerprint"] == a.fingerprint.as_str()
+                && d["spec"]["target"]["kind"] == a.target.kind.as_str()
+                && d["spec"]["target"]["name"] == a.target.name.as_str()
+                && d["spec"]["expires"]
+                    .as_str()
+                    .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+                    .map(|e| {
+                        e.with_timezone(&Utc)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    })
+                    .as_deref()
+                    == Some(expires.as_str())
+        })
 }
 
 /// Approvals a new commit removes: used ones and expired ones.
@@ -214,5 +243,28 @@ mod tests {
         assert_eq!(desired.approvals.len(), 1);
         assert_eq!(desired.approvals[0].target, key);
         assert_eq!(desired.approvals[0].fingerprint, "0123456789abcdef");
+        assert!(only_this_approval(&files[0].text, &desired.approvals[0]));
+        let shared = format!(
+            "{}---\napiVersion: tend.dev/v1\nkind: host.File\nmetadata: {{name: x}}\nspec: {{path: x}}\n",
+            files[0].text
+        );
+        assert!(
+            !only_this_approval(&shared, &desired.approvals[0]),
+            "a file that declares more stays"
+        );
+    }
+
+    #[test]
+    fn a_numeric_or_null_name_stays_a_string_in_the_approval() {
+        for name in ["123", "null", "true"] {
+            let key = ResourceKey::new(Kind::HostFile, name);
+            let text = approval_document(&key, "0123456789abcdef", Utc::now());
+            let files = [crate::model::SourceFile {
+                path: "a.yaml".into(),
+                text,
+            }];
+            let desired = crate::model::load(&files).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert_eq!(desired.approvals[0].target.name, name);
+        }
     }
 }
