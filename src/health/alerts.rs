@@ -58,12 +58,15 @@ pub fn routes(desired: &crate::model::DesiredState) -> Vec<Route> {
     out
 }
 
+/// The instances of one alert, by Alertmanager's fingerprint.
+type Instances = BTreeMap<String, Alert>;
+
 /// The latest state of every alert, by resource.
 #[derive(Debug, Default)]
 pub struct AlertBook {
     /// By resource, alert name and instance (Alertmanager's fingerprint):
     /// one alert rule can fire for several instances at once.
-    alerts: Mutex<HashMap<ResourceKey, BTreeMap<String, BTreeMap<String, Alert>>>>,
+    alerts: Mutex<HashMap<ResourceKey, BTreeMap<String, Instances>>>,
     routes: Mutex<Vec<Route>>,
 }
 
