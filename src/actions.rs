@@ -246,8 +246,22 @@ impl Sink for ActionsSink {
         if self.command == "plan" {
             if let Some(pr) = pull_request_number() {
                 let handle = tokio::runtime::Handle::current();
-                tokio::task::block_in_place(|| handle.block_on(plan_comment(pr, &markdown)))
-                    .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?;
+                // The plan itself is what the job is for: a comment GitHub
+                // refuses (a fork's read-only token) is a warning.
+                if let Err(e) =
+                    tokio::task::block_in_place(|| handle.block_on(plan_comment(pr, &markdown)))
+                {
+                    let text = format!(
+                        "could not comment the plan on pull request #{pr}: {}",
+                        what.scrub(e.to_string())
+                    );
+                    tracing::warn!("{text}");
+                    crate::publish::write_stdout(&command(
+                        "warning",
+                        &[("title", "tend".to_string())],
+                        &text,
+                    ))?;
+                }
             }
         }
         Ok(())
