@@ -357,16 +357,7 @@ pub fn main() -> ExitCode {
 /// An error and its causes on one line, each cause said once: a cause
 /// whose text the message already carries is not repeated.
 fn error_text(err: &anyhow::Error) -> String {
-    let mut chain = err.chain();
-    let mut text = chain.next().map(ToString::to_string).unwrap_or_default();
-    for cause in chain {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
+    crate::vocab::causes(err.as_ref())
 }
 
 fn init_tracing(verbose: u8) {

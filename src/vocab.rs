@@ -578,6 +578,22 @@ pub fn fingerprint(t: ActionType, key: &ResourceKey, changes: &[FieldChange]) ->
     hex::encode(&h.finalize()[..8])
 }
 
+/// An error and its causes on one line, each cause said once: a cause
+/// whose text the message already carries is not repeated.
+pub fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// The fingerprint of a resource's pending review: what a pull request
 /// proposes and an approval names. One action's own fingerprint, so the
 /// plan and the pull request show the same; for several actions on one

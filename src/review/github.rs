@@ -237,14 +237,14 @@ impl Client {
                 Method::Patch => self.octo._patch(path, body).await,
                 Method::Delete => self.octo._delete(path, body).await,
             }
-            .map_err(|e| transport(error_chain(&e)))?;
+            .map_err(|e| transport(crate::vocab::causes(&e)))?;
             let status = response.status();
             let headers = response.headers().clone();
             let text = self
                 .octo
                 .body_to_string(response)
                 .await
-                .map_err(|e| transport(error_chain(&e)))?;
+                .map_err(|e| transport(crate::vocab::causes(&e)))?;
             Ok((status, headers, text))
         };
         tokio::time::timeout(REQUEST_TIMEOUT, request)
@@ -313,20 +313,6 @@ fn error_message(text: &str) -> String {
         }
     }
     message
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Percent-encodes one path parameter: everything but unreserved

@@ -160,6 +160,9 @@ struct Base {
     branch: String,
     sha: String,
     tree: String,
+    /// The expiry of every approval this publication proposes: the one
+    /// the commit carries and the body shows.
+    expires: DateTime<Utc>,
 }
 
 const AUTHOR: &str = "tend";
@@ -320,6 +323,7 @@ impl Reviewer {
             branch,
             sha,
             tree: c["tree"]["sha"].as_str().unwrap_or_default().to_string(),
+            expires: self.expires(),
         })
     }
 
@@ -468,7 +472,7 @@ impl Reviewer {
         .await?;
         let body = input
             .secrets
-            .scrub(&self.body(p, ask, input, offer.clone(), &base.sha));
+            .scrub(&self.body(p, ask, input, offer.clone(), base));
         self.write(
             "update-pull-request",
             &p.key.to_string(),
@@ -577,7 +581,7 @@ impl Reviewer {
         let title = text::pull_request_title(&p.key, false);
         let body = input
             .secrets
-            .scrub(&self.body(p, Ask::Approve, input, offer, &base.sha));
+            .scrub(&self.body(p, Ask::Approve, input, offer, base));
         let made = self
             .write(
                 "open-pull-request",
@@ -644,7 +648,7 @@ impl Reviewer {
         ask: Ask,
         input: &Input<'_>,
         offer: Result<(), String>,
-        base_sha: &str,
+        base: &Base,
     ) -> String {
         let marker = proposal::marker(&p.key, &p.fingerprint, ask);
         let incident = input.incidents.iter().find(|i| {
@@ -658,7 +662,6 @@ impl Reviewer {
                 .map(|o| format!("{}:{}", self.paths.of(&o.file), o.line))
         });
         let approval_path = self.paths.join(&proposal::approval_path(&p.key));
-        let expires = self.expires();
         text::pull_request_body(&text::PullRequestView {
             key: &p.key,
             marker: &marker,
@@ -666,9 +669,11 @@ impl Reviewer {
             actions: &p.actions,
             incident,
             approval_path: &approval_path,
-            expires: &expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            expires: &base
+                .expires
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             declared,
-            commit: input.plan.source.commit.as_deref().or(Some(base_sha)),
+            commit: input.plan.source.commit.as_deref().or(Some(&base.sha)),
             keep_live: ask == Ask::KeepLive,
             keep_live_offer: offer,
         })
@@ -697,7 +702,7 @@ impl Reviewer {
         let approval_path = self.paths.join(&proposal::approval_path(&p.key));
         let message = match ask {
             Ask::Approve => {
-                let doc = proposal::approval_document(&p.key, &p.fingerprint, self.expires());
+                let doc = proposal::approval_document(&p.key, &p.fingerprint, base.expires);
                 entries.push(json!({"path": approval_path, "mode": "100644", "type": "blob", "content": doc}));
                 format!(
                     "tend: approve change {} to {}\n\nMerging this approves exactly this change, once.\n\n{TRAILER}\n",
