@@ -233,13 +233,21 @@ impl Executor<'_> {
         desired: &DesiredState,
         breaker_failures: usize,
         stop: &AtomicBool,
+        controller: Option<&crate::controller::Handle<ResourceKey>>,
     ) -> Result<Vec<ActionResult>, StateError> {
         let index = desired.index();
         let mut results = Vec::with_capacity(plan.actions.len());
         let mut consecutive_failures = 0;
         for action in plan.actions.iter().filter(|a| a.incident.is_none()) {
             let started = Instant::now();
-            let outcome = if action.decision != Decision::Auto {
+            // A resource whose healing is under way is the controller's:
+            // its drift is corrected after the healing ends.
+            let claim = controller.map(|c| c.claim(&action.target));
+            let outcome = if matches!(claim, Some(None)) {
+                Outcome::Skipped {
+                    reason: "healing of this resource is under way; its drift is corrected after it ends".into(),
+                }
+            } else if action.decision != Decision::Auto {
                 self.journal_decision(action)?;
                 Outcome::Skipped {
                     reason: format!("decision is {}", action.decision.as_str()),

@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 
 use crate::model::Diagnostic;
 use crate::plan::Plan;
+use futures::future::BoxFuture;
+
 use crate::publish::{PublishError, Published, Sink};
 use crate::report::{self, Format, PassView};
 use crate::vocab::{Decision, IncidentStatus, Secrets};
@@ -177,11 +179,14 @@ fn append(path: &Path, text: &str) -> Result<(), PublishError> {
 pub struct Begin;
 
 impl Sink for Begin {
-    fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
+    fn publish<'a>(
+        &'a mut self,
+        what: &'a Published<'a>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
         let mut text = what.secrets().map(mask).unwrap_or_default();
         text.push_str("::group::tend report\n");
         text.push_str(&format!("::stop-commands::{}\n", stop_token()));
-        crate::publish::write_stdout(&text)
+        Box::pin(std::future::ready(crate::publish::write_stdout(&text)))
     }
 }
 
@@ -192,7 +197,16 @@ pub struct ActionsSink {
 }
 
 impl Sink for ActionsSink {
-    fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
+    fn publish<'a>(
+        &'a mut self,
+        what: &'a Published<'a>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(self.speak(what))
+    }
+}
+
+impl ActionsSink {
+    async fn speak(&self, what: &Published<'_>) -> Result<(), PublishError> {
         let (plan, results, incidents): (
             &Plan,
             &[crate::act::ActionResult],
@@ -245,12 +259,9 @@ impl Sink for ActionsSink {
         crate::publish::write_stdout(&what.scrub(drift_annotations(plan)))?;
         if self.command == "plan" {
             if let Some(pr) = pull_request_number() {
-                let handle = tokio::runtime::Handle::current();
                 // The plan itself is what the job is for: a comment GitHub
                 // refuses (a fork's read-only token) is a warning.
-                if let Err(e) =
-                    tokio::task::block_in_place(|| handle.block_on(plan_comment(pr, &markdown)))
-                {
+                if let Err(e) = plan_comment(pr, &markdown).await {
                     let text = format!(
                         "could not comment the plan on pull request #{pr}: {}",
                         what.scrub(e.to_string())

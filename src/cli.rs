@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::{self, Mode};
 use crate::publish::{Layout, Published, Publisher, Stdout};
-use crate::reconcile::{self, Options, PassError, Runtime, Scope};
+use crate::reconcile::{self, Options, PassError, Prepared, Scope};
 use crate::report::{self, Format, WatchFormat};
 use crate::source::Source;
 
@@ -412,14 +412,15 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         } => {
             let opts = opts(*mode);
             let source = source.source();
-            let mut loaded = reconcile::load(&source, &opts)?;
+            let loaded = reconcile::load(&source, &opts)?;
             // A review that cannot publish fails before anything changes.
             if loaded.desired.settings.review.github.is_some()
                 && crate::review::token_from_env().is_none()
             {
                 return Err(crate::review::ReviewError::NoToken.into());
             }
-            let store = crate::state::open(&loaded.state_dir)?;
+            let store: std::sync::Arc<dyn crate::state::Store> =
+                crate::state::open(&loaded.state_dir)?.into();
             store.lock("tend apply")?;
             let sink = crate::review::GitHubSink::new(local_dir(&source));
             let report = Report {
@@ -427,7 +428,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
                 color,
                 in_actions,
             };
-            let result = apply(&mut loaded, &opts, &*store, report, sink).await;
+            let result = apply(loaded, &opts, &store, report, sink).await;
             let unlocked = store.unlock();
             let code = result?;
             unlocked?;
@@ -537,14 +538,13 @@ async fn plan(
     detailed_exitcode: bool,
     in_actions: bool,
 ) -> anyhow::Result<u8> {
-    let mut loaded = reconcile::load(source, opts)?;
-    let rt = Runtime::build(&loaded).await?;
-    rt.normalize(&mut loaded);
+    let prepared = Prepared::new(source, opts, Default::default()).await?;
+    let loaded = prepared.loaded();
     let now = chrono::Utc::now();
     let store = crate::state::open_existing(&loaded.state_dir)?;
     let store = store.as_deref();
     let facts = reconcile::facts(store, &loaded.desired.settings, now)?;
-    let planned = reconcile::plan(&loaded, &rt, opts, &facts, store, now).await?;
+    let planned = reconcile::plan(&prepared, opts, &facts, store, now).await?;
     let mut publisher = Publisher::new();
     if in_actions {
         publisher = publisher.with(crate::actions::Begin);
@@ -553,10 +553,12 @@ async fn plan(
     if in_actions {
         publisher = publisher.with(crate::actions::ActionsSink { command: "plan" });
     }
-    publisher.publish(&Published::Plan {
-        plan: &planned.plan,
-        secrets: &planned.secrets,
-    })?;
+    publisher
+        .publish(&Published::Plan {
+            plan: &planned.plan,
+            secrets: &planned.secrets,
+        })
+        .await?;
     Ok(if detailed_exitcode && planned.plan.pending() > 0 {
         2
     } else {
@@ -629,9 +631,9 @@ fn history(
 }
 
 async fn apply(
-    loaded: &mut reconcile::Loaded,
+    loaded: reconcile::Loaded,
     opts: &Options,
-    store: &dyn crate::state::Store,
+    store: &std::sync::Arc<dyn crate::state::Store>,
     report: Report,
     review: crate::review::GitHubSink,
 ) -> anyhow::Result<u8> {
@@ -640,11 +642,16 @@ async fn apply(
         color,
         in_actions,
     } = report;
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let rt = Runtime::build(loaded).await?;
-    rt.normalize(loaded);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prepared = Prepared::from_load(loaded, Default::default()).await?;
+    let runner = crate::heal::Runner::new();
+    let healing = reconcile::Healing {
+        runner: &runner,
+        stop: &stop,
+        to_the_end: true,
+    };
     let applied =
-        reconcile::apply(loaded, &rt, opts, store, "tend apply", Scope::Full, &stop).await?;
+        reconcile::apply(&prepared, opts, store, "tend apply", Scope::Full, healing).await?;
     let mut publisher = Publisher::new();
     if in_actions {
         publisher = publisher.with(crate::actions::Begin);
@@ -657,10 +664,12 @@ async fn apply(
         publisher = publisher.with(crate::actions::ActionsSink { command: "apply" });
     }
     let mut publisher = publisher.with(review);
-    publisher.publish(&Published::Pass {
-        applied: &applied,
-        full: true,
-    })?;
+    publisher
+        .publish(&Published::Pass {
+            applied: &applied,
+            full: true,
+        })
+        .await?;
     let escalated = applied.escalated();
     if escalated > 0 {
         eprintln!(
@@ -732,17 +741,17 @@ async fn adopt(
             format!("invalid resource `{resource}`: expected KIND/NAME, such as host.File/motd")
         })?;
     let key = model::ResourceKey::new(kind, name);
-    let mut loaded = reconcile::load(&Source::Dir(dir.to_path_buf()), opts)?;
+    let loaded = reconcile::load(&Source::Dir(dir.to_path_buf()), opts)?;
     let Some(declared) = loaded.desired.resources.iter().find(|r| r.key == key) else {
         anyhow::bail!("{key} is not declared in {}", dir.display());
     };
     let origin = declared.origin.clone();
-    let rt = Runtime::build(&loaded).await?;
-    rt.normalize(&mut loaded);
+    let prepared = Prepared::from_load(loaded, Default::default()).await?;
+    let loaded = prepared.loaded();
     let now = chrono::Utc::now();
     let store = crate::state::open_existing(&loaded.state_dir)?;
     let facts = reconcile::facts(store.as_deref(), &loaded.desired.settings, now)?;
-    let planned = reconcile::plan(&loaded, &rt, opts, &facts, store.as_deref(), now).await?;
+    let planned = reconcile::plan(&prepared, opts, &facts, store.as_deref(), now).await?;
     let actions: Vec<&crate::vocab::Action> = planned
         .plan
         .actions

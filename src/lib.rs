@@ -12,6 +12,7 @@
 pub mod act;
 pub mod actions;
 pub mod cli;
+pub mod controller;
 pub mod diff;
 pub mod heal;
 pub mod health;

@@ -328,12 +328,15 @@ impl Metrics {
 pub struct MetricsSink(pub std::sync::Arc<Metrics>);
 
 impl Sink for MetricsSink {
-    fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
+    fn publish<'a>(
+        &'a mut self,
+        what: &'a Published<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<(), PublishError>> {
         match what {
             Published::Pass { applied, full } => self.0.applied(applied, *full),
             Published::Failed(_) => self.0.pass("full", "error", 0.0),
             Published::Plan { .. } => {}
         }
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 }

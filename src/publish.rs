@@ -1,13 +1,19 @@
 //! Publish: the one place where a decided plan, a pass's results and its
 //! incidents go to the outside world.
 //!
-//! Each destination is a [`Sink`]; today the report on standard output,
-//! next pull requests, issues and notifications. The [`Publisher`] is
-//! called by `cli` and `watch` after a pass, never from inside the loop, so
-//! a sink that fails can never change what a pass did. Rendering is
-//! `report`'s job; this module only routes. See ARCHITECTURE.md.
+//! Each destination is a [`Sink`]: the report on standard output, GitHub
+//! (pull requests and issues), GitHub Actions, metrics. Sinks are async.
+//! The [`Publisher`] is called by `cli` after its pass; under `tend watch`
+//! it runs off the loop ([`Publisher::spawn`]): each sink is fed through a
+//! channel by a task of its own, so a slow or rate-limited peer never
+//! delays a pass or a heal, and a sink that fails can never change what a
+//! pass did. Rendering is `report`'s job; this module only routes. See
+//! ARCHITECTURE.md.
 
 use std::io::Write;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 
 use crate::plan::Plan;
 use crate::reconcile::{Applied, PassError};
@@ -63,7 +69,42 @@ pub enum PublishError {
 
 /// One destination.
 pub trait Sink: Send {
-    fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError>;
+    fn publish<'a>(
+        &'a mut self,
+        what: &'a Published<'a>,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// Whether only the newest pass matters to this sink (it mirrors the
+    /// state elsewhere, as GitHub does): off the loop, passes that queued
+    /// up behind a slow publication are skipped, except the newest full
+    /// one. A sink that reports every pass (standard output, metrics)
+    /// keeps the default.
+    fn newest_only(&self) -> bool {
+        false
+    }
+}
+
+/// A pass's result, owned, to hand to a sink running off the loop.
+#[derive(Clone)]
+pub enum Owned {
+    Pass { applied: Arc<Applied>, full: bool },
+    Failed(Arc<PassError>),
+}
+
+impl Owned {
+    fn borrowed(&self) -> Published<'_> {
+        match self {
+            Owned::Pass { applied, full } => Published::Pass {
+                applied,
+                full: *full,
+            },
+            Owned::Failed(e) => Published::Failed(e),
+        }
+    }
+
+    fn full(&self) -> bool {
+        matches!(self, Owned::Pass { full: true, .. })
+    }
 }
 
 /// Every destination of a run, in order.
@@ -84,15 +125,92 @@ impl Publisher {
 
     /// Hands `what` to every sink. A sink that fails does not keep the
     /// others from publishing; the first error is returned.
-    pub fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
+    pub async fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
         let mut first = None;
         for sink in &mut self.sinks {
-            if let Err(e) = sink.publish(what) {
+            if let Err(e) = sink.publish(what).await {
                 tracing::warn!(error = %e, "Publishing failed.");
                 first.get_or_insert(e);
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Runs every sink off the loop, each in a task of its own fed through
+    /// a channel.
+    pub fn spawn(self) -> Background {
+        let mut feeds = Vec::new();
+        let mut tasks = Vec::new();
+        for sink in self.sinks {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            feeds.push(tx);
+            tasks.push(tokio::spawn(feed(sink, rx)));
+        }
+        Background { feeds, tasks }
+    }
+}
+
+/// One sink's task: publishes what it is sent, in order; a sink that only
+/// needs the newest pass skips what queued up behind a slow publication.
+async fn feed(mut sink: Box<dyn Sink>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Owned>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        if sink.newest_only() {
+            batch = newest(batch);
+        }
+        for what in batch {
+            if let Err(e) = sink.publish(&what.borrowed()).await {
+                tracing::warn!(error = %e, "Publishing the pass failed.");
+            }
+        }
+    }
+}
+
+/// The newest full pass of a batch, if a later pass was not full, and the
+/// newest pass: a sink that closes what is gone only after a complete
+/// inventory still sees the newest one.
+fn newest(mut batch: Vec<Owned>) -> Vec<Owned> {
+    let Some(last) = batch.pop() else {
+        return batch;
+    };
+    let mut out = Vec::with_capacity(2);
+    if !last.full() {
+        if let Some(full) = batch.into_iter().rev().find(Owned::full) {
+            out.push(full);
+        }
+    }
+    out.push(last);
+    out
+}
+
+/// The sinks of `tend watch`, running off the loop.
+pub struct Background {
+    feeds: Vec<tokio::sync::mpsc::UnboundedSender<Owned>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Queues `what` for every sink; never waits.
+    pub fn send(&self, what: Owned) {
+        for feed in &self.feeds {
+            let _ = feed.send(what.clone());
+        }
+    }
+
+    /// Lets the sinks finish what they were sent, for at most `grace`;
+    /// a sink still busy then (a peer that rate-limits) is stopped.
+    pub async fn close(self, grace: std::time::Duration) {
+        drop(self.feeds);
+        let deadline = tokio::time::Instant::now() + grace;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!("A sink was still publishing when tend stopped; it was cut short.");
+            }
+        }
     }
 }
 
@@ -112,7 +230,16 @@ pub struct Stdout {
 }
 
 impl Sink for Stdout {
-    fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
+    fn publish<'a>(
+        &'a mut self,
+        what: &'a Published<'a>,
+    ) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move { self.write(what) })
+    }
+}
+
+impl Stdout {
+    fn write(&self, what: &Published<'_>) -> Result<(), PublishError> {
         let text = match (what, self.layout) {
             (Published::Plan { plan, .. }, Layout::Once(format)) => {
                 render_plan(plan, format, self.color)

@@ -11,12 +11,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use futures::StreamExt;
 
 use crate::act::{ActionResult, Executor};
+use crate::controller::Until;
 use crate::diff::{self, DiffOptions};
-use crate::heal::{self, Healed, Healer};
+use crate::heal::{self, Healed};
 use crate::health::{self as health_stage, Prober};
 use crate::model::{self, DesiredState, Invalid, Mode, ProviderName, Resource, Settings};
 use crate::plan::{self, remedy::Prior, HealingInput, Plan, PlanInput, SourceInfo, Watched};
@@ -63,7 +65,7 @@ pub struct Options {
 pub struct Loaded {
     pub origin: String,
     pub commit: Option<String>,
-    pub desired: DesiredState,
+    pub desired: Arc<DesiredState>,
     pub root: PathBuf,
     pub state_dir: PathBuf,
     /// The default pack and the repository's policies.
@@ -113,7 +115,7 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
     Ok(Loaded {
         origin: snapshot.origin,
         commit: snapshot.commit,
-        desired,
+        desired: Arc::new(desired),
         root,
         state_dir,
         policy_files,
@@ -144,12 +146,14 @@ fn host_root(desired: &DesiredState) -> Result<PathBuf, PassError> {
 }
 
 /// What passes share and reuse: providers (with their SDK clients),
-/// compiled policies and the prober. Built from a load; [`Runtime::refresh`]
-/// rebuilds only the parts whose inputs changed.
+/// compiled policies and the prober, each shared with the healing work
+/// still under way. Built from a load; [`Runtime::refreshed`] rebuilds
+/// only the parts whose inputs changed.
+#[derive(Clone)]
 pub struct Runtime {
-    pub providers: Providers,
-    pub policies: Policies,
-    pub prober: Prober,
+    pub providers: Arc<Providers>,
+    pub policies: Arc<Policies>,
+    pub prober: Arc<Prober>,
     /// What the providers and prober were built from.
     settings: Settings,
     root: PathBuf,
@@ -157,72 +161,109 @@ pub struct Runtime {
     /// What the policies were compiled from.
     policy_files: Vec<PolicyFile>,
     /// Alerts pushed to `tend watch`, read by the prober.
-    alerts: std::sync::Arc<crate::health::alerts::AlertBook>,
+    alerts: Arc<crate::health::alerts::AlertBook>,
 }
 
 impl Runtime {
-    pub async fn build(loaded: &Loaded) -> Result<Runtime, PassError> {
+    /// Builds everything from a load; pushed alerts are read from `alerts`.
+    pub async fn build(
+        loaded: &Loaded,
+        alerts: Arc<crate::health::alerts::AlertBook>,
+    ) -> Result<Runtime, PassError> {
         let policies = compile_policies(&loaded.policy_files)?;
         let settings = &loaded.desired.settings;
         Ok(Runtime {
-            providers: build_providers(settings, loaded).await?,
-            prober: Prober::new(&settings.healing).with_host(&loaded.state_dir, &loaded.root),
-            policies,
+            providers: Arc::new(build_providers(settings, loaded).await?),
+            prober: Arc::new(prober(loaded, &alerts)),
+            policies: Arc::new(policies),
             settings: settings.clone(),
             root: loaded.root.clone(),
             state_dir: loaded.state_dir.clone(),
             policy_files: loaded.policy_files.clone(),
-            alerts: std::sync::Arc::default(),
+            alerts,
         })
     }
 
-    /// Pushed alerts become signals of the resources they name.
-    pub fn set_alerts(&mut self, book: std::sync::Arc<crate::health::alerts::AlertBook>) {
-        self.prober = Prober::new(&self.settings.healing)
-            .with_host(&self.state_dir, &self.root)
-            .with_alerts(std::sync::Arc::clone(&book));
-        self.alerts = book;
-    }
-
-    /// Brings the runtime up to date with a new load: providers and prober
-    /// are rebuilt only when Settings (or where tend keeps state) changed,
-    /// policies only when a policy file changed. All or nothing: on an
-    /// error the runtime is as it was.
-    pub async fn refresh(&mut self, loaded: &Loaded) -> Result<(), PassError> {
-        let policies = if self.policy_files != loaded.policy_files {
-            Some(compile_policies(&loaded.policy_files)?)
-        } else {
-            None
-        };
+    /// This runtime brought up to date with a new load: providers and
+    /// prober are rebuilt only when Settings (or where tend keeps state)
+    /// changed, policies only when a policy file changed; the rest is
+    /// shared. On an error nothing is built.
+    pub async fn refreshed(&self, loaded: &Loaded) -> Result<Runtime, PassError> {
+        let mut next = self.clone();
+        if self.policy_files != loaded.policy_files {
+            next.policies = Arc::new(compile_policies(&loaded.policy_files)?);
+            next.policy_files = loaded.policy_files.clone();
+        }
         let settings = &loaded.desired.settings;
-        let rebuild = self.settings != *settings
+        if self.settings != *settings
             || self.root != loaded.root
-            || self.state_dir != loaded.state_dir;
-        let providers = if rebuild {
-            Some(build_providers(settings, loaded).await?)
-        } else {
-            None
-        };
-        if let Some(p) = policies {
-            self.policies = p;
-            self.policy_files = loaded.policy_files.clone();
+            || self.state_dir != loaded.state_dir
+        {
+            next.providers = Arc::new(build_providers(settings, loaded).await?);
+            next.prober = Arc::new(prober(loaded, &self.alerts));
+            next.settings = settings.clone();
+            next.root = loaded.root.clone();
+            next.state_dir = loaded.state_dir.clone();
         }
-        if let Some(p) = providers {
-            self.providers = p;
-            self.prober = Prober::new(&settings.healing)
-                .with_host(&loaded.state_dir, &loaded.root)
-                .with_alerts(std::sync::Arc::clone(&self.alerts));
-            self.settings = settings.clone();
-            self.root = loaded.root.clone();
-            self.state_dir = loaded.state_dir.clone();
-        }
-        Ok(())
+        Ok(next)
     }
 
     /// Brings every declared spec into its provider's canonical form, once
     /// per load, so that planning never edits desired state.
-    pub fn normalize(&self, loaded: &mut Loaded) {
-        self.providers.normalize_all(&mut loaded.desired.resources);
+    fn normalize(&self, loaded: &mut Loaded) {
+        self.providers
+            .normalize_all(&mut Arc::make_mut(&mut loaded.desired).resources);
+    }
+}
+
+fn prober(loaded: &Loaded, alerts: &Arc<crate::health::alerts::AlertBook>) -> Prober {
+    Prober::new(&loaded.desired.settings.healing)
+        .with_host(&loaded.state_dir, &loaded.root)
+        .with_alerts(Arc::clone(alerts))
+}
+
+/// Desired state loaded, validated and normalized by its providers, with
+/// the runtime built for it: the only input `plan` and `apply` accept, so
+/// a desired state that was not normalized can never reach them.
+pub struct Prepared {
+    loaded: Loaded,
+    runtime: Runtime,
+}
+
+impl Prepared {
+    /// Load → build the runtime → normalize, in one call.
+    pub async fn new(
+        source: &Source,
+        opts: &Options,
+        alerts: Arc<crate::health::alerts::AlertBook>,
+    ) -> Result<Prepared, PassError> {
+        Prepared::from_load(load(source, opts)?, alerts).await
+    }
+
+    /// A load already read (and looked at) becomes prepared.
+    pub async fn from_load(
+        mut loaded: Loaded,
+        alerts: Arc<crate::health::alerts::AlertBook>,
+    ) -> Result<Prepared, PassError> {
+        let runtime = Runtime::build(&loaded, alerts).await?;
+        runtime.normalize(&mut loaded);
+        Ok(Prepared { loaded, runtime })
+    }
+
+    /// The source read again, with this runtime brought up to date.
+    pub async fn reload(&self, source: &Source, opts: &Options) -> Result<Prepared, PassError> {
+        let mut loaded = load(source, opts)?;
+        let runtime = self.runtime.refreshed(&loaded).await?;
+        runtime.normalize(&mut loaded);
+        Ok(Prepared { loaded, runtime })
+    }
+
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
     }
 }
 
@@ -237,57 +278,16 @@ async fn build_providers(settings: &Settings, loaded: &Loaded) -> Result<Provide
     Ok(Providers { all })
 }
 
-/// What the journal says about recent passes, as the safety gates need it.
+/// What the journal says about recent passes, as the safety gates need it
+/// (nothing before the first apply).
 pub fn facts(
     store: Option<&dyn Store>,
     settings: &Settings,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Facts, PassError> {
-    let Some(store) = store else {
-        return Ok(Facts::default());
-    };
-    let back = |d: std::time::Duration| {
-        now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-    };
-    let safety = &settings.safety;
-    let horizon = safety
-        .cooldown
-        .0
-        .max(safety.circuit_breaker.window.0)
-        .max(std::time::Duration::from_secs(24 * 3600));
-    let key = |kind: &str, name: String| Some(ResourceKey::new(model::Kind::parse(kind)?, name));
-    let outcomes = store
-        .outcomes_since(back(horizon))?
-        .into_iter()
-        .filter_map(|e| {
-            Some(policy::PastOutcome {
-                key: key(&e.kind, e.name)?,
-                action: e.action,
-                outcome: e.outcome?,
-                at: crate::state::parse_ts(&e.at)?,
-            })
-        })
-        .collect();
-    let corrections = store
-        .corrections_since(back(safety.fight_detection.window.0))?
-        .into_iter()
-        .filter_map(|c| {
-            Some(policy::Correction {
-                key: key(&c.kind, c.name)?,
-                path: c.path,
-                at: crate::state::parse_ts(&c.at)?,
-            })
-        })
-        .collect();
-    let used_approvals = store
-        .used_approvals()?
-        .into_iter()
-        .filter_map(|u| Some((key(&u.kind, u.name)?, u.fingerprint, u.expires)))
-        .collect();
-    Ok(Facts {
-        corrections,
-        outcomes,
-        used_approvals,
+    Ok(match store {
+        Some(store) => Facts::read(store, settings, now)?,
+        None => Facts::default(),
     })
 }
 
@@ -314,12 +314,13 @@ pub struct Planned {
 /// Inventories, diffs, reads health and plans, undecided. Reads the state
 /// store (signal history, incidents) but never writes it.
 async fn survey(
-    loaded: &Loaded,
-    rt: &Runtime,
+    prepared: &Prepared,
     opts: &Options,
     store: Option<&dyn Store>,
     scope: Scope,
+    under_way: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<Planned, PassError> {
+    let (loaded, rt) = (&prepared.loaded, &prepared.runtime);
     let desired = &loaded.desired;
     let healing_only: Vec<Resource>;
     let resources: &[Resource] = match scope {
@@ -384,6 +385,7 @@ async fn survey(
             backoff: &healing.backoff,
             crash_loop: &healing.crash_loop,
             recurrences: &recurrences,
+            healing: under_way,
             now,
         },
     );
@@ -512,14 +514,14 @@ fn prior_of(i: &Incident) -> Prior {
 
 /// Plans and decides, for `tend plan`: nothing is written anywhere.
 pub async fn plan(
-    loaded: &Loaded,
-    rt: &Runtime,
+    prepared: &Prepared,
     opts: &Options,
     facts: &Facts,
     store: Option<&dyn Store>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Planned, PassError> {
-    let mut planned = survey(loaded, rt, opts, store, Scope::Full).await?;
+    let mut planned = survey(prepared, opts, store, Scope::Full, &|_| false).await?;
+    let (loaded, rt) = (&prepared.loaded, &prepared.runtime);
     let index = loaded.desired.index();
     let decider = Decider::new(
         &rt.policies,
@@ -573,18 +575,29 @@ impl Applied {
     }
 }
 
-/// One `apply` pass: plan, decide, act on drift, heal unhealthy resources,
-/// and record it all. `stop` is checked between actions and runbook steps
-/// (a shutdown lets the one in flight finish).
+/// How a pass hands its healing work on.
+pub struct Healing<'a> {
+    pub runner: &'a Arc<heal::Runner>,
+    /// Set on SIGINT/SIGTERM: the action in flight finishes, no new one
+    /// starts.
+    pub stop: &'a Arc<AtomicBool>,
+    /// `tend apply`: the healing runs to its end (every step verified,
+    /// held or escalated) before the pass returns. `tend watch`: it goes on
+    /// in the runner while the next passes run.
+    pub to_the_end: bool,
+}
+
+/// One `apply` pass: plan, decide, act on drift, hand unhealthy resources
+/// to the healing runner, and record it all.
 pub async fn apply(
-    loaded: &Loaded,
-    rt: &Runtime,
+    prepared: &Prepared,
     opts: &Options,
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     command: &str,
     scope: Scope,
-    stop: &AtomicBool,
+    healing: Healing<'_>,
 ) -> Result<Applied, PassError> {
+    let loaded = &prepared.loaded;
     let run_id = store.begin_run(&NewRun {
         command,
         origin: &loaded.origin,
@@ -592,7 +605,7 @@ pub async fn apply(
         mode: loaded.mode(opts).as_str(),
     })?;
     let started = std::time::Instant::now();
-    let mut result = apply_run(loaded, rt, opts, store, run_id, scope, stop).await;
+    let mut result = apply_run(prepared, opts, store, run_id, scope, healing).await;
     if let Ok(a) = &mut result {
         a.duration = started.elapsed();
     }
@@ -607,20 +620,25 @@ pub async fn apply(
 }
 
 async fn apply_run(
-    loaded: &Loaded,
-    rt: &Runtime,
+    prepared: &Prepared,
     opts: &Options,
-    store: &dyn Store,
+    shared: &Arc<dyn Store>,
     run_id: i64,
     scope: Scope,
-    stop: &AtomicBool,
+    healing: Healing<'_>,
 ) -> Result<Applied, PassError> {
-    close_dangling_intents(store, run_id)?;
-    heal::close_running_steps(store, run_id)?;
+    let store: &dyn Store = &**shared;
+    let controller = healing.runner.handle();
+    let under_way = |k: &ResourceKey| controller.holds(k);
+    // What a stop of tend cut short; never what the controller is still
+    // working on.
+    close_dangling_intents(store, run_id, &under_way)?;
+    heal::close_running_steps(store, run_id, &under_way)?;
     let now = chrono::Utc::now();
+    let (loaded, rt) = (&prepared.loaded, &prepared.runtime);
     let desired = &loaded.desired;
     let facts = facts(Some(store), &desired.settings, now)?;
-    let mut planned = survey(loaded, rt, opts, Some(store), scope).await?;
+    let mut planned = survey(prepared, opts, Some(store), scope, &under_way).await?;
     // From here on, every text written to the store is scrubbed.
     let store = &Scrubbing {
         inner: store,
@@ -655,7 +673,8 @@ async fn apply_run(
             plan,
             desired,
             desired.settings.safety.circuit_breaker.failures,
-            stop,
+            healing.stop,
+            Some(&controller),
         )
         .await?;
     record_baseline_attempts(store, plan, &results, &desired.settings.healing.backoff)?;
@@ -671,18 +690,27 @@ async fn apply_run(
                 .cloned(),
         })
         .collect();
-    let healer = Healer {
-        desired,
-        providers: &rt.providers,
-        store,
-        prober: &rt.prober,
-        executor: &executor,
-        decider: &decider,
-        stop,
-    };
-    let healed = heal::heal_all(&healer, work, desired.settings.healing.concurrency).await?;
+    let ctx = Arc::new(heal::Ctx {
+        desired: Arc::clone(desired),
+        providers: Arc::clone(&rt.providers),
+        prober: Arc::clone(&rt.prober),
+        policies: Arc::clone(&rt.policies),
+        store: Arc::clone(shared),
+        secrets: planned.secrets.clone(),
+        run_id,
+        commit: loaded.commit.clone(),
+        stop: Arc::clone(healing.stop),
+    });
+    healing.runner.submit(&ctx, work);
+    if healing.to_the_end {
+        healing
+            .runner
+            .run(desired.settings.healing.concurrency, Until::Idle)
+            .await;
+    }
+    let healed = healing.runner.take_healed();
     resolve_recovered(store, &planned.recovered)?;
-    remember_last_good(store, loaded, plan)?;
+    remember_last_good(store, loaded, plan, &under_way)?;
     let incidents = touched_incidents(store, &healed, &planned.recovered)?;
     Ok(Applied {
         plan: planned.plan,
@@ -710,8 +738,16 @@ fn declared_kinds(desired: &DesiredState) -> Vec<(String, usize)> {
 /// An earlier run died between calling a provider and recording what
 /// happened. Live state is re-read by this pass, so the action is
 /// re-planned from facts, never repeated blindly.
-fn close_dangling_intents(store: &dyn Store, run_id: i64) -> Result<(), StateError> {
+fn close_dangling_intents(
+    store: &dyn Store,
+    run_id: i64,
+    under_way: &dyn Fn(&ResourceKey) -> bool,
+) -> Result<(), StateError> {
     for d in store.dangling_intents()? {
+        let key = model::Kind::parse(&d.kind).map(|k| ResourceKey::new(k, d.name.clone()));
+        if key.is_some_and(|k| under_way(&k)) {
+            continue;
+        }
         store.outcome(&JournalRecord {
             run_id: d.run_id,
             fingerprint: &d.fingerprint,
@@ -799,9 +835,14 @@ fn resolve_recovered(store: &dyn Store, recovered: &[i64]) -> Result<(), StateEr
 }
 
 /// Healthy and in sync: a resource's spec is its last known good one.
-fn remember_last_good(store: &dyn Store, loaded: &Loaded, plan: &Plan) -> Result<(), StateError> {
+fn remember_last_good(
+    store: &dyn Store,
+    loaded: &Loaded,
+    plan: &Plan,
+    under_way: &dyn Fn(&ResourceKey) -> bool,
+) -> Result<(), StateError> {
     let index = loaded.desired.index();
-    for a in &plan.health {
+    for a in plan.health.iter().filter(|a| !under_way(&a.target)) {
         let in_sync = !plan.actions.iter().any(|x| x.target == a.target);
         let healthy = a
             .signals

@@ -2,13 +2,18 @@
 //!
 //! Full reconciles on an interval with jitter, healing passes (watched
 //! resources only, desired state reused) in between, and a full pass at once
-//! when a local source directory changes. Providers (with their SDK
-//! clients), policies and probers live in a [`Runtime`] built once and
-//! rebuilt only when what it was built from changes. Each pass is handed to
-//! the [`Publisher`] after it ends. SIGINT and SIGTERM let the action in
-//! flight finish and record its outcome; no new action starts. A pass that
-//! fails (an unreadable source, invalid desired state, a failed inventory)
-//! changes nothing and the loop goes on. See ARCHITECTURE.md.
+//! when a local source directory changes, a signed push arrives or a
+//! process tend started exits. Each pass hands its healing work to the
+//! per-resource controller ([`heal::Runner`]), which runs beside the loop:
+//! a runbook step under verification on one resource never delays a pass
+//! or another resource's healing. Desired state, providers (with their SDK
+//! clients), policies and probers are [`Prepared`] once and rebuilt only
+//! when what they were built from changes. Each pass is handed to the
+//! sinks off the loop ([`crate::publish::Background`]). SIGINT and SIGTERM
+//! let the action in flight finish and record its outcome; no new action
+//! starts, and a sink still publishing is cut short. A pass that fails (an
+//! unreadable source, invalid desired state, a failed inventory) changes
+//! nothing and the loop goes on. See ARCHITECTURE.md.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +24,11 @@ use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::publish::{Published, Publisher};
-use crate::reconcile::{self, Loaded, Options, PassError, Runtime, Scope};
+use crate::controller::Until;
+use crate::heal;
+use crate::health::alerts::AlertBook;
+use crate::publish::{Background, Owned, Publisher};
+use crate::reconcile::{self, Applied, Healing, Options, Prepared, Scope};
 use crate::source::Source;
 use crate::state::Store;
 
@@ -36,6 +44,7 @@ pub struct WatchOptions {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// Why the loop woke up before its interval.
 enum Wake {
     Changed,
     /// A process tend started has exited: a full pass at once.
@@ -44,6 +53,9 @@ enum Wake {
     Heal,
     Stop,
 }
+
+/// How long sinks may go on publishing after a stop.
+const PUBLISH_GRACE: Duration = Duration::from_secs(2);
 
 /// The wait before the next pass: `base` varied by up to ±`jitter`.
 pub fn jittered(base: Duration, jitter: f64) -> Duration {
@@ -60,166 +72,324 @@ pub async fn run(
     source: &Source,
     opts: &Options,
     wo: &WatchOptions,
-    mut publisher: Publisher,
+    publisher: Publisher,
 ) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (tx, mut rx) = mpsc::unbounded_channel::<Wake>();
-    spawn_signal_handler(Arc::clone(&stop), tx.clone())?;
+    let (tx, rx) = mpsc::unbounded_channel::<Wake>();
+    let stop = Stop::new();
+    spawn_signal_handler(stop.clone(), tx.clone())?;
     let _fs_watch = match source {
         Source::Dir(dir) => Some(watch_dir(dir, tx.clone())?),
         Source::Git { .. } => None,
     };
-    let alerts = std::sync::Arc::new(crate::health::alerts::AlertBook::new());
-    if let Some(addr) = wo.listen {
-        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        let wake = tx.clone();
-        let service = crate::serve::Service {
-            metrics: std::sync::Arc::clone(&metrics),
-            // Ready while the last successful pass is at most three
-            // intervals old.
-            ready_within: wo.interval * 3,
-            github_secret: std::env::var("TEND_GITHUB_WEBHOOK_SECRET")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            branch: match source {
-                Source::Git { reference, .. } => reference.clone(),
-                Source::Dir(_) => None,
-            },
-            wake: std::sync::Arc::new(move || {
-                let _ = wake.send(Wake::Changed);
-            }),
-            alertmanager_token: std::env::var("TEND_ALERTMANAGER_TOKEN")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            alerts: std::sync::Arc::clone(&alerts),
-            heal: {
-                let heal = tx.clone();
-                std::sync::Arc::new(move || {
-                    let _ = heal.send(Wake::Heal);
-                })
-            },
-        };
-        let bound = crate::serve::spawn(addr, service)
-            .await
-            .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
-        info!(%bound, "Serving /metrics, /healthz and /readyz.");
-        publisher = publisher.with(crate::metrics::MetricsSink(metrics));
-    }
-
-    let mut exits = Exits::new(tx.clone());
-    let mut state: Option<(PathBuf, Box<dyn Store>)> = None;
-    let mut current: Option<(Loaded, Runtime)> = None;
-    let mut passes = 0u64;
-    let mut last_full: Option<Instant> = None;
-    let mut force_full = true;
-    let result = loop {
-        if stop.load(Ordering::SeqCst) {
-            break Ok(());
-        }
-        let full =
-            force_full || current.is_none() || last_full.is_none_or(|t| t.elapsed() >= wo.interval);
-        // While the source is broken (unreadable, invalid), the resources
-        // of the last valid desired state are still healed; nothing of the
-        // broken state is applied.
-        let mut broken = false;
-        if full {
-            last_full = Some(Instant::now());
-            if let Err(e) = reload(source, opts, &mut current, &alerts).await {
-                publish(&mut publisher, &Published::Failed(&e));
-                broken = true;
-            }
-        }
-        force_full = false;
-        if let Some((l, rt)) = current.as_ref() {
-            // The state directory can change with the desired state
-            // (Settings spec.stateDir); the lock follows it.
-            if state.as_ref().is_none_or(|(d, _)| *d != l.state_dir) {
-                if let Some((_, old)) = state.take() {
-                    let _ = old.unlock();
-                }
-                let s = crate::state::open(&l.state_dir)?;
-                s.lock("tend watch")?;
-                state = Some((l.state_dir.clone(), s));
-            }
-            let Some((_, s)) = state.as_ref() else {
-                continue;
-            };
-            let (command, scope) = if full && !broken {
-                ("tend watch", Scope::Full)
-            } else {
-                ("tend watch (heal)", Scope::Healing)
-            };
-            match reconcile::apply(l, rt, opts, &**s, command, scope, &stop).await {
-                Ok(applied) => publish(
-                    &mut publisher,
-                    &Published::Pass {
-                        applied: &applied,
-                        full: scope == Scope::Full,
-                    },
-                ),
-                Err(error) => publish(&mut publisher, &Published::Failed(&error)),
-            }
-            exits.follow(l);
-        }
-        passes += 1;
-        if wo.max_passes > 0 && passes >= wo.max_passes {
-            break Ok(());
-        }
-        let wait = jittered(wo.heal_interval.min(wo.interval), wo.jitter);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            wake = rx.recv() => match wake {
-                Some(Wake::Changed) => {
-                    // Let a burst of writes (a checkout, an editor) settle.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while let Ok(w) = rx.try_recv() {
-                        if matches!(w, Wake::Stop) {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    info!("Source changed; reconciling now.");
-                    force_full = true;
-                }
-                Some(Wake::Heal) => info!("An alert was pushed; healing now."),
-                Some(Wake::Exited(name)) => {
-                    info!(process = %name, "A process tend started has exited; reconciling now.");
-                    force_full = true;
-                }
-                Some(Wake::Stop) | None => {}
-            },
-        }
+    let alerts = Arc::new(AlertBook::new());
+    let publisher = match wo.listen {
+        Some(addr) => listen(addr, source, wo, &tx, &alerts, publisher).await?,
+        None => publisher,
     };
-    if let Some((_, s)) = state {
+    let mut w = Watch {
+        source,
+        opts,
+        wo,
+        rx,
+        stop,
+        alerts,
+        sinks: publisher.spawn(),
+        runner: heal::Runner::new(),
+        controller: None,
+        exits: Exits::new(tx),
+        state: None,
+        current: None,
+        passes: 0,
+        last_full: None,
+        force_full: true,
+        wake_at: None,
+    };
+    let result = w.run().await;
+    w.shutdown().await;
+    if let Some((_, s)) = w.state.take() {
         s.unlock()?;
     }
     result
 }
 
-/// Loads desired state and brings the runtime up to date with it (built
-/// on the first load, refreshed after). On an error, `current` is left as
-/// it was: the last valid desired state and its runtime.
-async fn reload(
+/// Serves `/metrics`, `/healthz`, `/readyz` and the hooks; the metrics sink
+/// joins the publisher.
+async fn listen(
+    addr: std::net::SocketAddr,
     source: &Source,
-    opts: &Options,
-    current: &mut Option<(Loaded, Runtime)>,
-    alerts: &std::sync::Arc<crate::health::alerts::AlertBook>,
-) -> Result<(), PassError> {
-    let mut loaded = reconcile::load(source, opts)?;
-    alerts.set_routes(crate::health::alerts::routes(&loaded.desired));
-    match current {
-        Some((old, rt)) => {
-            rt.refresh(&loaded).await?;
-            rt.normalize(&mut loaded);
-            *old = loaded;
-        }
-        None => {
-            let mut rt = Runtime::build(&loaded).await?;
-            rt.set_alerts(std::sync::Arc::clone(alerts));
-            rt.normalize(&mut loaded);
-            *current = Some((loaded, rt));
+    wo: &WatchOptions,
+    tx: &mpsc::UnboundedSender<Wake>,
+    alerts: &Arc<AlertBook>,
+    publisher: Publisher,
+) -> anyhow::Result<Publisher> {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let wake = tx.clone();
+    let heal = tx.clone();
+    let service = crate::serve::Service {
+        metrics: Arc::clone(&metrics),
+        // Ready while the last successful pass is at most three
+        // intervals old.
+        ready_within: wo.interval * 3,
+        github_secret: std::env::var("TEND_GITHUB_WEBHOOK_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        branch: match source {
+            Source::Git { reference, .. } => reference.clone(),
+            Source::Dir(_) => None,
+        },
+        wake: Arc::new(move || {
+            let _ = wake.send(Wake::Changed);
+        }),
+        alertmanager_token: std::env::var("TEND_ALERTMANAGER_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        alerts: Arc::clone(alerts),
+        heal: Arc::new(move || {
+            let _ = heal.send(Wake::Heal);
+        }),
+    };
+    let bound = crate::serve::spawn(addr, service)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
+    info!(%bound, "Serving /metrics, /healthz and /readyz.");
+    Ok(publisher.with(crate::metrics::MetricsSink(metrics)))
+}
+
+/// The stop signal, as the executor reads it (a flag) and as the
+/// controller waits for it (a channel).
+#[derive(Clone)]
+struct Stop {
+    flag: Arc<AtomicBool>,
+    tx: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        Stop {
+            flag: Arc::new(AtomicBool::new(false)),
+            tx: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
-    Ok(())
+
+    fn set(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.tx.send_replace(true);
+    }
+
+    fn is_set(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// The loop's state between wake-ups.
+struct Watch<'a> {
+    source: &'a Source,
+    opts: &'a Options,
+    wo: &'a WatchOptions,
+    rx: mpsc::UnboundedReceiver<Wake>,
+    stop: Stop,
+    alerts: Arc<AlertBook>,
+    sinks: Background,
+    runner: Arc<heal::Runner>,
+    /// The controller's task, started with the first valid desired state.
+    controller: Option<tokio::task::JoinHandle<()>>,
+    exits: Exits,
+    state: Option<(PathBuf, Arc<dyn Store>)>,
+    /// The last valid desired state, prepared.
+    current: Option<Prepared>,
+    passes: u64,
+    last_full: Option<Instant>,
+    force_full: bool,
+    /// When a backoff allows the next attempt, if sooner than the interval.
+    wake_at: Option<Instant>,
+}
+
+impl Watch<'_> {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        loop {
+            if self.stop.is_set() {
+                return Ok(());
+            }
+            self.pass().await?;
+            self.passes += 1;
+            if self.wo.max_passes > 0 && self.passes >= self.wo.max_passes {
+                return Ok(());
+            }
+            self.wait().await;
+        }
+    }
+
+    /// One pass: full when due (reloading the source), else healing.
+    async fn pass(&mut self) -> anyhow::Result<()> {
+        let full = self.force_full
+            || self.current.is_none()
+            || self
+                .last_full
+                .is_none_or(|t| t.elapsed() >= self.wo.interval);
+        self.force_full = false;
+        // While the source is broken (unreadable, invalid), the resources
+        // of the last valid desired state are still healed; nothing of the
+        // broken state is applied.
+        let mut broken = false;
+        if full {
+            self.last_full = Some(Instant::now());
+            if let Err(e) = self.reload().await {
+                self.sinks.send(Owned::Failed(Arc::new(e)));
+                broken = true;
+            }
+        }
+        let Some(prepared) = self.current.as_ref() else {
+            return Ok(());
+        };
+        let store = locked_store(&mut self.state, prepared)?;
+        start_controller(&mut self.controller, &self.runner, &self.stop, prepared);
+        let (command, scope) = if full && !broken {
+            ("tend watch", Scope::Full)
+        } else {
+            ("tend watch (heal)", Scope::Healing)
+        };
+        let healing = Healing {
+            runner: &self.runner,
+            stop: &self.stop.flag,
+            to_the_end: false,
+        };
+        match reconcile::apply(prepared, self.opts, &store, command, scope, healing).await {
+            Ok(applied) => {
+                self.wake_at = backoff_ends(&applied);
+                self.sinks.send(Owned::Pass {
+                    applied: Arc::new(applied),
+                    full: scope == Scope::Full,
+                });
+            }
+            Err(error) => self.sinks.send(Owned::Failed(Arc::new(error))),
+        }
+        self.exits.follow(prepared);
+        Ok(())
+    }
+
+    /// Loads desired state and brings the runtime up to date with it. On
+    /// an error, the last valid desired state and its runtime stay.
+    async fn reload(&mut self) -> Result<(), reconcile::PassError> {
+        let next = match &self.current {
+            Some(p) => p.reload(self.source, self.opts).await?,
+            None => Prepared::new(self.source, self.opts, Arc::clone(&self.alerts)).await?,
+        };
+        self.alerts
+            .set_routes(crate::health::alerts::routes(&next.loaded().desired));
+        self.current = Some(next);
+        Ok(())
+    }
+
+    /// Sleeps until the next pass is due or something wakes the loop. A
+    /// process a healing step started is followed for its exit at once.
+    async fn wait(&mut self) {
+        let mut wait = jittered(self.wo.heal_interval.min(self.wo.interval), self.wo.jitter);
+        if let Some(at) = self.wake_at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return,
+                wake = self.rx.recv() => {
+                    match wake {
+                        Some(Wake::Changed) => self.changed().await,
+                        Some(Wake::Heal) => info!("An alert was pushed; healing now."),
+                        Some(Wake::Exited(name)) => {
+                            info!(process = %name, "A process tend started has exited; reconciling now.");
+                            self.force_full = true;
+                        }
+                        Some(Wake::Stop) | None => {}
+                    }
+                    return;
+                }
+                _ = self.runner.looked() => {
+                    if let Some(prepared) = &self.current {
+                        self.exits.follow(prepared);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn changed(&mut self) {
+        // Let a burst of writes (a checkout, an editor) settle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(w) = self.rx.try_recv() {
+            if matches!(w, Wake::Stop) {
+                self.stop.set();
+            }
+        }
+        info!("Source changed; reconciling now.");
+        self.force_full = true;
+    }
+
+    /// The action in flight finishes and is recorded, steps under
+    /// verification are recorded as interrupted, and the sinks get a
+    /// moment to finish.
+    async fn shutdown(&mut self) {
+        self.stop.set();
+        if let Some(task) = self.controller.take() {
+            if let Err(e) = task.await {
+                warn!(error = %e, "The healing controller ended abnormally.");
+            }
+        }
+        let sinks = std::mem::replace(&mut self.sinks, Publisher::new().spawn());
+        sinks.close(PUBLISH_GRACE).await;
+    }
+}
+
+/// The store of the current desired state, locked. The state directory can
+/// change with the desired state (Settings spec.stateDir); the lock follows
+/// it.
+fn locked_store(
+    state: &mut Option<(PathBuf, Arc<dyn Store>)>,
+    prepared: &Prepared,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let dir = &prepared.loaded().state_dir;
+    if let Some((d, s)) = state.as_ref() {
+        if d == dir {
+            return Ok(Arc::clone(s));
+        }
+    }
+    if let Some((_, old)) = state.take() {
+        let _ = old.unlock();
+    }
+    let s: Arc<dyn Store> = crate::state::open(dir)?.into();
+    s.lock("tend watch")?;
+    *state = Some((dir.clone(), Arc::clone(&s)));
+    Ok(s)
+}
+
+/// Starts the healing controller beside the loop, once.
+fn start_controller(
+    task: &mut Option<tokio::task::JoinHandle<()>>,
+    runner: &Arc<heal::Runner>,
+    stop: &Stop,
+    prepared: &Prepared,
+) {
+    if task.is_some() {
+        return;
+    }
+    let runner = Arc::clone(runner);
+    let concurrency = prepared.loaded().desired.settings.healing.concurrency;
+    let stop = stop.tx.subscribe();
+    *task = Some(tokio::spawn(async move {
+        runner.run(concurrency, Until::Stopped(&stop)).await;
+    }));
+}
+
+/// When the backoff of an escalated resource next allows restoring it, as
+/// a time of this process's clock.
+fn backoff_ends(applied: &Applied) -> Option<Instant> {
+    let now = chrono::Utc::now();
+    applied
+        .plan
+        .remedies
+        .iter()
+        .filter_map(|r| r.baseline.as_ref()?.not_before)
+        .min()
+        .map(|t| Instant::now() + (t - now).to_std().unwrap_or_default())
 }
 
 /// Exit watches of the processes tend started: a pidfd per running
@@ -240,7 +410,8 @@ impl Exits {
     }
 
     /// Watches every declared process that runs now and is not watched yet.
-    fn follow(&mut self, loaded: &Loaded) {
+    fn follow(&mut self, prepared: &Prepared) {
+        let loaded = prepared.loaded();
         let declared: std::collections::HashSet<&str> = loaded
             .desired
             .resources
@@ -307,17 +478,7 @@ async fn exited(fd: std::os::fd::OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A sink that fails is logged; the loop goes on.
-fn publish(publisher: &mut Publisher, what: &Published<'_>) {
-    if let Err(e) = publisher.publish(what) {
-        warn!(error = %e, "Publishing the pass failed.");
-    }
-}
-
-fn spawn_signal_handler(
-    stop: Arc<AtomicBool>,
-    tx: mpsc::UnboundedSender<Wake>,
-) -> anyhow::Result<()> {
+fn spawn_signal_handler(stop: Stop, tx: mpsc::UnboundedSender<Wake>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -327,7 +488,7 @@ fn spawn_signal_handler(
             _ = term.recv() => {}
         }
         warn!("Stopping: the action in flight finishes, no new one starts.");
-        stop.store(true, Ordering::SeqCst);
+        stop.set();
         let _ = tx.send(Wake::Stop);
     });
     Ok(())

@@ -1,40 +1,46 @@
-//! Healing: the runner that carries out runbook steps, verifies them and
-//! moves incidents along.
+//! Healing: runbook steps carried out, verified and moved along, one
+//! resource at a time, as reconciles of the per-resource controller.
 //!
-//! Work is queued per resource key ([`queue::Queue`]): never two steps on
-//! one resource at once, at most `healing.concurrency` resources at once.
-//! Each step is an action decided by the same [`Decider`] as drift (the
-//! mode ceiling, the policies, the safety gates, the pass's action budget)
-//! and carried out by the one [`Executor`], so it is journaled and counted
-//! by fight detection and the circuit breaker like every other action.
-//! After a step, the resource and the signals that made up the problem are
-//! read again ([`verify`]) until they have been healthy for the step's hold
-//! time, or its deadline passes. A verified step resolves the incident; a
-//! failed one moves to the next step; an exhausted runbook escalates and
-//! the incident stays open for a human. This stage never decides what is
-//! allowed. See ARCHITECTURE.md.
+//! A pass hands each unhealthy resource to the [`Runner`] as a [`Work`];
+//! the runner's controller reconciles it by key (never two at once for one
+//! resource, at most `healing.concurrency` at once). A reconcile never
+//! waits: it carries out a step through the one [`Executor`], records on
+//! the incident that the step is being verified, and answers "look again
+//! at T"; each look re-reads the resource and the problem's signals once
+//! ([`verify`]). A step healthy for its hold time resolves the incident;
+//! one past its deadline moves to the next step, decided then by the same
+//! decide call as drift (mode ceiling, policies, safety gates); an
+//! exhausted runbook escalates. So a slow verification on one resource
+//! never delays another resource's correction or healing. This stage never
+//! decides what is allowed. See ARCHITECTURE.md.
 
-pub mod queue;
 mod verify;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::act::{Command, Effect, Executor, Outcome};
+use crate::controller::{self, Controller, Next, Until};
 use crate::health::{Prober, Status};
 use crate::model::health::{RunbookSpec, Step, StepAction};
-use crate::model::{DesiredState, Resource};
+use crate::model::{DesiredState, Resource, ResourceKey};
 use crate::plan::remedy::{self, Remedy};
-use crate::policy::Decider;
+use crate::policy::{Context, Decider, Facts, Policies};
 use crate::provider::Providers;
 use crate::state::{
-    IncidentStep, IncidentUpdate, NewIncident, SignalRow, StateError, StepResult, Store,
+    IncidentStep, IncidentUpdate, NewIncident, Scrubbing, SignalRow, StateError, StepResult, Store,
 };
-use crate::vocab::{Action, Decision, IncidentStatus, StepOutcome};
+use crate::vocab::{Action, Decision, IncidentStatus, Secrets, StepOutcome};
 
 use crate::diff::drift_of;
+
+/// How often a step under verification is looked at again.
+const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where an incident stands after this pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,17 +61,31 @@ pub struct Healed {
     pub standing: Standing,
 }
 
-/// What healing needs from the pass.
+/// What the healing work of one pass shares, owned, so that it outlives
+/// the pass: the desired state and runtime it was planned with, the store,
+/// the pass's run and the secrets it knows of.
+pub struct Ctx {
+    pub desired: Arc<DesiredState>,
+    pub providers: Arc<Providers>,
+    pub prober: Arc<Prober>,
+    pub policies: Arc<Policies>,
+    pub store: Arc<dyn Store>,
+    pub secrets: Secrets,
+    pub run_id: i64,
+    pub commit: Option<String>,
+    /// Set on SIGINT/SIGTERM: no new step starts.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What one reconcile borrows from its [`Ctx`].
 pub struct Healer<'a> {
     pub desired: &'a DesiredState,
     pub providers: &'a Providers,
     pub store: &'a dyn Store,
     pub prober: &'a Prober,
+    pub policies: &'a Policies,
     pub executor: &'a Executor<'a>,
-    /// The same decide call the plan went through, for steps planned
-    /// during the pass.
-    pub decider: &'a Decider<'a>,
-    /// Set on SIGINT/SIGTERM: the step in flight finishes, no new one starts.
+    pub secrets: &'a Secrets,
     pub stop: &'a AtomicBool,
 }
 
@@ -76,88 +96,347 @@ pub struct Work {
     pub action: Option<Action>,
 }
 
-/// Heals every resource in `work` through the per-resource queue.
-pub async fn heal_all(
-    h: &Healer<'_>,
-    work: Vec<Work>,
-    concurrency: usize,
-) -> Result<Vec<Healed>, StateError> {
-    let queue = queue::Queue::new();
-    for w in work {
-        queue.push(w.remedy.target.clone(), w);
-    }
-    let results = queue
-        .drain(concurrency, |_, w| {
-            let span =
-                info_span!("heal", resource = %w.remedy.target, cause = %w.remedy.problem.cause);
-            heal(h, w).instrument(span)
-        })
-        .await;
-    results.into_iter().collect()
+/// Where one resource's healing stands between two looks.
+enum Phase {
+    /// Handed over by a pass; the incident is opened or continued.
+    New(Option<Action>),
+    /// The decided step to carry out next.
+    Step { index: usize, action: Action },
+    /// A step carried out and under verification until `deadline`.
+    Verifying(Box<Verifying>),
 }
 
-/// One incident's work in this pass, as it goes from step to step.
-struct Incident<'a> {
+struct Verifying {
+    index: usize,
+    action: Action,
+    started: chrono::DateTime<chrono::Utc>,
+    /// What carrying the step out said.
+    detail: String,
+    deadline: Instant,
+    healthy_since: Option<Instant>,
+    /// What the last look found.
+    last: String,
+}
+
+/// One resource's healing in progress.
+struct Job {
+    ctx: Arc<Ctx>,
+    remedy: Remedy,
     id: i64,
-    remedy: &'a Remedy,
     spec: RunbookSpec,
-    resource: &'a Resource,
-    /// The signals of the problem, re-read while a step is verified.
     symptoms: Vec<String>,
+    /// Where the runbook goes on from when nothing more is tried.
+    from: usize,
+    phase: Phase,
 }
 
-async fn heal(h: &Healer<'_>, w: Work) -> Result<Healed, StateError> {
-    let Work { remedy, action } = w;
-    let key = &remedy.target;
-    let Some(resource) = h.desired.resources.iter().find(|r| r.key == *key) else {
+impl Job {
+    fn incident<'a>(&'a self, resource: &'a Resource) -> Incident<'a> {
+        Incident {
+            id: self.id,
+            remedy: &self.remedy,
+            spec: &self.spec,
+            resource,
+            symptoms: &self.symptoms,
+        }
+    }
+}
+
+/// The healing runner: the per-resource controller and the work it holds.
+#[derive(Default)]
+pub struct Runner {
+    controller: Controller<ResourceKey>,
+    jobs: Mutex<HashMap<ResourceKey, Job>>,
+    healed: Mutex<Vec<Healed>>,
+    /// Notified after every look at a resource (a step may have started a
+    /// process the watcher should follow).
+    looked: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Runner {
+    pub fn new() -> Arc<Runner> {
+        Arc::new(Runner::default())
+    }
+
+    /// What a pass uses to leave held resources alone and to claim the
+    /// ones it acts on.
+    pub fn handle(&self) -> controller::Handle<ResourceKey> {
+        self.controller.handle()
+    }
+
+    /// Hands a pass's work over: each resource is reconciled at once,
+    /// unless its healing is already under way.
+    pub fn submit(&self, ctx: &Arc<Ctx>, work: Vec<Work>) {
+        let handle = self.handle();
+        for Work { remedy, action } in work {
+            let key = remedy.target.clone();
+            {
+                let mut jobs = lock(&self.jobs);
+                if jobs.contains_key(&key) || handle.holds(&key) {
+                    continue;
+                }
+                jobs.insert(
+                    key.clone(),
+                    Job {
+                        ctx: Arc::clone(ctx),
+                        id: remedy.incident.unwrap_or(0),
+                        spec: RunbookSpec {
+                            description: None,
+                            steps: Vec::new(),
+                        },
+                        symptoms: Vec::new(),
+                        from: remedy.step.unwrap_or(0),
+                        remedy,
+                        phase: Phase::New(action),
+                    },
+                );
+            }
+            handle.schedule(key, Instant::now());
+        }
+    }
+
+    /// Runs the controller until `until` says to return. On a stop, each
+    /// step still under verification is recorded as interrupted.
+    pub async fn run(self: &Arc<Self>, concurrency: usize, until: Until<'_>) {
+        self.controller
+            .run(concurrency, until, |key| {
+                let runner = Arc::clone(self);
+                // Boxed: one reconcile's future type, whatever the
+                // providers' SDKs make of it, stays behind a pointer.
+                let fut: futures::future::BoxFuture<'static, Next> =
+                    Box::pin(async move { runner.reconcile(key).await });
+                fut
+            })
+            .await;
+        if matches!(until, Until::Stopped(_)) {
+            self.interrupt_all();
+        }
+    }
+
+    /// Resolves after the next look at any resource's healing.
+    pub async fn looked(&self) {
+        self.looked.notified().await;
+    }
+
+    /// How incidents stood when their healing ended, since the last call.
+    pub fn take_healed(&self) -> Vec<Healed> {
+        std::mem::take(&mut *lock(&self.healed))
+    }
+
+    async fn reconcile(&self, key: ResourceKey) -> Next {
+        let Some(mut job) = lock(&self.jobs).remove(&key) else {
+            return Next::Done;
+        };
+        let span = info_span!("heal", resource = %key, cause = %job.remedy.problem.cause);
+        let ctx = Arc::clone(&job.ctx);
+        let store = scrubbed(&ctx);
+        let executor = executor(&ctx, &store);
+        let h = healer(&ctx, &store, &executor);
+        let result = advance(&h, &mut job).instrument(span).await;
+        self.looked.notify_one();
+        match result {
+            Ok(Advance::At(at)) => {
+                lock(&self.jobs).insert(key, job);
+                Next::At(at)
+            }
+            Ok(Advance::Stands(standing)) => {
+                lock(&self.healed).push(healed(job.id, standing));
+                Next::Done
+            }
+            Err(e) => {
+                warn!(resource = %key, error = %e, "Healing stopped: the state store failed.");
+                Next::Done
+            }
+        }
+    }
+
+    /// Each step still under verification is recorded as cut short by a
+    /// stop; the next pass reads the signals again.
+    fn interrupt_all(&self) {
+        let jobs: Vec<Job> = lock(&self.jobs).drain().map(|(_, j)| j).collect();
+        for job in jobs {
+            let Phase::Verifying(v) = &job.phase else {
+                continue;
+            };
+            let store = scrubbed(&job.ctx);
+            let executor = executor(&job.ctx, &store);
+            let h = healer(&job.ctx, &store, &executor);
+            let result = match h
+                .desired
+                .resources
+                .iter()
+                .find(|r| r.key == job.remedy.target)
+            {
+                Some(resource) => interrupted(
+                    &h,
+                    &job.incident(resource),
+                    v.index,
+                    v.last.clone(),
+                    v.started,
+                ),
+                None => Ok(()),
+            };
+            if let Err(e) = result {
+                warn!(incident = job.id, error = %e, "Failed to record the interrupted step.");
+            }
+            lock(&self.healed).push(healed(job.id, Standing::Interrupted));
+        }
+    }
+}
+
+/// The store of a pass's healing: every text written is scrubbed of the
+/// pass's secrets.
+fn scrubbed(ctx: &Ctx) -> Scrubbing<'_> {
+    Scrubbing {
+        inner: &*ctx.store,
+        secrets: &ctx.secrets,
+    }
+}
+
+fn executor<'a>(ctx: &'a Ctx, store: &'a dyn Store) -> Executor<'a> {
+    Executor {
+        providers: &ctx.providers,
+        store,
+        run_id: ctx.run_id,
+        commit: ctx.commit.as_deref(),
+        secrets: &ctx.secrets,
+    }
+}
+
+fn healer<'a>(ctx: &'a Ctx, store: &'a dyn Store, executor: &'a Executor<'a>) -> Healer<'a> {
+    Healer {
+        desired: &ctx.desired,
+        providers: &ctx.providers,
+        store,
+        prober: &ctx.prober,
+        policies: &ctx.policies,
+        executor,
+        secrets: &ctx.secrets,
+        stop: &ctx.stop,
+    }
+}
+
+/// What one look at a resource's healing ends with.
+enum Advance {
+    /// Look again then.
+    At(Instant),
+    /// Nothing more to do until a pass finds the resource unhealthy again.
+    Stands(Standing),
+}
+
+/// Moves one resource's healing as far as it goes without waiting.
+async fn advance(h: &Healer<'_>, job: &mut Job) -> Result<Advance, StateError> {
+    let key = job.remedy.target.clone();
+    let Some(resource) = h.desired.resources.iter().find(|r| r.key == key) else {
         // The desired state changed under a continuing incident.
-        return Ok(Healed {
-            incident: remedy.incident.unwrap_or(0),
-            standing: Standing::Held,
-        });
+        return Ok(Advance::Stands(Standing::Held));
     };
-    let id = match remedy.incident {
+    loop {
+        let next = match std::mem::replace(&mut job.phase, Phase::New(None)) {
+            Phase::New(action) => begin(h, job, resource, action).await?,
+            Phase::Step { index, action } => {
+                let inc = job.incident(resource);
+                match start_step(h, &inc, index, &action).await? {
+                    Started::Stands(standing) => return Ok(Advance::Stands(standing)),
+                    Started::Verifying(v) => {
+                        job.phase = Phase::Verifying(v);
+                        return Ok(Advance::At(Instant::now()));
+                    }
+                    Started::NotHealed => after_failure(h, job, resource, index).await?,
+                }
+            }
+            Phase::Verifying(v) => match look(h, &job.incident(resource), v).await? {
+                Look::Again(v) => {
+                    let at = (Instant::now() + POLL).min(v.deadline);
+                    job.phase = Phase::Verifying(v);
+                    return Ok(Advance::At(at));
+                }
+                Look::Verified => return Ok(Advance::Stands(Standing::Resolved)),
+                Look::NotVerified(index) => after_failure(h, job, resource, index).await?,
+            },
+        };
+        match next {
+            Some(phase) => job.phase = phase,
+            None => return Ok(Advance::Stands(Standing::Escalated)),
+        }
+    }
+}
+
+/// After a step that did not heal: the next step, decided, or the
+/// escalation when the runbook is exhausted (`None`).
+async fn after_failure(
+    h: &Healer<'_>,
+    job: &mut Job,
+    resource: &Resource,
+    index: usize,
+) -> Result<Option<Phase>, StateError> {
+    job.from = index + 1;
+    let inc = job.incident(resource);
+    match next_step(h, &inc, index).await? {
+        Some((index, action)) => Ok(Some(Phase::Step { index, action })),
+        None => {
+            escalate(h, &inc, job.from).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Opens or continues the incident of a pass's work. Returns the first
+/// phase of its healing, or `None` when it is escalated at once.
+async fn begin(
+    h: &Healer<'_>,
+    job: &mut Job,
+    resource: &Resource,
+    action: Option<Action>,
+) -> Result<Option<Phase>, StateError> {
+    job.id = match job.remedy.incident {
         Some(id) => id,
-        None => open_incident(h, &remedy)?,
+        None => open_incident(h, &job.remedy)?,
     };
+    let remedy = &job.remedy;
     if remedy.escalated {
-        return Ok(healed(id, Standing::Escalated));
+        return Ok(None);
     }
     if let Some(why) = &remedy.crash_loop {
-        return escalate_crash_loop(h, id, &remedy, why);
+        escalate_crash_loop(h, job.id, remedy, why)?;
+        return Ok(None);
     }
     let (_, spec) = remedy::runbook_for(
-        key.kind,
+        remedy.target.kind,
         (remedy.runbook != remedy::BUILTIN_RUNBOOK).then_some(remedy.runbook.as_str()),
         &h.desired.runbooks,
     );
-    let inc = Incident {
-        id,
-        remedy: &remedy,
-        spec,
-        resource,
-        symptoms: remedy
-            .problem
-            .symptoms
-            .iter()
-            .map(|t| t.reading.signal.clone())
-            .collect(),
-    };
-    record_skips(h, id, &remedy.skipped)?;
-    let mut next = remedy.step.zip(action);
-    // Where the runbook goes on from when nothing more is tried.
-    let mut from = remedy.step.unwrap_or(0);
-    while let Some((index, action)) = next.take() {
-        let Some(step) = inc.spec.steps.get(index) else {
-            break;
-        };
-        from = index + 1;
-        match run_step(h, &inc, index, step, &action).await? {
-            StepEnd::Stands(standing) => return Ok(healed(id, standing)),
-            StepEnd::NotHealed => next = next_step(h, &inc, index).await?,
+    job.spec = spec;
+    job.symptoms = remedy
+        .problem
+        .symptoms
+        .iter()
+        .map(|t| t.reading.signal.clone())
+        .collect();
+    record_skips(h, job.id, &job.remedy.skipped)?;
+    match job.remedy.step.zip(action) {
+        Some((index, action)) if index < job.spec.steps.len() => {
+            Ok(Some(Phase::Step { index, action }))
+        }
+        _ => {
+            escalate(h, &job.incident(resource), job.from).await?;
+            Ok(None)
         }
     }
-    escalate(h, &inc, from).await
+}
+
+/// One incident's healing, as a look at it borrows it.
+struct Incident<'a> {
+    id: i64,
+    remedy: &'a Remedy,
+    spec: &'a RunbookSpec,
+    resource: &'a Resource,
+    /// The signals of the problem, re-read while a step is verified.
+    symptoms: &'a [String],
 }
 
 fn healed(incident: i64, standing: Standing) -> Healed {
@@ -196,22 +475,26 @@ fn record_skips(h: &Healer<'_>, id: i64, skipped: &[remedy::Skipped]) -> Result<
     Ok(())
 }
 
-/// How one step ended.
-enum StepEnd {
-    /// The incident stands here for this pass.
+/// How starting a step ended.
+enum Started {
+    /// The incident stands here (held for a human, or stopped).
     Stands(Standing),
-    /// The step ran and did not heal the resource.
+    /// Carried out; verification begins.
+    Verifying(Box<Verifying>),
+    /// The step could not be carried out.
     NotHealed,
 }
 
-async fn run_step(
+/// Carries a decided step out (or holds it for a human) and records it on
+/// the incident as running, to be verified.
+async fn start_step(
     h: &Healer<'_>,
     inc: &Incident<'_>,
     index: usize,
-    step: &Step,
     action: &Action,
-) -> Result<StepEnd, StateError> {
+) -> Result<Started, StateError> {
     let id = inc.id;
+    let step = &inc.spec.steps[index];
     if h.stop.load(Ordering::SeqCst) {
         h.store.update_incident(
             id,
@@ -222,12 +505,12 @@ async fn run_step(
                 recommendation: "tend stopped before this step; the next pass continues",
             },
         )?;
-        return Ok(StepEnd::Stands(Standing::Interrupted));
+        return Ok(Started::Stands(Standing::Interrupted));
     }
     let started = chrono::Utc::now();
     if action.decision != Decision::Auto {
         hold(h, inc, index, step, action, started)?;
-        return Ok(StepEnd::Stands(Standing::Held));
+        return Ok(Started::Stands(Standing::Held));
     }
     // On the incident before anything happens: a stop of tend from here
     // on leaves a `running` step, which the next pass marks interrupted.
@@ -242,36 +525,103 @@ async fn run_step(
             started,
         ),
     )?;
-    let verdict = match execute(h, inc, step, action).await? {
+    let failed = match execute(h, inc, step, action).await? {
         Outcome::Synced { detail } => {
             h.executor.journal_verification(action, None)?;
-            let verdict = verify::verify(h, inc.resource, &inc.symptoms, step).await;
-            if verdict.is_ok() || !h.stop.load(Ordering::SeqCst) {
-                let said = match &verdict {
-                    Ok(v) => Ok(v.as_str()),
-                    Err(v) => Err(v.as_str()),
-                };
-                h.executor.journal_verification(action, Some(said))?;
-            }
-            verdict
-                .map(|v| format!("{detail}; verified: {v}"))
-                .map_err(|v| {
-                    format!(
-                        "{detail}; not verified within {}: {v}",
-                        humantime::format_duration(step.within())
-                    )
-                })
+            h.store.update_incident(
+                id,
+                &IncidentUpdate {
+                    status: IncidentStatus::Open,
+                    next_step: index as i64,
+                    state: &format!(
+                        "verifying step {} ({}) until {}",
+                        index + 1,
+                        step.action.as_str(),
+                        (started + chrono::Duration::from_std(step.within()).unwrap_or_default())
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                    recommendation: "none: tend verifies the step",
+                },
+            )?;
+            return Ok(Started::Verifying(Box::new(Verifying {
+                index,
+                action: action.clone(),
+                started,
+                detail,
+                deadline: Instant::now() + step.within(),
+                healthy_since: None,
+                last: String::new(),
+            })));
         }
-        Outcome::Failed { error } => Err(format!("the step failed: {error}")),
-        Outcome::Skipped { reason } => Err(reason),
+        Outcome::Failed { error } => format!("the step failed: {error}"),
+        Outcome::Skipped { reason } => reason,
     };
-    if verdict.is_err() && h.stop.load(Ordering::SeqCst) {
-        // Cut short by a shutdown: not a verdict on the step, so it is not
-        // counted; the next pass reads the signals again.
-        let detail = verdict.err().unwrap_or_default();
-        interrupted(h, inc, index, step, detail, started)?;
-        return Ok(StepEnd::Stands(Standing::Interrupted));
+    end_step(h, inc, index, Err(failed), started)?;
+    Ok(Started::NotHealed)
+}
+
+/// What one look at a step under verification found.
+enum Look {
+    /// Not decided yet: look again.
+    Again(Box<Verifying>),
+    /// Healthy for the step's hold time: the incident is resolved.
+    Verified,
+    /// The deadline passed: step `index` did not heal the resource.
+    NotVerified(usize),
+}
+
+/// Reads the resource and the problem's signals once, and says whether
+/// the step held, failed, or needs another look.
+async fn look(
+    h: &Healer<'_>,
+    inc: &Incident<'_>,
+    mut v: Box<Verifying>,
+) -> Result<Look, StateError> {
+    let step = &inc.spec.steps[v.index];
+    let reading = verify::check(h, inc.resource, inc.symptoms).await;
+    let now = Instant::now();
+    match reading {
+        Ok(text) => {
+            let since = *v.healthy_since.get_or_insert(now);
+            if now.duration_since(since) >= step.hold() {
+                h.executor
+                    .journal_verification(&v.action, Some(Ok(&text)))?;
+                let verdict = Ok(format!("{}; verified: {text}", v.detail));
+                end_step(h, inc, v.index, verdict, v.started)?;
+                return Ok(Look::Verified);
+            }
+            v.last = text;
+        }
+        Err(bad) => {
+            v.healthy_since = None;
+            v.last = bad;
+        }
     }
+    if now < v.deadline {
+        return Ok(Look::Again(v));
+    }
+    h.executor
+        .journal_verification(&v.action, Some(Err(&v.last)))?;
+    let verdict = Err(format!(
+        "{}; not verified within {}: {}",
+        v.detail,
+        humantime::format_duration(step.within()),
+        v.last
+    ));
+    end_step(h, inc, v.index, verdict, v.started)?;
+    Ok(Look::NotVerified(v.index))
+}
+
+/// Records the verdict on a step: counted in the remediation statistics,
+/// ended on the incident, and a verified one resolves it.
+fn end_step(
+    h: &Healer<'_>,
+    inc: &Incident<'_>,
+    index: usize,
+    verdict: Result<String, String>,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StateError> {
+    let step = &inc.spec.steps[index];
     let verified = verdict.is_ok();
     h.store.record_step_result(&StepResult {
         cause: &inc.remedy.cause_key(),
@@ -286,7 +636,7 @@ async fn run_step(
     };
     finish_step(
         h,
-        id,
+        inc.id,
         &IncidentStep::ended_now(
             index as i64,
             step.action.as_str(),
@@ -296,16 +646,16 @@ async fn run_step(
             started,
         ),
     )?;
-    if !verified {
+    if verified {
+        resolve(h, inc, index, step)
+    } else {
         warn!(
-            incident = id,
+            incident = inc.id,
             step = index + 1,
             "Step did not heal the resource."
         );
-        return Ok(StepEnd::NotHealed);
+        Ok(())
     }
-    resolve(h, inc, index, step)?;
-    Ok(StepEnd::Stands(Standing::Resolved))
 }
 
 /// Ends the step that is `running` on the incident.
@@ -319,8 +669,17 @@ fn finish_step(h: &Healer<'_>, id: i64, s: &IncidentStep) -> Result<(), StateErr
 /// Steps a stop of tend cut short (killed while a step was carried out or
 /// verified): marked interrupted at the start of the next pass, which reads
 /// the signals again and continues the runbook from that step.
-pub fn close_running_steps(store: &dyn Store, run_id: i64) -> Result<(), StateError> {
+pub fn close_running_steps(
+    store: &dyn Store,
+    run_id: i64,
+    under_way: &dyn Fn(&ResourceKey) -> bool,
+) -> Result<(), StateError> {
     for (incident, step) in store.running_steps()? {
+        let key = crate::model::Kind::parse(&incident.kind)
+            .map(|k| ResourceKey::new(k, incident.name.clone()));
+        if key.is_some_and(|k| under_way(&k)) {
+            continue;
+        }
         let ended = IncidentStep {
             outcome: StepOutcome::Interrupted,
             detail: format!(
@@ -352,10 +711,10 @@ fn interrupted(
     h: &Healer<'_>,
     inc: &Incident<'_>,
     index: usize,
-    step: &Step,
     detail: String,
     started: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StateError> {
+    let step = &inc.spec.steps[index];
     finish_step(
         h,
         inc.id,
@@ -462,7 +821,7 @@ async fn next_step(
             .unwrap_or(0)
     };
     let following = remedy::next_step(
-        &inc.spec,
+        inc.spec,
         index + 1,
         &failures,
         h.desired.settings.healing.ineffective_after,
@@ -475,12 +834,40 @@ async fn next_step(
     let live = verify::read_live(h, inc.resource).await.ok().flatten();
     let drift = drift_of(inc.resource, live.as_ref());
     let action = remedy::step_action(inc.remedy, i, &inc.spec.steps[i], live.as_ref(), &drift);
-    Ok(Some((i, h.decider.decide_one(action))))
+    Ok(Some((i, decide(h, action, live)?)))
+}
+
+/// Decides a step planned after an earlier one failed: the same decide
+/// call as the pass's actions, over what the journal says now.
+fn decide(
+    h: &Healer<'_>,
+    action: Action,
+    live: Option<crate::vocab::LiveResource>,
+) -> Result<Action, StateError> {
+    let now = chrono::Utc::now();
+    let facts = Facts::read(h.store, &h.desired.settings, now)?;
+    let index = h.desired.index();
+    let live: HashMap<ResourceKey, crate::vocab::LiveResource> = live
+        .map(|l| (action.target.clone(), l))
+        .into_iter()
+        .collect();
+    let decider = Decider::new(
+        h.policies,
+        Context {
+            desired: h.desired,
+            index: &index,
+            live: &live,
+            facts: &facts,
+            now,
+            secrets: h.secrets,
+        },
+    );
+    Ok(decider.decide_one(action))
 }
 
 /// Hands the incident to a human: the runbook's `escalate` step (the first
 /// one at or after `from`), or the end of a runbook that has none.
-async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<Healed, StateError> {
+async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<(), StateError> {
     let (id, remedy, spec) = (inc.id, inc.remedy, &inc.spec);
     let tried: Vec<String> = h
         .store
@@ -527,7 +914,7 @@ async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<Hea
         },
     )?;
     warn!(incident = id, "Incident escalated.");
-    Ok(healed(id, Standing::Escalated))
+    Ok(())
 }
 
 /// A crash loop is escalated when its incident opens: another run of the
@@ -538,7 +925,7 @@ fn escalate_crash_loop(
     id: i64,
     remedy: &Remedy,
     why: &str,
-) -> Result<Healed, StateError> {
+) -> Result<(), StateError> {
     h.store.add_step(
         id,
         &IncidentStep::ended_now(
@@ -569,7 +956,7 @@ fn escalate_crash_loop(
         },
     )?;
     warn!(incident = id, "Crash loop: incident escalated.");
-    Ok(healed(id, Standing::Escalated))
+    Ok(())
 }
 
 /// The resource's state now, in words: the problem's signals read again

@@ -139,6 +139,10 @@ pub struct HealingInput<'a> {
     pub crash_loop: &'a CrashLoop,
     /// Incidents of (resource, cause) opened within the crash-loop window.
     pub recurrences: &'a dyn Fn(&ResourceKey, &str) -> usize,
+    /// Resources whose healing is under way (a step carried out or under
+    /// verification): left to it, no step planned and nothing resolved
+    /// here (their drift waits for the healing to end).
+    pub healing: &'a dyn Fn(&ResourceKey) -> bool,
     pub now: DateTime<Utc>,
 }
 
@@ -158,6 +162,10 @@ pub fn add_health(
         // A resource that does not exist yet is created by the drift
         // correction; that is not an incident.
         let exists = live.contains_key(&r.key);
+        if (input.healing)(&r.key) {
+            plan.health.push(w.assessment);
+            continue;
+        }
         match w.assessment.problem.as_ref().filter(|_| exists) {
             None if !exists => {}
             None => recovered.extend(

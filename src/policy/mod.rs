@@ -379,6 +379,63 @@ fn combine(action: &mut Action, verdict: PolicyDecision) {
     action.reasons = reasons;
 }
 
+impl Facts {
+    /// What the store remembers that the gates count: outcomes within the
+    /// cooldown, circuit breaker and a day, corrections within the fight
+    /// detection window, and every approval used.
+    pub fn read(
+        store: &dyn crate::state::Store,
+        settings: &crate::model::Settings,
+        now: DateTime<Utc>,
+    ) -> Result<Facts, crate::state::StateError> {
+        let back = |d: std::time::Duration| {
+            now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+        };
+        let safety = &settings.safety;
+        let horizon = safety
+            .cooldown
+            .0
+            .max(safety.circuit_breaker.window.0)
+            .max(std::time::Duration::from_secs(24 * 3600));
+        let key = |kind: &str, name: String| {
+            Some(ResourceKey::new(crate::model::Kind::parse(kind)?, name))
+        };
+        let outcomes = store
+            .outcomes_since(back(horizon))?
+            .into_iter()
+            .filter_map(|e| {
+                Some(gates::PastOutcome {
+                    key: key(&e.kind, e.name)?,
+                    action: e.action,
+                    outcome: e.outcome?,
+                    at: crate::state::parse_ts(&e.at)?,
+                })
+            })
+            .collect();
+        let corrections = store
+            .corrections_since(back(safety.fight_detection.window.0))?
+            .into_iter()
+            .filter_map(|c| {
+                Some(gates::Correction {
+                    key: key(&c.kind, c.name)?,
+                    path: c.path,
+                    at: crate::state::parse_ts(&c.at)?,
+                })
+            })
+            .collect();
+        let used_approvals = store
+            .used_approvals()?
+            .into_iter()
+            .filter_map(|u| Some((key(&u.kind, u.name)?, u.fingerprint, u.expires)))
+            .collect();
+        Ok(Facts {
+            corrections,
+            outcomes,
+            used_approvals,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

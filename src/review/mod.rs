@@ -1262,7 +1262,20 @@ impl GitHubSink {
 }
 
 impl Sink for GitHubSink {
-    fn publish(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
+    fn publish<'a>(
+        &'a mut self,
+        what: &'a Published<'a>,
+    ) -> futures::future::BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(self.send(what))
+    }
+
+    fn newest_only(&self) -> bool {
+        true
+    }
+}
+
+impl GitHubSink {
+    async fn send(&mut self, what: &Published<'_>) -> Result<(), PublishError> {
         let Published::Pass { applied, full } = what else {
             return Ok(());
         };
@@ -1279,8 +1292,7 @@ impl Sink for GitHubSink {
         let reviewer = self
             .reviewer(cfg, &applied.state_dir)
             .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?;
-        let handle = tokio::runtime::Handle::current();
-        let result = tokio::task::block_in_place(|| handle.block_on(reviewer.publish(&input)));
+        let result = reviewer.publish(&input).await;
         match result {
             Ok(summary) => {
                 self.last = summary;

@@ -4,6 +4,7 @@
 mod action;
 mod apply;
 mod aws;
+mod controller;
 mod git_source;
 mod github;
 mod healing;
