@@ -18,7 +18,9 @@ use crate::model::{DesiredState, Resource};
 use crate::plan::Plan;
 use crate::provider::Providers;
 use crate::state::{JournalRecord, StateError, Store};
-use crate::vocab::{Action, ActionType, Decision, JournalOutcome, ResourceKey, Secrets};
+use crate::vocab::{
+    Action, ActionType, Decision, JournalAction, JournalOutcome, ResourceKey, Secrets,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
@@ -93,9 +95,8 @@ impl Executor<'_> {
         JournalRecord {
             run_id: self.run_id,
             fingerprint: &action.fingerprint,
-            action: action.action_type.as_str(),
-            kind: action.target.kind.as_str(),
-            name: &action.target.name,
+            action: JournalAction::Act(action.action_type),
+            key: &action.target,
             commit: self.commit,
             outcome,
             detail,
@@ -126,7 +127,7 @@ impl Executor<'_> {
         };
         let detail = self.secrets.scrub(detail);
         let r = JournalRecord {
-            action: "verify",
+            action: JournalAction::Verify,
             ..self.record(action, outcome, &detail)
         };
         match outcome {
@@ -154,14 +155,13 @@ impl Executor<'_> {
             // Used before the provider is called: a crash in between must
             // not leave the approval usable a second time.
             self.store.use_approval(&crate::state::UsedApproval {
-                kind: action.target.kind.as_str().into(),
-                name: action.target.name.clone(),
+                key: action.target.clone(),
                 fingerprint: a.fingerprint.clone(),
                 file: a.file.clone(),
-                expires: a.expires.clone(),
+                expires: a.expires,
                 commit: self.commit.map(str::to_string),
                 run_id: self.run_id,
-                at: crate::state::now(),
+                at: chrono::Utc::now(),
             })?;
             intent["approval"] = serde_json::json!({
                 "file": a.file,
@@ -407,7 +407,7 @@ mod tests {
                 command: "test",
                 origin: "test",
                 commit: None,
-                mode: "auto",
+                mode: crate::model::Mode::Auto,
             })
             .unwrap();
         let secrets = crate::vocab::Secrets::default();

@@ -20,6 +20,7 @@ use crate::controller::Until;
 use crate::diff::{self, DiffOptions};
 use crate::heal::{self, Healed};
 use crate::health::{self as health_stage, Prober};
+use crate::model::health::StepAction;
 use crate::model::{self, DesiredState, Invalid, Mode, ProviderName, Resource, Settings};
 use crate::plan::{self, remedy::Prior, HealingInput, Plan, PlanInput, SourceInfo, Watched};
 use crate::policy::{self, Context, Decider, Facts, GateError, Policies, PolicyFile};
@@ -32,7 +33,8 @@ use crate::state::{
     StateError, Store,
 };
 use crate::vocab::{
-    IncidentStatus, JournalOutcome, LiveResource, ResourceKey, Secrets, Status, StepOutcome,
+    Decision, IncidentStatus, JournalOutcome, LiveResource, ResourceKey, Secrets, Status,
+    StepOutcome,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -475,12 +477,9 @@ fn feed_restarts(
         let starts = outcomes
             .iter()
             .filter(|e| {
-                e.kind == r.key.kind.as_str()
-                    && e.name == r.key.name
-                    && e.outcome == Some(JournalOutcome::Synced)
-                    && matches!(e.action.as_str(), "restart" | "create" | "replace")
+                e.key == r.key && e.outcome == Some(JournalOutcome::Synced) && e.action.starts()
             })
-            .filter_map(|e| crate::state::parse_ts(&e.at))
+            .map(|e| e.at)
             .collect();
         prober.host().set_starts(&r.key, starts);
     }
@@ -497,18 +496,20 @@ fn prior_of(i: &Incident) -> Prior {
     let after: &[IncidentStep] = escalated_at.map_or(&[], |at| &i.steps[at..]);
     let attempts: Vec<&IncidentStep> = after
         .iter()
-        .filter(|s| s.step < 0 && matches!(s.outcome, StepOutcome::Restored | StepOutcome::Failed))
+        .filter(|s| {
+            s.step.is_none() && matches!(s.outcome, StepOutcome::Restored | StepOutcome::Failed)
+        })
         .collect();
     Prior {
         id: i.id,
         escalated: i.status == IncidentStatus::Escalated,
-        next_step: usize::try_from(i.next_step).unwrap_or(0),
+        next_step: i.next_step as usize,
         attempts: attempts.len() as u32,
         last_change: attempts
             .last()
             .copied()
             .or(after.first())
-            .and_then(|s| crate::state::parse_ts(&s.finished_at)),
+            .map(|s| s.finished_at),
     }
 }
 
@@ -602,7 +603,7 @@ pub async fn apply(
         command,
         origin: &loaded.origin,
         commit: loaded.commit.as_deref(),
-        mode: loaded.mode(opts).as_str(),
+        mode: loaded.mode(opts),
     })?;
     let started = std::time::Instant::now();
     let mut result = apply_run(prepared, opts, store, run_id, scope, healing).await;
@@ -744,16 +745,14 @@ fn close_dangling_intents(
     under_way: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<(), StateError> {
     for d in store.dangling_intents()? {
-        let key = model::Kind::parse(&d.kind).map(|k| ResourceKey::new(k, d.name.clone()));
-        if key.is_some_and(|k| under_way(&k)) {
+        if under_way(&d.key) {
             continue;
         }
         store.outcome(&JournalRecord {
             run_id: d.run_id,
             fingerprint: &d.fingerprint,
-            action: &d.action,
-            kind: &d.kind,
-            name: &d.name,
+            action: d.action,
+            key: &d.key,
             commit: d.commit.as_deref(),
             outcome: Some(JournalOutcome::Interrupted),
             detail: &format!(
@@ -792,9 +791,9 @@ fn record_baseline_attempts(
             store.add_step(
                 id,
                 &IncidentStep::ended_now(
-                    -1,
-                    &r.action_type,
-                    "auto",
+                    None,
+                    Some(StepAction::Restart),
+                    Some(Decision::Auto),
                     outcome,
                     format!(
                         "attempt {} to restore the declared state while escalated: {detail}; the next attempt waits {wait}",
@@ -813,9 +812,9 @@ fn resolve_recovered(store: &dyn Store, recovered: &[i64]) -> Result<(), StateEr
         store.add_step(
             *id,
             &IncidentStep::ended_now(
-                -1,
-                "observe",
-                "none",
+                None,
+                None,
+                None,
                 StepOutcome::Recovered,
                 "every signal of the problem is healthy again".into(),
                 chrono::Utc::now(),

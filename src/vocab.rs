@@ -45,8 +45,11 @@ pub struct LiveResource {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum ActionType {
     Create,
     Update,
@@ -61,73 +64,40 @@ pub enum ActionType {
     Command,
 }
 
-impl ActionType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionType::Create => "create",
-            ActionType::Update => "update",
-            ActionType::Delete => "delete",
-            ActionType::Restart => "restart",
-            ActionType::Stop => "stop",
-            ActionType::Replace => "replace",
-            ActionType::Scale => "scale",
-            ActionType::Command => "command",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Risk {
     Low,
     Medium,
     High,
 }
 
-impl Risk {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Risk::Low => "low",
-            Risk::Medium => "medium",
-            Risk::High => "high",
-        }
-    }
-}
-
 /// What may happen to an action: run it (`auto`), hold it for a later pass
 /// (`deferred`, by a safety gate), propose it to a human (`review`), only
 /// report it (`observe`), or refuse it (`deny`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Decision {
     Auto,
     Deferred,
     Review,
     Observe,
     Deny,
-}
-
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Auto => "auto",
-            Decision::Deferred => "deferred",
-            Decision::Review => "review",
-            Decision::Observe => "observe",
-            Decision::Deny => "deny",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Decision> {
-        Some(match s {
-            "auto" => Decision::Auto,
-            "deferred" => Decision::Deferred,
-            "review" => Decision::Review,
-            "observe" => Decision::Observe,
-            "deny" => Decision::Deny,
-            _ => return None,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -171,9 +141,9 @@ pub struct ApprovalRef {
     pub file: String,
     /// The fingerprint of the change it approves.
     pub fingerprint: String,
-    /// When it expires (RFC 3339): a later approval of the same change is
-    /// another approval.
-    pub expires: String,
+    /// When it expires (to the millisecond): a later approval of the same
+    /// change is another approval.
+    pub expires: DateTime<Utc>,
 }
 
 /// Which incident and runbook step an action carries out.
@@ -191,30 +161,25 @@ pub struct IncidentRef {
 }
 
 /// A signal's outcome, ordered so that worse compares greater.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Status {
     Healthy,
     Unknown,
     Unhealthy,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Healthy => "healthy",
-            Status::Unknown => "unknown",
-            Status::Unhealthy => "unhealthy",
-        }
-    }
-
-    pub fn parse(s: &str) -> Status {
-        match s {
-            "healthy" => Status::Healthy,
-            "unhealthy" => Status::Unhealthy,
-            _ => Status::Unknown,
-        }
-    }
 }
 
 /// What the state store remembers of a signal from earlier passes.
@@ -226,8 +191,11 @@ pub struct Remembered {
 }
 
 /// Where an incident stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum IncidentStatus {
     /// tend is working on it (or a step waits for a human).
     Open,
@@ -236,34 +204,12 @@ pub enum IncidentStatus {
     Resolved,
 }
 
-impl IncidentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IncidentStatus::Open => "open",
-            IncidentStatus::Escalated => "escalated",
-            IncidentStatus::Resolved => "resolved",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<IncidentStatus> {
-        Some(match s {
-            "open" => IncidentStatus::Open,
-            "escalated" => IncidentStatus::Escalated,
-            "resolved" => IncidentStatus::Resolved,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for IncidentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// How one step tried for an incident ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum StepOutcome {
     /// Carried out, and the signals were healthy for the hold time.
     Verified,
@@ -289,49 +235,12 @@ pub enum StepOutcome {
     Running,
 }
 
-impl StepOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepOutcome::Verified => "verified",
-            StepOutcome::NotVerified => "not-verified",
-            StepOutcome::Failed => "failed",
-            StepOutcome::Held => "held",
-            StepOutcome::Skipped => "skipped",
-            StepOutcome::Escalated => "escalated",
-            StepOutcome::Interrupted => "interrupted",
-            StepOutcome::Recovered => "recovered",
-            StepOutcome::Restored => "restored",
-            StepOutcome::Running => "running",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<StepOutcome> {
-        [
-            StepOutcome::Verified,
-            StepOutcome::NotVerified,
-            StepOutcome::Failed,
-            StepOutcome::Held,
-            StepOutcome::Skipped,
-            StepOutcome::Escalated,
-            StepOutcome::Interrupted,
-            StepOutcome::Recovered,
-            StepOutcome::Restored,
-            StepOutcome::Running,
-        ]
-        .into_iter()
-        .find(|o| o.as_str() == s)
-    }
-}
-
-impl fmt::Display for StepOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// Which side of a provider call a journal line records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum JournalPhase {
     /// Written before the provider is called.
     Intent,
@@ -339,25 +248,6 @@ pub enum JournalPhase {
     Outcome,
     /// Why an action was not taken.
     Decision,
-}
-
-impl JournalPhase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JournalPhase::Intent => "intent",
-            JournalPhase::Outcome => "outcome",
-            JournalPhase::Decision => "decision",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JournalPhase> {
-        Some(match s {
-            "intent" => JournalPhase::Intent,
-            "outcome" => JournalPhase::Outcome,
-            "decision" => JournalPhase::Decision,
-            _ => return None,
-        })
-    }
 }
 
 /// What a journal line says happened: the result of a provider call, or
@@ -405,11 +295,66 @@ impl fmt::Display for JournalOutcome {
     }
 }
 
+/// What a journal line is about: an action, or the verification of a
+/// runbook step that was carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JournalAction {
+    Act(ActionType),
+    Verify,
+}
+
+impl JournalAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalAction::Act(a) => a.as_str(),
+            JournalAction::Verify => "verify",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JournalAction> {
+        match s {
+            "verify" => Some(JournalAction::Verify),
+            other => ActionType::parse(other).map(JournalAction::Act),
+        }
+    }
+
+    /// Whether the line is about a start of the resource (a process that
+    /// ran again): a create, restart or replace.
+    pub fn starts(self) -> bool {
+        matches!(
+            self,
+            JournalAction::Act(ActionType::Create | ActionType::Restart | ActionType::Replace)
+        )
+    }
+}
+
+impl Serialize for JournalAction {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl fmt::Display for JournalAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Serialize for JournalOutcome {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
 }
+
+crate::model::words!(
+    ActionType,
+    Risk,
+    Decision,
+    Status,
+    IncidentStatus,
+    StepOutcome,
+    JournalPhase
+);
 
 /// Whether a field name looks like it holds a secret.
 pub fn is_secret_name(name: &str) -> bool {

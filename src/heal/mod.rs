@@ -449,7 +449,7 @@ fn open_incident(h: &Healer<'_>, remedy: &Remedy) -> Result<i64, StateError> {
         cause: &remedy.problem.cause,
         signature: remedy.problem.signature.as_deref(),
         runbook: Some(&remedy.runbook),
-        severity: remedy.problem.severity.as_str(),
+        severity: remedy.problem.severity,
         symptoms: serde_json::to_value(&remedy.problem.symptoms).unwrap_or_default(),
         onset: remedy.problem.onset,
         detected: chrono::Utc::now(),
@@ -463,9 +463,9 @@ fn record_skips(h: &Healer<'_>, id: i64, skipped: &[remedy::Skipped]) -> Result<
         h.store.add_step(
             id,
             &IncidentStep::ended_now(
-                s.step as i64,
-                s.action.as_str(),
-                "skipped",
+                Some(s.step),
+                Some(s.action),
+                None,
                 StepOutcome::Skipped,
                 s.reason.clone(),
                 chrono::Utc::now(),
@@ -500,7 +500,7 @@ async fn start_step(
             id,
             &IncidentUpdate {
                 status: IncidentStatus::Open,
-                next_step: index as i64,
+                next_step: index as u32,
                 state: "unhealthy",
                 recommendation: "tend stopped before this step; the next pass continues",
             },
@@ -517,9 +517,9 @@ async fn start_step(
     h.store.add_step(
         id,
         &IncidentStep::ended_now(
-            index as i64,
-            step.action.as_str(),
-            "auto",
+            Some(index),
+            Some(step.action),
+            Some(Decision::Auto),
             StepOutcome::Running,
             "carried out, then verified".into(),
             started,
@@ -532,7 +532,7 @@ async fn start_step(
                 id,
                 &IncidentUpdate {
                     status: IncidentStatus::Open,
-                    next_step: index as i64,
+                    next_step: index as u32,
                     state: &format!(
                         "verifying step {} ({}) until {}",
                         index + 1,
@@ -638,9 +638,9 @@ fn end_step(
         h,
         inc.id,
         &IncidentStep::ended_now(
-            index as i64,
-            step.action.as_str(),
-            "auto",
+            Some(index),
+            Some(step.action),
+            Some(Decision::Auto),
             outcome,
             detail,
             started,
@@ -675,9 +675,7 @@ pub fn close_running_steps(
     under_way: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<(), StateError> {
     for (incident, step) in store.running_steps()? {
-        let key = crate::model::Kind::parse(&incident.kind)
-            .map(|k| ResourceKey::new(k, incident.name.clone()));
-        if key.is_some_and(|k| under_way(&k)) {
+        if under_way(&incident.key) {
             continue;
         }
         let ended = IncidentStep {
@@ -685,7 +683,7 @@ pub fn close_running_steps(
             detail: format!(
                 "tend stopped while this step was carried out or verified; run {run_id} reads the signals again"
             ),
-            finished_at: crate::state::now(),
+            finished_at: chrono::Utc::now(),
             ..step.clone()
         };
         store.update_last_step(incident.id, StepOutcome::Running, &ended)?;
@@ -693,14 +691,14 @@ pub fn close_running_steps(
             incident.id,
             &IncidentUpdate {
                 status: incident.status,
-                next_step: step.step.max(0),
+                next_step: step.step.unwrap_or(0),
                 state: "unknown: the step was cut short",
                 recommendation: "the next pass reads the signals again and continues the runbook",
             },
         )?;
         warn!(
             incident = incident.id,
-            step = step.step + 1,
+            step = step.step.map_or(0, |s| s + 1),
             "A step was cut short by a stop of tend."
         );
     }
@@ -719,9 +717,9 @@ fn interrupted(
         h,
         inc.id,
         &IncidentStep::ended_now(
-            index as i64,
-            step.action.as_str(),
-            "auto",
+            Some(index),
+            Some(step.action),
+            Some(Decision::Auto),
             StepOutcome::Interrupted,
             format!("tend stopped during verification: {detail}"),
             started,
@@ -731,7 +729,7 @@ fn interrupted(
         inc.id,
         &IncidentUpdate {
             status: IncidentStatus::Open,
-            next_step: index as i64 + 1,
+            next_step: index as u32 + 1,
             state: "unknown: verification was cut short",
             recommendation: "the next pass reads the signals again and continues the runbook",
         },
@@ -749,7 +747,7 @@ fn resolve(
         inc.id,
         &IncidentUpdate {
             status: IncidentStatus::Resolved,
-            next_step: index as i64 + 1,
+            next_step: index as u32 + 1,
             state: &format!(
                 "healthy, verified after step {} ({})",
                 index + 1,
@@ -774,9 +772,9 @@ fn hold(
     h.executor.journal_decision(action)?;
     // Held pass after pass: one step, whose end moves on.
     let held = IncidentStep::ended_now(
-        index as i64,
-        step.action.as_str(),
-        action.decision.as_str(),
+        Some(index),
+        Some(step.action),
+        Some(action.decision),
         StepOutcome::Held,
         action.reasons.join("; "),
         started,
@@ -788,7 +786,7 @@ fn hold(
         inc.id,
         &IncidentUpdate {
             status: IncidentStatus::Open,
-            next_step: index as i64,
+            next_step: index as u32,
             state: &format!(
                 "unhealthy; step {} ({}) is held: {}",
                 index + 1,
@@ -875,7 +873,7 @@ async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<(),
         .map(|i| {
             i.steps
                 .iter()
-                .map(|s| format!("{} ({})", s.action, s.outcome))
+                .map(|s| format!("{} ({})", s.action_word(), s.outcome))
                 .collect()
         })
         .unwrap_or_default();
@@ -886,13 +884,13 @@ async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<(),
         .enumerate()
         .skip(from)
         .find(|(_, s)| s.action == StepAction::Escalate)
-        .map_or(-1, |(i, _)| i as i64);
+        .map(|(i, _)| i);
     h.store.add_step(
         id,
         &IncidentStep::ended_now(
             index,
-            "escalate",
-            "auto",
+            Some(StepAction::Escalate),
+            Some(Decision::Auto),
             StepOutcome::Escalated,
             format!("runbook `{}` is exhausted", remedy.runbook),
             chrono::Utc::now(),
@@ -903,7 +901,7 @@ async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<(),
         id,
         &IncidentUpdate {
             status: IncidentStatus::Escalated,
-            next_step: spec.steps.len() as i64,
+            next_step: spec.steps.len() as u32,
             state: &state,
             recommendation: &format!(
                 "a human should investigate {} on {}: tried {}; when it is fixed, tend resolves the incident on the next healthy pass",
@@ -929,9 +927,9 @@ fn escalate_crash_loop(
     h.store.add_step(
         id,
         &IncidentStep::ended_now(
-            -1,
-            "escalate",
-            "auto",
+            None,
+            Some(StepAction::Escalate),
+            Some(Decision::Auto),
             StepOutcome::Escalated,
             why.to_string(),
             chrono::Utc::now(),

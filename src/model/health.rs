@@ -181,22 +181,27 @@ pub struct Remediation {
     pub runbook: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Severity {
     #[default]
     Warning,
     Critical,
 }
 
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+super::words!(Severity, StepAction);
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -260,8 +265,20 @@ impl Signature {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum StepAction {
     Restart,
     Replace,
@@ -270,20 +287,6 @@ pub enum StepAction {
     Scale,
     Command,
     Escalate,
-}
-
-impl StepAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepAction::Restart => "restart",
-            StepAction::Replace => "replace",
-            StepAction::Reapply => "reapply",
-            StepAction::ReapplyLastGood => "reapply-last-good",
-            StepAction::Scale => "scale",
-            StepAction::Command => "command",
-            StepAction::Escalate => "escalate",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

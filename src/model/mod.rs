@@ -5,6 +5,29 @@
 //! pure (no I/O beyond the texts it is given) and never returns a partially
 //! valid state: one invalid document means nothing may be applied.
 
+/// `as_str` and `parse` of a closed set of words, from its strum derives:
+/// the one text form of each word, the same as its YAML and JSON form.
+macro_rules! words {
+    ($($t:ty),* $(,)?) => {$(
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+
+            pub fn parse(s: &str) -> Option<$t> {
+                s.parse().ok()
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+pub(crate) use words;
+
 pub mod diagnostic;
 pub mod edit;
 pub mod health;
@@ -149,29 +172,29 @@ impl fmt::Display for ResourceKey {
 }
 
 /// How far tend may go, ordered: `Observe < Recommend < Auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Mode {
     Observe,
     Recommend,
     Auto,
 }
 
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Observe => "observe",
-            Mode::Recommend => "recommend",
-            Mode::Auto => "auto",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+words!(Mode);
 
 /// Where a document was declared.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -18,7 +18,7 @@ use crate::vocab::{change_fingerprint, Action, ApprovalRef, Decision};
 
 /// The approvals already used: by earlier passes (the journal) and by
 /// this one.
-pub type Used = std::collections::HashSet<(ResourceKey, String, String)>;
+pub type Used = std::collections::HashSet<(ResourceKey, String, DateTime<Utc>)>;
 
 /// Approves, in place, the review actions that a valid approval names, and
 /// counts each approval granted as used, so that a later step of the same
@@ -67,14 +67,14 @@ pub fn apply(actions: &mut [Action], approvals: &[Approval], used: &mut Used, no
     }
 }
 
-/// An approval's expiry as the journal keeps it.
-pub fn expiry(a: &Approval) -> String {
-    a.expires
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// An approval's expiry as the journal keeps it: to the millisecond.
+pub fn expiry(a: &Approval) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    a.expires.trunc_subsecs(3)
 }
 
 /// What identifies an approval among the used ones.
-pub fn used_key(a: &Approval) -> (ResourceKey, String, String) {
+pub fn used_key(a: &Approval) -> (ResourceKey, String, DateTime<Utc>) {
     (a.target.clone(), a.fingerprint.clone(), expiry(a))
 }
 

@@ -25,7 +25,7 @@ pub struct Correction {
 #[derive(Debug, Clone, PartialEq)]
 pub struct PastOutcome {
     pub key: ResourceKey,
-    pub action: String,
+    pub action: crate::vocab::JournalAction,
     pub outcome: JournalOutcome,
     pub at: DateTime<Utc>,
 }
@@ -38,7 +38,7 @@ pub struct Facts {
     pub outcomes: Vec<PastOutcome>,
     /// Approvals already used, by resource, fingerprint and expiry: each
     /// one authorises one action only.
-    pub used_approvals: std::collections::HashSet<(ResourceKey, String, String)>,
+    pub used_approvals: std::collections::HashSet<(ResourceKey, String, DateTime<Utc>)>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -372,7 +372,7 @@ mod tests {
             corrections: vec![],
             outcomes: vec![PastOutcome {
                 key: ResourceKey::new(Kind::HostFile, "a"),
-                action: "update".into(),
+                action: crate::vocab::JournalAction::Act(ActionType::Update),
                 outcome: JournalOutcome::Synced,
                 at: t("2026-11-21T10:00:00Z"),
             }],
@@ -431,7 +431,7 @@ mod tests {
         let settings = Settings::default();
         let fail = |m: u32, outcome: &str| PastOutcome {
             key: ResourceKey::new(Kind::HostFile, "x"),
-            action: "update".into(),
+            action: crate::vocab::JournalAction::Act(ActionType::Update),
             outcome: JournalOutcome::parse(outcome).unwrap(),
             at: t(&format!("2026-11-21T10:0{m}:00Z")),
         };

@@ -397,36 +397,31 @@ impl Facts {
             .0
             .max(safety.circuit_breaker.window.0)
             .max(std::time::Duration::from_secs(24 * 3600));
-        let key = |kind: &str, name: String| {
-            Some(ResourceKey::new(crate::model::Kind::parse(kind)?, name))
-        };
         let outcomes = store
             .outcomes_since(back(horizon))?
             .into_iter()
             .filter_map(|e| {
                 Some(gates::PastOutcome {
-                    key: key(&e.kind, e.name)?,
+                    key: e.key,
                     action: e.action,
                     outcome: e.outcome?,
-                    at: crate::state::parse_ts(&e.at)?,
+                    at: e.at,
                 })
             })
             .collect();
         let corrections = store
             .corrections_since(back(safety.fight_detection.window.0))?
             .into_iter()
-            .filter_map(|c| {
-                Some(gates::Correction {
-                    key: key(&c.kind, c.name)?,
-                    path: c.path,
-                    at: crate::state::parse_ts(&c.at)?,
-                })
+            .map(|c| gates::Correction {
+                key: c.key,
+                path: c.path,
+                at: c.at,
             })
             .collect();
         let used_approvals = store
             .used_approvals()?
             .into_iter()
-            .filter_map(|u| Some((key(&u.kind, u.name)?, u.fingerprint, u.expires)))
+            .map(|u| (u.key, u.fingerprint, u.expires))
             .collect();
         Ok(Facts {
             corrections,

@@ -237,7 +237,12 @@ pub fn render_history(entries: &[JournalEntry]) -> String {
         let _ = writeln!(
             out,
             "{}  run {:<4} {what} {} {}/{}{commit}  [{}]{detail}",
-            e.at, e.run_id, e.action, e.kind, e.name, e.fingerprint
+            crate::state::ts(e.at),
+            e.run_id,
+            e.action,
+            e.key.kind,
+            e.key.name,
+            e.fingerprint
         );
     }
     out

@@ -12,7 +12,8 @@ use super::Palette;
 use super::{apply_json, plan_sarif, render_markdown, Format, FORMAT_VERSION};
 use crate::act::ActionResult;
 use crate::plan::Plan;
-use crate::state::{Incident, StepStats};
+use crate::state::{ts, Incident, StepStats};
+use crate::vocab::Decision;
 use crate::vocab::IncidentStatus;
 
 fn ms(v: i64) -> String {
@@ -42,10 +43,10 @@ pub fn render_incident(i: &Incident, color: bool) -> String {
         status_color,
         i.status.as_str().to_uppercase(),
         p.reset,
-        i.kind,
-        i.name
+        i.key.kind,
+        i.key.name
     );
-    let _ = writeln!(out, "  resource:        {}/{}", i.kind, i.name);
+    let _ = writeln!(out, "  resource:        {}/{}", i.key.kind, i.key.name);
     let _ = writeln!(out, "  symptoms:");
     for s in i.symptoms.as_array().into_iter().flatten() {
         let value = s
@@ -84,18 +85,17 @@ pub fn render_incident(i: &Incident, color: bool) -> String {
         let _ = writeln!(out, "    (none yet)");
     }
     for s in &i.steps {
-        let step = if s.step >= 0 {
-            format!("step {} ", s.step + 1)
-        } else {
-            String::new()
-        };
+        let step = s
+            .step
+            .map(|n| format!("step {} ", n + 1))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "    - {step}{} [{}] {} at {} ({}): {}",
-            s.action,
-            s.decision,
+            s.action_word(),
+            s.decision.map_or("none", Decision::as_str),
             s.outcome,
-            s.started_at,
+            ts(s.started_at),
             ms(s.duration_ms),
             s.detail
         );
@@ -105,11 +105,10 @@ pub fn render_incident(i: &Incident, color: bool) -> String {
     let _ = writeln!(
         out,
         "  onset {}, detected {}{}",
-        i.onset_at,
-        i.detected_at,
+        ts(i.onset_at),
+        ts(i.detected_at),
         i.resolved_at
-            .as_deref()
-            .map(|r| format!(", resolved {r}"))
+            .map(|r| format!(", resolved {}", ts(r)))
             .unwrap_or_default()
     );
     let _ = writeln!(
@@ -136,10 +135,10 @@ pub fn render_incidents(list: &[Incident], color: bool) -> String {
             "#{:<5} {:<9} {}/{}  {}  detected {}{}",
             i.id,
             i.status.as_str(),
-            i.kind,
-            i.name,
+            i.key.kind,
+            i.key.name,
             i.cause,
-            i.detected_at,
+            ts(i.detected_at),
             i.time_to_recover_ms
                 .map(|t| format!(", recovered in {}", ms(t)))
                 .unwrap_or_default()

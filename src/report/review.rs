@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::markdown::{cell, diff_details};
-use crate::state::{Incident, ProposalRow, ReviewEvent};
+use crate::state::{ts, Incident, ProposalRow, ReviewEvent};
 use crate::vocab::{Action, ResourceKey};
 
 /// The most characters a body tend writes may have.
@@ -194,8 +194,8 @@ pub fn incident_issue_title(i: &Incident) -> String {
     format!(
         "tend: incident #{} on {}/{} needs a person: {}",
         i.id,
-        i.kind,
-        i.name,
+        i.key.kind,
+        i.key.name,
         i.cause.chars().take(120).collect::<String>()
     )
 }
@@ -203,8 +203,8 @@ pub fn incident_issue_title(i: &Incident) -> String {
 pub fn incident_issue_body(marker: &str, i: &Incident) -> String {
     let text = format!(
         "{marker}\n### 🚨 `{}/{}`: {}\n\n{}",
-        i.kind,
-        i.name,
+        i.key.kind,
+        i.key.name,
         i.cause,
         incident_summary(i)
     );
@@ -222,7 +222,7 @@ pub fn incident_summary(i: &Incident) -> String {
         i.status.as_str(),
         i.severity
     );
-    let _ = writeln!(out, "- **Resource:** `{}/{}`", i.kind, i.name);
+    let _ = writeln!(out, "- **Resource:** `{}/{}`", i.key.kind, i.key.name);
     let _ = writeln!(
         out,
         "- **Probable cause:** {}{}",
@@ -240,7 +240,8 @@ pub fn incident_summary(i: &Incident) -> String {
     let _ = writeln!(
         out,
         "- **Onset:** {} · **detected:** {}",
-        i.onset_at, i.detected_at
+        ts(i.onset_at),
+        ts(i.detected_at)
     );
     out.push_str(
         "\n**Symptoms**\n\n| Signal | Status | Value | Since | Detail |\n|---|---|---|---|---|\n",
@@ -263,18 +264,14 @@ pub fn incident_summary(i: &Incident) -> String {
     }
     out.push_str("\n**Steps**\n\n| # | Action | Decision | Outcome | Started | Took | Detail |\n|---|---|---|---|---|---|---|\n");
     for s in &i.steps {
-        let n = if s.step >= 0 {
-            (s.step + 1).to_string()
-        } else {
-            "–".into()
-        };
+        let n = s.step.map_or_else(|| "–".into(), |n| (n + 1).to_string());
         let _ = writeln!(
             out,
             "| {n} | {} | {} | {} | {} | {} ms | {} |",
-            s.action,
-            s.decision,
+            s.action_word(),
+            s.decision.map_or("none", crate::vocab::Decision::as_str),
             s.outcome,
-            s.started_at,
+            ts(s.started_at),
             s.duration_ms,
             cell(&s.detail)
         );
@@ -302,7 +299,7 @@ pub fn render_proposals(rows: &[ProposalRow]) -> String {
         let _ = writeln!(
             out,
             "{}/{}  {}  {:<9} {pr}",
-            r.kind, r.name, r.fingerprint, r.state
+            r.key.kind, r.key.name, r.fingerprint, r.state
         );
     }
     out
@@ -328,7 +325,10 @@ pub fn render_review_log(events: &[ReviewEvent]) -> String {
         let _ = writeln!(
             out,
             "{}  {:<6} {} {}{number}{detail}",
-            e.at, e.outcome, e.operation, e.subject
+            ts(e.at),
+            e.outcome,
+            e.operation,
+            e.subject
         );
     }
     out

@@ -177,31 +177,31 @@ fn empty_plan_says_so() {
 }
 
 fn escalated_incident() -> crate::state::Incident {
-    let step = |n: i64, action: &str, outcome: &str, detail: &str| crate::state::IncidentStep {
-        step: n,
-        action: action.into(),
-        decision: "auto".into(),
+    let at = |s: &str| crate::state::parse_ts(s).unwrap();
+    let step = |n: u32, action: &str, outcome: &str, detail: &str| crate::state::IncidentStep {
+        step: Some(n),
+        action: crate::model::health::StepAction::parse(action),
+        decision: Some(crate::vocab::Decision::Auto),
         outcome: StepOutcome::parse(outcome).unwrap(),
         detail: detail.into(),
-        started_at: "2026-11-21T10:00:03.000Z".into(),
-        finished_at: "2026-11-21T10:00:07.000Z".into(),
+        started_at: at("2026-11-21T10:00:03.000Z"),
+        finished_at: at("2026-11-21T10:00:07.000Z"),
         duration_ms: 4000,
     };
     crate::state::Incident {
         id: 7,
-        kind: "host.Process".into(),
-        name: "web".into(),
+        key: crate::model::ResourceKey::new(crate::model::Kind::HostProcess, "web"),
         status: IncidentStatus::Escalated,
         cause: "memory leak".into(),
         signature: Some("memory-leak".into()),
         runbook: Some("restart-then-escalate".into()),
-        severity: "warning".into(),
+        severity: crate::model::health::Severity::Warning,
         symptoms: json!([
             {"signal": "error-ratio", "status": "unhealthy", "value": 0.42, "detail": "0.42 > 0.2", "since": "2026-11-21T10:00:00Z"},
             {"signal": "memory-growth", "status": "unhealthy", "value": 5242880.0, "detail": "5242880 > 1048576", "since": "2026-11-21T09:59:50Z"}
         ]),
-        onset_at: "2026-11-21T09:59:49.000Z".into(),
-        detected_at: "2026-11-21T10:00:03.000Z".into(),
+        onset_at: at("2026-11-21T09:59:49.000Z"),
+        detected_at: at("2026-11-21T10:00:03.000Z"),
         resolved_at: None,
         next_step: 2,
         state: "unhealthy: error-ratio 0.42 > 0.2".into(),

@@ -31,7 +31,9 @@ use crate::model::{Approval, GithubReview};
 use crate::plan::Plan;
 use crate::publish::{PublishError, Published, Sink};
 use crate::report::review as text;
-use crate::state::{Incident, ProposalRow, ReviewEvent, StateError, Store};
+use crate::state::{
+    Incident, ProposalRow, ProposalState, ReviewEvent, ReviewOutcome, StateError, Store,
+};
 use crate::vocab::{ActionType, IncidentStatus, ResourceKey, Secrets};
 use github::{enc, query, Client, GitHubError, Method};
 use proposal::{Ask, Proposal};
@@ -214,17 +216,11 @@ impl Reviewer {
         };
         if !proposals.is_empty() || !open.is_empty() {
             let base = self.base().await?;
-            let used: HashSet<(ResourceKey, String, String)> = self
+            let used: HashSet<(ResourceKey, String, DateTime<Utc>)> = self
                 .store
                 .used_approvals()?
                 .into_iter()
-                .filter_map(|u| {
-                    Some((
-                        ResourceKey::new(crate::model::Kind::parse(&u.kind)?, u.name),
-                        u.fingerprint,
-                        u.expires,
-                    ))
-                })
+                .map(|u| (u.key, u.fingerprint, u.expires))
                 .collect();
             let stale = proposal::stale_approvals(input.approvals, &used, Utc::now());
             let mut budget = Budget {
@@ -278,9 +274,7 @@ impl Reviewer {
         } else {
             let mut all = self.store.proposals()?;
             for r in rows {
-                all.retain(|o| {
-                    (o.kind.as_str(), o.name.as_str()) != (r.kind.as_str(), r.name.as_str())
-                });
+                all.retain(|o| o.key != r.key);
                 all.push(r);
             }
             self.store.save_proposals(&all)?;
@@ -397,25 +391,24 @@ impl Reviewer {
         } else {
             Ask::Approve
         };
-        let row = |state: &str, pr: Option<&Pull>| ProposalRow {
-            kind: p.key.kind.as_str().into(),
-            name: p.key.name.clone(),
+        let row = |state: ProposalState, pr: Option<&Pull>| ProposalRow {
+            key: p.key.clone(),
             fingerprint: p.fingerprint.clone(),
             number: pr.map(|pr| pr.number),
             url: pr.map(|pr| pr.url.clone()),
-            state: state.into(),
-            updated_at: crate::state::now(),
+            state,
+            updated_at: Utc::now(),
         };
         let Some(pr) = pr else {
             return self
                 .open_new(p, ctx, budget, summary, offer)
                 .await
                 .map(|made| match made {
-                    Made::Opened(pr) => row("open", Some(&pr)),
-                    Made::Declined(pr) => row("declined", Some(&pr)),
-                    Made::Merged(pr) => row("merged", Some(&pr)),
-                    Made::Waiting => row("waiting", None),
-                    Made::Blocked => row("blocked", None),
+                    Made::Opened(pr) => row(ProposalState::Open, Some(&pr)),
+                    Made::Declined(pr) => row(ProposalState::Declined, Some(&pr)),
+                    Made::Merged(pr) => row(ProposalState::Merged, Some(&pr)),
+                    Made::Waiting => row(ProposalState::Waiting, None),
+                    Made::Blocked => row(ProposalState::Blocked, None),
                 });
         };
         let was = proposal::parse_marker(&pr.body);
@@ -434,7 +427,7 @@ impl Reviewer {
             );
             self.status(pr.number, &status, input.secrets).await?;
             summary.unchanged += 1;
-            return Ok(row("blocked", Some(pr)));
+            return Ok(row(ProposalState::Blocked, Some(pr)));
         }
         let mut note = None;
         let sha = match self.commit(p, ask, base, input, stale).await {
@@ -651,11 +644,10 @@ impl Reviewer {
         base: &Base,
     ) -> String {
         let marker = proposal::marker(&p.key, &p.fingerprint, ask);
-        let incident = input.incidents.iter().find(|i| {
-            i.kind == p.key.kind.as_str()
-                && i.name == p.key.name
-                && i.status != IncidentStatus::Resolved
-        });
+        let incident = input
+            .incidents
+            .iter()
+            .find(|i| i.key == p.key && i.status != IncidentStatus::Resolved);
         let declared = p.actions.iter().find_map(|a| {
             a.declared_at
                 .as_ref()
@@ -982,7 +974,10 @@ impl Reviewer {
                     if let Some(s) = i.steps.last() {
                         let step = format!(
                             "Latest step: {} → **{}** at {}: {}",
-                            s.action, s.outcome, s.finished_at, s.detail
+                            s.action_word(),
+                            s.outcome,
+                            crate::state::ts(s.finished_at),
+                            s.detail
                         );
                         self.status(issue.number, &step, input.secrets).await?;
                     }
@@ -995,7 +990,8 @@ impl Reviewer {
                         .unwrap_or_default();
                     let note = format!(
                         "✅ Resolved at {}.{recovered}",
-                        i.resolved_at.as_deref().unwrap_or("now")
+                        i.resolved_at
+                            .map_or_else(|| "now".to_string(), crate::state::ts)
                     );
                     self.status(issue.number, &note, input.secrets).await?;
                     self.write(
@@ -1101,20 +1097,20 @@ impl Reviewer {
         let result = self.client.call(op, method, path, body).await;
         let (outcome, detail, number, url) = match &result {
             Ok(v) => (
-                "ok",
+                ReviewOutcome::Ok,
                 String::new(),
                 number.or_else(|| v["number"].as_i64()),
                 v["html_url"].as_str().map(str::to_string),
             ),
-            Err(e) => ("failed", e.to_string(), number, None),
+            Err(e) => (ReviewOutcome::Failed, e.to_string(), number, None),
         };
         self.store.log_review(&ReviewEvent {
-            at: crate::state::now(),
+            at: Utc::now(),
             operation: op.to_string(),
             subject: subject.to_string(),
             number,
             url,
-            outcome: outcome.to_string(),
+            outcome,
             detail,
         })?;
         Ok(result?)
@@ -1122,10 +1118,10 @@ impl Reviewer {
 }
 
 /// A proposal's state in `tend review list` while its pull request is open.
-fn state_of(ask: Ask) -> &'static str {
+fn state_of(ask: Ask) -> ProposalState {
     match ask {
-        Ask::Approve => "open",
-        Ask::KeepLive => "keep-live",
+        Ask::Approve => ProposalState::Open,
+        Ask::KeepLive => ProposalState::KeepLive,
     }
 }
 
@@ -1140,7 +1136,7 @@ struct Ctx<'a> {
     base: &'a Base,
     input: &'a Input<'a>,
     stale: &'a [&'a Approval],
-    used: &'a HashSet<(ResourceKey, String, String)>,
+    used: &'a HashSet<(ResourceKey, String, DateTime<Utc>)>,
 }
 
 struct Issue {

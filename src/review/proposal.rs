@@ -178,19 +178,15 @@ pub fn only_this_approval(text: &str, a: &Approval) -> bool {
                 && d["spec"]["expires"]
                     .as_str()
                     .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
-                    .map(|e| {
-                        e.with_timezone(&Utc)
-                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                    })
-                    .as_deref()
-                    == Some(expires.as_str())
+                    .map(|e| chrono::SubsecRound::trunc_subsecs(e.with_timezone(&Utc), 3))
+                    == Some(expires)
         })
 }
 
 /// Approvals a new commit removes: used ones and expired ones.
 pub fn stale_approvals<'a>(
     approvals: &'a [Approval],
-    used: &std::collections::HashSet<(ResourceKey, String, String)>,
+    used: &std::collections::HashSet<(ResourceKey, String, DateTime<Utc>)>,
     now: DateTime<Utc>,
 ) -> Vec<&'a Approval> {
     approvals

@@ -13,6 +13,7 @@ mod scrub;
 mod sqlite;
 mod sqlite_incidents;
 mod sqlite_review;
+mod sqlite_text;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,9 +21,11 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::model::health::{Severity, StepAction};
+use crate::model::Mode;
 use crate::vocab::{
-    Decision, IncidentStatus, JournalOutcome, JournalPhase, Remembered, ResourceKey, Status,
-    StepOutcome,
+    Decision, IncidentStatus, JournalAction, JournalOutcome, JournalPhase, Remembered, ResourceKey,
+    Status, StepOutcome,
 };
 
 pub use scrub::Scrubbing;
@@ -207,7 +210,8 @@ pub fn open_existing(dir: &Path) -> Result<Option<Box<dyn Store>>, StateError> {
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
 pub enum RunStatus {
     Ok,
     Failed,
@@ -215,23 +219,12 @@ pub enum RunStatus {
     Error,
 }
 
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Ok => "ok",
-            RunStatus::Failed => "failed",
-            RunStatus::Escalated => "escalated",
-            RunStatus::Error => "error",
-        }
-    }
-}
-
 /// What starting a run records.
 pub struct NewRun<'a> {
     pub command: &'a str,
     pub origin: &'a str,
     pub commit: Option<&'a str>,
-    pub mode: &'a str,
+    pub mode: Mode,
 }
 
 /// One journal line.
@@ -240,12 +233,13 @@ pub struct NewRun<'a> {
 pub struct JournalEntry {
     pub id: i64,
     pub run_id: i64,
-    pub at: String,
+    #[serde(with = "time_text")]
+    pub at: DateTime<Utc>,
     pub phase: JournalPhase,
     pub fingerprint: String,
-    pub action: String,
-    pub kind: String,
-    pub name: String,
+    pub action: JournalAction,
+    #[serde(flatten)]
+    pub key: ResourceKey,
     pub commit: Option<String>,
     pub outcome: Option<JournalOutcome>,
     pub detail: String,
@@ -256,9 +250,8 @@ pub struct JournalEntry {
 pub struct JournalRecord<'a> {
     pub run_id: i64,
     pub fingerprint: &'a str,
-    pub action: &'a str,
-    pub kind: &'a str,
-    pub name: &'a str,
+    pub action: JournalAction,
+    pub key: &'a ResourceKey,
     pub commit: Option<&'a str>,
     pub outcome: Option<JournalOutcome>,
     pub detail: &'a str,
@@ -267,9 +260,8 @@ pub struct JournalRecord<'a> {
 /// One field tend corrected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CorrectionRow {
-    pub at: String,
-    pub kind: String,
-    pub name: String,
+    pub at: DateTime<Utc>,
+    pub key: ResourceKey,
     pub path: String,
 }
 
@@ -312,36 +304,78 @@ pub struct StepResult<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IncidentStep {
-    pub step: i64,
-    pub action: String,
-    pub decision: String,
+    /// The step's index in the runbook; `None` for what is no step of it
+    /// (an observation, a restore while escalated, an escalation of a
+    /// runbook that has no `escalate` step).
+    pub step: Option<u32>,
+    /// What was done; `None` when nothing was (the resource was observed).
+    #[serde(serialize_with = "action_text")]
+    pub action: Option<StepAction>,
+    /// How the step was decided; `None` when it was not (skipped, observed).
+    pub decision: Option<Decision>,
     pub outcome: StepOutcome,
     pub detail: String,
-    pub started_at: String,
-    pub finished_at: String,
+    #[serde(with = "time_text")]
+    pub started_at: DateTime<Utc>,
+    #[serde(with = "time_text")]
+    pub finished_at: DateTime<Utc>,
     pub duration_ms: i64,
 }
 
 impl IncidentStep {
     /// A step that began at `started` and has just ended.
     pub fn ended_now(
-        step: i64,
-        action: &str,
-        decision: &str,
+        step: Option<usize>,
+        action: Option<StepAction>,
+        decision: Option<Decision>,
         outcome: StepOutcome,
         detail: String,
         started: DateTime<Utc>,
     ) -> IncidentStep {
         let now = Utc::now();
         IncidentStep {
-            step,
-            action: action.into(),
-            decision: decision.into(),
+            step: step.and_then(|s| u32::try_from(s).ok()),
+            action,
+            decision,
             outcome,
             detail,
-            started_at: ts(started),
-            finished_at: ts(now),
+            started_at: started,
+            finished_at: now,
             duration_ms: (now - started).num_milliseconds().max(0),
+        }
+    }
+}
+
+impl IncidentStep {
+    /// What was done, in a word (`observe` when nothing was).
+    pub fn action_word(&self) -> &'static str {
+        self.action.map_or("observe", StepAction::as_str)
+    }
+}
+
+fn action_text<S: serde::Serializer>(a: &Option<StepAction>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(a.map_or("observe", StepAction::as_str))
+}
+
+/// Times in reports as the store keeps them: RFC 3339, milliseconds, UTC.
+pub mod time_text {
+    use chrono::{DateTime, Utc};
+
+    pub fn serialize<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::ts(*t))
+    }
+
+    pub mod option {
+        use chrono::{DateTime, Utc};
+
+        pub fn serialize<S: serde::Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&super::super::ts(*t)),
+                None => s.serialize_none(),
+            }
         }
     }
 }
@@ -351,18 +385,21 @@ impl IncidentStep {
 #[serde(rename_all = "camelCase")]
 pub struct Incident {
     pub id: i64,
-    pub kind: String,
-    pub name: String,
+    #[serde(flatten)]
+    pub key: ResourceKey,
     pub status: IncidentStatus,
     pub cause: String,
     pub signature: Option<String>,
     pub runbook: Option<String>,
-    pub severity: String,
+    pub severity: Severity,
     pub symptoms: serde_json::Value,
-    pub onset_at: String,
-    pub detected_at: String,
-    pub resolved_at: Option<String>,
-    pub next_step: i64,
+    #[serde(with = "time_text")]
+    pub onset_at: DateTime<Utc>,
+    #[serde(with = "time_text")]
+    pub detected_at: DateTime<Utc>,
+    #[serde(with = "time_text::option")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub next_step: u32,
     /// The resource's current state, in words.
     pub state: String,
     pub recommendation: String,
@@ -377,7 +414,7 @@ pub struct NewIncident<'a> {
     pub cause: &'a str,
     pub signature: Option<&'a str>,
     pub runbook: Option<&'a str>,
-    pub severity: &'a str,
+    pub severity: Severity,
     /// The tracked signals that make up the problem, as JSON.
     pub symptoms: serde_json::Value,
     pub onset: DateTime<Utc>,
@@ -388,7 +425,7 @@ pub struct NewIncident<'a> {
 /// recommended next action.
 pub struct IncidentUpdate<'a> {
     pub status: IncidentStatus,
-    pub next_step: i64,
+    pub next_step: u32,
     pub state: &'a str,
     pub recommendation: &'a str,
 }
@@ -397,18 +434,20 @@ pub struct IncidentUpdate<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsedApproval {
-    pub kind: String,
-    pub name: String,
+    #[serde(flatten)]
+    pub key: ResourceKey,
     pub fingerprint: String,
     /// The approval document.
     pub file: String,
     /// The approval's expiry: with the fingerprint, what tells one
     /// approval from a later one of the same change.
-    pub expires: String,
+    #[serde(with = "time_text")]
+    pub expires: DateTime<Utc>,
     /// The commit of the desired state that carried it.
     pub commit: Option<String>,
     pub run_id: i64,
-    pub at: String,
+    #[serde(with = "time_text")]
+    pub at: DateTime<Utc>,
 }
 
 /// One operation on the review host: what was done to which pull request
@@ -416,7 +455,8 @@ pub struct UsedApproval {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReviewEvent {
-    pub at: String,
+    #[serde(with = "time_text")]
+    pub at: DateTime<Utc>,
     /// e.g. `open-pull-request`, `update-pull-request`, `close-pull-request`,
     /// `open-issue`, `comment`, `close-issue`.
     pub operation: String,
@@ -424,23 +464,51 @@ pub struct ReviewEvent {
     pub subject: String,
     pub number: Option<i64>,
     pub url: Option<String>,
-    /// `ok` or `failed`.
-    pub outcome: String,
+    pub outcome: ReviewOutcome,
     pub detail: String,
 }
+
+/// How one operation on the review host ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr, strum::EnumString)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum ReviewOutcome {
+    Ok,
+    Failed,
+}
+
+/// Where a proposal stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr, strum::EnumString)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum ProposalState {
+    /// A pull request asks for approval.
+    Open,
+    /// A pull request proposes the live values ("keep live" ticked).
+    KeepLive,
+    /// Closed unmerged by a person: not proposed again until it differs.
+    Declined,
+    /// Over `maxOpen` or `maxNewPerRun`: proposed in a later pass.
+    Waiting,
+    Merged,
+    /// Someone else's commits are on tend's branch.
+    Blocked,
+}
+
+crate::model::words!(ReviewOutcome, ProposalState);
 
 /// One open proposal: a resource's pending review and its pull request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProposalRow {
-    pub kind: String,
-    pub name: String,
+    #[serde(flatten)]
+    pub key: ResourceKey,
     pub fingerprint: String,
     pub number: Option<i64>,
     pub url: Option<String>,
-    /// `open`, `keep-live`, `declined`, `waiting` (over a limit) or `merged`.
-    pub state: String,
-    pub updated_at: String,
+    pub state: ProposalState,
+    #[serde(with = "time_text")]
+    pub updated_at: DateTime<Utc>,
 }
 
 /// The last known good spec of a resource.

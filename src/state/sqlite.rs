@@ -9,12 +9,13 @@ use std::sync::{Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::sqlite_text::{get, get_opt, Wo, W};
 use super::{
     now, ts, BackendError, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
     JournalRecord, LastGood, NewIncident, NewRun, ProposalRow, ReviewEvent, RunStatus, SignalRow,
     StateError, StepResult, StepStats, Store, UsedApproval,
 };
-use crate::vocab::{JournalOutcome, JournalPhase, Remembered, ResourceKey, StepOutcome};
+use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
 
 impl From<rusqlite::Error> for StateError {
     fn from(e: rusqlite::Error) -> StateError {
@@ -347,7 +348,7 @@ impl Store for SqliteStore {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO runs (started_at, command, origin, commit_sha, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![now(), run.command, run.origin, run.commit, run.mode],
+            params![now(), run.command, run.origin, run.commit, W(&run.mode)],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -355,7 +356,7 @@ impl Store for SqliteStore {
     fn finish_run(&self, run_id: i64, status: RunStatus) -> Result<(), StateError> {
         self.conn().execute(
             "UPDATE runs SET finished_at = ?1, status = ?2 WHERE id = ?3",
-            params![now(), status.as_str(), run_id],
+            params![now(), <&str>::from(status), run_id],
         )?;
         Ok(())
     }
@@ -365,7 +366,7 @@ impl Store for SqliteStore {
         conn.execute(
             "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![r.run_id, now(), phase.as_str(), r.fingerprint, r.action, r.kind, r.name, r.commit, r.outcome.map(JournalOutcome::as_str), r.detail],
+            params![r.run_id, now(), W(&phase), r.fingerprint, W(&r.action), W(&r.key.kind), r.key.name, r.commit, Wo(r.outcome.as_ref()), r.detail],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -427,9 +428,8 @@ impl Store for SqliteStore {
             .prepare("SELECT at, kind, name, path FROM corrections WHERE at >= ?1 ORDER BY id")?;
         let rows = stmt.query_map(params![ts(since)], |r| {
             Ok(CorrectionRow {
-                at: r.get(0)?,
-                kind: r.get(1)?,
-                name: r.get(2)?,
+                at: get(r, 0)?,
+                key: ResourceKey::new(get(r, 1)?, r.get::<_, String>(2)?),
                 path: r.get(3)?,
             })
         })?;
@@ -583,19 +583,16 @@ impl Store for SqliteStore {
 }
 
 fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
-    let phase: String = r.get(3)?;
-    let outcome: Option<String> = r.get(9)?;
     Ok(JournalEntry {
         id: r.get(0)?,
         run_id: r.get(1)?,
-        at: r.get(2)?,
-        phase: JournalPhase::parse(&phase).unwrap_or(JournalPhase::Decision),
+        at: get(r, 2)?,
+        phase: get(r, 3)?,
         fingerprint: r.get(4)?,
-        action: r.get(5)?,
-        kind: r.get(6)?,
-        name: r.get(7)?,
+        action: get(r, 5)?,
+        key: ResourceKey::new(get(r, 6)?, r.get::<_, String>(7)?),
         commit: r.get(8)?,
-        outcome: outcome.as_deref().and_then(JournalOutcome::parse),
+        outcome: get_opt(r, 9)?,
         detail: r.get(10)?,
     })
 }
@@ -604,17 +601,20 @@ fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
 mod tests {
     use super::*;
 
-    fn rec(run_id: i64, fp: &str) -> JournalRecord<'_> {
+    fn rec<'a>(run_id: i64, fp: &'a str, key: &'a ResourceKey) -> JournalRecord<'a> {
         JournalRecord {
             run_id,
             fingerprint: fp,
-            action: "update",
-            kind: "host.File",
-            name: "a",
+            action: crate::vocab::JournalAction::Act(crate::vocab::ActionType::Update),
+            key,
             commit: None,
             outcome: None,
             detail: "",
         }
+    }
+
+    fn key() -> ResourceKey {
+        ResourceKey::new(crate::model::Kind::HostFile, "a")
     }
 
     fn begin(s: &SqliteStore) -> i64 {
@@ -622,7 +622,7 @@ mod tests {
             command: "apply",
             origin: "x",
             commit: None,
-            mode: "auto",
+            mode: crate::model::Mode::Auto,
         })
         .unwrap()
     }
@@ -631,14 +631,15 @@ mod tests {
     fn dangling_intents_are_found() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
+        let k = key();
         let run = begin(&s);
-        s.intent(&rec(run, "a")).unwrap();
+        s.intent(&rec(run, "a", &k)).unwrap();
         s.outcome(&JournalRecord {
-            outcome: Some(JournalOutcome::Synced),
-            ..rec(run, "a")
+            outcome: Some(crate::vocab::JournalOutcome::Synced),
+            ..rec(run, "a", &k)
         })
         .unwrap();
-        s.intent(&rec(run, "b")).unwrap();
+        s.intent(&rec(run, "b", &k)).unwrap();
         let d = s.dangling_intents().unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].fingerprint, "b");
@@ -652,14 +653,15 @@ mod tests {
     fn a_store_that_cannot_be_written_is_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(dir.path()).unwrap();
+        let k = key();
         let run = begin(&s);
-        s.intent(&rec(run, "a")).unwrap();
+        s.intent(&rec(run, "a", &k)).unwrap();
         drop(s);
         std::fs::create_dir(dir.path().join("tend.db-wal")).unwrap();
         assert!(SqliteStore::open(dir.path()).is_err());
         let s = SqliteStore::open_existing(dir.path()).unwrap().unwrap();
         assert_eq!(s.history(None, 10).unwrap().len(), 1);
-        assert!(s.intent(&rec(run, "b")).is_err(), "nothing is written");
+        assert!(s.intent(&rec(run, "b", &k)).is_err(), "nothing is written");
     }
 
     /// Regression: the database was created 0644 in a 0755 directory and
@@ -678,6 +680,30 @@ mod tests {
         std::fs::set_permissions(state.join(DB), std::fs::Permissions::from_mode(0o644)).unwrap();
         drop(SqliteStore::open(&state).unwrap());
         assert_eq!(mode(&state.join(DB)), 0o600);
+    }
+
+    /// A row that cannot be read back is an error naming the column and
+    /// the value, never a row silently dropped or a default made up.
+    #[test]
+    fn an_unreadable_row_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let k = key();
+        let run = begin(&s);
+        s.intent(&rec(run, "a", &k)).unwrap();
+        s.conn()
+            .execute("UPDATE journal SET action = 'teleport'", [])
+            .unwrap();
+        let err = s.history(None, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("`action`") && err.contains("`teleport`"),
+            "{err}"
+        );
+        s.conn()
+            .execute("UPDATE journal SET action = 'update', at = 'yesterday'", [])
+            .unwrap();
+        let err = s.history(None, 10).unwrap_err().to_string();
+        assert!(err.contains("`at`") && err.contains("`yesterday`"), "{err}");
     }
 
     #[test]

@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sqlite::SqliteStore;
+use super::sqlite_text::{
+    decision_from_sql, decision_to_sql, get, get_opt, step_action_from_sql, step_action_to_sql,
+    step_from_sql, step_to_sql, W,
+};
 use super::{
-    now, parse_ts, ts, Incident, IncidentStep, IncidentUpdate, NewIncident, SignalRow, StateError,
+    now, ts, Incident, IncidentStep, IncidentUpdate, NewIncident, SignalRow, StateError,
     StepResult, StepStats,
 };
-use crate::vocab::{IncidentStatus, Remembered, ResourceKey, Status, StepOutcome};
-
-fn millis(from: &str, to: &str) -> Option<i64> {
-    Some((parse_ts(to)? - parse_ts(from)?).num_milliseconds())
-}
+use crate::vocab::{IncidentStatus, Remembered, ResourceKey, StepOutcome};
 
 const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation";
 
@@ -28,25 +28,16 @@ impl SqliteStore {
             "SELECT signal, status, since, last_healthy FROM signal_state WHERE kind = ?1 AND name = ?2",
         )?;
         let rows = stmt.query_map(params![key.kind.as_str(), key.name], |r| {
-            let (signal, status, since, last): (String, String, String, Option<String>) =
-                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-            Ok((signal, status, since, last))
+            Ok((
+                r.get::<_, String>(0)?,
+                Remembered {
+                    status: get(r, 1)?,
+                    since: get(r, 2)?,
+                    last_healthy: get_opt(r, 3)?,
+                },
+            ))
         })?;
-        let mut out = HashMap::new();
-        for row in rows {
-            let (signal, status, since, last) = row?;
-            if let Some(since) = parse_ts(&since) {
-                out.insert(
-                    signal,
-                    Remembered {
-                        status: Status::parse(&status),
-                        since,
-                        last_healthy: last.as_deref().and_then(parse_ts),
-                    },
-                );
-            }
-        }
-        Ok(out)
+        Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
     }
 
     pub(super) fn remember_rows(
@@ -81,7 +72,7 @@ impl SqliteStore {
         conn.execute(
             "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state)
              VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy')",
-            params![n.key.kind.as_str(), n.key.name, n.cause, n.signature, n.runbook, n.severity, n.symptoms.to_string(), ts(n.onset), ts(n.detected)],
+            params![n.key.kind.as_str(), n.key.name, n.cause, n.signature, n.runbook, W(&n.severity), n.symptoms.to_string(), ts(n.onset), ts(n.detected)],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -105,7 +96,7 @@ impl SqliteStore {
         self.conn().execute(
             "INSERT INTO incident_steps (incident_id, step, action, decision, outcome, detail, started_at, finished_at, duration_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![incident, s.step, s.action, s.decision, s.outcome.as_str(), s.detail, s.started_at, s.finished_at, s.duration_ms],
+            params![incident, step_to_sql(s.step), step_action_to_sql(s.action), decision_to_sql(s.decision), W(&s.outcome), s.detail, W(&s.started_at), W(&s.finished_at), s.duration_ms],
         )?;
         Ok(())
     }
@@ -117,23 +108,23 @@ impl SqliteStore {
         s: &IncidentStep,
     ) -> Result<bool, StateError> {
         let conn = self.conn();
-        let newest: Option<(i64, i64, String, String)> = conn
+        let newest: Option<(i64, Option<u32>, StepOutcome, chrono::DateTime<chrono::Utc>)> = conn
             .query_row(
                 "SELECT id, step, outcome, started_at FROM incident_steps WHERE incident_id = ?1 ORDER BY id DESC LIMIT 1",
                 params![incident],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, step_from_sql(r, 1)?, get(r, 2)?, get(r, 3)?)),
             )
             .optional()?;
         let Some((id, step, outcome, started_at)) = newest else {
             return Ok(false);
         };
-        if step != s.step || outcome != was.as_str() {
+        if step != s.step || outcome != was {
             return Ok(false);
         }
-        let duration = millis(&started_at, &s.finished_at).unwrap_or(0).max(0);
+        let duration = (s.finished_at - started_at).num_milliseconds().max(0);
         conn.execute(
             "UPDATE incident_steps SET outcome = ?2, decision = ?3, detail = ?4, finished_at = ?5, duration_ms = ?6 WHERE id = ?1",
-            params![id, s.outcome.as_str(), s.decision, s.detail, s.finished_at, duration],
+            params![id, W(&s.outcome), decision_to_sql(s.decision), s.detail, W(&s.finished_at), duration],
         )?;
         Ok(true)
     }
@@ -142,7 +133,7 @@ impl SqliteStore {
         let resolved = (u.status == IncidentStatus::Resolved).then(now);
         self.conn().execute(
             "UPDATE incidents SET status = ?2, next_step = ?3, state = ?4, recommendation = ?5, resolved_at = COALESCE(?6, resolved_at) WHERE id = ?1",
-            params![id, u.status.as_str(), u.next_step, u.state, u.recommendation, resolved],
+            params![id, W(&u.status), u.next_step, u.state, u.recommendation, resolved],
         )?;
         Ok(())
     }
@@ -165,15 +156,14 @@ impl SqliteStore {
              FROM incident_steps WHERE incident_id = ?1 ORDER BY id",
         )?;
         let steps = stmt.query_map(params![id], |r| {
-            let outcome: String = r.get(3)?;
             Ok(IncidentStep {
-                step: r.get(0)?,
-                action: r.get(1)?,
-                decision: r.get(2)?,
-                outcome: StepOutcome::parse(&outcome).unwrap_or(StepOutcome::Failed),
+                step: step_from_sql(r, 0)?,
+                action: step_action_from_sql(r, 1)?,
+                decision: decision_from_sql(r, 2)?,
+                outcome: get(r, 3)?,
                 detail: r.get(4)?,
-                started_at: r.get(5)?,
-                finished_at: r.get(6)?,
+                started_at: get(r, 5)?,
+                finished_at: get(r, 6)?,
                 duration_ms: r.get(7)?,
             })
         })?;
@@ -260,22 +250,22 @@ impl SqliteStore {
 
 fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
     let symptoms: String = r.get(8)?;
-    let onset_at: String = r.get(9)?;
-    let detected_at: String = r.get(10)?;
-    let resolved_at: Option<String> = r.get(11)?;
-    let status: String = r.get(3)?;
+    let onset_at: chrono::DateTime<chrono::Utc> = get(r, 9)?;
+    let detected_at: chrono::DateTime<chrono::Utc> = get(r, 10)?;
+    let resolved_at: Option<chrono::DateTime<chrono::Utc>> = get_opt(r, 11)?;
     Ok(Incident {
         id: r.get(0)?,
-        kind: r.get(1)?,
-        name: r.get(2)?,
-        status: IncidentStatus::parse(&status).unwrap_or(IncidentStatus::Open),
+        key: ResourceKey::new(get(r, 1)?, r.get::<_, String>(2)?),
+        status: get(r, 3)?,
         cause: r.get(4)?,
         signature: r.get(5)?,
         runbook: r.get(6)?,
-        severity: r.get(7)?,
-        symptoms: serde_json::from_str(&symptoms).unwrap_or_default(),
-        time_to_detect_ms: millis(&onset_at, &detected_at).unwrap_or(0),
-        time_to_recover_ms: resolved_at.as_deref().and_then(|r| millis(&detected_at, r)),
+        severity: get(r, 7)?,
+        symptoms: serde_json::from_str(&symptoms).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(e))
+        })?,
+        time_to_detect_ms: (detected_at - onset_at).num_milliseconds(),
+        time_to_recover_ms: resolved_at.map(|r| (r - detected_at).num_milliseconds()),
         onset_at,
         detected_at,
         resolved_at,

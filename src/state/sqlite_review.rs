@@ -4,14 +4,16 @@
 use rusqlite::params;
 
 use super::sqlite::SqliteStore;
+use super::sqlite_text::{get, W};
 use super::{ProposalRow, ReviewEvent, StateError, UsedApproval};
+use crate::vocab::ResourceKey;
 
 impl SqliteStore {
     pub(super) fn insert_used_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
         self.conn().execute(
             "INSERT OR IGNORE INTO approvals_used (kind, name, fingerprint, file, expires, commit_sha, run_id, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![u.kind, u.name, u.fingerprint, u.file, u.expires, u.commit, u.run_id, u.at],
+            params![W(&u.key.kind), u.key.name, u.fingerprint, u.file, W(&u.expires), u.commit, u.run_id, W(&u.at)],
         )?;
         Ok(())
     }
@@ -23,14 +25,13 @@ impl SqliteStore {
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(UsedApproval {
-                kind: r.get(0)?,
-                name: r.get(1)?,
+                key: ResourceKey::new(get(r, 0)?, r.get::<_, String>(1)?),
                 fingerprint: r.get(2)?,
                 file: r.get(3)?,
-                expires: r.get(4)?,
+                expires: get(r, 4)?,
                 commit: r.get(5)?,
                 run_id: r.get(6)?,
-                at: r.get(7)?,
+                at: get(r, 7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -41,12 +42,12 @@ impl SqliteStore {
             "INSERT INTO review_log (at, operation, subject, number, url, outcome, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
-                e.at,
+                W(&e.at),
                 e.operation,
                 e.subject,
                 e.number,
                 e.url,
-                e.outcome,
+                W(&e.outcome),
                 e.detail
             ],
         )?;
@@ -61,12 +62,12 @@ impl SqliteStore {
         )?;
         let rows = stmt.query_map(params![limit as i64], |r| {
             Ok(ReviewEvent {
-                at: r.get(0)?,
+                at: get(r, 0)?,
                 operation: r.get(1)?,
                 subject: r.get(2)?,
                 number: r.get(3)?,
                 url: r.get(4)?,
-                outcome: r.get(5)?,
+                outcome: get(r, 5)?,
                 detail: r.get(6)?,
             })
         })?;
@@ -81,7 +82,7 @@ impl SqliteStore {
             tx.execute(
                 "INSERT OR REPLACE INTO proposals (kind, name, fingerprint, number, url, state, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![p.kind, p.name, p.fingerprint, p.number, p.url, p.state, p.updated_at],
+                params![W(&p.key.kind), p.key.name, p.fingerprint, p.number, p.url, W(&p.state), W(&p.updated_at)],
             )?;
         }
         tx.commit()?;
@@ -95,13 +96,12 @@ impl SqliteStore {
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(ProposalRow {
-                kind: r.get(0)?,
-                name: r.get(1)?,
+                key: ResourceKey::new(get(r, 0)?, r.get::<_, String>(1)?),
                 fingerprint: r.get(2)?,
                 number: r.get(3)?,
                 url: r.get(4)?,
-                state: r.get(5)?,
-                updated_at: r.get(6)?,
+                state: get(r, 5)?,
+                updated_at: get(r, 6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
