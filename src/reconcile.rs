@@ -29,8 +29,7 @@ use crate::provider::{
 };
 use crate::source::{Source, SourceError};
 use crate::state::{
-    Incident, IncidentStep, IncidentUpdate, JournalRecord, NewRun, RunStatus, Scrubbing,
-    StateError, Store,
+    Incident, IncidentStep, JournalRecord, NewRun, RunStatus, Scrubbing, StateError, Store,
 };
 use crate::vocab::{
     Decision, IncidentStatus, JournalOutcome, LiveResource, ResourceKey, Secrets, Status,
@@ -820,15 +819,9 @@ fn resolve_recovered(store: &dyn Store, recovered: &[i64]) -> Result<(), StateEr
                 chrono::Utc::now(),
             ),
         )?;
-        store.update_incident(
-            *id,
-            &IncidentUpdate {
-                status: IncidentStatus::Resolved,
-                next_step: 0,
-                state: "healthy",
-                recommendation: "none",
-            },
-        )?;
+        if let Some(i) = store.incident(*id)? {
+            heal::transition(store, *id, i.status, &heal::lifecycle::Event::Recovered)?;
+        }
     }
     Ok(())
 }

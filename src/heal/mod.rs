@@ -14,6 +14,7 @@
 //! never delays another resource's correction or healing. This stage never
 //! decides what is allowed. See ARCHITECTURE.md.
 
+pub mod lifecycle;
 mod verify;
 
 use std::collections::HashMap;
@@ -32,8 +33,10 @@ use crate::model::{DesiredState, Resource, ResourceKey};
 use crate::plan::remedy::{self, Remedy};
 use crate::policy::{Context, Decider, Facts, Policies};
 use crate::provider::Providers;
+use lifecycle::Event;
+
 use crate::state::{
-    IncidentStep, IncidentUpdate, NewIncident, Scrubbing, SignalRow, StateError, StepResult, Store,
+    IncidentStep, NewIncident, Scrubbing, SignalRow, StateError, StepResult, Store,
 };
 use crate::vocab::{Action, Decision, IncidentStatus, Secrets, StepOutcome};
 
@@ -496,14 +499,11 @@ async fn start_step(
     let id = inc.id;
     let step = &inc.spec.steps[index];
     if h.stop.load(Ordering::SeqCst) {
-        h.store.update_incident(
+        transition(
+            h.store,
             id,
-            &IncidentUpdate {
-                status: IncidentStatus::Open,
-                next_step: index as u32,
-                state: "unhealthy",
-                recommendation: "tend stopped before this step; the next pass continues",
-            },
+            IncidentStatus::Open,
+            &Event::StoppedBefore { step: index },
         )?;
         return Ok(Started::Stands(Standing::Interrupted));
     }
@@ -528,19 +528,15 @@ async fn start_step(
     let failed = match execute(h, inc, step, action).await? {
         Outcome::Synced { detail } => {
             h.executor.journal_verification(action, None)?;
-            h.store.update_incident(
+            let until = started + chrono::Duration::from_std(step.within()).unwrap_or_default();
+            transition(
+                h.store,
                 id,
-                &IncidentUpdate {
-                    status: IncidentStatus::Open,
-                    next_step: index as u32,
-                    state: &format!(
-                        "verifying step {} ({}) until {}",
-                        index + 1,
-                        step.action.as_str(),
-                        (started + chrono::Duration::from_std(step.within()).unwrap_or_default())
-                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                    recommendation: "none: tend verifies the step",
+                IncidentStatus::Open,
+                &Event::StepStarted {
+                    step: index,
+                    action: step.action,
+                    until,
                 },
             )?;
             return Ok(Started::Verifying(Box::new(Verifying {
@@ -658,6 +654,23 @@ fn end_step(
     }
 }
 
+/// Moves an incident that is `from` on `event`, as the lifecycle says; an
+/// illegal move is logged and changes nothing.
+pub fn transition(
+    store: &dyn Store,
+    id: i64,
+    from: IncidentStatus,
+    event: &Event<'_>,
+) -> Result<(), StateError> {
+    match lifecycle::next(from, event) {
+        Ok(t) => store.update_incident(id, &t.update()),
+        Err(illegal) => {
+            warn!(incident = id, "{illegal}; the incident is left as it is.");
+            Ok(())
+        }
+    }
+}
+
 /// Ends the step that is `running` on the incident.
 fn finish_step(h: &Healer<'_>, id: i64, s: &IncidentStep) -> Result<(), StateError> {
     if !h.store.update_last_step(id, StepOutcome::Running, s)? {
@@ -687,14 +700,12 @@ pub fn close_running_steps(
             ..step.clone()
         };
         store.update_last_step(incident.id, StepOutcome::Running, &ended)?;
-        store.update_incident(
+        let at = step.step.unwrap_or(0) as usize;
+        transition(
+            store,
             incident.id,
-            &IncidentUpdate {
-                status: incident.status,
-                next_step: step.step.unwrap_or(0),
-                state: "unknown: the step was cut short",
-                recommendation: "the next pass reads the signals again and continues the runbook",
-            },
+            incident.status,
+            &Event::CutShort { step: at },
         )?;
         warn!(
             incident = incident.id,
@@ -725,14 +736,11 @@ fn interrupted(
             started,
         ),
     )?;
-    h.store.update_incident(
+    transition(
+        h.store,
         inc.id,
-        &IncidentUpdate {
-            status: IncidentStatus::Open,
-            next_step: index as u32 + 1,
-            state: "unknown: verification was cut short",
-            recommendation: "the next pass reads the signals again and continues the runbook",
-        },
+        IncidentStatus::Open,
+        &Event::StoppedDuring { step: index },
     )
 }
 
@@ -743,17 +751,13 @@ fn resolve(
     step: &Step,
 ) -> Result<(), StateError> {
     info!(incident = inc.id, step = index + 1, "Incident resolved.");
-    h.store.update_incident(
+    transition(
+        h.store,
         inc.id,
-        &IncidentUpdate {
-            status: IncidentStatus::Resolved,
-            next_step: index as u32 + 1,
-            state: &format!(
-                "healthy, verified after step {} ({})",
-                index + 1,
-                step.action.as_str()
-            ),
-            recommendation: "none",
+        IncidentStatus::Open,
+        &Event::StepVerified {
+            step: index,
+            action: step.action,
         },
     )?;
     settle(h, inc.resource, inc.remedy)
@@ -782,24 +786,16 @@ fn hold(
     if !h.store.update_last_step(inc.id, StepOutcome::Held, &held)? {
         h.store.add_step(inc.id, &held)?;
     }
-    h.store.update_incident(
+    transition(
+        h.store,
         inc.id,
-        &IncidentUpdate {
-            status: IncidentStatus::Open,
-            next_step: index as u32,
-            state: &format!(
-                "unhealthy; step {} ({}) is held: {}",
-                index + 1,
-                step.action.as_str(),
-                action.decision.as_str()
-            ),
-            recommendation: &format!(
-                "approve or carry out step {} ({}) of runbook `{}`: {}",
-                index + 1,
-                step.action.as_str(),
-                inc.remedy.runbook,
-                action.reasons.join("; ")
-            ),
+        IncidentStatus::Open,
+        &Event::StepHeld {
+            step: index,
+            action: step.action,
+            decision: action.decision,
+            runbook: &inc.remedy.runbook,
+            reasons: &action.reasons,
         },
     )
 }
@@ -897,18 +893,16 @@ async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<(),
         ),
     )?;
     let state = current_state(h, inc).await;
-    h.store.update_incident(
+    transition(
+        h.store,
         id,
-        &IncidentUpdate {
-            status: IncidentStatus::Escalated,
-            next_step: spec.steps.len() as u32,
+        IncidentStatus::Open,
+        &Event::Exhausted {
+            runbook_len: spec.steps.len(),
+            cause: &remedy.problem.cause,
+            target: &remedy.target,
+            tried: &tried,
             state: &state,
-            recommendation: &format!(
-                "a human should investigate {} on {}: tried {}; when it is fixed, tend resolves the incident on the next healthy pass",
-                remedy.problem.cause,
-                remedy.target,
-                if tried.is_empty() { "nothing".to_string() } else { tried.join(", ") }
-            ),
         },
     )?;
     warn!(incident = id, "Incident escalated.");
@@ -935,22 +929,15 @@ fn escalate_crash_loop(
             chrono::Utc::now(),
         ),
     )?;
-    let next = remedy
-        .baseline
-        .as_ref()
-        .and_then(|b| b.not_before)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| "now".into());
-    h.store.update_incident(
+    transition(
+        h.store,
         id,
-        &IncidentUpdate {
-            status: IncidentStatus::Escalated,
-            next_step: 0,
-            state: &format!("unhealthy: {}", remedy.problem.cause),
-            recommendation: &format!(
-                "a human should find why {} keeps failing ({why}); tend restores the declared state with backoff (next attempt {next}) and resolves the incident once it is healthy",
-                remedy.target
-            ),
+        IncidentStatus::Open,
+        &Event::CrashLoop {
+            cause: &remedy.problem.cause,
+            target: &remedy.target,
+            why,
+            next_attempt: remedy.baseline.as_ref().and_then(|b| b.not_before),
         },
     )?;
     warn!(incident = id, "Crash loop: incident escalated.");
