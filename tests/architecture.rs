@@ -69,29 +69,56 @@ fn references(
         if i > 0 && text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$') {
             continue;
         }
-        let rest: String = text[i + 7..].chars().take_while(|c| ident(*c)).collect();
-        resolve(
-            rest.split("::")
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-        );
+        for rest in paths_after(&text[i + 7..]) {
+            resolve(
+                rest.split("::")
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            );
+        }
     }
     for (i, _) in text.match_indices("super::") {
         if i > 0 && text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
             continue;
         }
-        let rest: String = text[i..].chars().take_while(|c| ident(*c)).collect();
+        let supers: String = text[i..].chars().take_while(|c| ident(*c)).collect();
         let mut base: Vec<String> = module.to_vec();
-        let mut parts = rest.split("::").filter(|s| !s.is_empty()).peekable();
+        let mut parts = supers.split("::").filter(|s| !s.is_empty()).peekable();
         while parts.peek() == Some(&"super") {
             parts.next();
             base.pop();
         }
-        base.extend(parts.map(String::from));
-        resolve(base);
+        let head: Vec<String> = parts.map(String::from).collect();
+        let after = &text[i + supers.len()..];
+        let tails = if head.is_empty() && after.starts_with('{') {
+            paths_after(after)
+        } else {
+            vec![String::new()]
+        };
+        for tail in tails {
+            let mut path = base.clone();
+            path.extend(head.iter().cloned());
+            path.extend(tail.split("::").filter(|s| !s.is_empty()).map(String::from));
+            resolve(path);
+        }
     }
     out
+}
+
+/// The paths a `use` names after `crate::` or `super::`: one path, or each
+/// path of a `{a, b::c}` group (one level deep).
+fn paths_after(text: &str) -> Vec<String> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_' || c == ':';
+    if let Some(group) = text.strip_prefix('{') {
+        let end = group.find('}').unwrap_or(group.len());
+        return group[..end]
+            .split(',')
+            .map(|p| p.trim().chars().take_while(|c| ident(*c)).collect())
+            .filter(|p: &String| !p.is_empty())
+            .collect();
+    }
+    vec![text.chars().take_while(|c| ident(*c)).collect()]
 }
 
 fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
@@ -202,6 +229,28 @@ fn the_vocabulary_imports_no_stage() {
     for stage in ["provider", "diff", "health"] {
         assert!(!top[stage].contains("plan"), "{stage} imports plan");
     }
+}
+
+/// Regression: `use super::{a, b}` and `use crate::{x, y}` named no
+/// module, so a cycle through a grouped import went unseen.
+#[test]
+fn grouped_imports_are_references() {
+    let known: BTreeSet<Vec<String>> = [
+        vec!["policy".to_string()],
+        vec!["policy".to_string(), "check".to_string()],
+        vec!["policy".to_string(), "limits".to_string()],
+        vec!["state".to_string()],
+    ]
+    .into();
+    let module = vec!["policy".to_string(), "engine".to_string()];
+    let refs = references(
+        &module,
+        "use super::{check, limits::MAX};\nuse crate::{state, policy::check::X};",
+        &known,
+    );
+    assert!(refs.contains(&vec!["policy".to_string(), "check".to_string()]));
+    assert!(refs.contains(&vec!["policy".to_string(), "limits".to_string()]));
+    assert!(refs.contains(&vec!["state".to_string()]));
 }
 
 #[test]

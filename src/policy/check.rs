@@ -25,12 +25,9 @@ use regorus::unstable::{
     AssignOp, Expr, Literal, Module, Query, Ref, Rule, RuleHead, Span, BUILTINS,
 };
 
-use super::limits::{range_len, MAX_RANGE};
+use super::limits::{range_len, MAX_DEPTH, MAX_RANGE};
 use crate::model::diagnostic::Diagnostic;
 use crate::model::yaml::Pos;
-
-/// How many rules and functions deep one evaluation may go.
-pub const MAX_DEPTH: usize = 64;
 
 /// Functions of OPA that tend's Rego does not have on purpose, and why.
 fn unavailable(name: &str) -> Option<&'static str> {

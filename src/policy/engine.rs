@@ -504,14 +504,14 @@ mod tests {
             text.push_str(&format!("f{n}(x) := x\n\ndecision := {{\"decision\": \"auto\", \"reasons\": [sprintf(\"%d\", [f0(1)])]}}\n"));
             one(&text)
         };
-        let diags = rejected(&chain(super::check::MAX_DEPTH + 1));
+        let diags = rejected(&chain(super::limits::MAX_DEPTH + 1));
         assert!(
             diags[0].message.contains("more than tend's limit of 64"),
             "{diags:?}"
         );
         // The deepest chain allowed evaluates on a thread with Rust's
         // default 2 MiB stack, in a debug build.
-        let p = Policies::compile(&chain(super::check::MAX_DEPTH - 2)).unwrap();
+        let p = Policies::compile(&chain(super::limits::MAX_DEPTH - 2)).unwrap();
         let d = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(move || p.decide(&json!({})))

@@ -10,8 +10,8 @@
 //!   interrupt; tend replaces them with versions that refuse lists of more
 //!   than [`MAX_RANGE`] items.
 //! - Depth: recursion and dependency chains deeper than
-//!   [`super::check::MAX_DEPTH`] are rejected when the policies are
-//!   compiled (a stack overflow cannot be caught at run time).
+//!   [`MAX_DEPTH`] are rejected when the policies are compiled by
+//!   `check` (a stack overflow cannot be caught at run time).
 //!
 //! Memory is bounded through time and size: regorus's allocator budget
 //! needs its own global allocator (cargo feature `allocator-memory-limits`),
@@ -33,6 +33,9 @@ const CHECK_INTERVAL: u32 = 32;
 
 /// The most numbers one `numbers.range` or `numbers.range_step` may build.
 pub const MAX_RANGE: usize = 1_000_000;
+
+/// How many rules and functions deep one evaluation may go.
+pub const MAX_DEPTH: usize = 64;
 
 /// Puts an engine under the limits. `strict` is the engine's builtin error
 /// mode: a bad operand is an error when strict, else undefined.
