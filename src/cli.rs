@@ -421,18 +421,15 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             }
             let store: std::sync::Arc<dyn crate::state::Store> =
                 crate::state::open(&loaded.state_dir)?.into();
-            store.lock("tend apply")?;
+            // Held until this arm ends, whatever the outcome.
+            let _lock = crate::state::lock(&store, "tend apply")?;
             let sink = crate::review::GitHubSink::new(local_dir(&source));
             let report = Report {
                 format: (*format).into(),
                 color,
                 in_actions,
             };
-            let result = apply(loaded, &opts, &store, report, sink).await;
-            let unlocked = store.unlock();
-            let code = result?;
-            unlocked?;
-            Ok(code)
+            apply(loaded, &opts, &store, report, sink).await
         }
         Command::Watch {
             source,

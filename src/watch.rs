@@ -30,7 +30,7 @@ use crate::health::alerts::AlertBook;
 use crate::publish::{Background, Owned, Publisher};
 use crate::reconcile::{self, Applied, Healing, Options, Prepared, Scope};
 use crate::source::Source;
-use crate::state::Store;
+use crate::state::{RunLock, Store};
 
 /// What the loop needs besides the source.
 pub struct WatchOptions {
@@ -106,9 +106,9 @@ pub async fn run(
     };
     let result = w.run().await;
     w.shutdown().await;
-    if let Some((_, s)) = w.state.take() {
-        s.unlock()?;
-    }
+    // Dropping the loop drops its run lock: the lock is released before
+    // this returns.
+    drop(w);
     result
 }
 
@@ -194,7 +194,9 @@ struct Watch<'a> {
     /// The controller's task, started with the first valid desired state.
     controller: Option<tokio::task::JoinHandle<()>>,
     exits: Exits,
-    state: Option<(PathBuf, Arc<dyn Store>)>,
+    /// The state directory of the current desired state and its run lock,
+    /// held until the loop is dropped.
+    state: Option<(PathBuf, RunLock)>,
     /// The last valid desired state, prepared.
     current: Option<Prepared>,
     passes: u64,
@@ -343,21 +345,20 @@ impl Watch<'_> {
 /// change with the desired state (Settings spec.stateDir); the lock follows
 /// it.
 fn locked_store(
-    state: &mut Option<(PathBuf, Arc<dyn Store>)>,
+    state: &mut Option<(PathBuf, RunLock)>,
     prepared: &Prepared,
 ) -> anyhow::Result<Arc<dyn Store>> {
     let dir = &prepared.loaded().state_dir;
-    if let Some((d, s)) = state.as_ref() {
+    if let Some((d, lock)) = state.as_ref() {
         if d == dir {
-            return Ok(Arc::clone(s));
+            return Ok(Arc::clone(lock.store()));
         }
     }
-    if let Some((_, old)) = state.take() {
-        let _ = old.unlock();
-    }
+    // The old directory's lock is released before the new one is taken.
+    drop(state.take());
     let s: Arc<dyn Store> = crate::state::open(dir)?.into();
-    s.lock("tend watch")?;
-    *state = Some((dir.clone(), Arc::clone(&s)));
+    let lock = crate::state::lock(&s, "tend watch")?;
+    *state = Some((dir.clone(), lock));
     Ok(s)
 }
 

@@ -17,6 +17,7 @@ mod sqlite_text;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -207,6 +208,45 @@ pub fn open(dir: &Path) -> Result<Box<dyn Store>, StateError> {
 /// apply), for commands that only read.
 pub fn open_existing(dir: &Path) -> Result<Option<Box<dyn Store>>, StateError> {
     Ok(SqliteStore::open_existing(dir)?.map(|s| Box::new(s) as Box<dyn Store>))
+}
+
+/// The run lock of a store, held for as long as this guard lives: taken
+/// by [`lock`], released when the guard is dropped, on every path out of
+/// the command that holds it (a return, an error, a panic that unwinds).
+/// A failure to release is logged, never raised: the next run takes over
+/// a lock whose process is gone.
+#[must_use = "the run lock is released as soon as the guard is dropped"]
+pub struct RunLock {
+    store: Arc<dyn Store>,
+}
+
+/// Takes the run lock of `store` for `command`, or reports who holds it.
+pub fn lock(store: &Arc<dyn Store>, command: &str) -> Result<RunLock, StateError> {
+    store.lock(command)?;
+    Ok(RunLock {
+        store: Arc::clone(store),
+    })
+}
+
+impl RunLock {
+    /// The store this lock belongs to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+}
+
+impl std::fmt::Debug for RunLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunLock").finish_non_exhaustive()
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.unlock() {
+            tracing::warn!(error = %e, "Failed to release the state lock.");
+        }
+    }
 }
 
 /// How a run ended.

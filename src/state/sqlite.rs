@@ -728,4 +728,21 @@ mod tests {
             .unwrap();
         s.lock("apply").unwrap();
     }
+
+    #[test]
+    fn the_run_lock_guard_releases_the_lock_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = std::sync::Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let store: std::sync::Arc<dyn Store> = sqlite.clone();
+        let held = || -> i64 {
+            sqlite
+                .conn()
+                .query_row("SELECT COUNT(*) FROM run_lock", [], |r| r.get(0))
+                .unwrap()
+        };
+        let guard = crate::state::lock(&store, "tend apply").unwrap();
+        assert_eq!(held(), 1);
+        drop(guard);
+        assert_eq!(held(), 0);
+    }
 }
