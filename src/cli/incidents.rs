@@ -1,0 +1,73 @@
+//! `tend incidents`: the incidents in the state directory, one incident,
+//! or what tend learned from them.
+
+use super::{print, Global, HistoryFormat};
+use crate::report;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Include resolved incidents.
+    #[arg(long)]
+    all: bool,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+    format: HistoryFormat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// What tend learned: verified successes and failures of each runbook
+    /// step, per cause.
+    Stats {
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
+    /// One incident's full summary.
+    Show {
+        id: i64,
+        #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
+        format: HistoryFormat,
+    },
+}
+
+pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
+    let dir = global.state_dir()?;
+    let Some(state) = crate::state::open_existing(&dir)? else {
+        anyhow::bail!(
+            "no state database at {}: nothing has been applied with this state directory",
+            dir.display()
+        );
+    };
+    let color = global.color;
+    let text = match args.command {
+        None => {
+            let list = state.incidents(args.all, args.limit)?;
+            match args.format {
+                HistoryFormat::Human => report::render_incidents(&list, color),
+                HistoryFormat::Json => format!("{:#}\n", report::incidents_json(&list)),
+            }
+        }
+        Some(Command::Stats { format }) => {
+            let stats = state.remediation_stats()?;
+            match format {
+                HistoryFormat::Human => report::render_stats(&stats),
+                HistoryFormat::Json => format!("{:#}\n", report::stats_json(&stats)),
+            }
+        }
+        Some(Command::Show { id, format }) => {
+            let Some(i) = state.incident(id)? else {
+                anyhow::bail!("no incident #{id} in {}", dir.display());
+            };
+            match format {
+                HistoryFormat::Human => report::render_incident(&i, color),
+                HistoryFormat::Json => format!("{:#}\n", serde_json::json!(i)),
+            }
+        }
+    };
+    print(&text)?;
+    Ok(0)
+}
