@@ -329,12 +329,12 @@ async fn run_command(c: &Command<'_>, target: &ResourceKey) -> Result<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SourceFile;
+    use crate::model::{Mode, SourceFile};
     use crate::plan::Plan;
     use crate::policy::gates;
     use crate::provider::{host::HostProvider, BuiltIn};
     use crate::state::{NewRun, SqliteStore};
-    use crate::vocab::{FieldChange, IncidentRef, Kind, Mode, Risk, Severity, StepAction};
+    use crate::vocab::{FieldChange, IncidentRef, Kind, Risk, Severity, StepAction};
     use serde_json::json;
 
     fn step(action_type: ActionType, step_action: StepAction, path: &str) -> Action {

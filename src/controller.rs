@@ -198,10 +198,6 @@ impl<K: Clone + Eq + Hash> Drop for Claim<K> {
 }
 
 impl<K: Clone + Eq + Hash> Controller<K> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     pub fn handle(&self) -> Handle<K> {
         Handle {
             shared: Arc::clone(&self.shared),
@@ -313,7 +309,7 @@ mod tests {
     /// between; never two reconciles of one key at once.
     #[tokio::test(start_paused = true)]
     async fn a_requeue_waits_and_other_keys_run_in_between() {
-        let controller: Controller<&'static str> = Controller::new();
+        let controller: Controller<&'static str> = Controller::default();
         let h = controller.handle();
         let t0 = Instant::now();
         h.schedule("slow", t0);
@@ -350,7 +346,7 @@ mod tests {
     /// one more run after it finishes.
     #[tokio::test(start_paused = true)]
     async fn requests_during_a_run_make_one_more_run() {
-        let controller: Controller<&'static str> = Controller::new();
+        let controller: Controller<&'static str> = Controller::default();
         let h = controller.handle();
         h.schedule("a", Instant::now());
         let runs = Arc::new(Mutex::new(0u32));
@@ -380,7 +376,7 @@ mod tests {
     /// even with work due.
     #[tokio::test(start_paused = true)]
     async fn a_stop_finishes_the_work_in_flight_and_starts_nothing() {
-        let controller: Controller<u32> = Controller::new();
+        let controller: Controller<u32> = Controller::default();
         let h = controller.handle();
         for k in 0..3 {
             h.schedule(k, Instant::now() + Duration::from_secs(u64::from(k)));

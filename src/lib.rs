@@ -8,29 +8,49 @@
 //! `report` renders and `publish` hands the result to the outside world,
 //! called from `cli` and `watch`. ARCHITECTURE.md describes each module,
 //! what it must never do, and where each safety invariant is enforced.
+//!
+//! The library is not meant for other crates; its public API is what the
+//! binary, the benchmarks and the integration tests drive, and nothing
+//! more: `cli` (the binary's entry point, `cli::main`), and the stages the
+//! benchmarks and tests run directly, without a process: `model` (load
+//! and validate desired state), `provider` (inventory), `plan` and
+//! `policy`, with `diff` and the shared vocabulary reached through the
+//! re-exports below. Every other module is private to the crate.
 
-pub mod act;
-pub mod actions;
+// Lint policy, on top of `cargo clippy --all-targets -- -D warnings`:
+// unsafe code only talks to the operating system (libc calls, raw file
+// descriptors, pre_exec), every unsafe block says why it is sound in a
+// `SAFETY:` comment, and an unsafe fn would still have to mark each unsafe
+// operation in it; the Rust 2018 idioms (no hidden lifetime parameters, no
+// bare trait objects) are errors.
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    rust_2018_idioms,
+    clippy::undocumented_unsafe_blocks
+)]
+
+mod act;
+mod actions;
 pub mod cli;
-pub mod controller;
-pub mod diff;
-pub mod heal;
-pub mod health;
-pub mod metrics;
+mod controller;
+mod diff;
+mod heal;
+mod health;
+mod metrics;
 pub mod model;
 pub mod plan;
 pub mod policy;
 pub mod provider;
-pub mod publish;
-pub mod reconcile;
-pub mod report;
-pub mod review;
-pub mod sample;
-pub mod serve;
-pub mod source;
-pub mod state;
-pub mod vocab;
-pub mod watch;
+mod publish;
+mod reconcile;
+mod report;
+mod review;
+mod sample;
+mod serve;
+mod source;
+mod state;
+mod vocab;
+mod watch;
 
 pub use diff::{diff, Change, Diff, DiffOptions};
 pub use model::{load, DesiredState, Kind, Mode, Resource, ResourceKey, Settings, SourceFile};

@@ -262,10 +262,6 @@ impl Prepared {
     pub fn loaded(&self) -> &Loaded {
         &self.loaded
     }
-
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
 }
 
 async fn build_providers(settings: &Settings, loaded: &Loaded) -> Result<Providers, PassError> {
@@ -543,8 +539,6 @@ pub struct Applied {
     pub plan: Plan,
     pub results: Vec<ActionResult>,
     pub healed: Vec<Healed>,
-    /// Incidents resolved because their resources recovered.
-    pub recovered: Vec<i64>,
     /// Every incident this pass touched, and every one still escalated.
     pub incidents: Vec<Incident>,
     /// Every secret value the pass knows of, to scrub from what is published.
@@ -716,7 +710,6 @@ async fn apply_run(
         plan: planned.plan,
         results,
         healed,
-        recovered: planned.recovered,
         incidents,
         secrets: planned.secrets,
         declared: declared_kinds(desired),

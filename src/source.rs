@@ -169,14 +169,6 @@ impl Source {
             ),
         }
     }
-
-    /// The local directory, when the source is one (watched for changes).
-    pub fn local_dir(&self) -> Option<&Path> {
-        match self {
-            Source::Dir(d) => Some(d),
-            Source::Git { .. } => None,
-        }
-    }
 }
 
 fn is_yaml(name: &str) -> bool {
@@ -827,6 +819,7 @@ mod tests {
         std::fs::write(dir.path().join("real.txt"), "a: 1").unwrap();
         std::os::unix::fs::symlink("real.txt", dir.path().join("in.yaml")).unwrap();
         let fifo = std::ffi::CString::new(dir.path().join("fifo.yaml").to_str().unwrap()).unwrap();
+        // SAFETY: `fifo` is a valid C string.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let snap = Source::Dir(dir.path().to_path_buf())
             .snapshot_with(dir.path(), Limits::default())

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use crate::model::health::{Severity, StepAction};
-pub use crate::model::{Kind, Mode, Origin, ResourceKey};
+pub use crate::model::{Kind, Origin, ResourceKey};
 
 /// The change a restart makes: the running instance is replaced. It is not
 /// a field of any spec, so fight detection and diffs never see it as one.

@@ -100,11 +100,6 @@ impl AlertBook {
         out
     }
 
-    /// Records an alert as firing or resolved.
-    pub fn set(&self, key: ResourceKey, alertname: &str, firing: bool, summary: String) {
-        self.set_instance(key, alertname, "", firing, summary);
-    }
-
     /// Records one instance of an alert as firing or resolved.
     pub fn set_instance(
         &self,
@@ -187,9 +182,10 @@ mod tests {
     fn an_alert_reads_unhealthy_while_it_fires_and_keeps_its_since() {
         let book = AlertBook::new();
         let key = ResourceKey::new(Kind::HostProcess, "web");
-        book.set(
+        book.set_instance(
             key.clone(),
             "HighErrorRate",
+            "",
             true,
             "errors above 20%".into(),
         );
@@ -197,9 +193,9 @@ mod tests {
         assert_eq!(first[0].signal, "alert/HighErrorRate");
         assert_eq!(first[0].status, Status::Unhealthy);
         assert!(first[0].detail.ends_with("errors above 20%"));
-        book.set(key.clone(), "HighErrorRate", true, String::new());
+        book.set_instance(key.clone(), "HighErrorRate", "", true, String::new());
         assert_eq!(book.readings(&key)[0].detail[..27], first[0].detail[..27]);
-        book.set(key.clone(), "HighErrorRate", false, String::new());
+        book.set_instance(key.clone(), "HighErrorRate", "", false, String::new());
         assert_eq!(book.readings(&key)[0].status, Status::Healthy);
         assert!(book
             .readings(&ResourceKey::new(Kind::HostFile, "web"))

@@ -191,6 +191,8 @@ impl HostSignals {
         let path = self.resolve(p.path.as_deref().unwrap_or("."));
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| format!("{} is not a valid path", path.display()))?;
+        // SAFETY: `statvfs` is plain integers: all zeroes is a valid value,
+        // overwritten below.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid C string and a zeroed out-parameter.
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

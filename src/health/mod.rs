@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::model::health::{builtin_signals, Severity, Signature, Slo};
-use crate::model::{DesiredState, Resource, ResourceKey};
+use crate::model::{Resource, ResourceKey};
 use crate::state::SignalRow;
 use crate::vocab::LiveResource;
 use crate::vocab::PORT_CONFLICT;
@@ -376,15 +376,6 @@ fn diagnose(
         symptoms,
         onset,
     })
-}
-
-/// The resources whose health tend watches, in declaration order.
-pub fn watched_resources(desired: &DesiredState) -> Vec<&Resource> {
-    desired
-        .resources
-        .iter()
-        .filter(|r| watched(r, &desired.signatures))
-        .collect()
 }
 
 #[cfg(test)]

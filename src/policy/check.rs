@@ -418,7 +418,7 @@ fn imports(m: &Module) -> HashMap<String, Vec<String>> {
 /// Runs every check over the modules of a policy set.
 pub fn check(modules: &[Ref<Module>]) -> Vec<Diagnostic> {
     let packages: Vec<String> = modules.iter().map(|m| package_path(m)).collect();
-    let defs: Vec<Def> = modules
+    let defs: Vec<Def<'_>> = modules
         .iter()
         .enumerate()
         .flat_map(|(i, m)| {
@@ -426,7 +426,7 @@ pub fn check(modules: &[Ref<Module>]) -> Vec<Diagnostic> {
             m.policy.iter().filter_map(move |r| definition(i, pkg, r))
         })
         .collect();
-    let mut by_path: BTreeMap<&str, Vec<&Def>> = BTreeMap::new();
+    let mut by_path: BTreeMap<&str, Vec<&Def<'_>>> = BTreeMap::new();
     for d in &defs {
         by_path.entry(d.path.as_str()).or_default().push(d);
     }
@@ -436,7 +436,7 @@ pub fn check(modules: &[Ref<Module>]) -> Vec<Diagnostic> {
     diags
 }
 
-fn conflicts(by_path: &BTreeMap<&str, Vec<&Def>>) -> Vec<Diagnostic> {
+fn conflicts(by_path: &BTreeMap<&str, Vec<&Def<'_>>>) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     for (path, defs) in by_path {
         let first = defs[0];
@@ -493,8 +493,8 @@ impl Graph {
     fn build(
         modules: &[Ref<Module>],
         packages: &[String],
-        defs: &[Def],
-        by_path: &BTreeMap<&str, Vec<&Def>>,
+        defs: &[Def<'_>],
+        by_path: &BTreeMap<&str, Vec<&Def<'_>>>,
         diags: &mut Vec<Diagnostic>,
     ) -> Graph {
         let aliases: Vec<HashMap<String, Vec<String>>> =

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use human::{render_history, render_plan, render_results};
+pub use human::{render_history, render_plan};
 pub use incidents::{
     incidents_json, render_applied, render_incident, render_incidents, render_stats, stats_json,
     PassView,

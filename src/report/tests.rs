@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use super::human::render_results;
 use super::*;
 use crate::act::{ActionResult, Outcome};
 use crate::model::{Kind, Mode, ResourceKey};

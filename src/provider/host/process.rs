@@ -224,6 +224,7 @@ fn stop(rec: &ProcessRecord) -> Result<String, String> {
     let pid = rec.pid;
     // It leads its own session and process group: signal the group so
     // children it forked stop too.
+    // SAFETY: kill takes integers only and touches no memory of ours.
     unsafe {
         if libc::kill(-pid, libc::SIGTERM) != 0 {
             libc::kill(pid, libc::SIGTERM);
@@ -232,6 +233,7 @@ fn stop(rec: &ProcessRecord) -> Result<String, String> {
     if wait_gone(rec, STOP_TIMEOUT) {
         return Ok(format!("stopped pid {pid}"));
     }
+    // SAFETY: kill takes integers only and touches no memory of ours.
     unsafe {
         if libc::kill(-pid, libc::SIGKILL) != 0 {
             libc::kill(pid, libc::SIGKILL);

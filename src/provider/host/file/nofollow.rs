@@ -81,12 +81,14 @@ fn openat(
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just opened by openat and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn lstatat(dir: libc::c_int, name: &CString) -> io::Result<Option<libc::stat>> {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is a valid C string and `st` a valid out-parameter.
     let rc = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
     if rc == 0 {
         return Ok(Some(st));
@@ -230,6 +232,7 @@ impl Parent {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
         let dir = self.dir.as_raw_fd();
         // A stale temporary file of ours from a crash is replaced.
+        // SAFETY: `tmp` is a valid C string relative to `dir`.
         unsafe { libc::unlinkat(dir, tmp.as_ptr(), 0) };
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
         let result = (|| -> io::Result<()> {
@@ -245,6 +248,7 @@ impl Parent {
             Ok(())
         })();
         if result.is_err() {
+            // SAFETY: `tmp` is a valid C string relative to `dir`.
             unsafe { libc::unlinkat(dir, tmp.as_ptr(), 0) };
         }
         result
