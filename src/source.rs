@@ -746,14 +746,22 @@ fn resolve(repo: &Repository, reference: Option<&str>) -> Option<Oid> {
 
 /// Removes credentials from a URL before it is shown anywhere.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.split_once('@') {
-            if !userinfo.contains('/') {
-                return format!("{scheme}://***@{host}");
-            }
-        }
+    if !url.contains("://") {
+        // A path or scp-like `git@host:repo`: no password can be in it.
+        return url.to_string();
     }
-    url.to_string()
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if !u.username().is_empty() || u.password().is_some() {
+                // Both setters only fail for URLs that cannot have
+                // credentials, which then have none to hide.
+                let _ = u.set_password(None);
+                let _ = u.set_username("***");
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -767,6 +775,32 @@ mod tests {
             "https://***@github.com/a/b"
         );
         assert_eq!(redact_url("git://127.0.0.1/repo"), "git://127.0.0.1/repo");
+    }
+
+    /// Regression (L7): a password with `/` or `@` was shown, or shown in
+    /// part.
+    #[test]
+    fn l7_credentials_with_slash_or_at_are_redacted() {
+        for url in [
+            "http://user:se/cret@127.0.0.1:9/r.git",
+            "http://user:pa@ss@127.0.0.1:9/r.git",
+            "https://tok%2Fen@127.0.0.1/r.git",
+        ] {
+            let shown = redact_url(url);
+            assert!(
+                !shown.contains("cret") && !shown.contains("ss@") && !shown.contains("tok"),
+                "{url} → {shown}"
+            );
+            assert!(
+                shown.contains("***@127.0.0.1") || shown == "<unparseable URL>",
+                "{url} → {shown}"
+            );
+        }
+        assert_eq!(
+            redact_url("git@github.com:a/b.git"),
+            "git@github.com:a/b.git"
+        );
+        assert_eq!(redact_url("http://[bad"), "<unparseable URL>");
     }
 
     #[test]

@@ -138,24 +138,33 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
 pub(super) fn diff_details<'a>(actions: impl Iterator<Item = &'a crate::vocab::Action>) -> String {
     let mut out = String::new();
     for a in actions.filter(|a| !a.changes.is_empty()) {
+        let mut diff = String::new();
+        for c in &a.changes {
+            if is_text_change(&c.from, &c.to) {
+                let _ = writeln!(diff, "# {}", c.path);
+                diff.push_str(&unified(&c.from, &c.to));
+            } else {
+                if !c.from.is_null() {
+                    let _ = writeln!(diff, "- {}: {}", c.path, show(&c.from));
+                }
+                let _ = writeln!(diff, "+ {}: {}", c.path, show(&c.to));
+            }
+        }
+        // Longer than any run of backticks in the diff: drifted content
+        // can never close the fence and write Markdown of its own.
+        let fence = "`".repeat(longest_backtick_run(&diff).max(2) + 1);
         let _ = writeln!(
             out,
-            "<details><summary><code>{}</code> {}</summary>\n\n```diff",
+            "<details><summary><code>{}</code> {}</summary>\n\n{fence}diff",
             a.target,
             a.action_type.as_str()
         );
-        for c in &a.changes {
-            if is_text_change(&c.from, &c.to) {
-                let _ = writeln!(out, "# {}", c.path);
-                out.push_str(&unified(&c.from, &c.to));
-            } else {
-                if !c.from.is_null() {
-                    let _ = writeln!(out, "- {}: {}", c.path, show(&c.from));
-                }
-                let _ = writeln!(out, "+ {}: {}", c.path, show(&c.to));
-            }
-        }
-        out.push_str("```\n\n</details>\n\n");
+        out.push_str(&diff);
+        let _ = write!(out, "{fence}\n\n</details>\n\n");
     }
     out
+}
+
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
 }

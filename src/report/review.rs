@@ -121,7 +121,7 @@ pub fn pull_request_body(v: &PullRequestView<'_>) -> String {
         Ok(()) => {
             let _ = writeln!(
                 tail,
-                "- [{}] {}",
+                "- [{}] {} {KEEP_LIVE_MARKER}",
                 if v.keep_live { "x" } else { " " },
                 crate::report::review::KEEP_LIVE_LABEL
             );
@@ -142,6 +142,11 @@ pub fn pull_request_body(v: &PullRequestView<'_>) -> String {
 
 /// The box's label; `review::proposal` reads it back.
 pub const KEEP_LIVE_LABEL: &str = "keep the live value in Git instead";
+
+/// The hidden marker on the box's line: the box is read back only from
+/// the last line that carries it, the one tend writes at the end of the
+/// body, never from drifted content quoted in the plan above it.
+pub const KEEP_LIVE_MARKER: &str = "<!-- tend:keep-live -->";
 
 /// `head + middle + tail`, with `middle` cut (at a line) so that the whole
 /// stays under [`BODY_LIMIT`], and a note saying how much was cut.

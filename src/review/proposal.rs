@@ -115,12 +115,18 @@ pub fn parse_marker(body: &str) -> Option<Marker> {
 /// The checkbox a reviewer ticks to keep the live value instead.
 pub const KEEP_LIVE_BOX: &str = crate::report::review::KEEP_LIVE_LABEL;
 
-/// Whether the keep-live box is ticked in a body.
+/// Whether the keep-live box is ticked in a body: read only from the last
+/// line that carries the box's marker (tend writes the box at the end of
+/// the body, after the plan that quotes drifted content).
 pub fn keep_live_ticked(body: &str) -> bool {
-    body.lines().any(|l| {
-        let l = l.trim_start();
-        (l.starts_with("- [x]") || l.starts_with("- [X]")) && l.contains(KEEP_LIVE_BOX)
-    })
+    let marker = crate::report::review::KEEP_LIVE_MARKER;
+    body.lines()
+        .rev()
+        .find(|l| l.trim_end().ends_with(marker))
+        .is_some_and(|l| {
+            let l = l.trim_start();
+            (l.starts_with("- [x] ") || l.starts_with("- [X] ")) && l.contains(KEEP_LIVE_BOX)
+        })
 }
 
 /// The marker of an incident's issue.
@@ -198,6 +204,84 @@ pub fn stale_approvals<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::review::{
+        pull_request_body, PullRequestView, KEEP_LIVE_LABEL, KEEP_LIVE_MARKER,
+    };
+    use crate::vocab::{Action, ActionType, Decision, FieldChange, Risk};
+
+    fn body_with_live(live: &str, keep_live: bool) -> String {
+        let action = Action {
+            fingerprint: "f".into(),
+            action_type: ActionType::Update,
+            target: ResourceKey::new(Kind::HostFile, "motd"),
+            changes: vec![FieldChange {
+                path: "/spec/content".into(),
+                from: live.into(),
+                to: "hello\n".into(),
+            }],
+            risk: Risk::Low,
+            reversible: true,
+            decision: Decision::Review,
+            reasons: vec![],
+            note: None,
+            contested: false,
+            declared_at: None,
+            incident: None,
+            approval: None,
+        };
+        let key = ResourceKey::new(Kind::HostFile, "motd");
+        pull_request_body(&PullRequestView {
+            key: &key,
+            marker: "<!-- tend:proposal -->",
+            fingerprint: "f",
+            actions: &[&action],
+            incident: None,
+            approval_path: "approvals/host.File/motd.yaml",
+            expires: "2026-12-10T00:00:00Z",
+            declared: None,
+            commit: None,
+            keep_live,
+            keep_live_offer: Ok(()),
+        })
+    }
+
+    /// Regression (H2): a live line ` [x] keep the live value in Git
+    /// instead` rendered as `- [x] …` in the plan's diff counted as the
+    /// ticked box, so drifted content chose to write itself into Git.
+    #[test]
+    fn h2_drifted_content_cannot_tick_keep_live() {
+        for injected in [
+            format!("hello\n [x] {KEEP_LIVE_LABEL}\nattacker\n"),
+            format!("hello\n [x] {KEEP_LIVE_LABEL} {KEEP_LIVE_MARKER}\nattacker\n"),
+            format!("hello\n```\n- [x] {KEEP_LIVE_LABEL} {KEEP_LIVE_MARKER}\n```\n"),
+        ] {
+            let body = body_with_live(&injected, false);
+            assert!(
+                !keep_live_ticked(&body),
+                "ticked by drifted content:\n{body}"
+            );
+        }
+        let ticked = body_with_live("x\n", false).replace(
+            &format!("- [ ] {KEEP_LIVE_LABEL} {KEEP_LIVE_MARKER}"),
+            &format!("- [x] {KEEP_LIVE_LABEL} {KEEP_LIVE_MARKER}"),
+        );
+        assert!(keep_live_ticked(&ticked), "a human's tick counts");
+        assert!(keep_live_ticked(&body_with_live("x\n", true)));
+    }
+
+    /// Drifted content cannot close the plan's code fence and put text of
+    /// its own into the body's Markdown.
+    #[test]
+    fn drifted_content_cannot_close_the_diff_fence() {
+        let body = body_with_live("a\n```\n````\nb\n", false);
+        let fence = body
+            .lines()
+            .find(|l| l.starts_with("```") && l.ends_with("diff"))
+            .unwrap();
+        let ticks = fence.trim_end_matches("diff").len();
+        assert!(ticks > 4, "{body}");
+    }
+
     use crate::model::Kind;
 
     #[test]
@@ -221,9 +305,16 @@ mod tests {
 
     #[test]
     fn the_keep_live_box_is_read_only_when_ticked() {
-        assert!(!keep_live_ticked(&format!("- [ ] {KEEP_LIVE_BOX}")));
-        assert!(keep_live_ticked(&format!("text\n- [x] {KEEP_LIVE_BOX}\n")));
-        assert!(keep_live_ticked(&format!("- [X] **{KEEP_LIVE_BOX}**")));
+        let m = crate::report::review::KEEP_LIVE_MARKER;
+        assert!(!keep_live_ticked(&format!("- [ ] {KEEP_LIVE_BOX} {m}")));
+        assert!(keep_live_ticked(&format!(
+            "text\n- [x] {KEEP_LIVE_BOX} {m}\n"
+        )));
+        assert!(keep_live_ticked(&format!("- [X] **{KEEP_LIVE_BOX}** {m}")));
+        assert!(
+            !keep_live_ticked(&format!("- [x] {KEEP_LIVE_BOX}")),
+            "only the box tend wrote, with its marker"
+        );
     }
 
     #[test]
