@@ -369,7 +369,13 @@ async fn survey(
     let recurrences = |key: &ResourceKey, cause: &str| {
         store
             .and_then(|s| s.incidents_of(key, window_start).ok())
-            .map_or(0, |list| list.iter().filter(|i| i.cause == cause).count())
+            .map_or(0, |list| {
+                list.iter()
+                    .filter(|i| {
+                        crate::vocab::cause_kind(&i.cause) == crate::vocab::cause_kind(cause)
+                    })
+                    .count()
+            })
     };
     let recovered = plan::add_health(
         &mut plan,

@@ -24,6 +24,19 @@ pub const RESTART_PATH: &str = "/status/instance";
 /// address was in use: the health stage states it as the cause.
 pub const PORT_CONFLICT: &str = "port conflict";
 
+/// What kind of cause a cause is, for telling recurrences apart: the
+/// stable part of its text. A port conflict carries the process's log line
+/// (timestamps and all), which says nothing about whether the same failure
+/// recurred; every other cause is a fixed text or a name from desired
+/// state.
+pub fn cause_kind(cause: &str) -> &str {
+    if cause.starts_with(PORT_CONFLICT) {
+        PORT_CONFLICT
+    } else {
+        cause
+    }
+}
+
 /// One field that differs: where, what it is, what it should be.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FieldChange {
@@ -560,6 +573,21 @@ pub fn change_fingerprint<'a>(fingerprints: impl IntoIterator<Item = &'a str>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (M5): a port conflict's cause carries the log line, so a
+    /// timestamp in it made every recurrence look new and the crash-loop
+    /// guard never tripped (33 incidents instead of escalation at 4).
+    #[test]
+    fn m5_a_changing_log_line_is_the_same_cause() {
+        let a = "port conflict: 1764763200123 listen 127.0.0.1:8080: address already in use";
+        let b = "port conflict: 1764763205456 listen 127.0.0.1:8080: address already in use";
+        assert_eq!(cause_kind(a), cause_kind(b));
+        assert_eq!(
+            cause_kind("SLO availability is breached"),
+            "SLO availability is breached"
+        );
+        assert_ne!(cause_kind(a), cause_kind("the process is not running"));
+    }
     use serde_json::json;
 
     #[test]
