@@ -276,8 +276,7 @@ impl Watch<'_> {
             Some(p) => p.reload(self.source, self.opts).await?,
             None => Prepared::new(self.source, self.opts, Arc::clone(&self.alerts)).await?,
         };
-        self.alerts
-            .set_routes(crate::health::alerts::routes(&next.loaded().desired));
+        self.alerts.set_desired(&next.loaded().desired);
         self.current = Some(next);
         Ok(())
     }
@@ -296,7 +295,10 @@ impl Watch<'_> {
                 wake = self.rx.recv() => {
                     match wake {
                         Some(Wake::Changed) => self.changed().await,
-                        Some(Wake::Heal) => info!("An alert was pushed; healing now."),
+                        Some(Wake::Heal) => {
+                            self.coalesce();
+                            info!("An alert was pushed; healing now.");
+                        }
                         Some(Wake::Exited(name)) => {
                             info!(process = %name, "A process tend started has exited; reconciling now.");
                             self.force_full = true;
@@ -310,6 +312,18 @@ impl Watch<'_> {
                         self.exits.follow(prepared);
                     }
                 }
+            }
+        }
+    }
+
+    /// Wake-ups that queued up behind the one being handled become one
+    /// pass: a burst of pushed alerts is one healing pass, not one each.
+    fn coalesce(&mut self) {
+        while let Ok(w) = self.rx.try_recv() {
+            match w {
+                Wake::Heal => {}
+                Wake::Changed | Wake::Exited(_) => self.force_full = true,
+                Wake::Stop => self.stop.set(),
             }
         }
     }

@@ -61,13 +61,26 @@ pub fn routes(desired: &crate::model::DesiredState) -> Vec<Route> {
 /// The instances of one alert, by Alertmanager's fingerprint.
 type Instances = BTreeMap<String, Alert>;
 
-/// The latest state of every alert, by resource.
+/// The most alert names kept for one resource.
+const MAX_ALERTS_PER_RESOURCE: usize = 64;
+/// The most instances kept of one alert of one resource.
+const MAX_INSTANCES: usize = 256;
+/// The longest summary kept, in characters.
+const MAX_SUMMARY: usize = 512;
+
+/// The latest state of every alert, by resource. Bounded: only declared
+/// resources, at most [`MAX_ALERTS_PER_RESOURCE`] alert names each and
+/// [`MAX_INSTANCES`] instances of each (resolved instances are evicted
+/// first), summaries cut at [`MAX_SUMMARY`] characters.
 #[derive(Debug, Default)]
 pub struct AlertBook {
     /// By resource, alert name and instance (Alertmanager's fingerprint):
     /// one alert rule can fire for several instances at once.
     alerts: Mutex<HashMap<ResourceKey, BTreeMap<String, Instances>>>,
     routes: Mutex<Vec<Route>>,
+    /// The declared resources, once a desired state is known: alerts for
+    /// any other resource are dropped.
+    declared: Mutex<Option<std::collections::HashSet<ResourceKey>>>,
 }
 
 impl AlertBook {
@@ -79,6 +92,20 @@ impl AlertBook {
     pub fn set_routes(&self, routes: Vec<Route>) {
         if let Ok(mut r) = self.routes.lock() {
             *r = routes;
+        }
+    }
+
+    /// The desired state in use: its routes, and the resources alerts may
+    /// name (alerts of resources no longer declared are forgotten).
+    pub fn set_desired(&self, desired: &crate::model::DesiredState) {
+        self.set_routes(routes(desired));
+        let keys: std::collections::HashSet<ResourceKey> =
+            desired.resources.iter().map(|r| r.key.clone()).collect();
+        if let Ok(mut alerts) = self.alerts.lock() {
+            alerts.retain(|k, _| keys.contains(k));
+        }
+        if let Ok(mut d) = self.declared.lock() {
+            *d = Some(keys);
         }
     }
 
@@ -109,14 +136,47 @@ impl AlertBook {
         firing: bool,
         summary: String,
     ) {
+        let declared = self
+            .declared
+            .lock()
+            .map(|d| d.as_ref().is_none_or(|d| d.contains(&key)))
+            .unwrap_or(false);
+        if !declared {
+            tracing::debug!(resource = %key, alert = alertname, "An alert for an undeclared resource is ignored.");
+            return;
+        }
         let Ok(mut alerts) = self.alerts.lock() else {
             return;
         };
-        let entry = alerts
-            .entry(key)
-            .or_default()
-            .entry(alertname.to_string())
-            .or_default();
+        let by_name = alerts.entry(key).or_default();
+        if !by_name.contains_key(alertname) && by_name.len() >= MAX_ALERTS_PER_RESOURCE {
+            tracing::warn!(
+                alert = alertname,
+                "Too many alert names for one resource; this one is ignored."
+            );
+            return;
+        }
+        let entry = by_name.entry(alertname.to_string()).or_default();
+        if !entry.contains_key(instance) && entry.len() >= MAX_INSTANCES {
+            let oldest_resolved = entry
+                .iter()
+                .filter(|(_, a)| !a.firing)
+                .min_by_key(|(_, a)| a.since)
+                .map(|(k, _)| k.clone());
+            match oldest_resolved {
+                Some(k) => {
+                    entry.remove(&k);
+                }
+                None => {
+                    tracing::warn!(
+                        alert = alertname,
+                        "Too many firing instances of one alert; this one is ignored."
+                    );
+                    return;
+                }
+            }
+        }
+        let summary: String = summary.chars().take(MAX_SUMMARY).collect();
         let changed = entry.get(instance).is_none_or(|a| a.firing != firing);
         let since = match entry.get(instance) {
             Some(a) if !changed => a.since,
@@ -200,6 +260,53 @@ mod tests {
         assert!(book
             .readings(&ResourceKey::new(Kind::HostFile, "web"))
             .is_empty());
+    }
+
+    /// Regression (M8): the book grew without bound, for resources that
+    /// need not be declared (12,000 alerts a POST: 68 MB to 522 MB).
+    #[test]
+    fn m8_the_alert_book_is_bounded() {
+        let files = [crate::model::SourceFile {
+            path: "s.yaml".into(),
+            text: "apiVersion: tend.dev/v1\nkind: host.Process\nmetadata: {name: web}\nspec: {command: sleep}\n".into(),
+        }];
+        let desired = crate::model::load(&files).unwrap();
+        let book = AlertBook::new();
+        book.set_desired(&desired);
+        let web = ResourceKey::new(Kind::HostProcess, "web");
+        for i in 0..1000 {
+            book.set_instance(
+                ResourceKey::new(Kind::HostFile, format!("x-{i}")),
+                "Flood",
+                "",
+                true,
+                String::new(),
+            );
+        }
+        for i in 0..1000 {
+            book.set_instance(
+                web.clone(),
+                &format!("Flood{i}"),
+                "",
+                true,
+                "s".repeat(10_000),
+            );
+            book.set_instance(web.clone(), "Many", &i.to_string(), true, String::new());
+        }
+        let alerts = book.alerts.lock().unwrap();
+        assert_eq!(alerts.len(), 1, "only declared resources");
+        let by_name = &alerts[&web];
+        assert_eq!(by_name.len(), MAX_ALERTS_PER_RESOURCE);
+        assert_eq!(by_name["Many"].len(), MAX_INSTANCES);
+        assert!(by_name
+            .values()
+            .flat_map(|i| i.values())
+            .all(|a| a.summary.chars().count() <= MAX_SUMMARY));
+        drop(alerts);
+        // A resolved instance makes room for a new one.
+        book.set_instance(web.clone(), "Many", "0", false, String::new());
+        book.set_instance(web.clone(), "Many", "new", true, String::new());
+        assert!(book.alerts.lock().unwrap()[&web]["Many"].contains_key("new"));
     }
 
     #[test]
