@@ -321,13 +321,16 @@ fn parse_alerts(body: &[u8]) -> Result<Vec<PushedAlert>, String> {
         .collect()
 }
 
-/// Equal byte strings, compared in time that does not depend on where
-/// they differ.
+/// Equal byte strings, compared in time that depends neither on where
+/// they differ nor on their lengths: both are hashed first, and the
+/// digests compared in constant time.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a), Sha256::digest(b));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Whether `signature` (`sha256=<hex>`) is the HMAC-SHA256 of `body`
@@ -349,6 +352,16 @@ pub fn signed(secret: &[u8], body: &[u8], signature: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (L8): a token of another length was refused at once,
+    /// telling the token's length apart by timing.
+    #[test]
+    fn l8_tokens_are_compared_whatever_their_length() {
+        assert!(same(b"s3cret-token", b"s3cret-token"));
+        assert!(!same(b"s3cret-token", b"s3cret-tokem"));
+        assert!(!same(b"s3cret", b"s3cret-token"));
+        assert!(!same(b"", b"s3cret-token"));
+    }
 
     /// The example from GitHub's documentation on validating deliveries.
     #[test]
