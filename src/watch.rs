@@ -105,10 +105,9 @@ pub async fn run(
         wake_at: None,
     };
     let result = w.run().await;
+    // Shutting down consumes the loop, and with it its run lock: the lock
+    // is released before this returns.
     w.shutdown().await;
-    // Dropping the loop drops its run lock: the lock is released before
-    // this returns.
-    drop(w);
     result
 }
 
@@ -343,15 +342,14 @@ impl Watch<'_> {
     /// The action in flight finishes and is recorded, steps under
     /// verification are recorded as interrupted, and the sinks get a
     /// moment to finish.
-    async fn shutdown(&mut self) {
+    async fn shutdown(mut self) {
         self.stop.set();
         if let Some(task) = self.controller.take() {
             if let Err(e) = task.await {
                 warn!(error = %e, "The healing controller ended abnormally.");
             }
         }
-        let sinks = std::mem::replace(&mut self.sinks, Publisher::new().spawn());
-        sinks.close(PUBLISH_GRACE).await;
+        self.sinks.close(PUBLISH_GRACE).await;
     }
 }
 

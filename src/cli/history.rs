@@ -17,13 +17,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
-    let dir = global.state_dir()?;
-    let Some(state) = crate::state::open_existing(&dir)? else {
-        anyhow::bail!(
-            "no journal at {}: nothing has been applied with this state directory",
-            dir.display()
-        );
-    };
+    let state = global.existing_store("journal")?;
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let entries = state.history(since, args.limit)?;
     print(&match args.format {

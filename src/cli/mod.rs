@@ -276,6 +276,19 @@ impl Global {
     fn state_dir(&self) -> anyhow::Result<PathBuf> {
         Ok(reconcile::bootstrap_state_dir(&self.options(None))?)
     }
+
+    /// The store of a command that only reads it; an error saying `what`
+    /// is missing when nothing was ever applied there.
+    fn existing_store(&self, what: &str) -> anyhow::Result<Box<dyn crate::state::Store>> {
+        let dir = self.state_dir()?;
+        match crate::state::open_existing(&dir)? {
+            Some(store) => Ok(store),
+            None => anyhow::bail!(
+                "no {what} at {}: nothing has been applied with this state directory",
+                dir.display()
+            ),
+        }
+    }
 }
 
 async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {

@@ -28,13 +28,7 @@ enum Command {
 }
 
 pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
-    let dir = global.state_dir()?;
-    let Some(state) = crate::state::open_existing(&dir)? else {
-        anyhow::bail!(
-            "no state database at {}: nothing has been applied with this state directory",
-            dir.display()
-        );
-    };
+    let state = global.existing_store("state database")?;
     let text = match args.command {
         Command::List { format } => {
             let rows = state.proposals()?;

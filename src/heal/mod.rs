@@ -134,6 +134,14 @@ struct Job {
 }
 
 impl Job {
+    /// The step under verification, if that is where the job stands.
+    fn verifying_step(&self) -> Option<usize> {
+        match &self.phase {
+            Phase::Verifying(v) => Some(v.index),
+            _ => None,
+        }
+    }
+
     fn incident<'a>(&'a self, resource: &'a Resource) -> Incident<'a> {
         Incident {
             id: self.id,
@@ -151,8 +159,8 @@ pub struct Runner {
     controller: Controller<ResourceKey>,
     jobs: Mutex<HashMap<ResourceKey, Job>>,
     healed: Mutex<Vec<Healed>>,
-    /// Notified after every look at a resource (a step may have started a
-    /// process the watcher should follow).
+    /// Notified after a look that did more than wait on a verification (a
+    /// step may have started a process the watcher should follow).
     looked: tokio::sync::Notify,
 }
 
@@ -220,7 +228,8 @@ impl Runner {
         }
     }
 
-    /// Resolves after the next look at any resource's healing.
+    /// Resolves after the next look at a resource's healing that carried a
+    /// step out or ended it.
     pub async fn looked(&self) {
         self.looked.notified().await;
     }
@@ -239,8 +248,13 @@ impl Runner {
         let store = scrubbed(&ctx);
         let executor = executor(&ctx, &store);
         let h = healer(&ctx, &store, &executor);
+        let verifying = job.verifying_step();
         let result = advance(&h, &mut job).instrument(span).await;
-        self.looked.notify_one();
+        // A look that only waited on the same verification changed nothing
+        // the watcher follows.
+        if !matches!(&result, Ok(Advance::At(_))) || job.verifying_step() != verifying {
+            self.looked.notify_one();
+        }
         match result {
             Ok(Advance::At(at)) => {
                 lock(&self.jobs).insert(key, job);
