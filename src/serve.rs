@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -42,10 +42,32 @@ pub struct Service {
 
 /// What the handlers read.
 #[derive(Clone)]
-struct Shared(Arc<Service>);
+struct Shared {
+    service: Arc<Service>,
+    /// Turns to read an authenticated hook's body.
+    reads: Arc<tokio::sync::Semaphore>,
+    /// GitHub deliveries already handled.
+    deliveries: Arc<std::sync::Mutex<Deliveries>>,
+}
 
 /// GitHub's deliveries can be large (a push of many commits).
-const HOOK_BODY_LIMIT: usize = 5 * 1024 * 1024;
+const GITHUB_BODY_LIMIT: usize = 5 * 1024 * 1024;
+
+/// Alertmanager batches alerts; the alert book keeps at most a few
+/// hundred per resource anyway.
+const ALERTMANAGER_BODY_LIMIT: usize = 1024 * 1024;
+
+/// At most this many connections are open at once, fewer when the file
+/// descriptor limit is low (a quarter of it): idle connections can never
+/// take the descriptors a pass needs.
+const MAX_CONNECTIONS: usize = 256;
+
+/// A client has this long to send a request's head, on a new connection
+/// and between requests on a kept-alive one; then the connection closes.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most this many hook bodies are read at once, after authentication.
+const HOOK_READS: usize = 4;
 
 /// Binds `addr` and serves until the runtime stops. Returns the address
 /// bound (port 0 picks a free one).
@@ -56,21 +78,136 @@ pub async fn spawn(addr: SocketAddr, service: Service) -> std::io::Result<Socket
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/hooks/github", post(github))
+        .route("/hooks/alertmanager", post(alertmanager))
         .layer(DefaultBodyLimit::max(64 * 1024))
-        .merge(
-            Router::new()
-                .route("/hooks/github", post(github))
-                .route("/hooks/alertmanager", post(alertmanager))
-                .layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)),
-        )
-        .with_state(Shared(Arc::new(service)))
+        .with_state(Shared {
+            service: Arc::new(service),
+            reads: Arc::new(tokio::sync::Semaphore::new(HOOK_READS)),
+            deliveries: Arc::new(std::sync::Mutex::new(Deliveries::default())),
+        })
         .layer(axum::middleware::from_fn(deadline));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "The HTTP listener stopped.");
-        }
-    });
+    let limit = connection_limit();
+    tokio::spawn(accept(listener, app, limit));
     Ok(local)
+}
+
+/// How many connections may be open at once: [`MAX_CONNECTIONS`], or a
+/// quarter of the file descriptor limit when that is lower. The soft
+/// limit is first raised towards the hard one, as servers commonly do.
+fn connection_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct it is given, which
+    // lives on this stack frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return MAX_CONNECTIONS;
+    }
+    let wanted = limit.rlim_max.min(65_536);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = wanted;
+        }
+    }
+    usize::try_from(limit.rlim_cur / 4)
+        .unwrap_or(MAX_CONNECTIONS)
+        .clamp(8, MAX_CONNECTIONS)
+}
+
+/// One open connection, as the accept loop sees it.
+struct Open {
+    /// Whether a request is being answered on it.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    /// Closes it.
+    close: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Accepts connections and serves each on its own task, with a header
+/// timeout and at most `limit` open. When all are taken, the oldest
+/// connection that is not answering a request is closed to make room;
+/// when every one is busy, the next connection waits in the kernel's
+/// backlog until one ends (a request ends within [`REQUEST_TIMEOUT`]).
+async fn accept(listener: tokio::net::TcpListener, app: Router, limit: usize) {
+    use std::sync::atomic::Ordering;
+    let open = Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u64, Open>::new(),
+    ));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut next_id = 0u64;
+    loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                close_oldest_idle(&open);
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return,
+                }
+            }
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "The HTTP listener could not accept a connection.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (close, closed) = tokio::sync::oneshot::channel();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        next_id += 1;
+        open.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            next_id,
+            Open {
+                busy: busy.clone(),
+                close,
+            },
+        );
+        let (id, app, open) = (next_id, app.clone(), open.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                use tower::ServiceExt;
+                let busy = busy.clone();
+                busy.store(true, Ordering::Relaxed);
+                let answer = app.clone().oneshot(req);
+                async move {
+                    let response = answer.await;
+                    busy.store(false, Ordering::Relaxed);
+                    response
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = closed => {}
+            }
+            open.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+    }
+}
+
+/// Closes the oldest open connection that is not answering a request.
+fn close_oldest_idle(open: &std::sync::Mutex<std::collections::BTreeMap<u64, Open>>) {
+    let mut open = open.lock().unwrap_or_else(|e| e.into_inner());
+    let idle = open
+        .iter()
+        .find(|(_, c)| !c.busy.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|(id, _)| *id);
+    if let Some(oldest) = idle.and_then(|id| open.remove(&id)) {
+        // The connection may have ended on its own meanwhile.
+        let _ = oldest.close.send(());
+    }
 }
 
 /// How long one request may take, reading its body included: a client
@@ -94,7 +231,55 @@ async fn deadline(
     }
 }
 
-async fn metrics_text(State(Shared(s)): State<Shared>) -> impl IntoResponse {
+/// Reads an authenticated hook's body, at most `limit` bytes, while at
+/// most [`HOOK_READS`] are read at once.
+async fn read_body(
+    reads: &tokio::sync::Semaphore,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, (StatusCode, String)> {
+    let _turn = reads.acquire().await.map_err(|_| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the listener is stopping\n".to_string(),
+        )
+    })?;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body could not be read within {limit} bytes: {e}\n"),
+        )
+    })
+}
+
+/// The delivery ids of GitHub webhook deliveries already handled, the
+/// newest [`Deliveries::KEPT`]: a replayed delivery starts nothing.
+#[derive(Default)]
+struct Deliveries {
+    order: std::collections::VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Deliveries {
+    const KEPT: usize = 1024;
+
+    /// Records `id`; false when it was already recorded.
+    fn first(&mut self, id: &str) -> bool {
+        if !self.seen.insert(id.to_string()) {
+            return false;
+        }
+        self.order.push_back(id.to_string());
+        if self.order.len() > Self::KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+async fn metrics_text(State(shared): State<Shared>) -> impl IntoResponse {
+    let s = &shared.service;
     (
         [(
             header::CONTENT_TYPE,
@@ -104,7 +289,8 @@ async fn metrics_text(State(Shared(s)): State<Shared>) -> impl IntoResponse {
     )
 }
 
-async fn ready(State(Shared(s)): State<Shared>) -> impl IntoResponse {
+async fn ready(State(shared): State<Shared>) -> impl IntoResponse {
+    let s = &shared.service;
     let last = s.metrics.last_success();
     let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
     if last > 0.0 && now - last <= s.ready_within.as_secs_f64() {
@@ -128,61 +314,101 @@ async fn ready(State(Shared(s)): State<Shared>) -> impl IntoResponse {
 /// `POST /hooks/github`: a delivery signed with the shared secret
 /// (`X-Hub-Signature-256`, compared in constant time). `ping` is answered;
 /// a `push` to the watched branch asks for a full pass at once; anything
-/// unsigned or wrongly signed is 401 and changes nothing.
+/// unsigned or wrongly signed is 401 and changes nothing. A delivery
+/// without a well-formed signature header is refused before its body is
+/// read; a delivery id already handled starts nothing.
 async fn github(
-    State(Shared(s)): State<Shared>,
+    State(shared): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> (StatusCode, String) {
+    let s = &shared.service;
     let Some(secret) = &s.github_secret else {
         return (
             StatusCode::NOT_FOUND,
             "the GitHub webhook is off: set TEND_GITHUB_WEBHOOK_SECRET\n".into(),
         );
     };
-    let signature = headers
-        .get("x-hub-signature-256")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    };
+    let signature = header("x-hub-signature-256");
+    let unsigned = (
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong X-Hub-Signature-256\n".to_string(),
+    );
+    if !well_formed(signature) {
+        return unsigned;
+    }
+    let event = header("x-github-event");
+    if !matches!(event, "ping" | "push") {
+        return (StatusCode::OK, format!("ignored: event `{event}`\n"));
+    }
+    let body = match read_body(&shared.reads, body, GITHUB_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     if !signed(secret.as_bytes(), &body, signature) {
+        return unsigned;
+    }
+    let delivery = header("x-github-delivery");
+    if delivery.is_empty() {
         return (
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong X-Hub-Signature-256\n".into(),
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Delivery\n".into(),
         );
     }
-    let event = headers
-        .get("x-github-event")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    match event {
-        "ping" => (StatusCode::OK, "pong\n".into()),
-        "push" => {
-            let payload: serde_json::Value = match serde_json::from_slice(&body) {
-                Ok(v) => v,
-                Err(e) => {
-                    return (
-                        StatusCode::BAD_REQUEST,
-                        format!("the push payload is not JSON: {e}\n"),
-                    )
-                }
-            };
-            let pushed = payload
-                .get("ref")
-                .and_then(|r| r.as_str())
-                .unwrap_or_default();
-            match &s.branch {
-                Some(b) if pushed != format!("refs/heads/{b}") && pushed != b => (
-                    StatusCode::OK,
-                    format!("ignored: a push to {pushed}; tend watches {b}\n"),
-                ),
-                _ => {
-                    tracing::info!(pushed, "A push: reconciling now.");
-                    (s.wake)();
-                    (StatusCode::ACCEPTED, "a full pass starts now\n".into())
-                }
-            }
+    let first = shared
+        .deliveries
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .first(delivery);
+    if !first {
+        return (
+            StatusCode::OK,
+            format!("ignored: delivery {delivery} was already handled\n"),
+        );
+    }
+    if event == "ping" {
+        return (StatusCode::OK, "pong\n".into());
+    }
+    let pushed = match pushed_ref(&body) {
+        Ok(r) => r,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    match &s.branch {
+        Some(b) if pushed != format!("refs/heads/{b}") && pushed != *b => (
+            StatusCode::OK,
+            format!("ignored: a push to {pushed}; tend watches {b}\n"),
+        ),
+        _ => {
+            tracing::info!(pushed, "A push: reconciling now.");
+            (s.wake)();
+            (StatusCode::ACCEPTED, "a full pass starts now\n".into())
         }
-        other => (StatusCode::OK, format!("ignored: event `{other}`\n")),
+    }
+}
+
+/// Whether a signature header has the form GitHub sends
+/// (`sha256=` and 64 hexadecimal digits).
+fn well_formed(signature: &str) -> bool {
+    signature
+        .strip_prefix("sha256=")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The ref of a push payload. The event type is not signed, so the body
+/// must be a push: `ref`, `before` and `after` are all strings.
+fn pushed_ref(body: &[u8]) -> Result<String, String> {
+    let payload: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the push payload is not JSON: {e}"))?;
+    let field = |k: &str| payload.get(k).and_then(|v| v.as_str());
+    match (field("ref"), field("before"), field("after")) {
+        (Some(r), Some(_), Some(_)) => Ok(r.to_string()),
+        _ => Err("not a push payload: it needs `ref`, `before` and `after`".into()),
     }
 }
 
@@ -190,13 +416,14 @@ async fn github(
 /// `Authorization: Bearer <TEND_ALERTMANAGER_TOKEN>` compared in constant
 /// time. Each alert labelled `tend_resource="<kind>/<name>"` becomes the
 /// signal `alert/<alertname>` of that resource, and a healing pass starts
-/// at once. A missing or wrong token is 401 and records nothing; a
-/// malformed payload is 400 with the reason.
+/// at once. A missing or wrong token is 401, before the body is read, and
+/// records nothing; a malformed payload is 400 with the reason.
 async fn alertmanager(
-    State(Shared(s)): State<Shared>,
+    State(shared): State<Shared>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> (StatusCode, String) {
+    let s = &shared.service;
     let Some(token) = &s.alertmanager_token else {
         return (
             StatusCode::NOT_FOUND,
@@ -214,6 +441,10 @@ async fn alertmanager(
             "missing or wrong bearer token\n".into(),
         );
     }
+    let body = match read_body(&shared.reads, body, ALERTMANAGER_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
     let alerts = match parse_alerts(&body) {
         Ok(a) => a,
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
@@ -361,6 +592,35 @@ mod tests {
         assert!(!same(b"s3cret-token", b"s3cret-tokem"));
         assert!(!same(b"s3cret", b"s3cret-token"));
         assert!(!same(b"", b"s3cret-token"));
+    }
+
+    /// Regression (L3): the event type is not signed, so only a body
+    /// shaped like a push is one; a delivery id counts once.
+    #[test]
+    fn l3_only_a_push_payload_is_a_push_and_a_delivery_counts_once() {
+        assert_eq!(
+            pushed_ref(br#"{"ref":"refs/heads/main","before":"a","after":"b"}"#),
+            Ok("refs/heads/main".to_string())
+        );
+        assert!(pushed_ref(br#"{"zen":"Keep it logically awesome.","hook_id":1}"#).is_err());
+        assert!(pushed_ref(br#"{"ref":"refs/heads/main"}"#).is_err());
+        let mut seen = Deliveries::default();
+        assert!(seen.first("d-1"));
+        assert!(!seen.first("d-1"));
+        for i in 0..Deliveries::KEPT {
+            assert!(seen.first(&format!("other-{i}")));
+        }
+        assert!(seen.first("d-1"), "the oldest ids are forgotten");
+        assert!(seen.seen.len() <= Deliveries::KEPT);
+    }
+
+    #[test]
+    fn a_signature_header_must_look_like_githubs_before_a_body_is_read() {
+        assert!(well_formed(&format!("sha256={}", "a1".repeat(32))));
+        assert!(!well_formed("sha256=a1"));
+        assert!(!well_formed(&format!("sha1={}", "a1".repeat(32))));
+        assert!(!well_formed(&format!("sha256={}", "zz".repeat(32))));
+        assert!(!well_formed(""));
     }
 
     /// The example from GitHub's documentation on validating deliveries.

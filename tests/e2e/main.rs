@@ -16,6 +16,7 @@ mod process;
 mod proxy;
 mod review;
 mod secrets;
+mod security;
 mod service;
 mod signals;
 

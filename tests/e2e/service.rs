@@ -210,13 +210,15 @@ fn a_signed_github_push_starts_a_pass_and_anything_else_is_refused() {
         "/hooks/github",
         &[
             ("X-GitHub-Event", "ping".into()),
+            ("X-GitHub-Delivery", "delivery-1".into()),
             ("X-Hub-Signature-256", sign(secret, ping)),
         ],
         ping,
     );
     assert_eq!((status, body.as_str()), (200, "pong\n"));
 
-    let push = r#"{"ref":"refs/heads/main","after":"0123456789abcdef"}"#;
+    let push =
+        r#"{"ref":"refs/heads/main","before":"fedcba9876543210","after":"0123456789abcdef"}"#;
     for wrong in [
         String::new(),
         sign("not the secret", push),
@@ -227,6 +229,7 @@ fn a_signed_github_push_starts_a_pass_and_anything_else_is_refused() {
             "/hooks/github",
             &[
                 ("X-GitHub-Event", "push".into()),
+                ("X-GitHub-Delivery", "delivery-2".into()),
                 ("X-Hub-Signature-256", wrong),
             ],
             push,
@@ -236,15 +239,24 @@ fn a_signed_github_push_starts_a_pass_and_anything_else_is_refused() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(full_passes(port), 1, "a refused delivery starts no pass");
 
+    // L3: the event type is not signed, so a signed ping is no push.
     let (status, body) = post(
         port,
         "/hooks/github",
         &[
             ("X-GitHub-Event", "push".into()),
-            ("X-Hub-Signature-256", sign(secret, push)),
+            ("X-GitHub-Delivery", "delivery-3".into()),
+            ("X-Hub-Signature-256", sign(secret, ping)),
         ],
-        push,
+        ping,
     );
+    assert_eq!(status, 400, "l3: a signed ping sent as a push: {body}");
+    let push_headers = [
+        ("X-GitHub-Event", "push".into()),
+        ("X-GitHub-Delivery", "delivery-4".into()),
+        ("X-Hub-Signature-256", sign(secret, push)),
+    ];
+    let (status, body) = post(port, "/hooks/github", &push_headers, push);
     assert_eq!(status, 202, "{body}");
     let t0 = Instant::now();
     while full_passes(port) < 2 {
@@ -254,6 +266,10 @@ fn a_signed_github_push_starts_a_pass_and_anything_else_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // L3: a replayed delivery starts nothing.
+    let (status, body) = post(port, "/hooks/github", &push_headers, push);
+    assert_eq!(status, 200, "l3: a replayed delivery: {body}");
+    assert!(body.contains("already handled"), "{body}");
     unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
     assert!(watch.wait().unwrap().success());
 }

@@ -1,0 +1,207 @@
+//! Regression tests for the findings of the security review, named after
+//! them: what an attacker who can reach the listener, edit a live value or
+//! open a pull request could do before, and can no longer.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// `tend watch --listen` on the workspace, its file descriptors limited
+/// to `nofile` when given, with extra environment variables.
+fn listening(
+    ws: &Workspace,
+    port: u16,
+    nofile: Option<u64>,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = ws.cmd();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(n) = nofile {
+        // SAFETY: setrlimit is async-signal-safe and reads only the
+        // struct on this stack frame.
+        unsafe {
+            cmd.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.args([
+        "watch",
+        "--interval",
+        "1s",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg(ws.desired())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(ws.path().join("watch.log")).unwrap())
+    .spawn()
+    .unwrap()
+}
+
+fn wait_ready(port: u16) {
+    let t0 = Instant::now();
+    while http("GET", port, "/readyz").is_none_or(|(s, _)| s != 200) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stop(mut watch: std::process::Child) {
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Sends a request head (and no body) and reads the answer's status.
+fn head_only(port: u16, head: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(head.as_bytes()).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// H1: twice the file descriptor limit in idle connections, and more with
+/// half a request head, neither stop a pass from correcting drift nor
+/// `/healthz` from answering; the idle ones are closed by the server.
+#[test]
+fn h1_idle_connections_never_starve_passes_or_healthz() {
+    let ws = Workspace::new();
+    ws.write("f.yaml", &file_doc("f", "f.txt", "declared\n"));
+    let port = free_port();
+    let nofile = 128;
+    let watch = listening(&ws, port, Some(nofile), &[]);
+    wait_ready(port);
+
+    let mut held = Vec::new();
+    for i in 0..2 * nofile {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        if i % 2 == 1 {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+        }
+        held.push(s);
+    }
+    assert!(held.len() as u64 >= nofile, "only {} connected", held.len());
+
+    let (status, body) = http("GET", port, "/healthz").expect("/healthz answers");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    std::fs::write(ws.path().join("f.txt"), "drifted\n").unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(ws.path().join("f.txt")).unwrap() != "declared\n" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the drift was never corrected: {}",
+            std::fs::read_to_string(ws.path().join("watch.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(ws.path().join("watch.log")).unwrap();
+    assert!(!log.contains("Too many open files"), "{log}");
+
+    // The server closes an idle connection it keeps: the header timeout.
+    let last = held.last_mut().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match last.read(&mut buf) {
+        Ok(n) => assert!(
+            n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+            "an idle connection was answered: {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "the idle connection stayed open: {e}"
+        ),
+    }
+    drop(held);
+    stop(watch);
+}
+
+/// H1: a hook with a wrong token or no signature is refused from its head
+/// alone, before any of its body is sent, and sixty large bodies with a
+/// wrong token leave memory where it was.
+#[test]
+fn h1_a_hook_is_refused_before_its_body_is_read() {
+    let ws = Workspace::new();
+    ws.write("f.yaml", &file_doc("f", "f.txt", "declared\n"));
+    let port = free_port();
+    let watch = listening(
+        &ws,
+        port,
+        None,
+        &[
+            ("TEND_ALERTMANAGER_TOKEN", "the right token"),
+            ("TEND_GITHUB_WEBHOOK_SECRET", "the webhook secret"),
+        ],
+    );
+    wait_ready(port);
+    let five_mb = 5 * 1024 * 1024;
+    let alertmanager = format!(
+        "POST /hooks/alertmanager HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer wrong\r\nContent-Type: application/json\r\nContent-Length: {five_mb}\r\n\r\n"
+    );
+    assert_eq!(head_only(port, &alertmanager), Some(401));
+    let github = format!(
+        "POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: push\r\nContent-Length: {five_mb}\r\n\r\n"
+    );
+    assert_eq!(head_only(port, &github), Some(401));
+
+    let before = rss(watch.id());
+    let body = vec![b'x'; five_mb];
+    let senders: Vec<_> = (0..60)
+        .map(|_| {
+            let (head, body) = (alertmanager.clone(), body.clone());
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                    return;
+                };
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(&body);
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let after = rss(watch.id());
+    assert!(
+        after < before + 64 * 1024 * 1024,
+        "memory grew from {before} to {after} bytes"
+    );
+    let (status, _) = http("GET", port, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    stop(watch);
+}
