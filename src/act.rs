@@ -365,6 +365,7 @@ mod tests {
                 severity: Severity::Warning,
             }),
             approval: None,
+            rollback: None,
         }
     }
 

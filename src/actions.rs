@@ -280,7 +280,7 @@ impl ActionsSink {
 }
 
 /// The pull request of a `pull_request` (or `pull_request_target`) event.
-fn pull_request_number() -> Option<i64> {
+pub fn pull_request_number() -> Option<i64> {
     let event = std::env::var("GITHUB_EVENT_NAME").ok()?;
     if !event.starts_with("pull_request") {
         return None;

@@ -60,6 +60,10 @@ pub enum PassError {
 pub struct Options {
     pub state_dir: Option<PathBuf>,
     pub mode: Option<Mode>,
+    /// The desired state is not trusted (a plan of a pull request, whose
+    /// comment its author reads): live values are shown only where they
+    /// equal the declared ones, as digests elsewhere, and no probe runs.
+    pub untrusted: bool,
 }
 
 /// Desired state read and validated, and where this pass keeps its state.
@@ -335,10 +339,13 @@ async fn survey(
     let status = resources
         .iter()
         .any(|r| health_stage::watched(r, &desired.signatures));
-    let live = rt
+    let mut live = rt
         .providers
         .inventory(resources, Listing::Everything { status })
         .await?;
+    if opts.untrusted {
+        conceal_live(resources, &mut live);
+    }
     let prune = scope == Scope::Full && desired.settings.prune.enabled;
     let diff = diff::diff(resources, &live, DiffOptions { prune });
     let index = desired.index();
@@ -356,7 +363,11 @@ async fn survey(
         action.note = live.get(&action.target).and_then(|l| l.note.clone());
         action.declared_at = index.get(&action.target).map(|r| r.origin.clone());
     }
-    let watched = read_health(desired, resources, &live, store, &rt.prober).await?;
+    let watched = if opts.untrusted {
+        Vec::new()
+    } else {
+        read_health(desired, resources, &live, store, &rt.prober).await?
+    };
     let failures = |cause: &str, runbook: &str, step: usize| {
         store
             .and_then(|s| s.consecutive_failures(cause, runbook, step as i64).ok())
@@ -377,6 +388,14 @@ async fn survey(
                     .count()
             })
     };
+    let last_good = |key: &ResourceKey| {
+        store
+            .and_then(|s| s.last_good(key).ok().flatten())
+            .map(|g| crate::vocab::Rollback {
+                commit: g.commit,
+                spec: g.spec,
+            })
+    };
     let recovered = plan::add_health(
         &mut plan,
         watched,
@@ -389,12 +408,17 @@ async fn survey(
             crash_loop: &healing.crash_loop,
             recurrences: &recurrences,
             healing: under_way,
+            last_good: &last_good,
             now,
         },
     );
+    // Live secrets only of declared resources, at declared secret fields:
+    // whoever can tag an unmanaged resource chooses nothing tend masks.
     let mut secrets = loaded.secrets.clone();
-    for l in live.values() {
-        secrets.add_from(&l.spec);
+    for r in resources {
+        if let Some(l) = live.get(&r.key) {
+            secrets.add_live(&r.spec, &l.spec);
+        }
     }
     Ok(Planned {
         plan,
@@ -406,6 +430,48 @@ async fn survey(
 
 /// Reads the signals of every watched resource and what the store
 /// remembers of them and of their open incidents.
+/// Live state as an untrusted desired state may see it: a live value is
+/// kept where it equals the declared one (its author wrote it), and is
+/// otherwise a digest; live resources that are not declared keep no spec.
+/// A declaration of `.git/config` or of another workload's environment
+/// then tells its author only that the value differs.
+fn conceal_live(resources: &[Resource], live: &mut HashMap<ResourceKey, LiveResource>) {
+    fn conceal(declared: Option<&serde_json::Value>, live: &mut serde_json::Value) {
+        use serde_json::Value;
+        match (declared, live) {
+            (Some(Value::Object(d)), Value::Object(l)) => {
+                l.retain(|k, _| d.contains_key(k));
+                for (k, v) in l.iter_mut() {
+                    conceal(d.get(k), v);
+                }
+            }
+            (Some(Value::Array(d)), Value::Array(l)) => {
+                for (i, v) in l.iter_mut().enumerate() {
+                    conceal(d.get(i), v);
+                }
+            }
+            (Some(d), l) if d == l => {}
+            (_, l @ (Value::String(_) | Value::Object(_) | Value::Array(_))) => {
+                use sha2::{Digest, Sha256};
+                let digest = hex::encode(&Sha256::digest(l.to_string().as_bytes())[..8]);
+                *l = Value::from(format!(
+                    "<not shown in a plan of a pull request; sha256 {digest}>"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let declared: HashMap<&ResourceKey, &serde_json::Value> =
+        resources.iter().map(|r| (&r.key, &r.spec)).collect();
+    for (key, l) in live.iter_mut() {
+        match declared.get(key) {
+            Some(d) => conceal(Some(d), &mut l.spec),
+            None => l.spec = serde_json::json!({}),
+        }
+        l.note = None;
+    }
+}
+
 async fn read_health<'a>(
     desired: &DesiredState,
     resources: &'a [Resource],

@@ -293,6 +293,7 @@ fn read_dir_source(dir: &Path, limits: Limits) -> Result<Snapshot, SourceError> 
             files: SourceFiles {
                 files: Vec::new(),
                 refused: vec![source_too_large(&display, total, &limits)],
+                root: shown(Path::new("")),
             },
             origin: display,
             commit: None,
@@ -329,10 +330,15 @@ fn read_dir_source(dir: &Path, limits: Limits) -> Result<Snapshot, SourceError> 
             rego.push((rel, file));
         }
     }
+    let root = shown(Path::new(""));
     Ok(Snapshot {
         origin: display,
         commit: None,
-        files: SourceFiles { files, refused },
+        files: SourceFiles {
+            files,
+            refused,
+            root,
+        },
         rego,
     })
 }
@@ -562,6 +568,7 @@ fn read_git_source(
             files: SourceFiles {
                 files: Vec::new(),
                 refused: vec![source_too_large(&origin, total, &limits)],
+                root: prefix.clone(),
             },
             origin,
             commit: Some(commit.to_string()),
@@ -594,7 +601,11 @@ fn read_git_source(
     Ok(Snapshot {
         origin,
         commit: Some(commit.to_string()),
-        files: SourceFiles { files, refused },
+        files: SourceFiles {
+            files,
+            refused,
+            root: prefix,
+        },
         rego,
     })
 }

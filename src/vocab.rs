@@ -143,6 +143,19 @@ pub struct Action {
     /// asked for review.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRef>,
+    /// The spec a rollback step gives the provider in place of the
+    /// declared one. Its changes, fingerprint and policy input are those of
+    /// this spec: every action is decided on the change it makes.
+    #[serde(skip)]
+    pub rollback: Option<Box<Rollback>>,
+}
+
+/// A last known good spec a `reapply-last-good` step applies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollback {
+    /// The commit it was declared at, when known.
+    pub commit: Option<String>,
+    pub spec: Value,
 }
 
 /// Which approval authorised an action (the journal adds the commit that
@@ -416,11 +429,40 @@ impl Secrets {
 
     /// Adds the values of secret-looking fields of `spec`.
     pub fn add_from(&mut self, spec: &Value) {
-        walk_secrets(spec, false, &mut |v| {
-            if v.len() >= MIN_MASKED_LEN && !self.values.iter().any(|x| x == v) {
-                self.values.push(v.to_string());
+        walk_secrets(spec, false, &mut |v| self.add(v));
+        self.sort();
+    }
+
+    /// Adds the live values of the secret-looking fields that `declared`
+    /// declares (and only those): live state cannot choose what is masked.
+    pub fn add_live(&mut self, declared: &Value, live: &Value) {
+        walk_declared_secrets(declared, live, false, &mut |v| self.add(v));
+        self.sort();
+    }
+
+    /// Keeps `v` to mask, unless masking it would mangle tend's own output:
+    /// short values, JSON keywords and numbers, and tend's markers.
+    fn add(&mut self, v: &str) {
+        let mangles = v.len() < MIN_MASKED_LEN
+            || matches!(v, "null" | "true" | "false")
+            || v.parse::<f64>().is_ok()
+            || v.contains("tend:")
+            || v.contains("<!--")
+            || v.contains("-->");
+        if mangles {
+            return;
+        }
+        // As it appears in JSON text too, when escaping changes it.
+        let escaped = serde_json::to_string(v).unwrap_or_default();
+        let escaped = &escaped[1..escaped.len().saturating_sub(1).max(1)];
+        for form in [v, escaped] {
+            if !self.values.iter().any(|x| x == form) {
+                self.values.push(form.to_string());
             }
-        });
+        }
+    }
+
+    fn sort(&mut self) {
         self.values
             .sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
     }
@@ -470,20 +512,85 @@ fn walk_secrets(v: &Value, secret: bool, f: &mut dyn FnMut(&str)) {
     }
 }
 
+/// Calls `f` with every live string at a secret-looking field `declared`
+/// also has.
+fn walk_declared_secrets(declared: &Value, live: &Value, secret: bool, f: &mut dyn FnMut(&str)) {
+    match (declared, live) {
+        (Value::Object(d), Value::Object(l)) => {
+            for (k, dv) in d {
+                if let Some(lv) = l.get(k) {
+                    walk_declared_secrets(dv, lv, secret || is_secret_name(k), f);
+                }
+            }
+        }
+        (Value::Array(d), Value::Array(l)) => {
+            for (dv, lv) in d.iter().zip(l) {
+                walk_declared_secrets(dv, lv, secret, f);
+            }
+        }
+        (_, Value::String(s)) if secret => f(s),
+        _ => {}
+    }
+}
+
 fn redact_value(v: &Value, secret: bool) -> Value {
+    redact_with(v, secret, &digest)
+}
+
+/// `v` with every value under a secret-looking key (or all of it, when
+/// `secret`) replaced by `(redacted <digest>)`.
+fn redact_with(v: &Value, secret: bool, digest: &dyn Fn(&Value) -> String) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, child)| (k.clone(), redact_value(child, secret || is_secret_name(k))))
+                .map(|(k, child)| {
+                    let secret = secret || is_secret_name(k);
+                    (k.clone(), redact_with(child, secret, digest))
+                })
                 .collect(),
         ),
-        Value::Array(items) => {
-            Value::Array(items.iter().map(|c| redact_value(c, secret)).collect())
-        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|c| redact_with(c, secret, digest))
+                .collect(),
+        ),
         Value::Null => Value::Null,
         other if secret => Value::from(format!("(redacted {})", digest(other))),
         other => other.clone(),
     }
+}
+
+/// The key secret values are fingerprinted under: kept in the state, so
+/// that fingerprints are stable from run to run, and never published, so
+/// that a published fingerprint cannot be used to test a guess.
+static FINGERPRINT_KEY: std::sync::RwLock<Option<[u8; 32]>> = std::sync::RwLock::new(None);
+
+/// Uses `key` (from the state) for the fingerprints of secret values.
+/// Without one, they are keyed by a key drawn for this process.
+pub fn use_fingerprint_key(key: [u8; 32]) {
+    *FINGERPRINT_KEY.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+}
+
+/// A secret value as a fingerprint sees it: an HMAC under the state's key.
+fn keyed(v: &Value) -> String {
+    use hmac::{Hmac, Mac};
+    static PROCESS: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = FINGERPRINT_KEY
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(|| *PROCESS.get_or_init(rand::random));
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key) else {
+        return String::new();
+    };
+    mac.update(v.to_string().as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
+/// What a changed value contributes to a fingerprint: its JSON text, with
+/// secret values (the field itself, or fields under it) keyed.
+fn fingerprint_text(v: &Value, secret: bool) -> String {
+    redact_with(v, secret, &keyed).to_string()
 }
 
 /// A digest of a secret under a key drawn once per process: equal values
@@ -502,8 +609,9 @@ fn digest(v: &Value) -> String {
 pub const REDACTED: &str = "(redacted)";
 
 /// Plans are shown, journaled and posted; values of secret-looking fields
-/// never are. The fingerprint is taken before redaction, so a changed secret
-/// is still a distinct change.
+/// never are. The fingerprint is taken before redaction, over keyed digests
+/// of secret values, so a changed secret is still a distinct change and the
+/// fingerprint tells nothing about the value.
 pub fn redact(mut change: FieldChange) -> FieldChange {
     let last = change.path.rsplit('/').next().unwrap_or_default();
     if is_secret_name(last) {
@@ -526,12 +634,13 @@ pub fn fingerprint(t: ActionType, key: &ResourceKey, changes: &[FieldChange]) ->
     h.update([0]);
     h.update(key.name.as_bytes());
     for c in changes {
+        let secret = is_secret_name(c.path.rsplit('/').next().unwrap_or_default());
         h.update([0]);
         h.update(c.path.as_bytes());
         h.update([0]);
-        h.update(c.from.to_string().as_bytes());
+        h.update(fingerprint_text(&c.from, secret).as_bytes());
         h.update([0]);
-        h.update(c.to.to_string().as_bytes());
+        h.update(fingerprint_text(&c.to, secret).as_bytes());
     }
     hex::encode(&h.finalize()[..8])
 }
@@ -574,6 +683,41 @@ pub fn change_fingerprint<'a>(fingerprints: impl IntoIterator<Item = &'a str>) -
 mod tests {
     use super::*;
 
+    /// Regression (M1): live state chooses nothing tend masks. Only the
+    /// live values of declared secret fields count, and values that would
+    /// mangle tend's output (JSON keywords, numbers, its markers) never do.
+    #[test]
+    fn m1_live_state_cannot_choose_what_is_masked() {
+        let declared =
+            serde_json::json!({"env": {"API_TOKEN": "declared-token"}, "tags": {"team": "web"}});
+        let live = serde_json::json!({
+            "env": {"API_TOKEN": "hunter22-live", "X_SECRET": "web-frontend"},
+            "tags": {"team": "web", "api_token": "review"},
+        });
+        let mut s = Secrets::collect([&declared]);
+        s.add_live(&declared, &live);
+        assert!(s.values().iter().any(|v| v == "hunter22-live"));
+        assert!(!s
+            .values()
+            .iter()
+            .any(|v| v == "web-frontend" || v == "review"));
+        let mut s = Secrets::default();
+        for v in [
+            "null",
+            "true",
+            "12345",
+            "<!-- tend:status -->",
+            "tend:review",
+        ] {
+            s.add_from(&serde_json::json!({"password": v}));
+        }
+        assert!(s.is_empty(), "{:?}", s.values());
+        // A secret with a quote is masked in JSON text as well.
+        s.add_from(&serde_json::json!({"password": "pa\"ss-word"}));
+        let json = serde_json::json!({"detail": "pa\"ss-word"}).to_string();
+        assert!(!s.scrub(&json).contains("ss-word"), "{}", s.scrub(&json));
+    }
+
     /// Regression (M5): a port conflict's cause carries the log line, so a
     /// timestamp in it made every recurrence look new and the crash-loop
     /// guard never tripped (33 incidents instead of escalation at 4).
@@ -604,6 +748,50 @@ mod tests {
             to: json!("2"),
         });
         assert_eq!(c.to, json!("2"));
+    }
+
+    /// Regression (M3): the fingerprint of a secret change is keyed, so
+    /// it cannot be recomputed from a guess at the live value; a changed
+    /// secret is still another change.
+    #[test]
+    fn m3_a_secret_change_fingerprint_is_no_oracle() {
+        let k = ResourceKey::new(Kind::HostProcess, "web");
+        let change = |from: &str| FieldChange {
+            path: "/spec/env/API_TOKEN".into(),
+            from: Value::from(from),
+            to: Value::from("n3w-t0ken-value"),
+        };
+        let unkeyed = |from: &str| {
+            let mut h = Sha256::new();
+            for part in ["update", "host.Process", "web", "/spec/env/API_TOKEN"] {
+                h.update(part.as_bytes());
+                h.update([0]);
+            }
+            h.update(Value::from(from).to_string().as_bytes());
+            h.update([0]);
+            h.update(Value::from("n3w-t0ken-value").to_string().as_bytes());
+            hex::encode(&h.finalize()[..8])
+        };
+        let fp = fingerprint(ActionType::Update, &k, &[change("hunter22")]);
+        assert_ne!(fp, unkeyed("hunter22"));
+        assert_eq!(
+            fp,
+            fingerprint(ActionType::Update, &k, &[change("hunter22")])
+        );
+        assert_ne!(
+            fp,
+            fingerprint(ActionType::Update, &k, &[change("hunter23")])
+        );
+        // A secret nested in an object is keyed too.
+        let nested = |v: &str| FieldChange {
+            path: "/spec/env".into(),
+            from: serde_json::json!({"API_TOKEN": v}),
+            to: serde_json::json!({}),
+        };
+        let text = fingerprint_text(&nested("hunter22").from, false);
+        assert!(!text.contains("hunter22"), "{text}");
+        // Other values are hashed as they are, as before.
+        assert_eq!(fingerprint_text(&Value::from("plain"), false), "\"plain\"");
     }
 
     #[test]

@@ -269,6 +269,7 @@ impl Global {
         Options {
             state_dir: self.state_dir.clone(),
             mode: mode.map(Mode::from),
+            untrusted: false,
         }
     }
 

@@ -21,7 +21,10 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         color: global.color,
     };
     let source = args.source.source();
-    let opts = global.options(None);
+    let mut opts = global.options(None);
+    // A pull request's desired state is its author's: its plan, posted as
+    // a comment, must not read the runner's files or services for them.
+    opts.untrusted = global.in_actions && crate::actions::pull_request_number().is_some();
     let prepared = Prepared::new(&source, &opts, Default::default()).await?;
     let loaded = prepared.loaded();
     let now = chrono::Utc::now();

@@ -841,7 +841,25 @@ async fn next_step(
     };
     let live = verify::read_live(h, inc.resource).await.ok().flatten();
     let drift = drift_of(inc.resource, live.as_ref());
-    let action = remedy::step_action(inc.remedy, i, &inc.spec.steps[i], live.as_ref(), &drift);
+    let good = || {
+        h.store
+            .last_good(&inc.resource.key)
+            .ok()
+            .flatten()
+            .map(|g| crate::vocab::Rollback {
+                commit: g.commit,
+                spec: g.spec,
+            })
+    };
+    let action = remedy::planned_step(
+        inc.remedy,
+        i,
+        &inc.spec.steps[i],
+        inc.resource,
+        live.as_ref(),
+        &drift,
+        &good,
+    );
     Ok(Some((i, decide(h, action, live)?)))
 }
 
@@ -1027,13 +1045,14 @@ async fn execute(
             };
             h.executor.execute(action, Effect::Command(command)).await
         }
-        StepAction::ReapplyLastGood => match h.store.last_good(&resource.key)? {
+        StepAction::ReapplyLastGood => match &action.rollback {
             None => Ok(Outcome::Failed {
-                error: "no last known good state is recorded for this resource".to_string(),
+                error: "nothing to roll back to: no valid last known good spec is recorded for this resource".to_string(),
             }),
             Some(good) => {
+                // The spec the policies decided on, not the store's now.
                 let mut r = resource.clone();
-                r.spec = good.spec;
+                r.spec = good.spec.clone();
                 let out = h
                     .executor
                     .execute(action, Effect::Provider { desired: Some(&r) })

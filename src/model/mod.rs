@@ -255,6 +255,17 @@ pub struct ReviewSettings {
     pub github: Option<GithubReview>,
 }
 
+impl ReviewSettings {
+    /// The longest an approval may stay valid: `approvalTtl`, or its
+    /// default when pull requests are off.
+    pub fn approval_ttl(&self) -> std::time::Duration {
+        self.github
+            .as_ref()
+            .map_or(default_approval_ttl(), |g| g.approval_ttl)
+            .0
+    }
+}
+
 /// `Settings spec.review.github`: pull requests for review, issues for
 /// escalated incidents.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -550,6 +561,9 @@ pub struct Refused {
 pub struct SourceFiles {
     pub files: Vec<SourceFile>,
     pub refused: Vec<Refused>,
+    /// What every file's path starts with: the source's root as shown
+    /// (`desired/`, or the `--path` of a Git source with a slash).
+    pub root: String,
 }
 
 impl std::ops::Deref for SourceFiles {
@@ -566,6 +580,10 @@ pub trait Inputs {
     fn files(&self) -> &[SourceFile];
     fn refused(&self) -> &[Refused] {
         &[]
+    }
+    /// What every file's path starts with (see [`SourceFiles::root`]).
+    fn root(&self) -> &str {
+        ""
     }
 }
 
@@ -593,6 +611,9 @@ impl Inputs for SourceFiles {
     }
     fn refused(&self) -> &[Refused] {
         &self.refused
+    }
+    fn root(&self) -> &str {
+        &self.root
     }
 }
 
@@ -713,7 +734,7 @@ pub fn load<I: Inputs + ?Sized>(input: &I) -> Result<DesiredState, Invalid> {
         }
     };
     let (resources, signatures, runbooks) = split_healing(resources, files)?;
-    let (resources, approvals) = split_approvals(resources, files)?;
+    let (resources, approvals) = split_approvals(resources, files, input.root())?;
     let problems = health::check(&settings, &resources, &signatures, &runbooks);
     if !problems.is_empty() {
         return Err(located(files, problems));
@@ -778,10 +799,12 @@ fn split_healing(resources: Vec<Resource>, files: &[SourceFile]) -> Result<Split
 }
 
 /// Takes the `Approval` documents out of the resources and types them: the
-/// target must be a kind tend manages and the expiry an RFC 3339 time.
+/// target must be a kind tend manages, the expiry an RFC 3339 time, and the
+/// document the file `approvals/<kind>/<name>.yaml` under the source's root.
 fn split_approvals(
     resources: Vec<Resource>,
     files: &[SourceFile],
+    root: &str,
 ) -> Result<(Vec<Resource>, Vec<Approval>), Invalid> {
     if !resources.iter().any(|r| r.key.kind == Kind::Approval) {
         return Ok((resources, Vec::new()));
@@ -822,8 +845,22 @@ fn split_approvals(
                 continue;
             }
         };
+        let target = ResourceKey::new(kind, text("/target/name"));
+        // Only where CODEOWNERS and branch protection guard approvals: an
+        // approval anywhere else would be merged by whoever reviews that
+        // file.
+        let at = format!("{root}{}", approval_path(&target));
+        if *r.origin.file != at {
+            problems.push(health::Problem {
+                origin: r.origin.clone(),
+                pointer: String::new(),
+                message: format!("invalid Approval: it must be the file {at}, where approvals of {target} live"),
+                help: Some("approvals are merged through the pull request tend opens; CODEOWNERS and branch protection on approvals/ decide who may approve".into()),
+            });
+            continue;
+        }
         approvals.push(Approval {
-            target: ResourceKey::new(kind, text("/target/name")),
+            target,
             fingerprint: text("/fingerprint").to_string(),
             expires,
             name: r.key.name,
@@ -834,6 +871,12 @@ fn split_approvals(
         return Err(located(files, problems));
     }
     Ok((kept, approvals))
+}
+
+/// Where the approval of a resource lives, relative to the desired state's
+/// root.
+pub fn approval_path(key: &ResourceKey) -> String {
+    format!("approvals/{}/{}.yaml", key.kind, key.name)
 }
 
 /// Diagnostics for problems found after the per-document checks, each

@@ -106,6 +106,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
             declared_at: None,
             incident: None,
             approval: None,
+            rollback: None,
         });
     }
     Plan {
@@ -143,6 +144,9 @@ pub struct HealingInput<'a> {
     /// verification): left to it, no step planned and nothing resolved
     /// here (their drift waits for the healing to end).
     pub healing: &'a dyn Fn(&ResourceKey) -> bool,
+    /// The last known good spec of a resource and the commit it was
+    /// declared at, for a `reapply-last-good` step.
+    pub last_good: &'a dyn Fn(&ResourceKey) -> Option<crate::vocab::Rollback>,
     pub now: DateTime<Utc>,
 }
 
@@ -200,8 +204,16 @@ pub fn add_health(
                         .flat_map(|a| a.changes.clone())
                         .collect();
                     plan.actions.retain(|a| a.target != r.key);
-                    let mut action =
-                        remedy::step_action(&remedy, i, &spec.steps[i], live.get(&r.key), &drift);
+                    let good = || (input.last_good)(&r.key);
+                    let mut action = remedy::planned_step(
+                        &remedy,
+                        i,
+                        &spec.steps[i],
+                        r,
+                        live.get(&r.key),
+                        &drift,
+                        &good,
+                    );
                     (action.decision, action.reasons) = ceiling(plan.mode, r.mode);
                     action.declared_at = Some(r.origin.clone());
                     plan.actions.push(action);

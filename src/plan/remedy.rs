@@ -10,7 +10,7 @@ use crate::model::health::{Runbook, RunbookSpec, Step, StepAction};
 use crate::model::{Kind, Resource, ResourceKey};
 use crate::vocab::{
     fingerprint, Action, ActionType, Decision, FieldChange, IncidentRef, LiveResource, Risk,
-    RESTART_PATH,
+    Rollback, RESTART_PATH,
 };
 
 /// The runbook tend uses when none is named: restart a process (re-apply
@@ -208,8 +208,87 @@ pub fn runbook_for(kind: Kind, name: Option<&str>, runbooks: &[Runbook]) -> (Str
     }
 }
 
+/// The action that carries out runbook step `index` on `r`, before any
+/// decision. A `reapply-last-good` step is planned on the last known good
+/// spec `good` gives (its changes against live, its fingerprint, and the
+/// spec itself for the policies and the provider); without a valid one it
+/// changes nothing and fails when carried out.
+pub fn planned_step(
+    remedy: &Remedy,
+    index: usize,
+    step: &Step,
+    r: &Resource,
+    live: Option<&LiveResource>,
+    drift: &[FieldChange],
+    good: &dyn Fn() -> Option<Rollback>,
+) -> Action {
+    if step.action != StepAction::ReapplyLastGood {
+        return step_action(remedy, index, step, live, drift);
+    }
+    match rollback_of(r, good(), live) {
+        Ok((rollback, changes)) => {
+            let mut action = step_action(remedy, index, step, live, &changes);
+            action.fingerprint = crate::vocab::change_fingerprint([
+                action.fingerprint.as_str(),
+                StepAction::ReapplyLastGood.as_str(),
+            ]);
+            if let Some(note) = &mut action.note {
+                note.push_str(&format!(
+                    "; rolls back to the spec of commit {}",
+                    rollback.commit.as_deref().unwrap_or("unknown")
+                ));
+            }
+            action.rollback = Some(Box::new(rollback));
+            action
+        }
+        Err(why) => {
+            let mut action = step_action(remedy, index, step, live, &[]);
+            if let Some(note) = &mut action.note {
+                note.push_str(&format!("; cannot roll back: {why}"));
+            }
+            action
+        }
+    }
+}
+
+/// The last known good spec of `r` as a rollback, if it is still valid
+/// for its kind, with the changes it makes to live state.
+fn rollback_of(
+    r: &Resource,
+    good: Option<Rollback>,
+    live: Option<&LiveResource>,
+) -> Result<(Rollback, Vec<FieldChange>), String> {
+    let Rollback { commit, spec } =
+        good.ok_or("no last known good state is recorded for this resource")?;
+    let doc = json!({
+        "apiVersion": "tend.dev/v1",
+        "kind": r.key.kind.as_str(),
+        "metadata": {"name": r.key.name},
+        "spec": spec,
+    });
+    if let Some(v) = crate::model::schema::validate(r.key.kind, &doc).first() {
+        return Err(format!(
+            "the last known good spec is no longer valid at {}: {}",
+            v.pointer, v.message
+        ));
+    }
+    let mut good = r.clone();
+    good.spec = spec;
+    let changes = crate::diff::drift_of(&good, live)
+        .into_iter()
+        .map(crate::vocab::redact)
+        .collect();
+    Ok((
+        Rollback {
+            commit,
+            spec: good.spec,
+        },
+        changes,
+    ))
+}
+
 /// The action that carries out a runbook step, before any decision.
-pub fn step_action(
+fn step_action(
     remedy: &Remedy,
     index: usize,
     step: &Step,
@@ -294,12 +373,66 @@ pub fn step_action(
         declared_at: None,
         incident: Some(incident),
         approval: None,
+        rollback: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (H3): a rollback's changes are those of the last known
+    /// good spec against live, and a stored spec that no longer validates
+    /// is never rolled back to.
+    #[test]
+    fn h3_a_rollback_is_planned_on_the_last_good_spec() {
+        let r = Resource {
+            key: ResourceKey::new(Kind::HostFile, "motd"),
+            labels: Vec::new(),
+            mode: None,
+            spec: json!({"path": "motd.txt", "content": "declared"}),
+            ignore: Vec::new(),
+            origin: crate::model::Origin {
+                file: "a.yaml".into(),
+                line: 1,
+                col: 1,
+            },
+            health: None,
+            remediation: None,
+        };
+        let live = LiveResource {
+            key: r.key.clone(),
+            id: "motd.txt".into(),
+            spec: json!({"path": "motd.txt", "content": "live"}),
+            owned: true,
+            note: None,
+        };
+        let good = json!({"path": "motd.txt", "content": "good"});
+        let (rollback, changes) = rollback_of(
+            &r,
+            Some(Rollback {
+                commit: Some("abc".into()),
+                spec: good.clone(),
+            }),
+            Some(&live),
+        )
+        .unwrap();
+        assert_eq!(rollback.spec, good);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].to, json!("good"));
+        let invalid = json!({"path": "motd.txt", "content": "x", "owner": {"evil": true}});
+        let why = rollback_of(
+            &r,
+            Some(Rollback {
+                commit: None,
+                spec: invalid,
+            }),
+            Some(&live),
+        )
+        .unwrap_err();
+        assert!(why.contains("no longer valid"), "{why}");
+        assert!(rollback_of(&r, None, Some(&live)).is_err());
+    }
 
     #[test]
     fn ineffective_steps_are_skipped_and_escalate_ends_the_runbook() {

@@ -20,12 +20,45 @@ use crate::vocab::{change_fingerprint, Action, ApprovalRef, Decision};
 /// this one.
 pub type Used = std::collections::HashSet<(ResourceKey, String, DateTime<Utc>)>;
 
+/// How much later than `approvalTtl` from now an approval may expire:
+/// clocks differ, and a pull request waits a little before its merge.
+const EXPIRY_SLACK: chrono::Duration = chrono::Duration::hours(1);
+
 /// Approves, in place, the review actions that a valid approval names, and
 /// counts each approval granted as used, so that a later step of the same
-/// pass cannot use it again.
-pub fn apply(actions: &mut [Action], approvals: &[Approval], used: &mut Used, now: DateTime<Utc>) {
+/// pass cannot use it again. An approval that expires later than `ttl`
+/// (`approvalTtl`) from now was not written by tend's pull request and
+/// approves nothing: it would approve changes long in the future.
+pub fn apply(
+    actions: &mut [Action],
+    approvals: &[Approval],
+    used: &mut Used,
+    now: DateTime<Utc>,
+    ttl: std::time::Duration,
+) {
     if approvals.is_empty() {
         return;
+    }
+    let latest =
+        now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX) + EXPIRY_SLACK;
+    for a in actions
+        .iter_mut()
+        .filter(|a| a.decision == Decision::Review)
+    {
+        if let Some(far) = approvals
+            .iter()
+            .find(|ap| ap.target == a.target && ap.expires > latest)
+        {
+            let why = format!(
+                "approval {} ignored: it expires {}, later than approvalTtl allows",
+                far.origin.file,
+                far.expires
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            if !a.reasons.contains(&why) {
+                a.reasons.push(why);
+            }
+        }
     }
     let mut pending: BTreeMap<&ResourceKey, Vec<&str>> = BTreeMap::new();
     for a in actions.iter().filter(|a| a.decision == Decision::Review) {
@@ -39,6 +72,7 @@ pub fn apply(actions: &mut [Action], approvals: &[Approval], used: &mut Used, no
                 ap.target == *key
                     && ap.fingerprint == fingerprint
                     && ap.expires > now
+                    && ap.expires <= latest
                     && !used.contains(&used_key(ap))
             })?;
             used.insert(used_key(approval));
@@ -84,6 +118,8 @@ mod tests {
     use crate::model::{Kind, Origin};
     use crate::vocab::{ActionType, Risk};
 
+    const WEEK: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
     fn action(decision: Decision, fingerprint: &str) -> Action {
         Action {
             fingerprint: fingerprint.into(),
@@ -99,6 +135,7 @@ mod tests {
             declared_at: None,
             incident: None,
             approval: None,
+            rollback: None,
         }
     }
 
@@ -126,6 +163,7 @@ mod tests {
             &[approval("aaaaaaaaaaaaaaaa", later)],
             &mut Used::default(),
             now,
+            WEEK,
         );
         assert_eq!(actions[0].decision, Decision::Auto);
         assert!(actions[0].approval.is_some());
@@ -137,6 +175,7 @@ mod tests {
             &[approval("aaaaaaaaaaaaaaaa", later)],
             &mut Used::default(),
             now,
+            WEEK,
         );
         assert_eq!(other[0].decision, Decision::Review);
 
@@ -149,11 +188,12 @@ mod tests {
             &[approval("aaaaaaaaaaaaaaaa", later)],
             &mut facts,
             now,
+            WEEK,
         );
         assert_eq!(again[0].decision, Decision::Review);
         // A new approval of the same change (merged again) is another one.
         let renewed = approval("aaaaaaaaaaaaaaaa", later + chrono::Duration::hours(1));
-        apply(&mut again, &[renewed], &mut facts, now);
+        apply(&mut again, &[renewed], &mut facts, now, WEEK);
         assert_eq!(again[0].decision, Decision::Auto);
     }
 
@@ -170,6 +210,7 @@ mod tests {
                 )],
                 &mut Used::default(),
                 now,
+                WEEK,
             );
             assert_eq!(actions[0].decision, d);
         }
@@ -182,7 +223,43 @@ mod tests {
             )],
             &mut Used::default(),
             now,
+            WEEK,
         );
         assert_eq!(actions[0].decision, Decision::Review);
+    }
+
+    /// Regression (M2): an approval written by hand to expire far in the
+    /// future (pre-approving a change long before it is pending) approves
+    /// nothing, and the action says why.
+    #[test]
+    fn m2_an_approval_beyond_its_lifetime_approves_nothing() {
+        let now = Utc::now();
+        let mut actions = vec![action(Decision::Review, "aaaaaaaaaaaaaaaa")];
+        let far = now + chrono::Duration::days(365 * 900);
+        apply(
+            &mut actions,
+            &[approval("aaaaaaaaaaaaaaaa", far)],
+            &mut Used::default(),
+            now,
+            WEEK,
+        );
+        assert_eq!(actions[0].decision, Decision::Review);
+        assert!(
+            actions[0]
+                .reasons
+                .iter()
+                .any(|r| r.contains("later than approvalTtl")),
+            "{:?}",
+            actions[0].reasons
+        );
+        let within = now + chrono::Duration::days(7);
+        apply(
+            &mut actions,
+            &[approval("aaaaaaaaaaaaaaaa", within)],
+            &mut Used::default(),
+            now,
+            WEEK,
+        );
+        assert_eq!(actions[0].decision, Decision::Auto);
     }
 }

@@ -318,6 +318,7 @@ mod tests {
             declared_at: None,
             incident: None,
             approval: None,
+            rollback: None,
         }
     }
 

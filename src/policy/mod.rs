@@ -129,6 +129,17 @@ pub fn input_for(
         .take(10)
         .map(|o| json!({"type": o.action, "outcome": o.outcome, "at": o.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)}))
         .collect();
+    // A rollback is decided on the spec it applies, not the declared one.
+    let desired = ctx
+        .index
+        .get(&action.target)
+        .map(|r| match &action.rollback {
+            Some(good) => std::borrow::Cow::Owned(Resource {
+                spec: good.spec.clone(),
+                ..(*r).clone()
+            }),
+            None => std::borrow::Cow::Borrowed(*r),
+        });
     json!({
         "action": {
             "type": action.action_type.as_str(),
@@ -137,7 +148,7 @@ pub fn input_for(
             "risk": action.risk.as_str(),
             "reversible": action.reversible,
         },
-        "resource": resource_json(ctx.index.get(&action.target).copied(), ctx.live.get(&action.target), ctx.secrets),
+        "resource": resource_json(desired.as_deref(), ctx.live.get(&action.target), ctx.secrets),
         "incident": action.incident.as_ref().map_or(Value::Null, |i| json!(i)),
         "context": {
             "mode": run.mode.as_str(),
@@ -303,6 +314,7 @@ impl<'a> Decider<'a> {
                 &self.ctx.desired.approvals,
                 &mut used,
                 now,
+                settings.review.approval_ttl(),
             );
         }
         let allowed = gates::apply_to(&mut plan.actions, 0, settings, self.ctx.facts, now);
@@ -330,7 +342,13 @@ impl<'a> Decider<'a> {
         let spent = self.spent.load(Ordering::SeqCst);
         let one = std::slice::from_mut(&mut action);
         if let Ok(mut used) = self.used.lock() {
-            approve::apply(one, &self.ctx.desired.approvals, &mut used, now);
+            approve::apply(
+                one,
+                &self.ctx.desired.approvals,
+                &mut used,
+                now,
+                settings.review.approval_ttl(),
+            );
         }
         let allowed = gates::apply_to(one, spent, settings, self.ctx.facts, now);
         self.spent.fetch_add(allowed, Ordering::SeqCst);
@@ -452,6 +470,7 @@ mod tests {
             declared_at: None,
             incident: None,
             approval: None,
+            rollback: None,
         }
     }
 

@@ -37,6 +37,7 @@ fn action(
         declared_at: None,
         incident: None,
         approval: None,
+        rollback: None,
     }
 }
 

@@ -144,10 +144,7 @@ pub fn parse_incident_marker(body: &str) -> Option<i64> {
 /// issue.
 pub const STATUS_MARKER: &str = "<!-- tend:status -->";
 
-/// Where the approval of a resource lives in the desired state.
-pub fn approval_path(key: &ResourceKey) -> String {
-    format!("approvals/{}/{}.yaml", key.kind, key.name)
-}
+pub use crate::model::approval_path;
 
 /// The approval document a merge adds.
 pub fn approval_document(key: &ResourceKey, fingerprint: &str, expires: DateTime<Utc>) -> String {
@@ -228,6 +225,7 @@ mod tests {
             declared_at: None,
             incident: None,
             approval: None,
+            rollback: None,
         };
         let key = ResourceKey::new(Kind::HostFile, "motd");
         pull_request_body(&PullRequestView {
@@ -341,13 +339,41 @@ mod tests {
         );
     }
 
+    /// Regression (M2): an approval is accepted only from its own file
+    /// under `approvals/`, which CODEOWNERS guards; in any other file it
+    /// is an error located at the document.
+    #[test]
+    fn m2_an_approval_outside_its_file_is_refused() {
+        let key = ResourceKey::new(Kind::HostFile, "motd");
+        let text = approval_document(&key, "0123456789abcdef", Utc::now());
+        for path in [
+            "web.yaml",
+            "approvals/host.File/other.yaml",
+            "team/approvals/host.File/motd.yaml",
+        ] {
+            let files = [crate::model::SourceFile {
+                path: path.into(),
+                text: text.clone(),
+            }];
+            let err = crate::model::load(&files).unwrap_err();
+            let d = &err.diagnostics[0];
+            assert_eq!(&*d.file, path);
+            assert!(
+                d.message
+                    .contains("must be the file approvals/host.File/motd.yaml"),
+                "{}",
+                d.message
+            );
+        }
+    }
+
     #[test]
     fn a_numeric_or_null_name_stays_a_string_in_the_approval() {
         for name in ["123", "null", "true"] {
             let key = ResourceKey::new(Kind::HostFile, name);
             let text = approval_document(&key, "0123456789abcdef", Utc::now());
             let files = [crate::model::SourceFile {
-                path: "a.yaml".into(),
+                path: approval_path(&key),
                 text,
             }];
             let desired = crate::model::load(&files).unwrap_or_else(|e| panic!("{name}: {e:?}"));

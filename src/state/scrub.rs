@@ -24,11 +24,23 @@ impl Scrubbing<'_> {
         self.secrets.scrub(s)
     }
 
+    /// `v` with every string (keys included) scrubbed: walked, never
+    /// rewritten as text, so it stays JSON and nothing is kept unscrubbed.
     fn json(&self, v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
         if self.secrets.is_empty() {
             return v.clone();
         }
-        serde_json::from_str(&self.text(&v.to_string())).unwrap_or_else(|_| v.clone())
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|i| self.json(i)).collect()),
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, child)| (self.text(k), self.json(child)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
     }
 }
 

@@ -29,6 +29,37 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
+/// Reads the key that secret values are fingerprinted under (drawing and
+/// keeping one when `create` and there is none) and hands it to
+/// [`crate::vocab::use_fingerprint_key`].
+fn fingerprint_key(conn: &Connection, create: bool) -> rusqlite::Result<()> {
+    use rusqlite::OptionalExtension;
+    let read = |conn: &Connection| {
+        conn.query_row(
+            "SELECT value FROM meta WHERE name = 'fingerprint_key'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+    };
+    let mut text = read(conn)?;
+    if text.is_none() && create {
+        let key: [u8; 32] = rand::random();
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('fingerprint_key', ?1)",
+            [hex::encode(key)],
+        )?;
+        text = read(conn)?;
+    }
+    let key = text
+        .and_then(|t| hex::decode(t).ok())
+        .and_then(|k| <[u8; 32]>::try_from(k).ok());
+    if let Some(key) = key {
+        crate::vocab::use_fingerprint_key(key);
+    }
+    Ok(())
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -143,6 +174,10 @@ CREATE TABLE IF NOT EXISTS review_log (
     outcome TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS proposals (
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -224,6 +259,9 @@ impl SqliteStore {
             path: path.display().to_string(),
             cause: BackendError::new(source),
         })?;
+        // An older state has no key yet; fingerprints of secret values are
+        // then keyed for this process only.
+        let _ = fingerprint_key(&conn, false);
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path,
@@ -249,6 +287,7 @@ impl SqliteStore {
         for f in [DB, "tend.db-wal", "tend.db-shm"] {
             private_file(&dir.join(f))?;
         }
+        fingerprint_key(&conn, true).map_err(open)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             path,

@@ -205,3 +205,137 @@ fn h1_a_hook_is_refused_before_its_body_is_read() {
     assert_eq!(status, 200);
     stop(watch);
 }
+
+/// The environment of a running process, as `KEY=value` entries.
+fn environ(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect()
+}
+
+/// H3: a rollback is planned, decided and applied on the last known good
+/// spec itself. A repository policy that denies `MODE=evil` denies the
+/// rollback to it, and the process never runs with it again.
+#[test]
+fn h3_a_rollback_is_decided_on_the_spec_it_applies() {
+    let ws = Workspace::new();
+    let port = free_port().to_string();
+    let tend = env!("CARGO_BIN_EXE_tend");
+    let worker = |mode: &str| {
+        format!(
+            "{}  env: {{MODE: {mode}}}\nremediation: {{runbook: rollback}}\n",
+            process_doc("worker", tend, &["sample-app", "--port", &port])
+        )
+    };
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: rollback}\nspec:\n  steps:\n    - {action: reapply-last-good, within: 10s, hold: 1s}\n    - {action: escalate}\n",
+    );
+    ws.write("worker.yaml", &worker("evil"));
+    ws.run(&["apply"]).ok();
+    ws.run(&["apply"]).ok();
+    assert!(environ(ws.pid("worker")).contains(&"MODE=evil".to_string()));
+
+    ws.write(
+        "settings.yaml",
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  policies: {dirs: [policies]}\n",
+    );
+    ws.write(
+        "policies/mode.rego",
+        "package tend\n\ndeny contains \"MODE=evil is forbidden\" if {\n\tsome c in input.action.changes\n\tc.to == \"evil\"\n}\n\ndeny contains \"the desired spec runs MODE=evil\" if {\n\tinput.resource.desired.spec.env.MODE == \"evil\"\n}\n",
+    );
+    ws.write("worker.yaml", &worker("safe"));
+    kill_and_wait(ws.pid("worker"));
+    let out = ws.run(&["apply", "--format", "json"]);
+    let json = out.json();
+    let step = json["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["target"]["name"] == "worker")
+        .unwrap_or_else(|| panic!("no action for the worker: {json:#}"));
+    assert_eq!(step["decision"], "deny", "{step:#}");
+    assert!(
+        step["note"]
+            .as_str()
+            .unwrap()
+            .contains("rolls back to the spec of commit"),
+        "{step:#}"
+    );
+    // Before, the plan showed the declaration's change (MODE → safe)
+    // while the provider was handed MODE=evil.
+    let to_safe = step["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["to"] == "safe");
+    assert!(
+        !to_safe,
+        "the plan shows the rollback's own change: {step:#}"
+    );
+    let record = ws.record("worker");
+    if let Some(pid) = record["pid"].as_i64().filter(|p| alive(*p as i32)) {
+        assert!(
+            !environ(pid as i32).contains(&"MODE=evil".to_string()),
+            "the denied rollback ran"
+        );
+    }
+}
+
+/// M7: the plan of a pull request (posted as its comment) shows a live
+/// value only where it equals the declared one; a declaration of a runner
+/// file its author wants to read shows a digest, and no probe runs.
+#[test]
+fn m7_a_pull_request_plan_never_shows_runner_files() {
+    let ws = Workspace::new();
+    std::fs::create_dir_all(ws.path().join(".git")).unwrap();
+    std::fs::write(
+        ws.path().join(".git/config"),
+        "[http]\n\textraheader = AUTHORIZATION: basic c2VjcmV0LXRva2VuLXZhbHVl\n",
+    )
+    .unwrap();
+    std::fs::write(ws.path().join("same.txt"), "public\n").unwrap();
+    let probe_port = free_port();
+    let probed = std::net::TcpListener::bind(("127.0.0.1", probe_port)).unwrap();
+    probed.set_nonblocking(true).unwrap();
+    ws.write("leak.yaml", &file_doc("leak", ".git/config", "x\n"));
+    ws.write(
+        "same.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: internal\n      http: {{url: \"http://127.0.0.1:{probe_port}/admin\"}}\n",
+            file_doc("same", "same.txt", "public\n")
+        ),
+    );
+    let event = ws.path().join("event.json");
+    std::fs::write(&event, r#"{"number": 7, "pull_request": {"number": 7}}"#).unwrap();
+    let out = ws
+        .cmd()
+        .env("GITHUB_EVENT_NAME", "pull_request")
+        .env("GITHUB_EVENT_PATH", &event)
+        .env("RUNNER_TEMP", ws.path())
+        .env_remove("GITHUB_TOKEN")
+        .env_remove("TEND_GITHUB_TOKEN")
+        .args(["--github", "plan", "--format", "json"])
+        .arg(ws.desired())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("c2VjcmV0"), "{stdout}");
+    assert!(!stdout.contains("extraheader"), "{stdout}");
+    let plan_json = std::fs::read_to_string(ws.path().join("tend-plan.json")).unwrap_or_default();
+    assert!(!plan_json.contains("c2VjcmV0"), "{plan_json}");
+    assert!(
+        stdout.contains("not shown in a plan of a pull request"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        probed.accept().is_err(),
+        "a probe of the pull request's desired state ran"
+    );
+    // The same plan outside a pull request shows the drift as it is.
+    let run = ws.run(&["plan", "--format", "json"]);
+    assert!(run.stdout.contains("extraheader"), "{}", run.stdout);
+}

@@ -414,6 +414,7 @@ mod tests {
             declared_at: None,
             incident: None,
             approval: None,
+            rollback: None,
         };
         let spec = json!({"path": "link/f.txt", "content": "hi"});
         let err = apply(&r, &action(ActionType::Create), Some(&spec)).unwrap_err();
