@@ -66,7 +66,12 @@ pub struct Client {
     octo: Octocrab,
     pub owner: String,
     pub repo: String,
+    /// Who tend acts as, once asked.
+    login: tokio::sync::OnceCell<String>,
 }
+
+/// Who a GitHub Actions job's `GITHUB_TOKEN` acts as.
+pub const ACTIONS_BOT: &str = "github-actions[bot]";
 
 /// What keeping one comment takes: nothing (the same text is there), an
 /// edit of the comment, or a new one.
@@ -118,6 +123,7 @@ impl Client {
             octo,
             owner: owner.to_string(),
             repo: repo.to_string(),
+            login: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -178,26 +184,68 @@ impl Client {
         }
     }
 
-    /// What keeping one comment, found by `marker`, on issue or pull
-    /// request `number` at `body` takes.
+    /// Who tend acts as on GitHub: `TEND_GITHUB_LOGIN` when set, else the
+    /// login of the token's user (`GET /user`). A token that may not read
+    /// it (GitHub Actions' `GITHUB_TOKEN`, 403) acts as
+    /// `github-actions[bot]`. What tend recognises as its own (comments,
+    /// pull requests, issues) must also be by this login: a hidden marker
+    /// alone can be written by anyone.
+    pub async fn login(&self) -> Result<&str, GitHubError> {
+        self.login
+            .get_or_try_init(|| async {
+                if let Some(login) = std::env::var("TEND_GITHUB_LOGIN")
+                    .ok()
+                    .filter(|l| !l.trim().is_empty())
+                {
+                    return Ok(login.trim().to_string());
+                }
+                match self
+                    .call("read who the token is", Method::Get, "/user", None)
+                    .await
+                {
+                    Ok(user) => Ok(user["login"].as_str().unwrap_or_default().to_string()),
+                    Err(e) if e.status() == Some(403) => Ok(ACTIONS_BOT.to_string()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// What keeping one comment, found by `marker` among the comments tend
+    /// wrote, on issue or pull request `number` at `body` takes. Comments
+    /// of anyone else are never edited, whatever they carry.
     pub async fn kept_comment(
         &self,
         number: i64,
         marker: &str,
         body: &str,
     ) -> Result<KeptComment, GitHubError> {
-        let comments = self
-            .call(
-                "list comments",
-                Method::Get,
-                &self.path(&format!("/issues/{number}/comments?per_page=100")),
-                None,
-            )
-            .await?;
-        let mine = comments.as_array().and_then(|list| {
-            list.iter()
-                .find(|c| c["body"].as_str().is_some_and(|b| b.contains(marker)))
-        });
+        let login = self.login().await?.to_string();
+        let mut mine = None;
+        for page in 1..=20 {
+            let comments = self
+                .call(
+                    "list comments",
+                    Method::Get,
+                    &self.path(&format!(
+                        "/issues/{number}/comments?per_page=100&page={page}"
+                    )),
+                    None,
+                )
+                .await?;
+            let list = comments.as_array().cloned().unwrap_or_default();
+            mine = list
+                .iter()
+                .find(|c| {
+                    c["user"]["login"].as_str() == Some(login.as_str())
+                        && c["body"].as_str().is_some_and(|b| b.contains(marker))
+                })
+                .cloned();
+            if mine.is_some() || list.len() < 100 {
+                break;
+            }
+        }
         Ok(match mine {
             Some(c) if c["body"].as_str().map(str::trim_end) == Some(body.trim_end()) => {
                 KeptComment::Unchanged

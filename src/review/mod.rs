@@ -20,7 +20,7 @@
 pub mod github;
 pub mod proposal;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use base64::Engine as _;
@@ -139,6 +139,10 @@ struct Pull {
     head_repo: String,
     url: String,
     merged: bool,
+    /// The commit at the head of its branch.
+    head_sha: String,
+    /// Who opened it.
+    author: String,
 }
 
 impl Pull {
@@ -147,6 +151,8 @@ impl Pull {
             number: v["number"].as_i64().unwrap_or(0),
             body: v["body"].as_str().unwrap_or("").to_string(),
             head_ref: v["head"]["ref"].as_str().unwrap_or("").to_string(),
+            head_sha: v["head"]["sha"].as_str().unwrap_or("").to_string(),
+            author: v["user"]["login"].as_str().unwrap_or("").to_string(),
             head_repo: v["head"]["repo"]["full_name"]
                 .as_str()
                 .unwrap_or("")
@@ -178,6 +184,9 @@ pub struct Reviewer {
     cfg: GithubReview,
     store: Box<dyn Store>,
     paths: RepoPaths,
+    /// The secrets of the publication under way: scrubbed from the review
+    /// log too.
+    secrets: std::sync::RwLock<Secrets>,
 }
 
 /// The token for GitHub: `TEND_GITHUB_TOKEN`, else `GITHUB_TOKEN`.
@@ -200,11 +209,13 @@ impl Reviewer {
             cfg: cfg.clone(),
             store,
             paths,
+            secrets: std::sync::RwLock::new(Secrets::default()),
         })
     }
 
     /// Brings pull requests and issues in line with what the pass found.
     pub async fn publish(&self, input: &Input<'_>) -> Result<Summary, ReviewError> {
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = input.secrets.clone();
         let mut summary = Summary::default();
         let mut failed = None;
         let proposals = proposal::proposals(input.plan);
@@ -223,6 +234,12 @@ impl Reviewer {
                 .map(|u| (u.key, u.fingerprint, u.expires))
                 .collect();
             let stale = proposal::stale_approvals(input.approvals, &used, Utc::now());
+            let heads: HashMap<ResourceKey, String> = self
+                .store
+                .proposals()?
+                .into_iter()
+                .filter_map(|r| Some((r.key, r.head?)))
+                .collect();
             let mut budget = Budget {
                 open: open.len(),
                 new: 0,
@@ -234,6 +251,7 @@ impl Reviewer {
                     input,
                     stale: &stale,
                     used: &used,
+                    heads: &heads,
                 };
                 // One proposal GitHub refuses does not hold back the others,
                 // unless what it refused holds for every one.
@@ -262,8 +280,13 @@ impl Reviewer {
                     .iter()
                     .map(|a| proposal::branch_of(&a.target))
                     .collect();
+                let head_of: HashMap<String, &String> = heads
+                    .iter()
+                    .map(|(k, h)| (proposal::branch_of(k), h))
+                    .collect();
                 for pr in open.values().filter(|pr| !wanted.contains(&pr.head_ref)) {
-                    self.withdraw(pr, input.secrets).await?;
+                    let recorded = head_of.get(&pr.head_ref).copied();
+                    self.withdraw(pr, recorded, input.secrets).await?;
                     summary.closed += 1;
                 }
             }
@@ -323,6 +346,7 @@ impl Reviewer {
 
     /// tend's open pull requests, by branch.
     async fn open_pulls(&self) -> Result<BTreeMap<String, Pull>, ReviewError> {
+        let login = self.client.login().await?.to_string();
         let mut out = BTreeMap::new();
         for page in 1..=50 {
             let list = self
@@ -343,8 +367,11 @@ impl Reviewer {
                 let pr = Pull::of(v);
                 // tend's own: its branch in this repository (a fork's pull
                 // request can copy the branch name and the marker).
+                // request can copy the branch name and the marker), opened
+                // by tend (anyone who can push can open one from it).
                 if pr.head_ref.starts_with(proposal::BRANCH_PREFIX)
                     && pr.head_repo.eq_ignore_ascii_case(&self.client.full_name())
+                    && pr.author == login
                     && proposal::parse_marker(&pr.body).is_some()
                 {
                     out.insert(pr.head_ref.clone(), pr);
@@ -398,6 +425,7 @@ impl Reviewer {
             url: pr.map(|pr| pr.url.clone()),
             state,
             updated_at: Utc::now(),
+            head: pr.map(|pr| pr.head_sha.clone()).filter(|h| !h.is_empty()),
         };
         let Some(pr) = pr else {
             return self
@@ -416,18 +444,30 @@ impl Reviewer {
             was.as_ref()
                 .is_some_and(|m| m.fingerprint == p.fingerprint && m.ask == ask)
         };
-        if same(ask) {
-            summary.unchanged += 1;
-            return Ok(row(state_of(ask), Some(pr)));
-        }
-        if !self.pull_is_tends(pr.number).await? {
+        // Someone else pushed to tend's branch: its head is not the commit
+        // tend last put there (or, with no record of it, a commit on it is
+        // not tend's). Checked on every pass, whatever the fingerprint: the
+        // pull request must never merge more than it says.
+        let recorded = ctx.heads.get(&p.key);
+        let foreign = match recorded {
+            Some(head) => *head != pr.head_sha,
+            None => !self.pull_is_tends(pr.number).await?,
+        };
+        if foreign {
             let status = format!(
-                "This branch has commits that are not tend's, so tend does not overwrite them. The pending change is now `{}`: close this pull request to let tend propose it anew.",
+                "This branch has commits that are not tend's, so tend does not overwrite them, and merging it approves nothing tend proposed. The pending change is now `{}`: close this pull request to let tend propose it anew.",
                 p.fingerprint
             );
             self.status(pr.number, &status, input.secrets).await?;
             summary.unchanged += 1;
-            return Ok(row(ProposalState::Blocked, Some(pr)));
+            return Ok(ProposalRow {
+                head: recorded.cloned(),
+                ..row(ProposalState::Blocked, Some(pr))
+            });
+        }
+        if same(ask) {
+            summary.unchanged += 1;
+            return Ok(row(state_of(ask), Some(pr)));
         }
         let mut note = None;
         let sha = match self.commit(p, ask, base, input, stale).await {
@@ -487,7 +527,10 @@ impl Reviewer {
         });
         self.status(pr.number, &status, input.secrets).await?;
         summary.updated += 1;
-        Ok(row(state_of(ask), Some(pr)))
+        Ok(ProposalRow {
+            head: Some(sha),
+            ..row(state_of(ask), Some(pr))
+        })
     }
 
     async fn open_new(
@@ -846,11 +889,18 @@ impl Reviewer {
 
     /// Closes a pull request whose change is gone, and deletes its branch
     /// when every commit on it is tend's.
-    async fn withdraw(&self, pr: &Pull, secrets: &Secrets) -> Result<(), ReviewError> {
+    async fn withdraw(
+        &self,
+        pr: &Pull,
+        recorded: Option<&String>,
+        secrets: &Secrets,
+    ) -> Result<(), ReviewError> {
         let subject = proposal::parse_marker(&pr.body)
             .map(|m| m.key)
             .unwrap_or_else(|| pr.head_ref.clone());
-        let all_tends = self.pull_is_tends(pr.number).await?;
+        // The branch is deleted only at the commit tend last put there.
+        let all_tends =
+            recorded.is_none_or(|h| *h == pr.head_sha) && self.pull_is_tends(pr.number).await?;
         let mut status = "The change is no longer pending (the resource matches its declaration, or the change no longer needs a human), so tend closes this pull request.".to_string();
         if !all_tends {
             status.push_str(&format!(
@@ -1011,8 +1061,10 @@ impl Reviewer {
         Ok(())
     }
 
-    /// tend's open incident issues, by incident id.
+    /// tend's open incident issues, by incident id: opened by tend, with
+    /// its marker (anyone can open an issue that carries the marker).
     async fn incident_issues(&self) -> Result<BTreeMap<i64, Issue>, ReviewError> {
+        let login = self.client.login().await?.to_string();
         let mut out = BTreeMap::new();
         let labels = self.cfg.labels.join(",");
         for page in 1..=20 {
@@ -1032,7 +1084,11 @@ impl Reviewer {
                 )
                 .await?;
             let items = list.as_array().cloned().unwrap_or_default();
-            for v in items.iter().filter(|v| v.get("pull_request").is_none()) {
+            for v in items
+                .iter()
+                .filter(|v| v.get("pull_request").is_none())
+                .filter(|v| v["user"]["login"].as_str() == Some(login.as_str()))
+            {
                 let body = v["body"].as_str().unwrap_or("");
                 if let Some(id) = proposal::parse_incident_marker(body) {
                     out.insert(
@@ -1102,7 +1158,15 @@ impl Reviewer {
                 number.or_else(|| v["number"].as_i64()),
                 v["html_url"].as_str().map(str::to_string),
             ),
-            Err(e) => (ReviewOutcome::Failed, e.to_string(), number, None),
+            Err(e) => {
+                let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+                (
+                    ReviewOutcome::Failed,
+                    secrets.scrub(&e.to_string()),
+                    number,
+                    None,
+                )
+            }
         };
         self.store.log_review(&ReviewEvent {
             at: Utc::now(),
@@ -1137,6 +1201,8 @@ struct Ctx<'a> {
     input: &'a Input<'a>,
     stale: &'a [&'a Approval],
     used: &'a HashSet<(ResourceKey, String, DateTime<Utc>)>,
+    /// The commit tend last put on each proposal's branch.
+    heads: &'a HashMap<ResourceKey, String>,
 }
 
 struct Issue {

@@ -549,6 +549,10 @@ pub struct ProposalRow {
     pub state: ProposalState,
     #[serde(with = "time_text")]
     pub updated_at: DateTime<Utc>,
+    /// The commit tend last put on the pull request's branch: another head
+    /// means someone else pushed to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
 }
 
 /// The last known good spec of a resource.

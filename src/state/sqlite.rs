@@ -29,6 +29,27 @@ pub struct SqliteStore {
     path: PathBuf,
 }
 
+/// Whether `table` has `column` (a state written by an earlier tend and
+/// opened read-only may lack one).
+pub(super) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+    for name in names {
+        if name? == column {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Adds the columns a state written by an earlier tend lacks.
+fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
+    if !has_column(conn, "proposals", "head")? {
+        conn.execute_batch("ALTER TABLE proposals ADD COLUMN head TEXT")?;
+    }
+    Ok(())
+}
+
 /// Reads the key that secret values are fingerprinted under (drawing and
 /// keeping one when `create` and there is none) and hands it to
 /// [`crate::vocab::use_fingerprint_key`].
@@ -186,6 +207,7 @@ CREATE TABLE IF NOT EXISTS proposals (
     url TEXT,
     state TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    head TEXT,
     PRIMARY KEY (kind, name)
 );
 CREATE TABLE IF NOT EXISTS run_lock (
@@ -284,6 +306,7 @@ impl SqliteStore {
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
             .map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
+        add_columns(&conn).map_err(open)?;
         for f in [DB, "tend.db-wal", "tend.db-shm"] {
             private_file(&dir.join(f))?;
         }

@@ -80,9 +80,9 @@ impl SqliteStore {
         tx.execute("DELETE FROM proposals", [])?;
         for p in rows {
             tx.execute(
-                "INSERT OR REPLACE INTO proposals (kind, name, fingerprint, number, url, state, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![W(&p.key.kind), p.key.name, p.fingerprint, p.number, p.url, W(&p.state), W(&p.updated_at)],
+                "INSERT OR REPLACE INTO proposals (kind, name, fingerprint, number, url, state, updated_at, head)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![W(&p.key.kind), p.key.name, p.fingerprint, p.number, p.url, W(&p.state), W(&p.updated_at), p.head],
             )?;
         }
         tx.commit()?;
@@ -91,9 +91,14 @@ impl SqliteStore {
 
     pub(super) fn list_proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT kind, name, fingerprint, number, url, state, updated_at FROM proposals ORDER BY kind, name",
-        )?;
+        let head = if super::sqlite::has_column(&conn, "proposals", "head")? {
+            "head"
+        } else {
+            "NULL"
+        };
+        let mut stmt = conn.prepare(&format!(
+            "SELECT kind, name, fingerprint, number, url, state, updated_at, {head} FROM proposals ORDER BY kind, name",
+        ))?;
         let rows = stmt.query_map([], |r| {
             Ok(ProposalRow {
                 key: ResourceKey::new(get(r, 0)?, r.get::<_, String>(1)?),
@@ -102,6 +107,7 @@ impl SqliteStore {
                 url: r.get(4)?,
                 state: get(r, 5)?,
                 updated_at: get(r, 6)?,
+                head: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

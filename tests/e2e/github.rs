@@ -356,6 +356,39 @@ impl GitHub {
         r.refs.insert(key, commit);
     }
 
+    /// A person comments on issue or pull request `number`.
+    pub fn comment_as(&self, repo: &str, number: u64, login: &str, body: &str) -> u64 {
+        let mut st = self.st();
+        let r = st.repo_mut(repo);
+        let now = now();
+        r.item_mut(number).updated_at = now.clone();
+        let id = next_id();
+        r.comments.insert(
+            id,
+            Comment {
+                id,
+                issue: number,
+                body: body.to_string(),
+                user: login.to_string(),
+                created_at: now.clone(),
+                updated_at: now,
+            },
+        );
+        id
+    }
+
+    /// The comments on issue or pull request `number`: (author, body),
+    /// oldest first.
+    pub fn comments_by(&self, repo: &str, number: u64) -> Vec<(String, String)> {
+        let st = self.st();
+        st.repo(repo)
+            .comments
+            .values()
+            .filter(|c| c.issue == number)
+            .map(|c| (c.user.clone(), c.body.clone()))
+            .collect()
+    }
+
     /// Every request for `repo` that reached the fake, in order.
     pub fn requests(&self, repo: &str) -> Vec<Request> {
         self.st().requests.get(repo).cloned().unwrap_or_default()
@@ -2039,6 +2072,11 @@ impl Fake {
             query: Query::parse(req.uri.query().unwrap_or("")),
             body,
         };
+        // A GitHub Actions token (an installation token) may not read who
+        // it is: tend then acts as github-actions[bot].
+        if method == "GET" && path == "/user" {
+            return error(403, "Resource not accessible by integration");
+        }
         let rest: Vec<&str> = segments.iter().skip(3).map(String::as_str).collect();
         let reply = match st.repos.get_mut(&full) {
             // GitHub answers 404 for a repository it does not have (or does

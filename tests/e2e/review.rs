@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::github::{github, GitHub, Pull};
+use super::github::{github, GitHub, Pull, BOT, HUMAN};
 use super::{file_doc, free_port, process_doc, wait_http, Workspace};
 
 const TOKEN: &str = "ghp_test-token-never-printed";
@@ -386,6 +386,66 @@ fn a_pull_request_closed_unmerged_declines_the_change_until_it_differs() {
     r.apply().ok();
     assert_eq!(r.open_pulls().len(), 1);
     assert_eq!(r.pulls().len(), 2);
+}
+
+/// M9: a comment that carries tend's hidden marker but is someone else's
+/// is never edited; tend keeps its own comment.
+#[test]
+fn m9_a_comment_with_tends_marker_from_someone_else_is_never_edited() {
+    let r = Review::new("m9-foreign-comment", &[motd()], "");
+    r.apply().ok();
+    r.drift("edited by hand\n");
+    r.apply().ok();
+    let pr = r.pulls()[0].clone();
+    let fake = "<!-- tend:status -->\nAll clear: nothing left to review.";
+    let foreign = r.gh().comment_as(&r.repo, pr.number, HUMAN, fake);
+    r.drift("edited again\n");
+    let second = fingerprint_of(&r.apply(), "host.File", "motd");
+    let comments = r.gh().comments_by(&r.repo, pr.number);
+    assert!(
+        comments.contains(&(HUMAN.to_string(), fake.to_string())),
+        "{comments:#?}"
+    );
+    assert!(
+        comments
+            .iter()
+            .any(|(who, body)| who == BOT && body.contains(&second)),
+        "tend's own status comment: {comments:#?}"
+    );
+    let edited =
+        r.gh().requests(&r.repo).iter().any(|q| {
+            q.method == "PATCH" && q.path.ends_with(&format!("/issues/comments/{foreign}"))
+        });
+    assert!(!edited, "the foreign comment was edited");
+}
+
+/// M10: a commit pushed to tend's branch is noticed on the next pass even
+/// while the pending change (its fingerprint) is unchanged, whatever author
+/// name it claims: the proposal is blocked and the pull request says so.
+#[test]
+fn m10_a_push_to_tends_branch_is_noticed_while_the_change_is_unchanged() {
+    let r = Review::new("m10-foreign-push", &[motd()], "");
+    r.apply().ok();
+    r.drift("edited by hand\n");
+    r.apply().ok();
+    let pr = r.pulls()[0].clone();
+    r.gh().push_commit(
+        &r.repo,
+        &pr.head_ref,
+        "tend",
+        &[("approvals/host.File/other.yaml", "# slipped in\n")],
+    );
+    r.apply().ok();
+    let list = r.ws.run_raw(&["review", "list"]);
+    assert!(list.stdout.contains("blocked"), "{}", list.stdout);
+    let pr = &r.pulls()[0];
+    assert!(
+        pr.comments
+            .iter()
+            .any(|c| c.contains("commits that are not tend's")),
+        "{:#?}",
+        pr.comments
+    );
 }
 
 #[test]
