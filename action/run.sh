@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs tend for the action and turns its result into the step's outputs.
 # tend itself writes the step summary, the annotations and its outputs
-# (changes, review, escalated, plan-json, sarif-file); this script adds
+# (changes, review, escalated, failed, plan-json, sarif-file); this script adds
 # exit-code and decides, by `fail-on`, whether the job fails. It never
 # fails itself, so the state is saved whatever tend did.
 set -uo pipefail
@@ -27,16 +27,22 @@ export TEND_GITHUB_TOKEN="${TEND_GITHUB_TOKEN:-${GITHUB_TOKEN:-}}"
 tend --github "${args[@]}"
 code=$?
 echo "exit-code=$code" >>"$out"
-changes=0; escalated=0
+changes=0; escalated=0; failed=""
 if [ -f "${GITHUB_OUTPUT:-/dev/null}" ]; then
   changes="$(grep -E '^changes=' "$GITHUB_OUTPUT" | tail -1 | cut -d= -f2)"
   escalated="$(grep -E '^escalated=' "$GITHUB_OUTPUT" | tail -1 | cut -d= -f2)"
+  failed="$(grep -E '^failed=' "$GITHUB_OUTPUT" | tail -1 | cut -d= -f2)"
 fi
 changes="${changes:-0}"; escalated="${escalated:-0}"
 fail=false; reason=""
 case "${TEND_FAIL_ON:-error}" in
   error)
-    if [ "$code" = 1 ] && [ "$escalated" = 0 ]; then fail=true; reason="tend failed (exit 1)"; fi ;;
+    # Exit 1 is an error or an escalation: only a pass that reported no
+    # failed action and an escalation is not an error (a pass that never
+    # reported, or a failure beside an escalation, is).
+    if [ "$code" = 1 ] && { [ "$escalated" = 0 ] || [ "$failed" != 0 ]; }; then
+      fail=true; reason="tend failed (exit 1)"
+    fi ;;
   escalation)
     if [ "$code" = 1 ]; then fail=true; reason="tend failed or an incident is escalated"; fi ;;
   drift)

@@ -150,15 +150,22 @@ pub fn drift_annotations(plan: &Plan) -> String {
         .collect()
 }
 
-/// The step outputs of a pass.
-pub fn outputs(plan: &Plan, escalated: usize, plan_json: &Path, sarif: &Path) -> String {
+/// The step outputs of a pass. `failed` (actions that failed) tells a
+/// failure apart from an escalation, which both exit 1.
+pub fn outputs(
+    plan: &Plan,
+    escalated: usize,
+    failed: usize,
+    plan_json: &Path,
+    sarif: &Path,
+) -> String {
     let review = plan
         .actions
         .iter()
         .filter(|a| a.decision == Decision::Review)
         .count();
     format!(
-        "changes={}\nreview={review}\nescalated={escalated}\nplan-json={}\nsarif-file={}\n",
+        "changes={}\nreview={review}\nescalated={escalated}\nfailed={failed}\nplan-json={}\nsarif-file={}\n",
         plan.pending(),
         plan_json.display(),
         sarif.display()
@@ -253,7 +260,13 @@ impl ActionsSink {
         if let Some(out) = std::env::var_os("GITHUB_OUTPUT") {
             append(
                 Path::new(&out),
-                &outputs(plan, escalated, &plan_json, &sarif),
+                &outputs(
+                    plan,
+                    escalated,
+                    results.iter().filter(|r| r.outcome.failed()).count(),
+                    &plan_json,
+                    &sarif,
+                ),
             )?;
         }
         crate::publish::write_stdout(&what.scrub(drift_annotations(plan)))?;

@@ -246,9 +246,42 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine(Vec::new()))
         .with_target(false)
         .try_init();
+}
+
+/// One log event, written to stderr as one line when it is complete: a
+/// carriage return or line feed inside it (an error quoting a command's
+/// output, a path) is shown as `\r` or `\n`. A log line can then never
+/// start with text someone else chose, such as a GitHub Actions workflow
+/// command (`::error::…`), which the runner would obey.
+struct OneLine(Vec<u8>);
+
+impl std::io::Write for OneLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for OneLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let text = String::from_utf8_lossy(&self.0);
+        let body = text.strip_suffix('\n').unwrap_or(&text);
+        let line = one_line(body);
+        let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// `text` on one line: CR and LF shown escaped.
+fn one_line(text: &str) -> String {
+    text.replace('\r', "\\r").replace('\n', "\\n")
 }
 
 fn print(text: &str) -> anyhow::Result<()> {
@@ -338,6 +371,15 @@ fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (L1): a log line carrying a newline could start a new
+    /// line with a workflow command the runner obeys.
+    #[test]
+    fn l1_a_log_line_stays_one_line() {
+        let line = one_line("Action failed. path=/tmp/x\n::error title=Injected::approved\r\n");
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
+        assert!(line.contains("\\n::error"), "{line}");
+    }
 
     #[test]
     fn since_accepts_times_and_durations() {

@@ -339,3 +339,75 @@ fn m7_a_pull_request_plan_never_shows_runner_files() {
     let run = ws.run(&["plan", "--format", "json"]);
     assert!(run.stdout.contains("extraheader"), "{}", run.stdout);
 }
+
+/// L1: an error that quotes attacker-chosen text with a newline (here a
+/// declared path) stays on one log line, so no line of stderr is a
+/// workflow command the runner would obey.
+#[test]
+fn l1_a_newline_in_an_error_never_starts_a_workflow_command() {
+    let ws = Workspace::new();
+    ws.write(
+        "f.yaml",
+        "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: f}\nspec:\n  path: \"/proc/nope\\n::error title=Injected::tend approved this deploy/f.txt\"\n  content: x\n",
+    );
+    let out = ws
+        .cmd()
+        .env("RUNNER_TEMP", ws.path())
+        .args(["--github", "apply"])
+        .arg(ws.desired())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stderr.contains("\\n::error title=Injected"),
+        "the failure is logged, escaped: {stdout}\n{stderr}"
+    );
+    for line in stderr.lines() {
+        assert!(!line.starts_with("::error title=Injected"), "{stderr}");
+    }
+}
+
+/// Runs the action's `run.sh` with a stand-in `tend` that writes `outputs`
+/// and exits with `code`; returns the step outputs.
+fn run_sh(outputs: &str, code: i32, fail_on: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let stub = bin.join("tend");
+    std::fs::write(
+        &stub,
+        format!("#!/bin/sh\nprintf '{outputs}' >> \"$GITHUB_OUTPUT\"\nexit {code}\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_file = dir.path().join("out");
+    std::fs::write(&out_file, "").unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("action/run.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("GITHUB_OUTPUT", &out_file)
+        .env("TEND_COMMAND", "apply")
+        .env("TEND_FAIL_ON", fail_on)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read_to_string(out_file).unwrap()
+}
+
+/// L2: with `fail-on: error`, a failed action fails the job even when an
+/// incident is escalated in the same pass; an escalation alone does not.
+#[test]
+fn l2_a_failure_beside_an_escalation_fails_the_job() {
+    let both = run_sh("escalated=1\\nfailed=1\\n", 1, "error");
+    assert!(both.contains("fail=true"), "{both}");
+    let escalation = run_sh("escalated=1\\nfailed=0\\n", 1, "error");
+    assert!(escalation.contains("fail=false"), "{escalation}");
+    let unreported = run_sh("", 1, "error");
+    assert!(unreported.contains("fail=true"), "{unreported}");
+}
