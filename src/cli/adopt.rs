@@ -70,7 +70,7 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         .flat_map(|a| a.changes.iter())
         .map(|c| (c.path.clone(), c.from.clone()))
         .collect();
-    let new = model::edit::set_values(&old, origin.line, origin.col, &edits)
+    let new = model::edit::set_values_of(&old, key.kind.as_str(), &key.name, &edits)
         .with_context(|| format!("cannot edit {} in place", path.display()))?;
     print(
         &planned

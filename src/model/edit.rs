@@ -18,10 +18,37 @@ pub enum EditError {
     Parse(String),
     #[error("no document starts at line {line}, column {col}")]
     NoDocument { line: u32, col: u32 },
+    #[error("the file declares {0} not once but {1} times")]
+    NotOnce(String, usize),
     #[error("{0} is not declared in the document, so there is no value to edit in place")]
     NotDeclared(String),
     #[error("{0} cannot be edited in place: the edited file would not read back as intended")]
     Unsafe(String),
+}
+
+/// Sets each JSON Pointer of the document that declares `kind`/`name` to
+/// its value, editing only the text of those values. The document is found
+/// by what it declares, never by where it was: the file may have moved on
+/// since (another commit, documents reordered), and an edit must never
+/// land on another resource.
+pub fn set_values_of(
+    text: &str,
+    kind: &str,
+    name: &str,
+    edits: &[(String, Value)],
+) -> Result<String, EditError> {
+    let docs = yaml::parse_documents(text).map_err(|e| EditError::Parse(e.message))?;
+    let is = |doc: &Node, pointer: &str, want: &str| {
+        find(doc, pointer).is_some_and(|n| matches!(&n.value, NodeValue::Str(s) if s == want))
+    };
+    let found: Vec<&Node> = docs
+        .iter()
+        .filter(|d| is(d, "/kind", kind) && is(d, "/metadata/name", name))
+        .collect();
+    match found.as_slice() {
+        [doc] => set_values(text, doc.pos.line, doc.pos.col, edits),
+        other => Err(EditError::NotOnce(format!("{kind}/{name}"), other.len())),
+    }
 }
 
 /// Sets each JSON Pointer of the document that starts at `line:col` to its
@@ -375,6 +402,27 @@ mod tests {
         assert_eq!(
             out,
             "kind: a\nspec: {n: 1}\n---\nkind: b\nspec:\n  list: [\"x\"]\n"
+        );
+    }
+
+    /// Regression (L4): the document is found by kind and name, so an
+    /// edit never lands on another resource that now starts where the
+    /// first one did.
+    #[test]
+    fn l4_the_document_is_found_by_what_it_declares() {
+        let moved = format!("apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {{name: other}}\nspec: {{path: o.txt, content: \"o\"}}\n---\n{DOC}");
+        let out = set_values_of(
+            &moved,
+            "host.File",
+            "motd",
+            &[("/spec/content".into(), json!("kept\n"))],
+        )
+        .unwrap();
+        assert!(out.contains("content: \"o\""), "{out}");
+        assert!(out.contains("content: \"kept\\n\""), "{out}");
+        assert_eq!(
+            set_values_of(&moved, "host.File", "gone", &[]),
+            Err(EditError::NotOnce("host.File/gone".into(), 0))
         );
     }
 

@@ -25,6 +25,39 @@ pub(super) fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// Text someone else chose (a log line in a cause, an alert's summary),
+/// shown as plain text in Markdown: its Markdown and HTML metacharacters
+/// escaped, `@` kept from mentioning anyone, and on one line.
+pub fn plain(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '|' | '~' | '<' | '>' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // A word joiner: `@name` shows as written and mentions no one.
+            '@' => out.push_str("@\u{2060}"),
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A code span that text with backticks cannot close: its fence is longer
+/// than any run of backticks in it.
+pub fn code(s: &str) -> String {
+    let s = s.replace(['\r', '\n'], " ");
+    let fence = "`".repeat(longest_backtick_run(&s) + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
 pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String {
     let mut out = String::new();
     let pending = plan.pending();
@@ -142,7 +175,8 @@ pub(super) fn diff_details<'a>(actions: impl Iterator<Item = &'a crate::vocab::A
         for c in &a.changes {
             if is_text_change(&c.from, &c.to) {
                 let _ = writeln!(diff, "# {}", c.path);
-                diff.push_str(&unified(&c.from, &c.to));
+                // A lone carriage return ends a line in Markdown: shown.
+                diff.push_str(&unified(&c.from, &c.to).replace('\r', "␍"));
             } else {
                 if !c.from.is_null() {
                     let _ = writeln!(diff, "- {}: {}", c.path, show(&c.from));

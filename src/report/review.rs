@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::markdown::{cell, diff_details};
+use super::markdown::{cell, code, diff_details, plain};
 use crate::state::{ts, Incident, ProposalRow, ReviewEvent};
 use crate::vocab::{Action, ResourceKey};
 
@@ -95,7 +95,7 @@ pub fn pull_request_body(v: &PullRequestView<'_>) -> String {
             "<details><summary>Incident #{} ({}): {}</summary>\n\n{}\n</details>\n",
             i.id,
             i.status.as_str(),
-            cell(&i.cause),
+            plain(&i.cause),
             incident_summary(i)
         );
     }
@@ -201,7 +201,11 @@ pub fn incident_issue_title(i: &Incident) -> String {
         i.id,
         i.key.kind,
         i.key.name,
-        i.cause.chars().take(120).collect::<String>()
+        i.cause
+            .replace(['\r', '\n'], " ")
+            .chars()
+            .take(120)
+            .collect::<String>()
     )
 }
 
@@ -210,7 +214,7 @@ pub fn incident_issue_body(marker: &str, i: &Incident) -> String {
         "{marker}\n### 🚨 `{}/{}`: {}\n\n{}",
         i.key.kind,
         i.key.name,
-        i.cause,
+        plain(&i.cause),
         incident_summary(i)
     );
     fit(&text, "", "")
@@ -231,10 +235,10 @@ pub fn incident_summary(i: &Incident) -> String {
     let _ = writeln!(
         out,
         "- **Probable cause:** {}{}",
-        i.cause,
+        plain(&i.cause),
         i.signature
             .as_deref()
-            .map(|s| format!(" (signature `{s}`)"))
+            .map(|s| format!(" (signature {})", code(s)))
             .unwrap_or_default()
     );
     let _ = writeln!(
@@ -260,11 +264,11 @@ pub fn incident_summary(i: &Incident) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "| `{}` | {} | {value} | {} | {} |",
-            text("signal"),
-            text("status"),
-            text("since"),
-            cell(text("detail"))
+            "| {} | {} | {value} | {} | {} |",
+            code(text("signal")),
+            plain(text("status")),
+            plain(text("since")),
+            plain(text("detail"))
         );
     }
     out.push_str("\n**Steps**\n\n| # | Action | Decision | Outcome | Started | Took | Detail |\n|---|---|---|---|---|---|---|\n");
@@ -278,11 +282,15 @@ pub fn incident_summary(i: &Incident) -> String {
             s.outcome,
             ts(s.started_at),
             s.duration_ms,
-            cell(&s.detail)
+            plain(&s.detail)
         );
     }
-    let _ = writeln!(out, "\n- **Current state:** {}", i.state);
-    let _ = writeln!(out, "- **Recommended next action:** {}", i.recommendation);
+    let _ = writeln!(out, "\n- **Current state:** {}", plain(&i.state));
+    let _ = writeln!(
+        out,
+        "- **Recommended next action:** {}",
+        plain(&i.recommendation)
+    );
     if let Some(t) = i.time_to_recover_ms {
         let _ = writeln!(out, "- **Time to recover:** {:.1} s", t as f64 / 1000.0);
     }
@@ -355,6 +363,22 @@ pub fn render_file_diff(path: &str, old: &str, new: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (L6): text from a log line, an alert's summary or name
+    /// cannot write links, images, HTML or mentions into an issue or a
+    /// pull request, nor leave its code span.
+    #[test]
+    fn l6_foreign_text_is_plain_in_markdown() {
+        let cause = "port conflict: [click here](https://evil.example) ![x](https://t.example/p.png) <img src=x> @org/admins\n# heading";
+        let shown = plain(cause);
+        for bad in ["[click here](", "![x](", "@org", "\n#"] {
+            assert!(!shown.contains(bad), "{bad} in {shown}");
+        }
+        assert!(shown.contains("\\<img src=x\\>"), "{shown}");
+        assert!(shown.contains("click here") && shown.contains("admins"));
+        assert_eq!(code("alert/x`y"), "``alert/x`y``");
+        assert_eq!(code("`edge"), "`` `edge ``");
+    }
 
     #[test]
     fn a_body_that_is_too_long_is_cut_in_the_middle_and_says_so() {

@@ -846,8 +846,9 @@ impl Reviewer {
             .flat_map(|a| a.changes.iter())
             .map(|c| (c.path.clone(), c.from.clone()))
             .collect();
-        let edited = crate::model::edit::set_values(&text, origin.line, origin.col, &edits)
-            .map_err(|e| Refusal::Edit(format!("{path}: {e}")))?;
+        let edited =
+            crate::model::edit::set_values_of(&text, p.key.kind.as_str(), &p.key.name, &edits)
+                .map_err(|e| Refusal::Edit(format!("{path}: {e}")))?;
         // The file is sent whole: one that holds a secret is never sent.
         if secrets.scrub(&edited) != edited {
             return Err(Refusal::Edit(format!(
