@@ -228,7 +228,21 @@ fn a_scheduled_run_corrects_drift_reports_it_and_keeps_its_state_for_the_next() 
     );
     assert_eq!(code, 0, "{log}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello\n");
-    let state = repo.root().join("cache/tend-state-2-1");
+    // One state per workflow and path: `tend-state-<hash>~<run>-<attempt>`.
+    let state = std::fs::read_dir(repo.root().join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("tend-state-") && name.ends_with("~2-1")
+        })
+        .expect("the second run's state in the cache");
+    assert_eq!(
+        std::fs::read_to_string(state.join("origin")).unwrap(),
+        "tend drift desired-state\n",
+        "the state says which workflow and path it belongs to"
+    );
     let history = Command::new(env!("CARGO_BIN_EXE_tend"))
         .args(["history", "--format", "json", "--state-dir"])
         .arg(&state)

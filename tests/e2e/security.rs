@@ -411,3 +411,57 @@ fn l2_a_failure_beside_an_escalation_fails_the_job() {
     let unreported = run_sh("", 1, "error");
     assert!(unreported.contains("fail=true"), "{unreported}");
 }
+
+/// Runs the action's `state.sh` on `dir`.
+fn state_sh(step: &str, dir: &std::path::Path, origin: &str, secret: &str) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("action/state.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(step)
+        .env("TEND_STATE_DIR", dir)
+        .env("TEND_STATE_ORIGIN", origin)
+        .env("TEND_STATE_SECRET", secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// M6: a state restored from another workflow, or whose signature does
+/// not verify, is set aside before tend runs; a state signed by a run of
+/// the same workflow is kept.
+#[test]
+fn m6_a_state_nobody_vouches_for_is_never_used() {
+    let ws = Workspace::new();
+    ws.write("f.yaml", &file_doc("f", "f.txt", "x\n"));
+    ws.run(&["apply"]).ok();
+    let state = ws.state();
+    let drift = "tend drift desired-state";
+    state_sh("sign", &state, drift, "the secret");
+    assert_eq!(state_sh("verify", &state, drift, "the secret"), "");
+    assert!(state.join("tend.db").exists());
+
+    // Another workflow's state, under a key both use.
+    let other = state_sh("verify", &state, "tend drift-aws aws", "the secret");
+    assert!(other.contains("belongs to 'tend drift desired-state'"), "{other}");
+    assert!(!state.join("tend.db").exists());
+
+    // A state changed after it was signed (a planted approval record).
+    ws.run(&["apply"]).ok();
+    state_sh("sign", &state, drift, "the secret");
+    let mut db = std::fs::OpenOptions::new()
+        .append(true)
+        .open(state.join("tend.db"))
+        .unwrap();
+    db.write_all(b"planted").unwrap();
+    drop(db);
+    let tampered = state_sh("verify", &state, drift, "the secret");
+    assert!(tampered.contains("does not verify"), "{tampered}");
+    assert!(!state.join("tend.db").exists());
+
+    // Signed without the secret: not signed at all.
+    ws.run(&["apply"]).ok();
+    state_sh("sign", &state, drift, "");
+    let unsigned = state_sh("verify", &state, drift, "the secret");
+    assert!(unsigned.contains("not signed"), "{unsigned}");
+}
