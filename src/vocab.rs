@@ -608,13 +608,18 @@ fn digest(v: &Value) -> String {
 /// What a secret-looking field's value is shown as.
 pub const REDACTED: &str = "(redacted)";
 
+/// Whether a field's JSON Pointer is under a secret-looking name at any
+/// depth (`/spec/credentials/pass` as well as `/spec/env/API_TOKEN`).
+fn secret_path(path: &str) -> bool {
+    path.split('/').any(is_secret_name)
+}
+
 /// Plans are shown, journaled and posted; values of secret-looking fields
 /// never are. The fingerprint is taken before redaction, over keyed digests
 /// of secret values, so a changed secret is still a distinct change and the
 /// fingerprint tells nothing about the value.
 pub fn redact(mut change: FieldChange) -> FieldChange {
-    let last = change.path.rsplit('/').next().unwrap_or_default();
-    if is_secret_name(last) {
+    if secret_path(&change.path) {
         for v in [&mut change.from, &mut change.to] {
             if !v.is_null() {
                 *v = Value::from(REDACTED);
@@ -634,7 +639,7 @@ pub fn fingerprint(t: ActionType, key: &ResourceKey, changes: &[FieldChange]) ->
     h.update([0]);
     h.update(key.name.as_bytes());
     for c in changes {
-        let secret = is_secret_name(c.path.rsplit('/').next().unwrap_or_default());
+        let secret = secret_path(&c.path);
         h.update([0]);
         h.update(c.path.as_bytes());
         h.update([0]);
@@ -748,6 +753,25 @@ mod tests {
             to: json!("2"),
         });
         assert_eq!(c.to, json!("2"));
+    }
+
+    /// Regression (L8): a short value under a secret-named parent is
+    /// redacted like any other secret field.
+    #[test]
+    fn l8_a_field_under_a_secret_parent_is_redacted() {
+        let shown = redact(FieldChange {
+            path: "/spec/credentials/pass".into(),
+            from: Value::from("abc"),
+            to: Value::from("xyz"),
+        });
+        assert_eq!(shown.from, Value::from(REDACTED));
+        assert_eq!(shown.to, Value::from(REDACTED));
+        let plain = redact(FieldChange {
+            path: "/spec/content".into(),
+            from: Value::from("abc"),
+            to: Value::from("xyz"),
+        });
+        assert_eq!(plain.to, Value::from("xyz"));
     }
 
     /// Regression (M3): the fingerprint of a secret change is keyed, so

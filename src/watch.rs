@@ -103,6 +103,7 @@ pub async fn run(
         last_full: None,
         force_full: true,
         wake_at: None,
+        last_alert: None,
     };
     let result = w.run().await;
     // Shutting down consumes the loop, and with it its run lock: the lock
@@ -203,7 +204,18 @@ struct Watch<'a> {
     force_full: bool,
     /// When a backoff allows the next attempt, if sooner than the interval.
     wake_at: Option<Instant>,
+    /// When the last pass an alert asked for began.
+    last_alert: Option<Instant>,
 }
+
+/// A pushed alert is acted on after this, so that the rest of its burst
+/// joins it.
+const ALERT_SETTLE: Duration = Duration::from_millis(100);
+
+/// At most one healing pass per this long is started by pushed alerts,
+/// however many arrive: a token holder posting in a loop cannot make tend
+/// do nothing but heal.
+const ALERT_SPACING: Duration = Duration::from_secs(1);
 
 impl Watch<'_> {
     async fn run(&mut self) -> anyhow::Result<()> {
@@ -295,7 +307,12 @@ impl Watch<'_> {
                     match wake {
                         Some(Wake::Changed) => self.changed().await,
                         Some(Wake::Heal) => {
+                            let settle = self.last_alert.map_or(ALERT_SETTLE, |t| {
+                                ALERT_SPACING.saturating_sub(t.elapsed()).max(ALERT_SETTLE)
+                            });
+                            tokio::time::sleep(settle).await;
                             self.coalesce();
+                            self.last_alert = Some(Instant::now());
                             info!("An alert was pushed; healing now.");
                         }
                         Some(Wake::Exited(name)) => {

@@ -151,7 +151,7 @@ fn a_step_under_verification_never_delays_another_resource() {
 /// Regression: publishing to GitHub ran inside the loop, so a rate limit
 /// (up to four waits of 60 s) stalled drift correction and SIGTERM.
 #[test]
-fn a_rate_limited_github_never_delays_a_pass_or_a_stop() {
+fn m4_a_rate_limited_github_never_delays_a_pass_or_a_stop() {
     let ws = Workspace::new();
     let repo = "tend-e2e/rate-limited-watch";
     let files = [

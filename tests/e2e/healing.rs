@@ -1173,6 +1173,60 @@ fn a_crash_loop_is_escalated_and_restarts_are_bounded() {
     }
 }
 
+/// Regression (M5): the crash-loop guard compared causes as text, and a
+/// port conflict's cause quotes the log line, so a timestamp in that line
+/// made every recurrence a new cause: 33 incidents and no escalation in
+/// 100 s. Causes are compared by kind: the loop is escalated.
+#[test]
+fn m5_a_changing_log_line_is_still_a_crash_loop() {
+    let ws = Workspace::new();
+    ws.write(
+        "settings.yaml",
+        &settings("  healing:\n    crashLoop: {incidents: 2, window: 5m}\n    backoff: {initial: 4s, max: 8s}\n"),
+    );
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}remediation: {{runbook: restart}}\n",
+            process_doc(
+                "web",
+                "/bin/sh",
+                &[
+                    "-c",
+                    "sleep 1.5; echo \"$(date +%s%N) listen tcp 127.0.0.1:9: bind: address already in use\" >&2; exit 1",
+                ],
+            )
+        ),
+    );
+    ws.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart}\nspec:\n  steps:\n    - {action: restart, within: 3s, hold: 300ms}\n    - {action: escalate}\n",
+    );
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "1s"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(15));
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+    let list = incidents(&ws);
+    let causes: Vec<&str> = list.iter().filter_map(|i| i["cause"].as_str()).collect();
+    assert!(
+        causes.iter().all(|c| c.starts_with("port conflict")),
+        "{causes:#?}"
+    );
+    // Each restart held, so only the guard can escalate: as a crash loop.
+    let looped: Vec<_> = list.iter().filter(|i| i["status"] == "escalated").collect();
+    assert_eq!(looped.len(), 1, "{list:#?}");
+    let detail = looped[0]["steps"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("crash loop"), "{list:#?}");
+    assert!(list.len() <= 3, "{} incidents: {list:#?}", list.len());
+}
+
 /// Regression: with `rate(...[15s])` and `for: 5s`, a 4 s error burst
 /// stayed visible for about 14 s, so `for` was exceeded and the workload
 /// was restarted for a burst shorter than `for`. With `for` longer than the

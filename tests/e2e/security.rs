@@ -443,7 +443,10 @@ fn m6_a_state_nobody_vouches_for_is_never_used() {
 
     // Another workflow's state, under a key both use.
     let other = state_sh("verify", &state, "tend drift-aws aws", "the secret");
-    assert!(other.contains("belongs to 'tend drift desired-state'"), "{other}");
+    assert!(
+        other.contains("belongs to 'tend drift desired-state'"),
+        "{other}"
+    );
     assert!(!state.join("tend.db").exists());
 
     // A state changed after it was signed (a planted approval record).
@@ -464,4 +467,96 @@ fn m6_a_state_nobody_vouches_for_is_never_used() {
     state_sh("sign", &state, drift, "");
     let unsigned = state_sh("verify", &state, drift, "the secret");
     assert!(unsigned.contains("not signed"), "{unsigned}");
+}
+
+/// A POST with a bearer token; the status.
+fn post_bearer(port: u16, path: &str, token: &str, body: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The healing passes tend counted, from its own metrics.
+fn healing_passes(port: u16) -> u64 {
+    let (_, text) = http("GET", port, "/metrics").unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("tend_passes_total{kind=\"healing\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// M8: a token holder flooding the Alertmanager hook (alerts for
+/// undeclared resources, and thousands of instances for a declared one)
+/// grows tend's memory only within the alert book's bounds, and a burst of
+/// posts is far fewer healing passes than posts.
+#[test]
+fn m8_an_alert_flood_is_bounded_and_coalesced() {
+    let ws = Workspace::new();
+    ws.write(
+        "f.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: up\n      tcp: {{address: \"127.0.0.1:1\"}}\n",
+            file_doc("f", "f.txt", "x\n")
+        ),
+    );
+    let port = free_port();
+    let token = "the alertmanager token";
+    let watch = listening(
+        &ws,
+        port,
+        None,
+        &[("TEND_ALERTMANAGER_TOKEN", token), ("TEND_LOG", "error")],
+    );
+    wait_ready(port);
+    let before = rss(watch.id());
+    let passes_before = healing_passes(port);
+    let alert = |resource: &str, n: usize, i: usize| {
+        format!(
+            r#"{{"status":"firing","labels":{{"alertname":"Flood{i}","tend_resource":"{resource}","instance":"i-{n}"}},"annotations":{{"summary":"{}"}},"fingerprint":"{i:04}-{n:06}"}}"#,
+            "s".repeat(400)
+        )
+    };
+    let posts = 20;
+    for i in 0..posts {
+        let undeclared: Vec<String> = (0..1000)
+            .map(|n| alert(&format!("host.File/x-{i}-{n}"), n, i))
+            .collect();
+        let declared: Vec<String> = (0..1000).map(|n| alert("host.File/f", n, i)).collect();
+        for list in [undeclared, declared] {
+            let body = format!(
+                r#"{{"version":"4","status":"firing","alerts":[{}]}}"#,
+                list.join(",")
+            );
+            assert_eq!(post_bearer(port, "/hooks/alertmanager", token, &body), 200);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss(watch.id());
+    let passes = healing_passes(port) - passes_before;
+    eprintln!(
+        "alert flood: {} posts, RSS {} → {} MiB, {passes} healing passes",
+        2 * posts,
+        before / (1 << 20),
+        after / (1 << 20)
+    );
+    assert!(
+        after < before + 96 * 1024 * 1024,
+        "memory grew from {before} to {after} bytes"
+    );
+    assert!(
+        passes < posts as u64,
+        "{passes} healing passes for {posts} posts"
+    );
+    stop(watch);
 }
