@@ -12,6 +12,10 @@ if ! command -v git >/dev/null 2>&1 || [ ! -x "$(git --exec-path)/git-daemon" ];
 fi
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# man renders the man page tend prints; shellcheck checks the action's and
+# the workflows' shell scripts.
+command -v man >/dev/null 2>&1 || need_apt+=(man-db)
+command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 [ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
 # Prometheus serves the health-signal tests (started per test on 127.0.0.1).
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)

@@ -29,10 +29,18 @@ use crate::reconcile::{self, Options, PassError};
 use crate::report::{Format, WatchFormat};
 use crate::source::Source;
 
+/// `tend --version`: the version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("TEND_BUILD_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tend",
-    version,
+    version = VERSION,
     about = "Keeps infrastructure in its declared state and heals known failures.",
     long_about = None
 )]
@@ -144,6 +152,22 @@ enum Command {
     Policy(policy::Args),
     /// Run the sample HTTP workload (used by examples/desired-state).
     SampleApp(crate::sample::SampleArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell).
+    Completions(CompletionsArgs),
+    /// Print tend's man page (roff), for `man -l` or a man directory.
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+/// The command line's definition, for completions and the man page.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -343,6 +367,18 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         Command::Policy(args) => policy::run(args),
         Command::SampleApp(args) => {
             crate::sample::run(args).await?;
+            Ok(0)
+        }
+        Command::Completions(args) => {
+            let mut out = Vec::new();
+            clap_complete::generate(args.shell, &mut command(), "tend", &mut out);
+            print(&String::from_utf8_lossy(&out))?;
+            Ok(0)
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(command()).render(&mut out)?;
+            print(&String::from_utf8_lossy(&out))?;
             Ok(0)
         }
     }

@@ -9,6 +9,7 @@ mod git_source;
 mod github;
 mod healing;
 mod hostile;
+mod install;
 mod invalid;
 mod policy;
 mod policy_limits;
