@@ -329,7 +329,7 @@ fn a_release_archive_installs_through_the_action_and_a_tampered_one_is_refused()
     let release = site.join(format!("acme/tend/releases/download/v{version}"));
     std::fs::create_dir_all(&release).unwrap();
     std::fs::copy(&archive, release.join(&name)).unwrap();
-    std::fs::write(release.join("SHA256SUMS"), format!("{sha}")).unwrap();
+    std::fs::write(release.join("SHA256SUMS"), &sha).unwrap();
     let port = serve_files(site);
     let install = |root_dir: &std::path::Path| {
         Command::new("bash")
