@@ -11,10 +11,16 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
-    let from_git = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
+    // Only this tree's own repository: a crate unpacked inside another
+    // repository (vendored) must not take that one's commit.
+    let from_git = std::path::Path::new(".git")
+        .exists()
+        .then(|| {
+            Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+        })
+        .and_then(Result::ok)
         .filter(|o| o.status.success())
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
