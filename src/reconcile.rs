@@ -370,7 +370,7 @@ async fn survey(
     };
     let failures = |cause: &str, runbook: &str, step: usize| {
         store
-            .and_then(|s| s.consecutive_failures(cause, runbook, step as i64).ok())
+            .and_then(|s| s.consecutive_failures(cause, runbook, step as u32).ok())
             .unwrap_or(0)
     };
     let healing = &desired.settings.healing;

@@ -636,8 +636,8 @@ fn end_step(
     h.store.record_step_result(&StepResult {
         cause: &inc.remedy.cause_key(),
         runbook: &inc.remedy.runbook,
-        step: index as i64,
-        action: step.action.as_str(),
+        step: index as u32,
+        action: step.action,
         success: verified,
     })?;
     let (outcome, detail) = match verdict {
@@ -825,7 +825,7 @@ async fn next_step(
     let mut skipped = Vec::new();
     let failures = |i: usize| {
         h.store
-            .consecutive_failures(&cause, &inc.remedy.runbook, i as i64)
+            .consecutive_failures(&cause, &inc.remedy.runbook, i as u32)
             .unwrap_or(0)
     };
     let following = remedy::next_step(

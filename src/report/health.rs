@@ -7,11 +7,29 @@ use crate::plan::Plan;
 use crate::vocab::Status;
 
 /// The health part of a plan: signals that are not healthy, and what tend
-/// would do about each unhealthy resource.
+/// would do about each unhealthy resource. Each thing is said once: a
+/// resource about to be created is one line (its health is read once it
+/// exists), and signals that read unknown for the same reason (a signal
+/// source that cannot be reached) are one line naming them all.
 pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
     let p = Palette::new(color);
     let mut lines = Vec::new();
+    let created: std::collections::HashSet<&crate::vocab::ResourceKey> = plan
+        .actions
+        .iter()
+        .filter(|a| a.action_type == crate::vocab::ActionType::Create)
+        .map(|a| &a.target)
+        .collect();
+    // Unknown readings by their reason, in the order first seen.
+    let mut unknown: Vec<(String, Vec<String>)> = Vec::new();
     for a in &plan.health {
+        if created.contains(&a.target) {
+            lines.push(format!(
+                "{}· {}  not created yet; health is read once it exists{}",
+                p.dim, a.target, p.reset
+            ));
+            continue;
+        }
         for s in &a.signals {
             let since = s.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             match s.reading.status {
@@ -20,10 +38,14 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
                     "{}✗{} {}  {} unhealthy since {since}: {}",
                     p.red, p.reset, a.target, s.reading.signal, s.reading.detail
                 )),
-                Status::Unknown => lines.push(format!(
-                    "{}? {}  {} unknown since {since}: {} (no action on unknown signals){}",
-                    p.dim, a.target, s.reading.signal, s.reading.detail, p.reset
-                )),
+                Status::Unknown => {
+                    let why = once(&s.reading.detail);
+                    let signal = format!("{}  {}", a.target, s.reading.signal);
+                    match unknown.iter_mut().find(|(w, _)| *w == why) {
+                        Some((_, signals)) => signals.push(signal),
+                        None => unknown.push((why, vec![signal])),
+                    }
+                }
             }
         }
         for slo in a.slos.iter().filter(|s| s.breached) {
@@ -36,6 +58,33 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
                 slo.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ));
         }
+    }
+    for (why, signals) in unknown {
+        let line = match signals.as_slice() {
+            [one] => format!("? {one} unknown: {why}"),
+            many => {
+                let (target, _) = many[0].split_once("  ").unwrap_or((&many[0], ""));
+                let same_target = many.iter().all(|s| s.starts_with(&format!("{target}  ")));
+                let names: Vec<String> = many
+                    .iter()
+                    .map(|s| match same_target {
+                        true => s
+                            .split_once("  ")
+                            .map_or(s.as_str(), |(_, n)| n)
+                            .to_string(),
+                        false => s.replacen("  ", " ", 1),
+                    })
+                    .collect();
+                match same_target {
+                    true => format!("? {target}  {} unknown: {why}", names.join(", ")),
+                    false => format!("? {} unknown: {why}", names.join(", ")),
+                }
+            }
+        };
+        lines.push(format!(
+            "{}{line} (no action on unknown signals){}",
+            p.dim, p.reset
+        ));
     }
     for r in &plan.remedies {
         let next = r.next_in_words();
@@ -61,4 +110,16 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
         }
         out.push('\n');
     }
+}
+
+/// A reading's detail with each `; `-separated part said once (a signal
+/// that combines two queries to one unreachable source).
+fn once(detail: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in detail.split("; ") {
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join("; ")
 }

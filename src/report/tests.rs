@@ -233,3 +233,63 @@ fn incident_summary() {
     insta::assert_snapshot!(render_incident(&i, false));
     insta::assert_snapshot!(render_incidents(&[i], false));
 }
+
+/// Signals that read unknown for one reason are one line naming them all,
+/// and a reason repeated within one reading is said once; a resource about
+/// to be created is one line.
+#[test]
+fn health_says_each_thing_once() {
+    use crate::health::{Assessment, Reading, Tracked};
+    let at = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let unknown = |signal: &str, detail: &str| Tracked {
+        reading: Reading {
+            signal: signal.into(),
+            status: crate::vocab::Status::Unknown,
+            value: None,
+            detail: detail.into(),
+        },
+        since: at,
+        last_healthy: None,
+    };
+    let down = "Prometheus unreachable: Connection refused (os error 111)";
+    let mut plan = sample_plan();
+    plan.actions.retain(|a| a.action_type != ActionType::Create);
+    plan.actions.push(action(
+        ActionType::Create,
+        Kind::HostProcess,
+        "new-app",
+        Vec::new(),
+        Decision::Auto,
+    ));
+    plan.remedies.clear();
+    plan.health = vec![
+        Assessment {
+            target: ResourceKey::new(Kind::HostProcess, "sample-app"),
+            signals: vec![
+                unknown("error-ratio", down),
+                unknown("memory-growth", down),
+                unknown("burn-rate/error-budget", &format!("{down}; {down}")),
+                unknown("http", "target down: Connection refused (os error 111)"),
+            ],
+            slos: Vec::new(),
+            problem: None,
+        },
+        Assessment {
+            target: ResourceKey::new(Kind::HostProcess, "new-app"),
+            signals: vec![unknown("error-ratio", down)],
+            slos: Vec::new(),
+            problem: None,
+        },
+    ];
+    let text = render_plan(&plan, false);
+    let health = text
+        .split("Health\n")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .next()
+        .unwrap();
+    insta::assert_snapshot!(health);
+}

@@ -139,7 +139,7 @@ pub trait Store: Send + Sync {
         &self,
         cause: &str,
         runbook: &str,
-        step: i64,
+        step: u32,
     ) -> Result<i64, StateError>;
     /// Counts a verified success or failure of a runbook step.
     fn record_step_result(&self, r: &StepResult<'_>) -> Result<(), StateError>;
@@ -324,8 +324,8 @@ pub struct StepStats {
     pub cause: String,
     pub runbook: String,
     /// Zero-based step index.
-    pub step: i64,
-    pub action: String,
+    pub step: u32,
+    pub action: StepAction,
     pub successes: i64,
     pub failures: i64,
     pub consecutive_failures: i64,
@@ -335,8 +335,9 @@ pub struct StepStats {
 pub struct StepResult<'a> {
     pub cause: &'a str,
     pub runbook: &'a str,
-    pub step: i64,
-    pub action: &'a str,
+    /// Zero-based step index.
+    pub step: u32,
+    pub action: StepAction,
     pub success: bool,
 }
 

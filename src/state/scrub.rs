@@ -184,7 +184,7 @@ impl Store for Scrubbing<'_> {
         &self,
         cause: &str,
         runbook: &str,
-        step: i64,
+        step: u32,
     ) -> Result<i64, StateError> {
         self.inner.consecutive_failures(cause, runbook, step)
     }

@@ -576,7 +576,7 @@ impl Store for SqliteStore {
         &self,
         cause: &str,
         runbook: &str,
-        step: i64,
+        step: u32,
     ) -> Result<i64, StateError> {
         self.failures(cause, runbook, step)
     }

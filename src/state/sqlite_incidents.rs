@@ -200,7 +200,7 @@ impl SqliteStore {
         &self,
         cause: &str,
         runbook: &str,
-        step: i64,
+        step: u32,
     ) -> Result<i64, StateError> {
         Ok(self
             .conn()
@@ -223,7 +223,7 @@ impl SqliteStore {
                successes = successes + excluded.successes,
                failures = failures + excluded.failures,
                consecutive_failures = CASE WHEN excluded.successes > 0 THEN 0 ELSE consecutive_failures + 1 END",
-            params![r.cause, r.runbook, r.step, r.action, i64::from(r.success), i64::from(!r.success)],
+            params![r.cause, r.runbook, r.step, W(&r.action), i64::from(r.success), i64::from(!r.success)],
         )?;
         Ok(())
     }
@@ -238,7 +238,7 @@ impl SqliteStore {
                 cause: r.get(0)?,
                 runbook: r.get(1)?,
                 step: r.get(2)?,
-                action: r.get(3)?,
+                action: get(r, 3)?,
                 successes: r.get(4)?,
                 failures: r.get(5)?,
                 consecutive_failures: r.get(6)?,

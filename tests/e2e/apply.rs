@@ -359,3 +359,35 @@ fn secrets_never_reach_plans_or_the_journal() {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(String::from_utf8_lossy(&environ).contains("API_TOKEN=hunter2-very-secret"));
 }
+
+/// `tend plan` of the example on a fresh machine says each thing once: the
+/// process about to be created is one health line, not one per signal, and
+/// Prometheus being unreachable is said once, naming the signals that read
+/// it.
+#[test]
+fn the_example_plan_says_each_thing_once() {
+    let ws = Workspace::new();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/desired-state");
+    let run = ws.run_raw(&["plan", example.to_str().unwrap()]);
+    run.ok();
+    let health: Vec<&str> = run
+        .stdout
+        .split("Health\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Health section:\n{}", run.stdout))
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .lines()
+        .collect();
+    assert_eq!(
+        health,
+        ["· host.Process/sample-app  not created yet; health is read once it exists"],
+        "{}",
+        run.stdout
+    );
+    let mut seen = std::collections::HashSet::new();
+    for line in run.stdout.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(seen.insert(line), "said twice: {line}\n{}", run.stdout);
+    }
+}
