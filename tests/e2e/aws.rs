@@ -126,6 +126,42 @@ fn a_security_group_is_created_corrected_after_console_changes_and_clean_after()
     assert_clean(&ws);
 }
 
+/// M1: tags on a group tend does not manage choose nothing tend masks:
+/// words such as `web`, `review` or `null` stay in the plan, which stays
+/// valid JSON, and `--github` registers no mask for them.
+#[test]
+fn m1_tags_on_an_unmanaged_group_choose_nothing_tend_masks() {
+    let moto = Moto::start();
+    let ws = aws_workspace(&moto);
+    ws.write("sg.yaml", WEB_SG);
+    run(&ws, &["apply"]).ok();
+    moto.boto(
+        "g = ec2.create_security_group(GroupName='someone-elses', Description='not tend')\n\
+         ec2.create_tags(Resources=[g['GroupId']], Tags=[{'Key': 'api_token', 'Value': 'null'}, {'Key': 'db_password', 'Value': 'review'}, {'Key': 'x_secret', 'Value': 'web tier'}])\n",
+    );
+    let plan = run(&ws, &["plan", "--format", "json"]);
+    plan.ok();
+    let j: serde_json::Value = serde_json::from_str(&plan.stdout)
+        .unwrap_or_else(|e| panic!("the plan is not JSON ({e}):\n{}", plan.stdout));
+    assert!(!plan.stdout.contains("***"), "{}", plan.stdout);
+    assert!(
+        j["unmanaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["name"] == "someone-elses"),
+        "{j:#}"
+    );
+    let github = run(&ws, &["--github", "plan"]);
+    for word in ["null", "review", "web tier"] {
+        assert!(
+            !github.stdout.contains(&format!("::add-mask::{word}")),
+            "{word} masked:\n{}",
+            github.stdout
+        );
+    }
+}
+
 #[test]
 fn an_unrelated_rule_change_goes_to_review_and_is_not_applied() {
     let moto = Moto::start();
