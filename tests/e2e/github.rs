@@ -356,6 +356,44 @@ impl GitHub {
         r.refs.insert(key, commit);
     }
 
+    /// A person opens an issue; returns its number.
+    pub fn issue_as(
+        &self,
+        repo: &str,
+        login: &str,
+        title: &str,
+        body: &str,
+        labels: &[&str],
+    ) -> u64 {
+        let mut st = self.st();
+        let r = st.repo_mut(repo);
+        for l in labels {
+            r.labels.entry(l.to_string()).or_insert_with(next_id);
+        }
+        let number = r.next_number();
+        let now = now();
+        r.items.insert(
+            number,
+            Item {
+                number,
+                id: next_id(),
+                pr_id: 0,
+                title: title.to_string(),
+                body: Some(body.to_string()),
+                state: "open".into(),
+                state_reason: None,
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                user: login.to_string(),
+                created_at: now.clone(),
+                updated_at: now,
+                closed_at: None,
+                closed_by: None,
+                pr: None,
+            },
+        );
+        number
+    }
+
     /// A person comments on issue or pull request `number`.
     pub fn comment_as(&self, repo: &str, number: u64, login: &str, body: &str) -> u64 {
         let mut st = self.st();

@@ -620,6 +620,52 @@ fn without_a_token_apply_stops_before_changing_anything() {
     assert_eq!(r.gh().writes(&r.repo), 0);
 }
 
+/// L8: an issue anyone opened with tend's incident marker (and tend's
+/// label) is not tend's: tend opens its own issue for the incident and
+/// never edits the other one.
+#[test]
+fn l8_an_issue_with_tends_marker_from_someone_else_is_not_tends() {
+    let port = free_port();
+    let tend = env!("CARGO_BIN_EXE_tend");
+    let crashing = format!(
+        "{}remediation: {{runbook: one-restart}}\n",
+        process_doc(
+            "web",
+            tend,
+            &[
+                "sample-app",
+                "--port",
+                &port.to_string(),
+                "--crash-after",
+                "0.8"
+            ]
+        )
+    );
+    let runbook = "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: one-restart}\nspec:\n  steps:\n    - {action: restart, within: 3s, hold: 2s}\n    - {action: escalate}\n";
+    let r = Review::new(
+        "l8-foreign-issue",
+        &[("app.yaml", crashing), ("runbook.yaml", runbook.into())],
+        "",
+    );
+    let fake = "<!-- tend:incident id=1 -->\nAll good here, nothing to see.";
+    let foreign = r
+        .gh()
+        .issue_as(&r.repo, HUMAN, "tend: incident #1", fake, &["tend"]);
+    r.apply().ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    r.apply().code(1);
+    let issues = r.gh().issues(&r.repo);
+    let theirs = issues.iter().find(|i| i.number == foreign).unwrap();
+    assert_eq!(theirs.body, fake, "the foreign issue was edited");
+    assert!(theirs.comments.is_empty(), "{:#?}", theirs.comments);
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.number != foreign && i.body.contains("Probable cause")),
+        "tend opened its own issue: {issues:#?}"
+    );
+}
+
 #[test]
 fn an_escalated_incident_opens_one_issue_that_closes_on_recovery() {
     let port = free_port();
