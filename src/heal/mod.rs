@@ -589,16 +589,56 @@ async fn look(
 ) -> Result<Look, StateError> {
     let step = &inc.spec.steps[v.index];
     let reading = verify::check(h, inc.resource, inc.symptoms).await;
-    let now = Instant::now();
+    match judge(&mut v, reading, Instant::now(), step.hold()) {
+        Judged::Held(text) => {
+            h.executor
+                .journal_verification(&v.action, Some(Ok(&text)))?;
+            let verdict = Ok(format!("{}; verified: {text}", v.detail));
+            end_step(h, inc, v.index, verdict, v.started)?;
+            Ok(Look::Verified)
+        }
+        Judged::Pending => Ok(Look::Again(v)),
+        Judged::Expired => {
+            h.executor
+                .journal_verification(&v.action, Some(Err(&v.last)))?;
+            let verdict = Err(format!(
+                "{}; not verified within {}: {}",
+                v.detail,
+                humantime::format_duration(step.within()),
+                v.last
+            ));
+            end_step(h, inc, v.index, verdict, v.started)?;
+            Ok(Look::NotVerified(v.index))
+        }
+    }
+}
+
+/// What one look at a step under verification found.
+#[derive(Debug, PartialEq)]
+enum Judged {
+    /// Healthy without a break for the step's hold: verified.
+    Held(String),
+    /// Not decided: look again.
+    Pending,
+    /// The deadline passed before the resource held healthy.
+    Expired,
+}
+
+/// The verification of a step after one reading taken at `now`: a healthy
+/// reading starts (or continues) the hold, an unhealthy one breaks it, and
+/// a hold that lasts `hold` verifies the step, unless the deadline passed
+/// first. Time is the caller's: tested on paused time.
+fn judge(
+    v: &mut Verifying,
+    reading: Result<String, String>,
+    now: Instant,
+    hold: std::time::Duration,
+) -> Judged {
     match reading {
         Ok(text) => {
             let since = *v.healthy_since.get_or_insert(now);
-            if now.duration_since(since) >= step.hold() {
-                h.executor
-                    .journal_verification(&v.action, Some(Ok(&text)))?;
-                let verdict = Ok(format!("{}; verified: {text}", v.detail));
-                end_step(h, inc, v.index, verdict, v.started)?;
-                return Ok(Look::Verified);
+            if now.duration_since(since) >= hold {
+                return Judged::Held(text);
             }
             v.last = text;
         }
@@ -608,18 +648,10 @@ async fn look(
         }
     }
     if now < v.deadline {
-        return Ok(Look::Again(v));
+        Judged::Pending
+    } else {
+        Judged::Expired
     }
-    h.executor
-        .journal_verification(&v.action, Some(Err(&v.last)))?;
-    let verdict = Err(format!(
-        "{}; not verified within {}: {}",
-        v.detail,
-        humantime::format_duration(step.within()),
-        v.last
-    ));
-    end_step(h, inc, v.index, verdict, v.started)?;
-    Ok(Look::NotVerified(v.index))
 }
 
 /// Records the verdict on a step: counted in the remediation statistics,
@@ -1078,5 +1110,78 @@ async fn execute(
                 )
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::vocab::{ActionType, Decision, Risk};
+
+    fn verifying(deadline: Instant) -> Verifying {
+        Verifying {
+            index: 0,
+            action: Action {
+                fingerprint: "0000000000000000".into(),
+                action_type: ActionType::Restart,
+                target: ResourceKey::new(crate::model::Kind::HostProcess, "web"),
+                changes: Vec::new(),
+                risk: Risk::Low,
+                reversible: true,
+                decision: Decision::Auto,
+                reasons: Vec::new(),
+                note: None,
+                contested: false,
+                declared_at: None,
+                incident: None,
+                approval: None,
+                rollback: None,
+            },
+            started: chrono::Utc::now(),
+            detail: "restarted".into(),
+            deadline,
+            healthy_since: None,
+            last: String::new(),
+        }
+    }
+
+    /// A step is verified once the resource held healthy for the hold, an
+    /// unhealthy reading starts the hold again, and the deadline ends it:
+    /// on paused time, with no real sleep.
+    #[tokio::test(start_paused = true)]
+    async fn a_step_is_verified_by_a_hold_and_ended_by_its_deadline() {
+        let hold = Duration::from_secs(2);
+        let ok = || Ok("healthy".to_string());
+        let bad = || Err("liveness unhealthy".to_string());
+        let start = Instant::now();
+        let mut v = verifying(start + Duration::from_secs(10));
+        assert_eq!(judge(&mut v, bad(), Instant::now(), hold), Judged::Pending);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(judge(&mut v, ok(), Instant::now(), hold), Judged::Pending);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        // Healthy for 1.5 s, then a flap: the hold starts again.
+        assert_eq!(judge(&mut v, bad(), Instant::now(), hold), Judged::Pending);
+        assert_eq!(v.last, "liveness unhealthy");
+        assert_eq!(judge(&mut v, ok(), Instant::now(), hold), Judged::Pending);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            judge(&mut v, ok(), Instant::now(), hold),
+            Judged::Held("healthy".into())
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(4500));
+
+        // Never healthy for long enough: pending until the deadline, then
+        // expired with what the last look found.
+        let mut v = verifying(Instant::now() + Duration::from_secs(3));
+        for _ in 0..2 {
+            assert_eq!(judge(&mut v, ok(), Instant::now(), hold), Judged::Pending);
+            tokio::time::advance(Duration::from_secs(1)).await;
+            assert_eq!(judge(&mut v, bad(), Instant::now(), hold), Judged::Pending);
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(judge(&mut v, bad(), Instant::now(), hold), Judged::Expired);
+        assert_eq!(v.last, "liveness unhealthy");
     }
 }

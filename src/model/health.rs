@@ -958,6 +958,20 @@ fn regex_check(pattern: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The restore of an escalated resource waits `initial`, doubling
+    /// after each attempt up to `max` (a pure function of the attempt
+    /// count; the pass's clock decides when it is due).
+    #[test]
+    fn the_backoff_doubles_up_to_its_max() {
+        let b = Backoff {
+            initial: Span(std::time::Duration::from_secs(4)),
+            max: Span(std::time::Duration::from_secs(20)),
+        };
+        let waits: Vec<u64> = (0..5).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(waits, [4, 8, 16, 20, 20]);
+        assert_eq!(b.delay(u32::MAX).as_secs(), 20);
+    }
+
     #[test]
     fn range_windows_are_read_from_queries() {
         let q = r#"sum(rate(x{code=~"5.."}[15s])) / sum(rate(x[1m])) + max_over_time(y[1h30m:1m])"#;
