@@ -319,7 +319,7 @@ async fn plan_comment(number: i64, markdown: &str) -> Result<(), crate::review::
     let kept = client.kept_comment(number, PLAN_MARKER, &body).await?;
     if let Some((op, method, path)) = kept.write() {
         client
-            .call(op, method, path, Some(&json!({"body": body})))
+            .call(op.as_str(), method, path, Some(&json!({"body": body})))
             .await?;
     }
     Ok(())

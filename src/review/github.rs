@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use octocrab::Octocrab;
+
+use crate::state::ReviewOperation;
 use serde_json::Value;
 
 /// How long one request may take, start to end.
@@ -83,11 +85,11 @@ pub enum KeptComment {
 
 impl KeptComment {
     /// The write to make, if any: (operation, method, path).
-    pub fn write(&self) -> Option<(&'static str, Method, &str)> {
+    pub fn write(&self) -> Option<(ReviewOperation, Method, &str)> {
         match self {
             KeptComment::Unchanged => None,
-            KeptComment::Edit { path } => Some(("edit-comment", Method::Patch, path)),
-            KeptComment::Create { path } => Some(("comment", Method::Post, path)),
+            KeptComment::Edit { path } => Some((ReviewOperation::EditComment, Method::Patch, path)),
+            KeptComment::Create { path } => Some((ReviewOperation::Comment, Method::Post, path)),
         }
     }
 }

@@ -32,7 +32,8 @@ use crate::plan::Plan;
 use crate::publish::{PublishError, Published, Sink};
 use crate::report::review as text;
 use crate::state::{
-    Incident, ProposalRow, ProposalState, ReviewEvent, ReviewOutcome, StateError, Store,
+    Incident, ProposalRow, ProposalState, ReviewEvent, ReviewOperation, ReviewOutcome, StateError,
+    Store,
 };
 use crate::vocab::{ActionType, IncidentStatus, ResourceKey, Secrets};
 use github::{enc, query, Client, GitHubError, Method};
@@ -492,7 +493,7 @@ impl Reviewer {
             Err(e) => return Err(e.into_error()),
         };
         self.write(
-            "update-branch",
+            ReviewOperation::UpdateBranch,
             &p.key.to_string(),
             Some(pr.number),
             Method::Patch,
@@ -507,7 +508,7 @@ impl Reviewer {
             .secrets
             .scrub(&self.body(p, ask, input, offer.clone(), base));
         self.write(
-            "update-pull-request",
+            ReviewOperation::UpdatePullRequest,
             &p.key.to_string(),
             Some(pr.number),
             Method::Patch,
@@ -581,7 +582,7 @@ impl Reviewer {
         let subject = p.key.to_string();
         let created = self
             .write(
-                "create-branch",
+                ReviewOperation::CreateBranch,
                 &subject,
                 None,
                 Method::Post,
@@ -601,7 +602,7 @@ impl Reviewer {
                     return Ok(Made::Blocked);
                 }
                 self.write(
-                    "update-branch",
+                    ReviewOperation::UpdateBranch,
                     &subject,
                     None,
                     Method::Patch,
@@ -620,7 +621,7 @@ impl Reviewer {
             .scrub(&self.body(p, Ask::Approve, input, offer, base));
         let made = self
             .write(
-                "open-pull-request",
+                ReviewOperation::OpenPullRequest,
                 &subject,
                 None,
                 Method::Post,
@@ -649,7 +650,7 @@ impl Reviewer {
                 };
                 let pr = Pull::of(v);
                 self.write(
-                    "update-pull-request",
+                    ReviewOperation::UpdatePullRequest,
                     &subject,
                     Some(pr.number),
                     Method::Patch,
@@ -663,7 +664,7 @@ impl Reviewer {
         };
         if !self.cfg.labels.is_empty() {
             self.write(
-                "label",
+                ReviewOperation::Label,
                 &subject,
                 Some(pr.number),
                 Method::Post,
@@ -780,7 +781,7 @@ impl Reviewer {
             };
             let blob = self
                 .write(
-                    "create-blob",
+                    ReviewOperation::CreateBlob,
                     &subject,
                     None,
                     Method::Post,
@@ -795,7 +796,7 @@ impl Reviewer {
         }
         let tree = self
             .write(
-                "create-tree",
+                ReviewOperation::CreateTree,
                 &subject,
                 None,
                 Method::Post,
@@ -806,7 +807,7 @@ impl Reviewer {
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let commit = self
             .write(
-                "create-commit",
+                ReviewOperation::CreateCommit,
                 &subject,
                 None,
                 Method::Post,
@@ -911,7 +912,7 @@ impl Reviewer {
         }
         self.status(pr.number, &status, secrets).await?;
         self.write(
-            "close-pull-request",
+            ReviewOperation::ClosePullRequest,
             &subject,
             Some(pr.number),
             Method::Patch,
@@ -921,7 +922,7 @@ impl Reviewer {
         .await?;
         if all_tends {
             self.write(
-                "delete-branch",
+                ReviewOperation::DeleteBranch,
                 &subject,
                 Some(pr.number),
                 Method::Delete,
@@ -999,7 +1000,7 @@ impl Reviewer {
                     let mut labels = self.cfg.labels.clone();
                     labels.push(format!("severity:{}", i.severity));
                     self.write(
-                        "open-issue",
+                        ReviewOperation::OpenIssue,
                         &subject,
                         None,
                         Method::Post,
@@ -1014,7 +1015,7 @@ impl Reviewer {
                         continue;
                     }
                     self.write(
-                        "update-issue",
+                        ReviewOperation::UpdateIssue,
                         &subject,
                         Some(issue.number),
                         Method::Patch,
@@ -1046,7 +1047,7 @@ impl Reviewer {
                     );
                     self.status(issue.number, &note, input.secrets).await?;
                     self.write(
-                        "close-issue",
+                        ReviewOperation::CloseIssue,
                         &subject,
                         Some(issue.number),
                         Method::Patch,
@@ -1143,7 +1144,7 @@ impl Reviewer {
     /// A write to GitHub, logged with its outcome.
     async fn write(
         &self,
-        op: &str,
+        op: ReviewOperation,
         subject: &str,
         number: Option<i64>,
         method: Method,
@@ -1151,7 +1152,7 @@ impl Reviewer {
         body: &Value,
     ) -> Result<Value, ReviewError> {
         let body = (!body.is_null()).then_some(body);
-        let result = self.client.call(op, method, path, body).await;
+        let result = self.client.call(op.as_str(), method, path, body).await;
         let (outcome, detail, number, url) = match &result {
             Ok(v) => (
                 ReviewOutcome::Ok,
@@ -1171,7 +1172,7 @@ impl Reviewer {
         };
         self.store.log_review(&ReviewEvent {
             at: Utc::now(),
-            operation: op.to_string(),
+            operation: op,
             subject: subject.to_string(),
             number,
             url,

@@ -498,15 +498,35 @@ pub struct UsedApproval {
 pub struct ReviewEvent {
     #[serde(with = "time_text")]
     pub at: DateTime<Utc>,
-    /// e.g. `open-pull-request`, `update-pull-request`, `close-pull-request`,
-    /// `open-issue`, `comment`, `close-issue`.
-    pub operation: String,
+    pub operation: ReviewOperation,
     /// The resource (`kind/name`) or incident (`incident #N`) it is about.
     pub subject: String,
     pub number: Option<i64>,
     pub url: Option<String>,
     pub outcome: ReviewOutcome,
     pub detail: String,
+}
+
+/// One write to the review host (GitHub), as the review log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr, strum::EnumString)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum ReviewOperation {
+    CreateBlob,
+    CreateTree,
+    CreateCommit,
+    CreateBranch,
+    UpdateBranch,
+    DeleteBranch,
+    OpenPullRequest,
+    UpdatePullRequest,
+    ClosePullRequest,
+    Label,
+    OpenIssue,
+    UpdateIssue,
+    CloseIssue,
+    Comment,
+    EditComment,
 }
 
 /// How one operation on the review host ended.
@@ -536,7 +556,7 @@ pub enum ProposalState {
     Blocked,
 }
 
-crate::model::words!(ReviewOutcome, ProposalState);
+crate::model::words!(ReviewOutcome, ProposalState, ReviewOperation);
 
 /// One open proposal: a resource's pending review and its pull request.
 #[derive(Debug, Clone, PartialEq, Serialize)]

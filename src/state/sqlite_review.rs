@@ -43,7 +43,7 @@ impl SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 W(&e.at),
-                e.operation,
+                W(&e.operation),
                 e.subject,
                 e.number,
                 e.url,
@@ -63,7 +63,7 @@ impl SqliteStore {
         let rows = stmt.query_map(params![limit as i64], |r| {
             Ok(ReviewEvent {
                 at: get(r, 0)?,
-                operation: r.get(1)?,
+                operation: get(r, 1)?,
                 subject: r.get(2)?,
                 number: r.get(3)?,
                 url: r.get(4)?,

@@ -36,6 +36,7 @@ macro_rules! words_as_text {
 words_as_text!(
     super::ProposalState,
     super::ReviewOutcome,
+    super::ReviewOperation,
     Kind,
     Mode,
     Severity,
