@@ -16,6 +16,9 @@ struct Shared {
     cut: AtomicUsize,
     down: AtomicBool,
     closing: AtomicBool,
+    /// Held while one response is checked, forwarded and counted: two
+    /// connections answering at once never let more than `allow` through.
+    gate: std::sync::Mutex<()>,
 }
 
 pub struct CutoffProxy {
@@ -118,6 +121,7 @@ fn responses(mut server: TcpStream, mut client: TcpStream, s: &Shared, allow: us
     let mut chunk = [0u8; 65536];
     loop {
         while let Some(len) = response_len(&buf) {
+            let _turn = s.gate.lock().unwrap_or_else(|e| e.into_inner());
             if s.down.load(Ordering::SeqCst) {
                 return cut(&client, &server, s);
             }
