@@ -452,10 +452,10 @@ impl Secrets {
         if mangles {
             return;
         }
-        // As it appears in JSON text too, when escaping changes it.
-        let escaped = serde_json::to_string(v).unwrap_or_default();
-        let escaped = &escaped[1..escaped.len().saturating_sub(1).max(1)];
-        for form in [v, escaped] {
+        // As it appears in JSON text too, when escaping changes it: the
+        // JSON string without its quotes.
+        let quoted = Value::from(v).to_string();
+        for form in [v, &quoted[1..quoted.len() - 1]] {
             if !self.values.iter().any(|x| x == form) {
                 self.values.push(form.to_string());
             }

@@ -20,8 +20,9 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
         .filter(|a| a.action_type == crate::vocab::ActionType::Create)
         .map(|a| &a.target)
         .collect();
-    // Unknown readings by their reason, in the order first seen.
-    let mut unknown: Vec<(String, Vec<String>)> = Vec::new();
+    // Unknown readings by their reason, in the order first seen: the
+    // resources and signals that read unknown for it.
+    let mut unknown: Vec<(String, Vec<(&crate::vocab::ResourceKey, &str)>)> = Vec::new();
     for a in &plan.health {
         if created.contains(&a.target) {
             lines.push(format!(
@@ -40,7 +41,7 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
                 )),
                 Status::Unknown => {
                     let why = once(&s.reading.detail);
-                    let signal = format!("{}  {}", a.target, s.reading.signal);
+                    let signal = (&a.target, s.reading.signal.as_str());
                     match unknown.iter_mut().find(|(w, _)| *w == why) {
                         Some((_, signals)) => signals.push(signal),
                         None => unknown.push((why, vec![signal])),
@@ -60,26 +61,15 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
         }
     }
     for (why, signals) in unknown {
-        let line = match signals.as_slice() {
-            [one] => format!("? {one} unknown: {why}"),
-            many => {
-                let (target, _) = many[0].split_once("  ").unwrap_or((&many[0], ""));
-                let same_target = many.iter().all(|s| s.starts_with(&format!("{target}  ")));
-                let names: Vec<String> = many
-                    .iter()
-                    .map(|s| match same_target {
-                        true => s
-                            .split_once("  ")
-                            .map_or(s.as_str(), |(_, n)| n)
-                            .to_string(),
-                        false => s.replacen("  ", " ", 1),
-                    })
-                    .collect();
-                match same_target {
-                    true => format!("? {target}  {} unknown: {why}", names.join(", ")),
-                    false => format!("? {} unknown: {why}", names.join(", ")),
-                }
-            }
+        // One resource: its name once, then its signals; several: each
+        // signal with its resource.
+        let one = signals.iter().all(|(t, _)| *t == signals[0].0);
+        let line = if one {
+            let names: Vec<&str> = signals.iter().map(|(_, n)| *n).collect();
+            format!("? {}  {} unknown: {why}", signals[0].0, names.join(", "))
+        } else {
+            let names: Vec<String> = signals.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            format!("? {} unknown: {why}", names.join(", "))
         };
         lines.push(format!(
             "{}{line} (no action on unknown signals){}",

@@ -366,32 +366,9 @@ impl GitHub {
         labels: &[&str],
     ) -> u64 {
         let mut st = self.st();
-        let r = st.repo_mut(repo);
-        for l in labels {
-            r.labels.entry(l.to_string()).or_insert_with(next_id);
-        }
-        let number = r.next_number();
-        let now = now();
-        r.items.insert(
-            number,
-            Item {
-                number,
-                id: next_id(),
-                pr_id: 0,
-                title: title.to_string(),
-                body: Some(body.to_string()),
-                state: "open".into(),
-                state_reason: None,
-                labels: labels.iter().map(|l| l.to_string()).collect(),
-                user: login.to_string(),
-                created_at: now.clone(),
-                updated_at: now,
-                closed_at: None,
-                closed_by: None,
-                pr: None,
-            },
-        );
-        number
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        st.repo_mut(repo)
+            .add_issue(title, Some(body.to_string()), labels, login)
     }
 
     /// A person comments on issue or pull request `number`.
@@ -847,6 +824,41 @@ impl Repo {
         self.items
             .get_mut(&number)
             .unwrap_or_else(|| panic!("no issue or pull request #{number}"))
+    }
+
+    /// Opens an issue by `user`; returns its number.
+    fn add_issue(
+        &mut self,
+        title: &str,
+        body: Option<String>,
+        labels: Vec<String>,
+        user: &str,
+    ) -> u64 {
+        for l in &labels {
+            self.labels.entry(l.clone()).or_insert_with(next_id);
+        }
+        let number = self.next_number();
+        let now = now();
+        self.items.insert(
+            number,
+            Item {
+                number,
+                id: next_id(),
+                pr_id: 0,
+                title: title.to_string(),
+                body,
+                state: "open".into(),
+                state_reason: None,
+                labels,
+                user: user.to_string(),
+                created_at: now.clone(),
+                updated_at: now,
+                closed_at: None,
+                closed_by: None,
+                pr: None,
+            },
+        );
+        number
     }
 
     fn next_number(&self) -> u64 {
@@ -2623,30 +2635,7 @@ impl Fake {
             return missing("Issue", "title");
         };
         let labels = label_names(c.body.get("labels"));
-        for l in &labels {
-            r.labels.entry(l.clone()).or_insert_with(next_id);
-        }
-        let number = r.next_number();
-        let now = now();
-        r.items.insert(
-            number,
-            Item {
-                number,
-                id: next_id(),
-                pr_id: 0,
-                title: title.to_string(),
-                body: c.str("body").map(str::to_string),
-                state: "open".into(),
-                state_reason: None,
-                labels,
-                user: BOT.into(),
-                created_at: now.clone(),
-                updated_at: now,
-                closed_at: None,
-                closed_by: None,
-                pr: None,
-            },
-        );
+        let number = r.add_issue(title, c.str("body").map(str::to_string), labels, BOT);
         Reply::new(201, self.view(c.full, r).issue(&r.items[&number]))
     }
 

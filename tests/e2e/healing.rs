@@ -1104,6 +1104,23 @@ fn an_escalated_process_is_still_restarted_with_backoff() {
     }
 }
 
+/// `tend watch --interval 1s` on the workspace for `d`, then SIGTERM, which
+/// it must stop cleanly on.
+fn watch_for(ws: &Workspace, d: Duration) {
+    let mut watch = ws
+        .cmd()
+        .args(["watch", "--interval", "1s"])
+        .arg(ws.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(d);
+    // SAFETY: signals the child this test started.
+    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
+    assert!(watch.wait().unwrap().success());
+}
+
 /// Regression: a workload that crashed a few seconds after every start
 /// was restarted 11 times in 60 s, with 10 "resolved" incidents and no
 /// escalation. The same problem recurring is a crash loop: escalated, and
@@ -1127,17 +1144,7 @@ fn a_crash_loop_is_escalated_and_restarts_are_bounded() {
             )
         ),
     );
-    let mut watch = ws
-        .cmd()
-        .args(["watch", "--interval", "1s"])
-        .arg(ws.desired())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(20));
-    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
-    assert!(watch.wait().unwrap().success());
+    watch_for(&ws, Duration::from_secs(20));
 
     let starts = starts(&ws);
     eprintln!(
@@ -1202,17 +1209,7 @@ fn m5_a_changing_log_line_is_still_a_crash_loop() {
         "runbook.yaml",
         "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart}\nspec:\n  steps:\n    - {action: restart, within: 3s, hold: 300ms}\n    - {action: escalate}\n",
     );
-    let mut watch = ws
-        .cmd()
-        .args(["watch", "--interval", "1s"])
-        .arg(ws.desired())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(15));
-    unsafe { libc::kill(watch.id() as i32, libc::SIGTERM) };
-    assert!(watch.wait().unwrap().success());
+    watch_for(&ws, Duration::from_secs(15));
     let list = incidents(&ws);
     let causes: Vec<&str> = list.iter().filter_map(|i| i["cause"].as_str()).collect();
     assert!(

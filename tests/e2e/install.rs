@@ -247,23 +247,7 @@ fn a_release_archive_installs_through_the_action_and_a_tampered_one_is_refused()
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(root.join(f), to).unwrap();
     }
-    let git = |args: &[&str]| {
-        let ok = Command::new("git")
-            .args(args)
-            .current_dir(&repo)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.com")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.com")
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "git {args:?}");
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-qm", "release"]);
+    super::commit_all(&repo, "release");
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let standin = root.join("tests/act/upload-artifact");

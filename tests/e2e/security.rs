@@ -469,24 +469,6 @@ fn m6_a_state_nobody_vouches_for_is_never_used() {
     assert!(unsigned.contains("not signed"), "{unsigned}");
 }
 
-/// A POST with a bearer token; the status.
-fn post_bearer(port: u16, path: &str, token: &str, body: &str) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The healing passes tend counted, from its own metrics.
 fn healing_passes(port: u16) -> u64 {
     let (_, text) = http("GET", port, "/metrics").unwrap();
@@ -538,7 +520,10 @@ fn m8_an_alert_flood_is_bounded_and_coalesced() {
                 r#"{{"version":"4","status":"firing","alerts":[{}]}}"#,
                 list.join(",")
             );
-            assert_eq!(post_bearer(port, "/hooks/alertmanager", token, &body), 200);
+            let bearer = [("Authorization", format!("Bearer {token}"))];
+            let (status, answer) =
+                super::service::post(port, "/hooks/alertmanager", &bearer, &body);
+            assert_eq!(status, 200, "{answer}");
         }
     }
     std::thread::sleep(Duration::from_secs(2));

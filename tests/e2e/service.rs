@@ -152,8 +152,8 @@ fn readyz_says_not_ready_while_no_pass_has_succeeded() {
     assert!(watch.wait().unwrap().success());
 }
 
-/// A POST with headers and a body, for the webhook.
-fn post(port: u16, path: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
+/// A POST with headers and a body, for the webhooks.
+pub(super) fn post(port: u16, path: &str, headers: &[(&str, String)], body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
