@@ -409,6 +409,7 @@ async fn survey(
             recurrences: &recurrences,
             healing: under_way,
             last_good: &last_good,
+            signatures: &desired.signatures,
             now,
         },
     );
@@ -577,6 +578,9 @@ fn prior_of(i: &Incident) -> Prior {
             .copied()
             .or(after.first())
             .map(|s| s.finished_at),
+        cause: i.cause.clone(),
+        signature: i.signature.clone(),
+        runbook: i.runbook.clone(),
     }
 }
 

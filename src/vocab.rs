@@ -259,6 +259,9 @@ pub enum StepOutcome {
     /// Under way: carried out or being verified. A step still running
     /// when a pass begins was cut short by a stop of tend.
     Running,
+    /// Not a step: a more specific cause was found, and names the
+    /// incident from then on.
+    Diagnosed,
 }
 
 /// Which side of a provider call a journal line records.

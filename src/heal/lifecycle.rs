@@ -8,7 +8,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::model::health::StepAction;
-use crate::state::IncidentUpdate;
+use crate::state::{Diagnosis, IncidentUpdate};
 use crate::vocab::{Decision, IncidentStatus, ResourceKey};
 
 /// Something that happened to an incident.
@@ -55,6 +55,15 @@ pub enum Event<'a> {
     },
     /// Every signal of the problem is healthy again, without a step.
     Recovered,
+    /// A more specific cause was found for an open incident: it takes the
+    /// new cause, signature and runbook. `next_step` is where that runbook
+    /// goes on (its first step when the runbook changed); `in_flight` when
+    /// a step under verification finishes first.
+    Diagnosed {
+        diagnosis: &'a Diagnosis,
+        next_step: usize,
+        in_flight: bool,
+    },
 }
 
 /// Where an incident moves.
@@ -65,6 +74,8 @@ pub struct Transition {
     /// The resource's current state, in words.
     pub state: String,
     pub recommendation: String,
+    /// The incident's new cause, signature and runbook.
+    pub diagnosis: Option<Diagnosis>,
 }
 
 impl Transition {
@@ -75,6 +86,7 @@ impl Transition {
             next_step: self.next_step,
             state: &self.state,
             recommendation: &self.recommendation,
+            diagnosis: self.diagnosis.as_ref(),
         }
     }
 }
@@ -99,6 +111,7 @@ impl Event<'_> {
             Event::Exhausted { .. } => "runbook exhausted",
             Event::CrashLoop { .. } => "crash loop",
             Event::Recovered => "recovered",
+            Event::Diagnosed { .. } => "diagnosed",
         }
     }
 }
@@ -112,7 +125,8 @@ const CONTINUES: &str = "the next pass reads the signals again and continues the
 /// Where an incident that is `from` moves on `event`. A resolved incident
 /// never moves again (a new problem opens a new incident); an escalated
 /// one runs no runbook step, and moves only when it recovers (or a stop
-/// cut a restore short).
+/// cut a restore short): a human is on it, and a new diagnosis would not
+/// run a step. Only an open incident is diagnosed again.
 pub fn next(from: IncidentStatus, event: &Event<'_>) -> Result<Transition, Illegal> {
     use IncidentStatus::{Escalated, Open, Resolved};
     let legal = match (from, event) {
@@ -132,6 +146,7 @@ pub fn next(from: IncidentStatus, event: &Event<'_>) -> Result<Transition, Illeg
         next_step,
         state,
         recommendation,
+        diagnosis: None,
     };
     Ok(match event {
         Event::StepStarted {
@@ -221,6 +236,35 @@ pub fn next(from: IncidentStatus, event: &Event<'_>) -> Result<Transition, Illeg
             ),
         ),
         Event::Recovered => t(Resolved, 0, "healthy".into(), "none".into()),
+        Event::Diagnosed {
+            diagnosis,
+            next_step,
+            in_flight,
+        } => {
+            let runbook = diagnosis.runbook.as_deref().unwrap_or("built-in");
+            let named = diagnosis
+                .signature
+                .as_deref()
+                .map_or_else(String::new, |s| format!("`{s}`: "));
+            Transition {
+                diagnosis: Some((*diagnosis).clone()),
+                ..t(
+                    Open,
+                    n(*next_step),
+                    format!("unhealthy; diagnosed as {named}{}", diagnosis.cause),
+                    if *in_flight {
+                        format!(
+                            "none: tend verifies the step in flight, then goes on with runbook `{runbook}`"
+                        )
+                    } else {
+                        format!(
+                            "none: tend goes on with step {} of runbook `{runbook}`",
+                            next_step + 1
+                        )
+                    },
+                )
+            }
+        }
     })
 }
 
@@ -240,6 +284,14 @@ mod tests {
             .with_timezone(&Utc);
         let reasons = vec!["policy asks for review".to_string()];
         let tried = vec!["restart (not-verified)".to_string()];
+        let diagnosis = Diagnosis {
+            cause: "the service is failing requests".into(),
+            signature: Some("error-storm".into()),
+            why: None,
+            runbook: Some("restart-then-escalate".into()),
+            severity: crate::model::health::Severity::Warning,
+            symptoms: serde_json::json!([]),
+        };
         let events = [
             Event::StepStarted {
                 step: 1,
@@ -274,6 +326,11 @@ mod tests {
                 next_attempt: None,
             },
             Event::Recovered,
+            Event::Diagnosed {
+                diagnosis: &diagnosis,
+                next_step: 0,
+                in_flight: true,
+            },
         ];
         // (from, event index) → (to, next step), or illegal.
         type Row = (IncidentStatus, usize, Option<(IncidentStatus, u32)>);
@@ -287,6 +344,7 @@ mod tests {
             (Open, 6, Some((Escalated, 3))),
             (Open, 7, Some((Escalated, 0))),
             (Open, 8, Some((Resolved, 0))),
+            (Open, 9, Some((Open, 0))),
             (Escalated, 0, None),
             (Escalated, 1, None),
             (Escalated, 2, None),
@@ -296,6 +354,7 @@ mod tests {
             (Escalated, 6, None),
             (Escalated, 7, None),
             (Escalated, 8, Some((Resolved, 0))),
+            (Escalated, 9, None),
         ];
         for (from, i, want) in table {
             let got = next(*from, &events[*i])
@@ -330,6 +389,32 @@ mod tests {
             t.recommendation,
             "approve or carry out step 2 (replace) of runbook `restart-then-replace`: maintenance window"
         );
+        let diagnosis = Diagnosis {
+            cause: "the service is failing requests".into(),
+            signature: Some("error-storm".into()),
+            why: None,
+            runbook: Some("restart-then-escalate".into()),
+            severity: crate::model::health::Severity::Warning,
+            symptoms: serde_json::json!([]),
+        };
+        let t = next(
+            Open,
+            &Event::Diagnosed {
+                diagnosis: &diagnosis,
+                next_step: 0,
+                in_flight: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.state,
+            "unhealthy; diagnosed as `error-storm`: the service is failing requests"
+        );
+        assert_eq!(
+            t.recommendation,
+            "none: tend verifies the step in flight, then goes on with runbook `restart-then-escalate`"
+        );
+        assert_eq!(t.update().diagnosis, Some(&diagnosis));
         let err = next(Resolved, &Event::Recovered).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -14,6 +14,7 @@
 //! never delays another resource's correction or healing. This stage never
 //! decides what is allowed. See ARCHITECTURE.md.
 
+mod diagnosis;
 pub mod lifecycle;
 mod verify;
 
@@ -103,6 +104,10 @@ pub struct Work {
 enum Phase {
     /// Handed over by a pass; the incident is opened or continued.
     New(Option<Action>),
+    /// A new incident opened by a symptom waits, until `until` at the
+    /// latest, for a more specific signature about to match before its
+    /// first step (`Settings spec.healing.diagnosisGrace`).
+    Diagnosing { until: Instant, action: Action },
     /// The decided step to carry out next.
     Step { index: usize, action: Action },
     /// A step carried out and under verification until `deadline`.
@@ -111,6 +116,8 @@ enum Phase {
 
 struct Verifying {
     index: usize,
+    /// The step carried out, as the runbook it came from says.
+    ran: Ran,
     action: Action,
     started: chrono::DateTime<chrono::Utc>,
     /// What carrying the step out said.
@@ -119,6 +126,15 @@ struct Verifying {
     healthy_since: Option<Instant>,
     /// What the last look found.
     last: String,
+}
+
+/// A step carried out: its runbook step, and the cause and runbook its
+/// verdict is counted under (a diagnosis while it is verified changes the
+/// incident's, not the step's).
+struct Ran {
+    step: Step,
+    cause: String,
+    runbook: String,
 }
 
 /// One resource's healing in progress.
@@ -131,6 +147,12 @@ struct Job {
     /// Where the runbook goes on from when nothing more is tried.
     from: usize,
     phase: Phase,
+    /// The signal and SLO states as the last look assessed them, to
+    /// diagnose the resource again at each look.
+    memory: HashMap<String, crate::health::Remembered>,
+    /// A runbook that replaces the incident's once the step in flight ends
+    /// (a more specific diagnosis came while it was verified).
+    switch: Option<RunbookSpec>,
 }
 
 impl Job {
@@ -203,6 +225,8 @@ impl Runner {
                         from: remedy.step.unwrap_or(0),
                         remedy,
                         phase: Phase::New(action),
+                        memory: HashMap::new(),
+                        switch: None,
                     },
                 );
             }
@@ -291,7 +315,7 @@ impl Runner {
                 Some(resource) => interrupted(
                     &h,
                     &job.incident(resource),
-                    v.index,
+                    (v.index, &v.ran.step),
                     v.last.clone(),
                     v.started,
                 ),
@@ -355,6 +379,15 @@ async fn advance(h: &Healer<'_>, job: &mut Job) -> Result<Advance, StateError> {
     loop {
         let next = match std::mem::replace(&mut job.phase, Phase::New(None)) {
             Phase::New(action) => begin(h, job, resource, action).await?,
+            Phase::Diagnosing { until, action } => {
+                match diagnosis::wait(h, job, resource, until, action).await? {
+                    diagnosis::Waited::Again(phase) => {
+                        job.phase = phase;
+                        return Ok(Advance::At((Instant::now() + POLL).min(until)));
+                    }
+                    diagnosis::Waited::Then(phase) => phase,
+                }
+            }
             Phase::Step { index, action } => {
                 let inc = job.incident(resource);
                 match start_step(h, &inc, index, &action).await? {
@@ -366,15 +399,21 @@ async fn advance(h: &Healer<'_>, job: &mut Job) -> Result<Advance, StateError> {
                     Started::NotHealed => after_failure(h, job, resource, index).await?,
                 }
             }
-            Phase::Verifying(v) => match look(h, &job.incident(resource), v).await? {
-                Look::Again(v) => {
-                    let at = (Instant::now() + POLL).min(v.deadline);
-                    job.phase = Phase::Verifying(v);
-                    return Ok(Advance::At(at));
+            Phase::Verifying(v) => {
+                let (look, readings) = look(h, &job.incident(resource), v).await?;
+                if let Some(readings) = readings {
+                    diagnosis::look(h, job, resource, readings, true)?;
                 }
-                Look::Verified => return Ok(Advance::Stands(Standing::Resolved)),
-                Look::NotVerified(index) => after_failure(h, job, resource, index).await?,
-            },
+                match look {
+                    Look::Again(v) => {
+                        let at = (Instant::now() + POLL).min(v.deadline);
+                        job.phase = Phase::Verifying(v);
+                        return Ok(Advance::At(at));
+                    }
+                    Look::Verified => return Ok(Advance::Stands(Standing::Resolved)),
+                    Look::NotVerified(index) => after_failure(h, job, resource, index).await?,
+                }
+            }
         };
         match next {
             Some(phase) => job.phase = phase,
@@ -392,8 +431,14 @@ async fn after_failure(
     index: usize,
 ) -> Result<Option<Phase>, StateError> {
     job.from = index + 1;
+    if let Some(spec) = job.switch.take() {
+        // The incident was diagnosed again while the step was verified:
+        // its new runbook goes on from its first step.
+        job.spec = spec;
+        job.from = 0;
+    }
     let inc = job.incident(resource);
-    match next_step(h, &inc, index).await? {
+    match next_step(h, &inc, job.from).await? {
         Some((index, action)) => Ok(Some(Phase::Step { index, action })),
         None => {
             escalate(h, &inc, job.from).await?;
@@ -414,6 +459,7 @@ async fn begin(
         Some(id) => id,
         None => open_incident(h, &job.remedy)?,
     };
+    job.memory = h.store.remembered(&job.remedy.target)?;
     let remedy = &job.remedy;
     if remedy.escalated {
         return Ok(None);
@@ -435,9 +481,24 @@ async fn begin(
         .map(|t| t.reading.signal.clone())
         .collect();
     record_skips(h, job.id, &job.remedy.skipped)?;
+    if let Some(was) = job.remedy.diagnosed_from.clone() {
+        diagnosis::record(h, job, &was, false)?;
+    }
     match job.remedy.step.zip(action) {
         Some((index, action)) if index < job.spec.steps.len() => {
-            Ok(Some(Phase::Step { index, action }))
+            let grace = job
+                .remedy
+                .problem
+                .pending
+                .as_ref()
+                .map(|p| p.grace(h.desired.settings.healing.diagnosis_grace.0));
+            match grace.filter(|g| job.remedy.incident.is_none() && !g.is_zero()) {
+                Some(g) => Ok(Some(Phase::Diagnosing {
+                    until: Instant::now() + g,
+                    action,
+                })),
+                None => Ok(Some(Phase::Step { index, action })),
+            }
         }
         _ => {
             escalate(h, &job.incident(resource), job.from).await?;
@@ -456,6 +517,17 @@ struct Incident<'a> {
     symptoms: &'a [String],
 }
 
+impl Incident<'_> {
+    /// Step `index` of the incident's runbook as it is carried out now.
+    fn ran(&self, index: usize) -> Ran {
+        Ran {
+            step: self.spec.steps[index].clone(),
+            cause: self.remedy.cause_key(),
+            runbook: self.remedy.runbook.clone(),
+        }
+    }
+}
+
 fn healed(incident: i64, standing: Standing) -> Healed {
     Healed { incident, standing }
 }
@@ -465,6 +537,7 @@ fn open_incident(h: &Healer<'_>, remedy: &Remedy) -> Result<i64, StateError> {
         key: &remedy.target,
         cause: &remedy.problem.cause,
         signature: remedy.problem.signature.as_deref(),
+        why: remedy.problem.why.as_deref(),
         runbook: Some(&remedy.runbook),
         severity: remedy.problem.severity,
         symptoms: serde_json::to_value(&remedy.problem.symptoms).unwrap_or_default(),
@@ -555,6 +628,7 @@ async fn start_step(
             )?;
             return Ok(Started::Verifying(Box::new(Verifying {
                 index,
+                ran: inc.ran(index),
                 action: action.clone(),
                 started,
                 detail,
@@ -566,7 +640,7 @@ async fn start_step(
         Outcome::Failed { error } => format!("the step failed: {error}"),
         Outcome::Skipped { reason } => reason,
     };
-    end_step(h, inc, index, Err(failed), started)?;
+    end_step(h, inc, index, &inc.ran(index), Err(failed), started)?;
     Ok(Started::NotHealed)
 }
 
@@ -580,24 +654,28 @@ enum Look {
     NotVerified(usize),
 }
 
-/// Reads the resource and the problem's signals once, and says whether
-/// the step held, failed, or needs another look.
+/// Reads the resource and its signals once, and says whether the step
+/// held, failed, or needs another look; with the readings, when there
+/// were any, to diagnose the resource again.
 async fn look(
     h: &Healer<'_>,
     inc: &Incident<'_>,
     mut v: Box<Verifying>,
-) -> Result<Look, StateError> {
-    let step = &inc.spec.steps[v.index];
-    let reading = verify::check(h, inc.resource, inc.symptoms).await;
-    match judge(&mut v, reading, Instant::now(), step.hold()) {
+) -> Result<(Look, Option<Vec<crate::health::Reading>>), StateError> {
+    let step = v.ran.step.clone();
+    let (reading, readings) = match verify::read(h, inc.resource).await {
+        Ok(readings) => (verify::verdict(&readings, inc.symptoms), Some(readings)),
+        Err(e) => (Err(e), None),
+    };
+    let look = match judge(&mut v, reading, Instant::now(), step.hold()) {
         Judged::Held(text) => {
             h.executor
                 .journal_verification(&v.action, Some(Ok(&text)))?;
             let verdict = Ok(format!("{}; verified: {text}", v.detail));
-            end_step(h, inc, v.index, verdict, v.started)?;
-            Ok(Look::Verified)
+            end_step(h, inc, v.index, &v.ran, verdict, v.started)?;
+            Look::Verified
         }
-        Judged::Pending => Ok(Look::Again(v)),
+        Judged::Pending => Look::Again(v),
         Judged::Expired => {
             h.executor
                 .journal_verification(&v.action, Some(Err(&v.last)))?;
@@ -607,10 +685,11 @@ async fn look(
                 humantime::format_duration(step.within()),
                 v.last
             ));
-            end_step(h, inc, v.index, verdict, v.started)?;
-            Ok(Look::NotVerified(v.index))
+            end_step(h, inc, v.index, &v.ran, verdict, v.started)?;
+            Look::NotVerified(v.index)
         }
-    }
+    };
+    Ok((look, readings))
 }
 
 /// What one look at a step under verification found.
@@ -660,14 +739,15 @@ fn end_step(
     h: &Healer<'_>,
     inc: &Incident<'_>,
     index: usize,
+    ran: &Ran,
     verdict: Result<String, String>,
     started: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StateError> {
-    let step = &inc.spec.steps[index];
+    let step = &ran.step;
     let verified = verdict.is_ok();
     h.store.record_step_result(&StepResult {
-        cause: &inc.remedy.cause_key(),
-        runbook: &inc.remedy.runbook,
+        cause: &ran.cause,
+        runbook: &ran.runbook,
         step: index as u32,
         action: step.action,
         success: verified,
@@ -765,11 +845,10 @@ pub fn close_running_steps(
 fn interrupted(
     h: &Healer<'_>,
     inc: &Incident<'_>,
-    index: usize,
+    (index, step): (usize, &Step),
     detail: String,
     started: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), StateError> {
-    let step = &inc.spec.steps[index];
     finish_step(
         h,
         inc.id,
@@ -846,12 +925,12 @@ fn hold(
     )
 }
 
-/// The step after one that did not heal, decided; `None` when the runbook
-/// is exhausted.
+/// The first step at or after `from` that is not skipped as ineffective,
+/// decided; `None` when the runbook is exhausted.
 async fn next_step(
     h: &Healer<'_>,
     inc: &Incident<'_>,
-    index: usize,
+    from: usize,
 ) -> Result<Option<(usize, Action)>, StateError> {
     let cause = inc.remedy.cause_key();
     let mut skipped = Vec::new();
@@ -862,7 +941,7 @@ async fn next_step(
     };
     let following = remedy::next_step(
         inc.spec,
-        index + 1,
+        from,
         &failures,
         h.desired.settings.healing.ineffective_after,
         &mut skipped,
@@ -871,6 +950,12 @@ async fn next_step(
     let Some(i) = following else {
         return Ok(None);
     };
+    Ok(Some((i, planned(h, inc, i).await?)))
+}
+
+/// Step `i` of the incident's runbook, planned on the resource as it is
+/// now and decided.
+async fn planned(h: &Healer<'_>, inc: &Incident<'_>, i: usize) -> Result<Action, StateError> {
     let live = verify::read_live(h, inc.resource).await.ok().flatten();
     let drift = drift_of(inc.resource, live.as_ref());
     let good = || {
@@ -892,7 +977,7 @@ async fn next_step(
         &drift,
         &good,
     );
-    Ok(Some((i, decide(h, action, live)?)))
+    decide(h, action, live)
 }
 
 /// Decides a step planned after an earlier one failed: the same decide
@@ -1123,6 +1208,17 @@ mod tests {
     fn verifying(deadline: Instant) -> Verifying {
         Verifying {
             index: 0,
+            ran: Ran {
+                step: Step {
+                    action: StepAction::Restart,
+                    within: None,
+                    hold: None,
+                    command: Vec::new(),
+                    by: None,
+                },
+                cause: "web".into(),
+                runbook: "built-in".into(),
+            },
             action: Action {
                 fingerprint: "0000000000000000".into(),
                 action_type: ActionType::Restart,

@@ -4,7 +4,7 @@
 //! controller; nothing here waits).
 
 use super::Healer;
-use crate::health::Status;
+use crate::health::{Reading, Status};
 use crate::model::Resource;
 use crate::provider::Listing;
 use crate::vocab::LiveResource;
@@ -21,17 +21,17 @@ pub(super) async fn read_live(
     Ok(live.remove(&r.key))
 }
 
-/// Reads the resource and the signals of the problem once: what they say
-/// when all of them are healthy, else what is not.
-pub(super) async fn check(
-    h: &Healer<'_>,
-    r: &Resource,
-    symptoms: &[String],
-) -> Result<String, String> {
+/// Reads the resource and all of its signals once.
+pub(super) async fn read(h: &Healer<'_>, r: &Resource) -> Result<Vec<Reading>, String> {
     let live = read_live(h, r)
         .await
         .map_err(|e| format!("failed to read live state: {e}"))?;
-    let readings = h.prober.read(r, live.as_ref()).await;
+    Ok(h.prober.read(r, live.as_ref()).await)
+}
+
+/// What the resource and the signals of the problem say when all of them
+/// are healthy, else what is not.
+pub(super) fn verdict(readings: &[Reading], symptoms: &[String]) -> Result<String, String> {
     let relevant: Vec<_> = readings
         .iter()
         .filter(|rd| {

@@ -128,6 +128,36 @@ pub struct Problem {
     /// When the failure most likely began: the latest time its signals were
     /// all healthy, else when the first of them turned unhealthy.
     pub onset: DateTime<Utc>,
+    /// Why this signature names the problem rather than the others that
+    /// match too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// A more specific signature whose signals are all unhealthy already
+    /// and only wait on their `for`: the first step of a new incident may
+    /// wait for it (`Settings spec.healing.diagnosisGrace`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// A signature about to match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pending {
+    pub signature: String,
+    /// How long until every one of its `for`s has held, if its signals stay
+    /// unhealthy.
+    pub ready_in_ms: u64,
+    /// The shortest `for` involved (its waiting conditions', and a breached
+    /// SLO's that opened the problem): the grace never exceeds it.
+    pub shortest_for_ms: u64,
+}
+
+impl Pending {
+    /// How long the first step of a new incident waits for this signature:
+    /// the grace, never longer than the shortest `for` involved.
+    pub fn grace(&self, grace: Duration) -> Duration {
+        grace.min(Duration::from_millis(self.shortest_for_ms))
+    }
 }
 
 /// The health of one resource in one pass.
@@ -284,6 +314,176 @@ pub fn rows_of(a: &Assessment) -> Vec<SignalRow> {
     rows
 }
 
+/// How one signature stands against this pass's signals.
+enum Match {
+    /// Every condition holds: these are its symptoms.
+    Holds(Vec<Tracked>),
+    /// Every condition's signal is unhealthy, but some have not been for
+    /// their `for` yet.
+    Waiting(Pending),
+    No,
+}
+
+/// How one condition stands: held (its symptom), unhealthy but not for
+/// long enough (how much longer, and its `for`), or not at all.
+enum Cond {
+    Holds(Tracked),
+    Waits(Duration, Duration),
+    No,
+}
+
+fn condition(
+    c: &crate::model::health::Condition,
+    signals: &HashMap<&str, &Tracked>,
+    slos: &HashMap<&str, &SloState>,
+    now: DateTime<Utc>,
+) -> Cond {
+    if let Some(sig) = &c.signal {
+        let Some(t) = signals.get(sig.as_str()) else {
+            return Cond::No;
+        };
+        if t.reading.status != Status::Unhealthy {
+            return Cond::No;
+        }
+        let need = c.for_.unwrap_or_default().0;
+        let lasted = elapsed(t.since, now);
+        if lasted >= need {
+            Cond::Holds((*t).clone())
+        } else {
+            Cond::Waits(need - lasted, need)
+        }
+    } else {
+        match c.slo.as_deref().and_then(|n| slos.get(n)) {
+            Some(s) if s.breached => Cond::Holds(s.signal.clone()),
+            _ => Cond::No,
+        }
+    }
+}
+
+fn match_signature(
+    sig: &Signature,
+    signals: &HashMap<&str, &Tracked>,
+    slos: &HashMap<&str, &SloState>,
+    now: DateTime<Utc>,
+) -> Match {
+    let mut symptoms = Vec::new();
+    // (longest remaining wait, shortest `for` among the waiting ones)
+    let mut wait: Option<(Duration, Duration)> = None;
+    let mut waits = |left: Duration, need: Duration| {
+        let w = wait.get_or_insert((left, need));
+        *w = (w.0.max(left), w.1.min(need));
+    };
+    for c in &sig.spec.all {
+        match condition(c, signals, slos, now) {
+            Cond::Holds(t) => symptoms.push(t),
+            Cond::Waits(left, need) => waits(left, need),
+            Cond::No => return Match::No,
+        }
+    }
+    if !sig.spec.any.is_empty() {
+        let mut held = Vec::new();
+        let mut soonest: Option<(Duration, Duration)> = None;
+        for c in &sig.spec.any {
+            match condition(c, signals, slos, now) {
+                Cond::Holds(t) => held.push(t),
+                Cond::Waits(left, need) => {
+                    if soonest.is_none_or(|(l, _)| left < l) {
+                        soonest = Some((left, need));
+                    }
+                }
+                Cond::No => {}
+            }
+        }
+        match (held.is_empty(), soonest) {
+            (false, _) => symptoms.extend(held),
+            (true, Some((left, need))) => waits(left, need),
+            (true, None) => return Match::No,
+        }
+    }
+    match wait {
+        None => Match::Holds(symptoms),
+        Some((ready_in, shortest_for)) => Match::Waiting(Pending {
+            signature: sig.name.clone(),
+            ready_in_ms: ready_in.as_millis() as u64,
+            shortest_for_ms: shortest_for.as_millis() as u64,
+        }),
+    }
+}
+
+/// How many conditions, in words.
+fn conditions(n: usize) -> String {
+    if n == 1 {
+        "1 condition".to_string()
+    } else {
+        format!("{n} conditions")
+    }
+}
+
+/// Why `chosen` names the problem rather than the other signatures that
+/// match too: the most specific one (the most conditions), then the first
+/// by name.
+fn why_chosen(chosen: &Signature, others: &[&Signature]) -> String {
+    let mine = chosen.specificity();
+    if others.is_empty() {
+        return format!(
+            "`{}` ({}) is the only signature that matches",
+            chosen.name,
+            conditions(mine)
+        );
+    }
+    let over: Vec<String> = others
+        .iter()
+        .map(|o| {
+            let theirs = o.specificity();
+            let reason = if theirs < mine {
+                "less specific"
+            } else {
+                "as specific, later by name"
+            };
+            format!("`{}` ({}, {reason})", o.name, conditions(theirs))
+        })
+        .collect();
+    format!(
+        "`{}` ({}) was chosen over {}",
+        chosen.name,
+        conditions(mine),
+        over.join(", ")
+    )
+}
+
+/// How specific a diagnosis is: a signature (by its number of conditions)
+/// is more specific than an SLO or a dead process, which name a symptom.
+/// A signature that is no longer declared still outranks a symptom.
+pub fn rank(signature: Option<&str>, signatures: &[Signature]) -> usize {
+    match signature {
+        None => 0,
+        Some(name) => {
+            1 + signatures
+                .iter()
+                .find(|s| s.name == name)
+                .map_or(0, Signature::specificity)
+        }
+    }
+}
+
+/// What an assessment leaves to remember, as the next assessment reads it
+/// (the store's remembered rows, kept in memory between looks).
+pub fn memory_of(a: &Assessment) -> HashMap<String, Remembered> {
+    rows_of(a)
+        .into_iter()
+        .map(|r| {
+            (
+                r.signal,
+                Remembered {
+                    status: r.status,
+                    since: r.since,
+                    last_healthy: r.last_healthy,
+                },
+            )
+        })
+        .collect()
+}
+
 fn diagnose(
     r: &Resource,
     signals: &HashMap<&str, &Tracked>,
@@ -292,76 +492,99 @@ fn diagnose(
     now: DateTime<Utc>,
 ) -> Option<Problem> {
     let slo_by_name: HashMap<&str, &SloState> = slos.iter().map(|s| (s.name.as_str(), s)).collect();
-    let holds = |c: &crate::model::health::Condition| -> Option<Tracked> {
-        if let Some(sig) = &c.signal {
-            let t = signals.get(sig.as_str())?;
-            t.unhealthy_for(c.for_.unwrap_or_default().0, now)
-                .then(|| (*t).clone())
-        } else {
-            let s = slo_by_name.get(c.slo.as_deref()?)?;
-            s.breached.then(|| s.signal.clone())
-        }
-    };
     // Signatures are sorted by name, so among equally specific ones the
     // first name wins.
-    let mut best: Option<(&Signature, Vec<Tracked>)> = None;
+    let mut matched: Vec<(&Signature, Vec<Tracked>)> = Vec::new();
+    let mut waiting: Vec<(&Signature, Pending)> = Vec::new();
     for sig in signatures.iter().filter(|s| s.selects(r)) {
-        let mut symptoms = Vec::new();
-        let all_hold = sig.spec.all.iter().all(|c| match holds(c) {
-            Some(t) => {
-                symptoms.push(t);
-                true
-            }
-            None => false,
-        });
-        if !all_hold {
-            continue;
-        }
-        if !sig.spec.any.is_empty() {
-            let any: Vec<Tracked> = sig.spec.any.iter().filter_map(holds).collect();
-            if any.is_empty() {
-                continue;
-            }
-            symptoms.extend(any);
-        }
-        if best
-            .as_ref()
-            .is_none_or(|(b, _)| sig.specificity() > b.specificity())
-        {
-            best = Some((sig, symptoms));
+        match match_signature(sig, signals, &slo_by_name, now) {
+            Match::Holds(symptoms) => matched.push((sig, symptoms)),
+            Match::Waiting(p) => waiting.push((sig, p)),
+            Match::No => {}
         }
     }
-    let runbook = r.remediation.as_ref().map(|m| m.runbook.clone());
-    let (cause, signature, runbook, severity, mut symptoms) = if let Some((sig, symptoms)) = best {
-        (
-            sig.spec.cause.clone(),
-            Some(sig.name.clone()),
-            Some(sig.spec.runbook.clone()),
-            sig.spec.severity,
-            symptoms,
-        )
-    } else if let Some(s) = slos.iter().find(|s| s.breached) {
-        (
-            format!("SLO `{}` is breached", s.name),
-            None,
-            runbook,
-            Severity::Warning,
-            vec![s.signal.clone()],
-        )
-    } else if let Some(t) = signals
-        .get("liveness")
-        .filter(|t| t.reading.status == Status::Unhealthy)
-    {
-        (
-            process_down_cause(&t.reading.detail),
-            None,
-            runbook,
-            Severity::Warning,
-            vec![(*t).clone()],
-        )
-    } else {
-        return None;
+    let most_specific = |list: &[&Signature]| -> Option<usize> {
+        let mut best: Option<usize> = None;
+        for (i, s) in list.iter().enumerate() {
+            if best.is_none_or(|b| s.specificity() > list[b].specificity()) {
+                best = Some(i);
+            }
+        }
+        best
     };
+    let names: Vec<&Signature> = matched.iter().map(|(s, _)| *s).collect();
+    let best = most_specific(&names).map(|i| {
+        let others: Vec<&Signature> = names
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, s)| *s)
+            .collect();
+        let why = why_chosen(names[i], &others);
+        (names[i], matched.swap_remove(i).1, why)
+    });
+    let runbook = r.remediation.as_ref().map(|m| m.runbook.clone());
+    let mut slo_for = None;
+    let (cause, signature, runbook, severity, mut symptoms, why) =
+        if let Some((sig, symptoms, why)) = best {
+            (
+                sig.spec.cause.clone(),
+                Some(sig.name.clone()),
+                Some(sig.spec.runbook.clone()),
+                sig.spec.severity,
+                symptoms,
+                Some(why),
+            )
+        } else if let Some(s) = slos.iter().find(|s| s.breached) {
+            slo_for = r
+                .health
+                .iter()
+                .flat_map(|h| h.slos.iter())
+                .find(|d| d.name == s.name)
+                .map(Slo::for_duration);
+            (
+                format!("SLO `{}` is breached", s.name),
+                None,
+                runbook,
+                Severity::Warning,
+                vec![s.signal.clone()],
+                None,
+            )
+        } else if let Some(t) = signals
+            .get("liveness")
+            .filter(|t| t.reading.status == Status::Unhealthy)
+        {
+            (
+                process_down_cause(&t.reading.detail),
+                None,
+                runbook,
+                Severity::Warning,
+                vec![(*t).clone()],
+                None,
+            )
+        } else {
+            return None;
+        };
+    // The most specific signature about to match, if it would name the
+    // problem more precisely than what matches now.
+    let mine = rank(signature.as_deref(), signatures);
+    let candidates: Vec<&Signature> = waiting
+        .iter()
+        .map(|(s, _)| *s)
+        .filter(|s| 1 + s.specificity() > mine)
+        .collect();
+    let pending = most_specific(&candidates).map(|i| {
+        let name = &candidates[i].name;
+        let mut p = waiting
+            .iter()
+            .find(|(s, _)| &s.name == name)
+            .map(|(_, p)| p.clone())
+            .expect("a candidate is waiting");
+        if let Some(f) = slo_for.filter(|f| !f.is_zero()) {
+            p.shortest_for_ms = p.shortest_for_ms.min(f.as_millis() as u64);
+        }
+        p
+    });
     symptoms.dedup_by(|a, b| a.reading.signal == b.reading.signal);
     let onset = symptoms
         .iter()
@@ -375,6 +598,8 @@ fn diagnose(
         severity,
         symptoms,
         onset,
+        why,
+        pending,
     })
 }
 
@@ -505,6 +730,97 @@ mod tests {
             .unwrap(),
             origin: resource().origin,
         }
+    }
+
+    fn with_for(mut sig: Signature, secs: u64) -> Signature {
+        for c in &mut sig.spec.all {
+            c.for_ = Some(Span(Duration::from_secs(secs)));
+        }
+        sig
+    }
+
+    /// An SLO breached before a signature's `for` has held: the problem is
+    /// the SLO, and the signature is pending with how long it has left;
+    /// once its `for` holds it names the problem, and says why.
+    #[test]
+    fn a_signature_waiting_on_its_for_is_pending_then_named_with_why() {
+        let mut r = resource();
+        r.health = Some(Box::new(Health {
+            slos: vec![slo(5, 20)],
+            ..Health::default()
+        }));
+        let read = |name: &str| Reading {
+            signal: name.into(),
+            status: Status::Unhealthy,
+            value: Some(0.9),
+            detail: String::new(),
+        };
+        let sigs = vec![
+            with_for(signature("errors", &["errors"]), 10),
+            with_for(signature("leak", &["errors", "memory"]), 10),
+        ];
+        // http unhealthy since 0, errors since 3; at 6 the SLO (for 5s) is
+        // breached and `errors` has 7 s of its 10 s left.
+        let mut memory = HashMap::new();
+        for (s, signal) in [(0, "http"), (3, "errors")] {
+            memory.insert(
+                signal.to_string(),
+                Remembered {
+                    status: Status::Unhealthy,
+                    since: at(s),
+                    last_healthy: Some(at(s - 1)),
+                },
+            );
+        }
+        memory.insert(
+            slo_key("avail"),
+            Remembered {
+                status: Status::Unhealthy,
+                since: at(5),
+                last_healthy: None,
+            },
+        );
+        let readings = vec![read("http"), read("errors")];
+        let a = assess(&r, readings.clone(), &memory, &sigs, at(6));
+        let p = a.problem.unwrap();
+        assert_eq!(p.cause, "SLO `avail` is breached");
+        assert_eq!(p.why, None);
+        let pending = p.pending.unwrap();
+        assert_eq!(pending.signature, "errors");
+        assert_eq!(pending.ready_in_ms, 7_000);
+        // The shortest `for` involved is the SLO's 5 s.
+        assert_eq!(pending.shortest_for_ms, 5_000);
+        assert_eq!(
+            pending.grace(Duration::from_secs(8)),
+            Duration::from_secs(5)
+        );
+
+        let a = assess(&r, readings, &memory, &sigs, at(13));
+        let p = a.problem.unwrap();
+        assert_eq!(p.signature.as_deref(), Some("errors"));
+        assert_eq!(p.pending, None, "nothing more specific is waiting");
+        assert_eq!(
+            p.why.as_deref(),
+            Some("`errors` (1 condition) is the only signature that matches")
+        );
+        assert!(rank(Some("errors"), &sigs) > rank(None, &sigs));
+        assert!(rank(Some("leak"), &sigs) > rank(Some("errors"), &sigs));
+
+        // With memory unhealthy too, `leak` matches and says why.
+        let mut memory = memory;
+        memory.insert("memory".into(), memory["errors"].clone());
+        let readings = vec![read("http"), read("errors"), read("memory")];
+        let p = assess(&r, readings.clone(), &memory, &sigs, at(13))
+            .problem
+            .unwrap();
+        assert_eq!(p.signature.as_deref(), Some("leak"));
+        assert_eq!(
+            p.why.as_deref(),
+            Some("`leak` (2 conditions) was chosen over `errors` (1 condition, less specific)")
+        );
+        // Before the `for`s hold, `leak` is the one pending.
+        let p = assess(&r, readings, &memory, &sigs, at(6)).problem.unwrap();
+        assert_eq!(p.pending.unwrap().signature, "leak");
     }
 
     #[test]

@@ -349,6 +349,16 @@ pub struct Healing {
     pub backoff: Backoff,
     #[serde(default)]
     pub crash_loop: CrashLoop,
+    /// How long the first step of a new incident opened by a symptom (an
+    /// SLO, a dead process, a less specific signature) waits for a more
+    /// specific signature whose signals are all unhealthy already and only
+    /// wait on their `for`; never longer than the shortest `for` involved.
+    #[serde(default = "default_diagnosis_grace")]
+    pub diagnosis_grace: Span,
+}
+
+fn default_diagnosis_grace() -> Span {
+    Span(std::time::Duration::from_secs(5))
 }
 
 /// `Settings spec.healing.backoff`: how often tend restores the declared
@@ -438,6 +448,7 @@ impl Default for Healing {
             concurrency: default_concurrency(),
             backoff: Backoff::default(),
             crash_loop: CrashLoop::default(),
+            diagnosis_grace: default_diagnosis_grace(),
         }
     }
 }

@@ -147,6 +147,8 @@ pub struct HealingInput<'a> {
     /// The last known good spec of a resource and the commit it was
     /// declared at, for a `reapply-last-good` step.
     pub last_good: &'a dyn Fn(&ResourceKey) -> Option<crate::vocab::Rollback>,
+    /// The declared signatures, to tell which diagnosis is more specific.
+    pub signatures: &'a [crate::model::health::Signature],
     pub now: DateTime<Utc>,
 }
 
@@ -179,6 +181,8 @@ pub fn add_health(
                     .map(|p| p.id),
             ),
             Some(problem) => {
+                let (problem, prior, diagnosed_from) =
+                    diagnosis(problem.clone(), w.prior.as_ref(), input.signatures);
                 let (runbook, spec) =
                     remedy::runbook_for(r.key.kind, problem.runbook.as_deref(), input.runbooks);
                 let failures = |cause: &str, step: usize| (input.failures)(cause, &runbook, step);
@@ -186,10 +190,12 @@ pub fn add_health(
                     r,
                     problem.clone(),
                     (&runbook, &spec),
-                    w.prior.as_ref(),
+                    prior.as_ref(),
                     &failures,
                     input.ineffective_after,
                 );
+                remedy.diagnosed_from = diagnosed_from;
+                let problem = &problem;
                 if w.prior.is_none() {
                     remedy.crash_loop = crash_loop(&r.key, problem, input);
                     if remedy.crash_loop.is_some() {
@@ -240,6 +246,53 @@ pub fn add_health(
         plan.health.push(w.assessment);
     }
     recovered
+}
+
+/// The problem an open incident goes on with. A more specific diagnosis
+/// than the incident's (a signature over an SLO or a dead process, or a
+/// signature with more conditions) names it from now on: returned with
+/// the cause it replaces, and where its runbook differs the runbook starts
+/// at its first step (the steps already taken stay on the incident). A
+/// diagnosis no more specific keeps the incident's cause and runbook, so
+/// its runbook goes on where it stands.
+fn diagnosis(
+    problem: crate::health::Problem,
+    prior: Option<&remedy::Prior>,
+    signatures: &[crate::model::health::Signature],
+) -> (
+    crate::health::Problem,
+    Option<remedy::Prior>,
+    Option<remedy::Was>,
+) {
+    let Some(p) = prior else {
+        return (problem, None, None);
+    };
+    if problem.signature == p.signature {
+        return (problem, Some(p.clone()), None);
+    }
+    let rank = |s: Option<&str>| crate::health::rank(s, signatures);
+    if p.escalated || rank(problem.signature.as_deref()) <= rank(p.signature.as_deref()) {
+        let kept = crate::health::Problem {
+            cause: p.cause.clone(),
+            signature: p.signature.clone(),
+            runbook: p.runbook.clone(),
+            why: None,
+            pending: None,
+            ..problem
+        };
+        return (kept, Some(p.clone()), None);
+    }
+    let mut prior = p.clone();
+    let name = |r: Option<&str>| r.unwrap_or(remedy::BUILTIN_RUNBOOK).to_string();
+    let switched = name(problem.runbook.as_deref()) != name(p.runbook.as_deref());
+    if switched {
+        prior.next_step = 0;
+    }
+    let was = remedy::Was {
+        cause: p.cause.clone(),
+        runbook: switched.then(|| name(p.runbook.as_deref())),
+    };
+    (problem, Some(prior), Some(was))
 }
 
 /// Whether an incident whose resource reads healthy again is over. One
@@ -325,6 +378,103 @@ pub fn ceiling(global: Mode, resource: Option<Mode>) -> (Decision, Vec<String>) 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn problem(cause: &str, signature: Option<&str>, runbook: &str) -> crate::health::Problem {
+        crate::health::Problem {
+            cause: cause.into(),
+            signature: signature.map(str::to_string),
+            runbook: Some(runbook.into()),
+            severity: crate::model::health::Severity::Warning,
+            symptoms: Vec::new(),
+            onset: DateTime::<Utc>::MIN_UTC,
+            why: None,
+            pending: None,
+        }
+    }
+
+    fn prior(cause: &str, signature: Option<&str>, runbook: &str) -> remedy::Prior {
+        remedy::Prior {
+            id: 1,
+            escalated: false,
+            next_step: 1,
+            attempts: 0,
+            last_change: None,
+            cause: cause.into(),
+            signature: signature.map(str::to_string),
+            runbook: Some(runbook.into()),
+        }
+    }
+
+    /// An open incident takes a more specific diagnosis (and its runbook
+    /// from the first step when that differs); a less specific one never
+    /// replaces it; an escalated one keeps its own.
+    #[test]
+    fn an_open_incident_is_diagnosed_again_only_more_specifically() {
+        let sigs: Vec<crate::model::health::Signature> = crate::model::load(&[
+            crate::model::SourceFile {
+                path: "s.yaml".into(),
+                text: "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: error-storm}\nspec: {cause: failing, runbook: rb, all: [{signal: e}]}\n---\napiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: memory-leak}\nspec: {cause: leak, runbook: other, all: [{signal: e}, {signal: m}]}\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: rb}\nspec: {steps: [{action: restart}]}\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: other}\nspec: {steps: [{action: restart}]}\n".into(),
+            },
+        ])
+        .unwrap()
+        .signatures;
+        let slo = prior("SLO `availability` is breached", None, "rb");
+
+        // SLO → signature, same runbook: the runbook goes on where it is.
+        let (p, pr, was) = diagnosis(
+            problem("failing", Some("error-storm"), "rb"),
+            Some(&slo),
+            &sigs,
+        );
+        assert_eq!(p.signature.as_deref(), Some("error-storm"));
+        assert_eq!(pr.unwrap().next_step, 1);
+        let was = was.unwrap();
+        assert_eq!(was.cause, "SLO `availability` is breached");
+        assert_eq!(was.runbook, None);
+
+        // A signature whose runbook differs: that runbook, from step 1.
+        let storm = prior("failing", Some("error-storm"), "rb");
+        let (p, pr, was) = diagnosis(
+            problem("leak", Some("memory-leak"), "other"),
+            Some(&storm),
+            &sigs,
+        );
+        assert_eq!(p.runbook.as_deref(), Some("other"));
+        assert_eq!(pr.unwrap().next_step, 0);
+        assert_eq!(was.unwrap().runbook.as_deref(), Some("rb"));
+
+        // Less specific: the incident keeps its cause and runbook.
+        let leak = prior("leak", Some("memory-leak"), "other");
+        let (p, pr, was) = diagnosis(
+            problem("failing", Some("error-storm"), "rb"),
+            Some(&leak),
+            &sigs,
+        );
+        assert_eq!(
+            (p.cause.as_str(), p.runbook.as_deref()),
+            ("leak", Some("other"))
+        );
+        assert_eq!(pr.unwrap().next_step, 1);
+        assert_eq!(was, None);
+        let (p, _, was) = diagnosis(
+            problem("SLO `x` is breached", None, "rb"),
+            Some(&storm),
+            &sigs,
+        );
+        assert_eq!(p.signature.as_deref(), Some("error-storm"));
+        assert_eq!(was, None);
+
+        // Escalated: a human is on it; nothing is renamed.
+        let mut escalated = slo.clone();
+        escalated.escalated = true;
+        let (p, _, was) = diagnosis(
+            problem("failing", Some("error-storm"), "rb"),
+            Some(&escalated),
+            &sigs,
+        );
+        assert_eq!(p.signature, None);
+        assert_eq!(was, None);
+    }
 
     fn input(mode: Mode) -> PlanInput<'static> {
         PlanInput {

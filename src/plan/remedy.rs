@@ -54,6 +54,10 @@ pub struct Prior {
     pub attempts: u32,
     /// The last of those attempts, else the escalation.
     pub last_change: Option<DateTime<Utc>>,
+    /// What the incident names as its cause, and the runbook it runs.
+    pub cause: String,
+    pub signature: Option<String>,
+    pub runbook: Option<String>,
 }
 
 /// Restoring the declared state of a resource whose incident is escalated
@@ -94,6 +98,19 @@ pub struct Remedy {
     /// Where the resource is declared.
     #[serde(rename = "declaredAt")]
     pub declared_at: crate::model::Origin,
+    /// The open incident named a less specific cause (an SLO, a dead
+    /// process, a less specific signature): this problem's names it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnosed_from: Option<Was>,
+}
+
+/// What an incident named before a more specific diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Was {
+    pub cause: String,
+    /// Its runbook, when the new diagnosis's is another one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runbook: Option<String>,
 }
 
 impl Remedy {
@@ -117,6 +134,25 @@ impl Remedy {
             (None, false, Some(i), _) => format!("runbook {} step {}", self.runbook, i + 1),
             (None, false, None, _) => format!("runbook {} is exhausted: escalate", self.runbook),
         }
+    }
+
+    /// How this problem names an incident that opened with a less specific
+    /// cause, in words.
+    pub fn diagnosis_in_words(&self) -> Option<String> {
+        let was = self.diagnosed_from.as_ref()?;
+        let named = self
+            .problem
+            .signature
+            .as_deref()
+            .map_or_else(String::new, |s| format!(" `{s}`"));
+        let mut text = format!("diagnosed as{named} (was: {})", was.cause);
+        if let Some(old) = &was.runbook {
+            text.push_str(&format!(
+                "; runbook `{}` replaces `{old}`, from its first step",
+                self.runbook
+            ));
+        }
+        Some(text)
     }
 
     /// The key remediation statistics are counted under.
@@ -197,6 +233,7 @@ pub fn remedy(
         baseline: None,
         crash_loop: None,
         declared_at: r.origin.clone(),
+        diagnosed_from: None,
     }
 }
 

@@ -82,6 +82,9 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
             "{}!{} {}  {}{}{} → {next}",
             p.yellow, p.reset, r.target, p.bold, r.problem.cause, p.reset
         ));
+        if let Some(d) = r.diagnosis_in_words() {
+            lines.push(format!("{}    {d}{}", p.dim, p.reset));
+        }
         for s in &r.skipped {
             lines.push(format!(
                 "{}    skip step {} ({}): {}{}",

@@ -75,6 +75,9 @@ pub fn render_incident(i: &Incident, color: bool) -> String {
             .map(|s| format!(" (signature {s})"))
             .unwrap_or_default()
     );
+    if let Some(why) = &i.why {
+        let _ = writeln!(out, "  why this cause:  {why}");
+    }
     let _ = writeln!(
         out,
         "  runbook:         {}",

@@ -112,9 +112,13 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
         out.push_str("**Health:**\n\n");
         for r in &plan.remedies {
             let next = cell(&r.next_in_words());
+            let diagnosed = r
+                .diagnosis_in_words()
+                .map(|d| format!(" ({})", cell(&d)))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "- ⚠️ `{}`: {} → {next}",
+                "- ⚠️ `{}`: {}{diagnosed} → {next}",
                 r.target,
                 cell(&r.problem.cause)
             );

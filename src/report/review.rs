@@ -241,6 +241,9 @@ pub fn incident_summary(i: &Incident) -> String {
             .map(|s| format!(" (signature {})", code(s)))
             .unwrap_or_default()
     );
+    if let Some(why) = &i.why {
+        let _ = writeln!(out, "- **Why this cause:** {}", plain(why));
+    }
     let _ = writeln!(
         out,
         "- **Runbook:** {}",

@@ -196,6 +196,7 @@ fn escalated_incident() -> crate::state::Incident {
         status: IncidentStatus::Escalated,
         cause: "memory leak".into(),
         signature: Some("memory-leak".into()),
+        why: Some("`memory-leak` (2 conditions) was chosen over `error-storm` (1 condition, less specific)".into()),
         runbook: Some("restart-then-escalate".into()),
         severity: crate::model::health::Severity::Warning,
         symptoms: json!([

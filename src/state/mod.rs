@@ -112,7 +112,8 @@ pub trait Store: Send + Sync {
     /// Updates the incident's newest step in place when it is step
     /// `s.step` and its outcome is `was` (a step still held pass after
     /// pass; a running step that ended): its outcome, decision, detail and
-    /// end move on, its start stays. Returns whether there was such a step.
+    /// end move on, its start stays. A diagnosis recorded meanwhile is not
+    /// a step: it is passed over. Returns whether there was such a step.
     fn update_last_step(
         &self,
         incident: i64,
@@ -431,6 +432,10 @@ pub struct Incident {
     pub status: IncidentStatus,
     pub cause: String,
     pub signature: Option<String>,
+    /// Why this signature names the incident rather than the others that
+    /// matched too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
     pub runbook: Option<String>,
     pub severity: Severity,
     pub symptoms: serde_json::Value,
@@ -454,12 +459,26 @@ pub struct NewIncident<'a> {
     pub key: &'a ResourceKey,
     pub cause: &'a str,
     pub signature: Option<&'a str>,
+    pub why: Option<&'a str>,
     pub runbook: Option<&'a str>,
     pub severity: Severity,
     /// The tracked signals that make up the problem, as JSON.
     pub symptoms: serde_json::Value,
     pub onset: DateTime<Utc>,
     pub detected: DateTime<Utc>,
+}
+
+/// What an open incident names as its cause once a more specific
+/// diagnosis replaces the one it opened with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnosis {
+    pub cause: String,
+    pub signature: Option<String>,
+    pub why: Option<String>,
+    pub runbook: Option<String>,
+    pub severity: Severity,
+    /// The tracked signals that make up the problem, as JSON.
+    pub symptoms: serde_json::Value,
 }
 
 /// Where an incident moves: its status, next step, current state and
@@ -469,6 +488,8 @@ pub struct IncidentUpdate<'a> {
     pub next_step: u32,
     pub state: &'a str,
     pub recommendation: &'a str,
+    /// A refined diagnosis: the incident's cause, signature and runbook.
+    pub diagnosis: Option<&'a Diagnosis>,
 }
 
 /// An approval that authorised an action.

@@ -154,11 +154,16 @@ impl Store for Scrubbing<'_> {
 
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
         let (state, recommendation) = (self.text(u.state), self.text(u.recommendation));
+        let diagnosis = u.diagnosis.map(|d| super::Diagnosis {
+            symptoms: self.json(&d.symptoms),
+            ..d.clone()
+        });
         self.inner.update_incident(
             id,
             &IncidentUpdate {
                 state: &state,
                 recommendation: &recommendation,
+                diagnosis: diagnosis.as_ref(),
                 ..*u
             },
         )

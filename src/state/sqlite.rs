@@ -47,6 +47,9 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
     if !has_column(conn, "proposals", "head")? {
         conn.execute_batch("ALTER TABLE proposals ADD COLUMN head TEXT")?;
     }
+    if !has_column(conn, "incidents", "why")? {
+        conn.execute_batch("ALTER TABLE incidents ADD COLUMN why TEXT")?;
+    }
     Ok(())
 }
 
@@ -141,7 +144,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     resolved_at TEXT,
     next_step INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT '',
-    recommendation TEXT NOT NULL DEFAULT ''
+    recommendation TEXT NOT NULL DEFAULT '',
+    why TEXT
 );
 CREATE INDEX IF NOT EXISTS incidents_resource ON incidents(kind, name, status);
 CREATE TABLE IF NOT EXISTS incident_steps (
@@ -530,7 +534,12 @@ impl Store for SqliteStore {
     fn running_steps(&self) -> Result<Vec<(Incident, IncidentStep)>, StateError> {
         let mut out = Vec::new();
         for i in self.list_incidents(false, 1000)? {
-            if let Some(last) = i.steps.last().filter(|s| s.outcome == StepOutcome::Running) {
+            let last = i
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.outcome != StepOutcome::Diagnosed);
+            if let Some(last) = last.filter(|s| s.outcome == StepOutcome::Running) {
                 let last = last.clone();
                 out.push((i, last));
             }

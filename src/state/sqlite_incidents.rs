@@ -16,7 +16,7 @@ use super::{
 };
 use crate::vocab::{IncidentStatus, Remembered, ResourceKey, StepOutcome};
 
-const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation";
+const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation, why";
 
 impl SqliteStore {
     pub(super) fn remembered_rows(
@@ -70,9 +70,9 @@ impl SqliteStore {
     pub(super) fn insert_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state)
-             VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy')",
-            params![n.key.kind.as_str(), n.key.name, n.cause, n.signature, n.runbook, W(&n.severity), n.symptoms.to_string(), ts(n.onset), ts(n.detected)],
+            "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state, why)
+             VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy', ?10)",
+            params![n.key.kind.as_str(), n.key.name, n.cause, n.signature, n.runbook, W(&n.severity), n.symptoms.to_string(), ts(n.onset), ts(n.detected), n.why],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -110,8 +110,8 @@ impl SqliteStore {
         let conn = self.conn();
         let newest: Option<(i64, Option<u32>, StepOutcome, chrono::DateTime<chrono::Utc>)> = conn
             .query_row(
-                "SELECT id, step, outcome, started_at FROM incident_steps WHERE incident_id = ?1 ORDER BY id DESC LIMIT 1",
-                params![incident],
+                "SELECT id, step, outcome, started_at FROM incident_steps WHERE incident_id = ?1 AND outcome != ?2 ORDER BY id DESC LIMIT 1",
+                params![incident, W(&StepOutcome::Diagnosed)],
                 |r| Ok((r.get(0)?, step_from_sql(r, 1)?, get(r, 2)?, get(r, 3)?)),
             )
             .optional()?;
@@ -131,10 +131,19 @@ impl SqliteStore {
 
     pub(super) fn move_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
         let resolved = (u.status == IncidentStatus::Resolved).then(now);
-        self.conn().execute(
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
             "UPDATE incidents SET status = ?2, next_step = ?3, state = ?4, recommendation = ?5, resolved_at = COALESCE(?6, resolved_at) WHERE id = ?1",
             params![id, W(&u.status), u.next_step, u.state, u.recommendation, resolved],
         )?;
+        if let Some(d) = u.diagnosis {
+            tx.execute(
+                "UPDATE incidents SET cause = ?2, signature = ?3, why = ?4, runbook = ?5, severity = ?6, symptoms = ?7 WHERE id = ?1",
+                params![id, d.cause, d.signature, d.why, d.runbook, W(&d.severity), d.symptoms.to_string()],
+            )?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -272,6 +281,7 @@ fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
         next_step: r.get(12)?,
         state: r.get(13)?,
         recommendation: r.get(14)?,
+        why: r.get(15)?,
         steps: Vec::new(),
     })
 }
