@@ -807,7 +807,6 @@ mod tests {
         assert!(rank(Some("leak"), &sigs) > rank(Some("errors"), &sigs));
 
         // With memory unhealthy too, `leak` matches and says why.
-        let mut memory = memory;
         memory.insert("memory".into(), memory["errors"].clone());
         let readings = vec![read("http"), read("errors"), read("memory")];
         let p = assess(&r, readings.clone(), &memory, &sigs, at(13))

@@ -5,6 +5,7 @@ mod action;
 mod apply;
 mod aws;
 mod controller;
+mod diagnosis;
 mod git_source;
 mod github;
 mod healing;

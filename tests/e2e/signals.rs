@@ -10,13 +10,13 @@ use super::{free_port, http, wait_http, Workspace};
 const TEND: &str = env!("CARGO_BIN_EXE_tend");
 
 /// `tend watch --format json` in a workspace, stopped when dropped.
-struct Watch {
+pub(super) struct Watch {
     child: std::process::Child,
     out: std::path::PathBuf,
 }
 
 impl Watch {
-    fn start(ws: &Workspace) -> Watch {
+    pub(super) fn start(ws: &Workspace) -> Watch {
         let out = ws.path().join("watch.jsonl");
         let child = ws
             .cmd()
@@ -58,7 +58,7 @@ fn value(signals: &[serde_json::Value], name: &str) -> Option<f64> {
         .and_then(|s| s["reading"]["value"].as_f64().or(s["value"].as_f64()))
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
         assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
@@ -137,7 +137,7 @@ fn each_host_signal_reads_a_real_condition() {
     );
 }
 
-fn incidents(ws: &Workspace) -> Vec<serde_json::Value> {
+pub(super) fn incidents(ws: &Workspace) -> Vec<serde_json::Value> {
     let out = ws.run_raw(&["incidents", "--all", "--format", "json"]);
     out.json()["incidents"]
         .as_array()
