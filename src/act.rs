@@ -366,6 +366,7 @@ mod tests {
             }),
             approval: None,
             rollback: None,
+            change: None,
         }
     }
 
@@ -382,6 +383,7 @@ mod tests {
             unmanaged: vec![],
             health: vec![],
             remedies: vec![],
+            held: Vec::new(),
         }
     }
 

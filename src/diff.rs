@@ -187,6 +187,7 @@ mod tests {
             },
             health: None,
             remediation: None,
+            changes: None,
         }
     }
 

@@ -45,6 +45,7 @@ mod publish;
 mod reconcile;
 mod report;
 mod review;
+mod rollout;
 mod sample;
 mod serve;
 mod source;

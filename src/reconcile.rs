@@ -27,9 +27,11 @@ use crate::policy::{self, Context, Decider, Facts, GateError, Policies, PolicyFi
 use crate::provider::{
     aws::AwsProvider, host::HostProvider, BuiltIn, Listing, ProviderError, Providers,
 };
+use crate::rollout;
 use crate::source::{Source, SourceError};
 use crate::state::{
-    Incident, IncidentStep, JournalRecord, NewRun, RunStatus, Scrubbing, StateError, Store,
+    ChangeStatus, Incident, IncidentStep, JournalRecord, NewRun, RunStatus, Scrubbing, StateError,
+    Store,
 };
 use crate::vocab::{
     Decision, IncidentStatus, JournalOutcome, LiveResource, ResourceKey, Secrets, Status,
@@ -316,13 +318,13 @@ pub struct Planned {
 /// store (signal history, incidents) but never writes it.
 async fn survey(
     prepared: &Prepared,
+    desired: &DesiredState,
     opts: &Options,
     store: Option<&dyn Store>,
     scope: Scope,
     under_way: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<Planned, PassError> {
     let (loaded, rt) = (&prepared.loaded, &prepared.runtime);
-    let desired = &loaded.desired;
     let healing_only: Vec<Resource>;
     let resources: &[Resource] = match scope {
         Scope::Full => &desired.resources,
@@ -592,13 +594,34 @@ pub async fn plan(
     store: Option<&dyn Store>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Planned, PassError> {
-    let mut planned = survey(prepared, opts, store, Scope::Full, &|_| false).await?;
     let (loaded, rt) = (&prepared.loaded, &prepared.runtime);
-    let index = loaded.desired.index();
+    let known = match store {
+        Some(s) => rollout::read(s, &loaded.desired, now, None)?,
+        None => rollout::Known {
+            rows: Vec::new(),
+            holds: Vec::new(),
+        },
+    };
+    let desired = rollout::pinned(&loaded.desired, &known.holds);
+    let mut planned = survey(prepared, &desired, opts, store, Scope::Full, &|_| false).await?;
+    let index = desired.index();
+    let good = |k: &ResourceKey| {
+        store
+            .and_then(|s| s.last_good(k).ok().flatten())
+            .map(|g| crate::vocab::spec_digest(&g.spec))
+    };
+    let held_back = rollout::prepare(
+        &mut planned.plan,
+        &desired,
+        &known,
+        loaded.commit.as_deref(),
+        &good,
+        now,
+    );
     let decider = Decider::new(
         &rt.policies,
         Context {
-            desired: &loaded.desired,
+            desired: &desired,
             index: &index,
             live: &planned.live,
             facts,
@@ -607,6 +630,7 @@ pub async fn plan(
         },
     );
     decider.decide_plan(&mut planned.plan)?;
+    rollout::restrain(&mut planned.plan, &known, &held_back);
     Ok(planned)
 }
 
@@ -706,9 +730,12 @@ async fn apply_run(
     heal::close_running_steps(store, run_id, &under_way)?;
     let now = chrono::Utc::now();
     let (loaded, rt) = (&prepared.loaded, &prepared.runtime);
-    let desired = &loaded.desired;
+    let commit = loaded.commit.as_deref();
+    let known = rollout::read(store, &loaded.desired, now, Some((run_id, commit)))?;
+    // Held resources are kept at their last good spec.
+    let desired = &rollout::pinned(&loaded.desired, &known.holds);
     let facts = facts(Some(store), &desired.settings, now)?;
-    let mut planned = survey(prepared, opts, Some(store), scope, &under_way).await?;
+    let mut planned = survey(prepared, desired, opts, Some(store), scope, &under_way).await?;
     // From here on, every text written to the store is scrubbed.
     let store = &Scrubbing {
         inner: store,
@@ -726,7 +753,16 @@ async fn apply_run(
             secrets: &planned.secrets,
         },
     );
+    let good = |k: &ResourceKey| {
+        store
+            .last_good(k)
+            .ok()
+            .flatten()
+            .map(|g| crate::vocab::spec_digest(&g.spec))
+    };
+    let held_back = rollout::prepare(&mut planned.plan, desired, &known, commit, &good, now);
     decider.decide_plan(&mut planned.plan)?;
+    rollout::restrain(&mut planned.plan, &known, &held_back);
     for a in &planned.plan.health {
         store.remember(&a.target, &health_stage::rows_of(a))?;
     }
@@ -748,6 +784,12 @@ async fn apply_run(
         )
         .await?;
     record_baseline_attempts(store, plan, &results, &desired.settings.healing.backoff)?;
+    let mut windows = rollout::record(store, desired, plan, &results, commit)?;
+    let changed: std::collections::HashSet<ResourceKey> =
+        windows.iter().map(|w| w.key.clone()).collect();
+    windows.extend(rollout::resume(desired, &known, &|k| {
+        controller.holds(k) || changed.contains(k)
+    }));
     let work: Vec<heal::Work> = plan
         .remedies
         .iter()
@@ -772,6 +814,7 @@ async fn apply_run(
         stop: Arc::clone(healing.stop),
     });
     healing.runner.submit(&ctx, work);
+    healing.runner.watch(&ctx, windows);
     if healing.to_the_end {
         healing
             .runner
@@ -779,9 +822,28 @@ async fn apply_run(
             .await;
     }
     let healed = healing.runner.take_healed();
+    // Holds this pass's changes ended in, too.
+    let held_now: Vec<plan::Held> =
+        rollout::read(store, &loaded.desired, chrono::Utc::now(), None)?
+            .holds
+            .iter()
+            .map(rollout::Hold::held)
+            .collect();
     resolve_recovered(store, &planned.recovered)?;
-    remember_last_good(store, loaded, plan, &under_way)?;
+    // Never a spec under verification or held: only a change healthy for
+    // its whole window is last good (the runner records it).
+    let unsettled: std::collections::HashSet<&ResourceKey> = known
+        .rows
+        .iter()
+        .filter(|r| matches!(r.status, ChangeStatus::Verifying | ChangeStatus::Failed))
+        .map(|r| &r.key)
+        .chain(changed.iter())
+        .collect();
+    remember_last_good(store, loaded, plan, &|k| {
+        under_way(k) || unsettled.contains(k)
+    })?;
     let incidents = touched_incidents(store, &healed, &planned.recovered)?;
+    planned.plan.held = held_now;
     Ok(Applied {
         plan: planned.plan,
         results,

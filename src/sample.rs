@@ -328,7 +328,12 @@ pub async fn run(args: SampleArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("failed to listen on {addr}: {e}"))?;
-    eprintln!("sample-app: listening on http://{addr}");
+    let ratio = args.error_ratio.clamp(0.0, 1.0);
+    if ratio > 0.0 {
+        eprintln!("sample-app: listening on http://{addr}, failing {ratio} of requests");
+    } else {
+        eprintln!("sample-app: listening on http://{addr}");
+    }
     axum::serve(listener, router)
         .await
         .map_err(|e| anyhow::anyhow!("failed to serve on {addr}: {e}"))

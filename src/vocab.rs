@@ -148,6 +148,29 @@ pub struct Action {
     /// this spec: every action is decided on the change it makes.
     #[serde(skip)]
     pub rollback: Option<Box<Rollback>>,
+    /// The change this action makes or answers (a change to a watched
+    /// resource, verified for a window; a rollback of one that regressed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<Box<ChangeRef>>,
+}
+
+/// A change as policies, plans and incidents see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRef {
+    /// The commit that declared the change, when known.
+    pub commit: Option<String>,
+    /// The changed fields' paths.
+    pub fields: Vec<String>,
+    /// The wave of its rollout (1-based), when it goes out in waves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
+    /// The resource is inside a change's verification window: this action
+    /// answers a regression of that change.
+    pub in_window: bool,
+    /// When the change was applied (absent before it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A last known good spec a `reapply-last-good` step applies.
@@ -330,6 +353,8 @@ impl fmt::Display for JournalOutcome {
 pub enum JournalAction {
     Act(ActionType),
     Verify,
+    /// A human released the hold on a spec that failed verification.
+    Release,
 }
 
 impl JournalAction {
@@ -337,12 +362,14 @@ impl JournalAction {
         match self {
             JournalAction::Act(a) => a.as_str(),
             JournalAction::Verify => "verify",
+            JournalAction::Release => "release",
         }
     }
 
     pub fn parse(s: &str) -> Option<JournalAction> {
         match s {
             "verify" => Some(JournalAction::Verify),
+            "release" => Some(JournalAction::Release),
             other => ActionType::parse(other).map(JournalAction::Act),
         }
     }
@@ -588,6 +615,13 @@ fn keyed(v: &Value) -> String {
     };
     mac.update(v.to_string().as_bytes());
     hex::encode(&mac.finalize().into_bytes()[..8])
+}
+
+/// A declared spec's fingerprint: what a hold on a failed spec is keyed
+/// by, and what an `Approval` names to release it. Keyed like a secret
+/// value, so a stored fingerprint tells nothing about what the spec holds.
+pub fn spec_digest(spec: &Value) -> String {
+    keyed(spec)
 }
 
 /// What a changed value contributes to a fingerprint: its JSON text, with

@@ -73,6 +73,7 @@ fn diff_cases() {
                 },
                 health: None,
                 remediation: None,
+                changes: None,
             })
             .collect();
         let live: HashMap<ResourceKey, LiveResource> = case

@@ -79,9 +79,14 @@ async fn apply(
             if escalated == 1 { " is" } else { "s are" }
         );
     }
-    Ok(if applied.failed() || escalated > 0 {
-        1
-    } else {
-        0
-    })
+    for h in &applied.plan.held {
+        eprintln!("tend: {}: {}", h.target, h.in_words());
+    }
+    Ok(
+        if applied.failed() || escalated > 0 || !applied.plan.held.is_empty() {
+            1
+        } else {
+            0
+        },
+    )
 }

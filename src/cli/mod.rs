@@ -13,6 +13,7 @@ mod history;
 mod incidents;
 mod plan;
 mod policy;
+mod release;
 mod review;
 mod validate;
 mod watch;
@@ -148,6 +149,9 @@ enum Command {
     /// (every other line of the file unchanged): the local form of a pull
     /// request's "keep the live value in Git" box. Prints a unified diff.
     Adopt(adopt::Args),
+    /// Lift the hold on a resource whose declared spec failed verification:
+    /// the next pass applies that spec once more and verifies it again.
+    Release(release::Args),
     /// Test and debug Rego policies.
     Policy(policy::Args),
     /// Run the sample HTTP workload (used by examples/desired-state).
@@ -364,6 +368,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         Command::History(args) => history::run(args, &global),
         Command::Review(args) => review::run(args, &global),
         Command::Adopt(args) => adopt::run(args, &global).await,
+        Command::Release(args) => release::run(args, &global),
         Command::Policy(args) => policy::run(args),
         Command::SampleApp(args) => {
             crate::sample::run(args).await?;

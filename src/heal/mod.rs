@@ -17,6 +17,9 @@
 mod diagnosis;
 pub mod lifecycle;
 mod verify;
+mod window;
+
+pub use window::Window;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -153,6 +156,8 @@ struct Job {
     /// A runbook that replaces the incident's once the step in flight ends
     /// (a more specific diagnosis came while it was verified).
     switch: Option<RunbookSpec>,
+    /// Why a regression is frozen rather than rolled back.
+    frozen: Option<String>,
 }
 
 impl Job {
@@ -171,6 +176,7 @@ impl Job {
             spec: &self.spec,
             resource,
             symptoms: &self.symptoms,
+            frozen: self.frozen.as_deref(),
         }
     }
 }
@@ -180,6 +186,8 @@ impl Job {
 pub struct Runner {
     controller: Controller<ResourceKey>,
     jobs: Mutex<HashMap<ResourceKey, Job>>,
+    /// Changes under verification, by resource.
+    windows: Mutex<HashMap<ResourceKey, window::Watching>>,
     healed: Mutex<Vec<Healed>>,
     /// Notified after a look that did more than wait on a verification (a
     /// step may have started a process the watcher should follow).
@@ -227,9 +235,28 @@ impl Runner {
                         phase: Phase::New(action),
                         memory: HashMap::new(),
                         switch: None,
+                        frozen: None,
                     },
                 );
             }
+            handle.schedule(key, Instant::now());
+        }
+    }
+
+    /// Hands over the changes a pass applied to watched resources: each is
+    /// looked at until its verification window ends.
+    pub fn watch(&self, ctx: &Arc<Ctx>, windows: Vec<Window>) {
+        let handle = self.handle();
+        for window in windows {
+            let key = window.key.clone();
+            lock(&self.windows).insert(
+                key.clone(),
+                window::Watching {
+                    ctx: Arc::clone(ctx),
+                    window,
+                    memory: HashMap::new(),
+                },
+            );
             handle.schedule(key, Instant::now());
         }
     }
@@ -265,7 +292,7 @@ impl Runner {
 
     async fn reconcile(&self, key: ResourceKey) -> Next {
         let Some(mut job) = lock(&self.jobs).remove(&key) else {
-            return Next::Done;
+            return self.verify_change(key).await;
         };
         let span = info_span!("heal", resource = %key, cause = %job.remedy.problem.cause);
         let ctx = Arc::clone(&job.ctx);
@@ -290,6 +317,38 @@ impl Runner {
             }
             Err(e) => {
                 warn!(resource = %key, error = %e, "Healing stopped: the state store failed.");
+                Next::Done
+            }
+        }
+    }
+
+    /// One look at a change under verification; a regression becomes the
+    /// healing job that answers it, reconciled at once.
+    async fn verify_change(&self, key: ResourceKey) -> Next {
+        let Some(w) = lock(&self.windows).remove(&key) else {
+            return Next::Done;
+        };
+        let ctx = Arc::clone(&w.ctx);
+        let store = scrubbed(&ctx);
+        let executor = executor(&ctx, &store);
+        let h = healer(&ctx, &store, &executor);
+        let span = info_span!("verify", resource = %key);
+        match window::look(&h, w).instrument(span).await {
+            Ok(window::Looked::Again(w, at)) => {
+                lock(&self.windows).insert(key, *w);
+                Next::At(at)
+            }
+            Ok(window::Looked::Verified) => {
+                self.looked.notify_one();
+                Next::Done
+            }
+            Ok(window::Looked::Regressed(job)) => {
+                lock(&self.jobs).insert(key, *job);
+                self.looked.notify_one();
+                Next::At(Instant::now())
+            }
+            Err(e) => {
+                warn!(resource = %key, error = %e, "Verifying a change stopped: the state store failed.");
                 Next::Done
             }
         }
@@ -468,12 +527,16 @@ async fn begin(
         escalate_crash_loop(h, job.id, remedy, why)?;
         return Ok(None);
     }
-    let (_, spec) = remedy::runbook_for(
-        remedy.target.kind,
-        (remedy.runbook != remedy::BUILTIN_RUNBOOK).then_some(remedy.runbook.as_str()),
-        &h.desired.runbooks,
-    );
-    job.spec = spec;
+    // A regression's job comes with its built-in runbook (rollback or
+    // freeze); a pass's work names a declared or the built-in one.
+    if job.spec.steps.is_empty() {
+        let (_, spec) = remedy::runbook_for(
+            remedy.target.kind,
+            (remedy.runbook != remedy::BUILTIN_RUNBOOK).then_some(remedy.runbook.as_str()),
+            &h.desired.runbooks,
+        );
+        job.spec = spec;
+    }
     job.symptoms = remedy
         .problem
         .symptoms
@@ -515,6 +578,8 @@ struct Incident<'a> {
     resource: &'a Resource,
     /// The signals of the problem, re-read while a step is verified.
     symptoms: &'a [String],
+    /// Why a regression is frozen: its escalation says so.
+    frozen: Option<&'a str>,
 }
 
 impl Incident<'_> {
@@ -538,6 +603,7 @@ fn open_incident(h: &Healer<'_>, remedy: &Remedy) -> Result<i64, StateError> {
         cause: &remedy.problem.cause,
         signature: remedy.problem.signature.as_deref(),
         why: remedy.problem.why.as_deref(),
+        change: remedy.change.as_ref().map(|c| serde_json::json!(c)),
         runbook: Some(&remedy.runbook),
         severity: remedy.problem.severity,
         symptoms: serde_json::to_value(&remedy.problem.symptoms).unwrap_or_default(),
@@ -1037,7 +1103,10 @@ async fn escalate(h: &Healer<'_>, inc: &Incident<'_>, from: usize) -> Result<(),
             Some(StepAction::Escalate),
             Some(Decision::Auto),
             StepOutcome::Escalated,
-            format!("runbook `{}` is exhausted", remedy.runbook),
+            inc.frozen.map_or_else(
+                || format!("runbook `{}` is exhausted", remedy.runbook),
+                str::to_string,
+            ),
             chrono::Utc::now(),
         ),
     )?;
@@ -1140,6 +1209,11 @@ fn settle(h: &Healer<'_>, r: &Resource, remedy: &Remedy) -> Result<(), StateErro
         );
     }
     h.store.remember(&r.key, &rows)?;
+    // A rollback healed a change that regressed: the declared spec is the
+    // one that failed, never a last good one.
+    if remedy.change.is_some() {
+        return Ok(());
+    }
     h.store.set_last_good(&r.key, h.executor.commit, &r.spec)
 }
 
@@ -1234,6 +1308,7 @@ mod tests {
                 incident: None,
                 approval: None,
                 rollback: None,
+                change: None,
             },
             started: chrono::Utc::now(),
             detail: "restarted".into(),

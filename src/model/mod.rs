@@ -28,6 +28,7 @@ macro_rules! words {
 }
 pub(crate) use words;
 
+pub mod changes;
 pub mod diagnostic;
 pub mod edit;
 pub mod health;
@@ -217,6 +218,8 @@ pub struct Resource {
     /// Probes and SLOs (`health`), boxed: most resources declare none.
     pub health: Option<Box<health::Health>>,
     pub remediation: Option<health::Remediation>,
+    /// Overrides of `Settings spec.changes` for this resource.
+    pub changes: Option<changes::ResourceChanges>,
 }
 
 /// The repository-wide settings (kind `Settings`).
@@ -245,6 +248,8 @@ pub struct Settings {
     pub aws: AwsSettings,
     #[serde(default)]
     pub review: ReviewSettings,
+    #[serde(default)]
+    pub changes: changes::Changes,
 }
 
 /// `Settings spec.review`: where changes that need a human are proposed.
@@ -516,6 +521,7 @@ impl Default for Settings {
             healing: health::Healing::default(),
             aws: AwsSettings::default(),
             review: ReviewSettings::default(),
+            changes: changes::Changes::default(),
         }
     }
 }
@@ -1027,6 +1033,10 @@ fn into_resource(kind: Kind, name: String, doc: Value, origin: Origin) -> Result
         Some(r) => Some(health::typed(r)?),
         None => None,
     };
+    let changes = match doc.remove("changes") {
+        Some(c) => Some(health::typed(c)?),
+        None => None,
+    };
     Ok(Resource {
         key: ResourceKey::new(kind, name),
         labels,
@@ -1036,6 +1046,7 @@ fn into_resource(kind: Kind, name: String, doc: Value, origin: Origin) -> Result
         origin,
         health,
         remediation,
+        changes,
     })
 }
 

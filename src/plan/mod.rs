@@ -51,6 +51,60 @@ pub struct Plan {
     /// Unhealthy resources and the runbook step each takes next.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub remedies: Vec<remedy::Remedy>,
+    /// Resources whose declared spec failed verification: kept at their
+    /// last good spec (or frozen), not applied again automatically.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<Held>,
+}
+
+/// A declared spec held after it failed verification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Held {
+    pub target: ResourceKey,
+    /// The failed spec's fingerprint: an `Approval` of it releases the hold.
+    pub fingerprint: String,
+    /// The commit that declared the failed spec.
+    pub failed_commit: Option<String>,
+    /// The commit of the last good spec the resource is kept at; absent
+    /// when frozen or when there was none.
+    pub good_commit: Option<String>,
+    /// What failed verification.
+    pub cause: String,
+    /// The changed fields.
+    pub fields: Vec<String>,
+    /// Frozen: nothing is changed on the resource until a human acts.
+    pub frozen: bool,
+    pub incident: Option<i64>,
+}
+
+impl Held {
+    /// The hold, in words.
+    pub fn in_words(&self) -> String {
+        let commit = |c: &Option<String>| {
+            c.as_deref().map_or_else(
+                || "an unknown commit".to_string(),
+                |c| c.chars().take(12).collect(),
+            )
+        };
+        let failed = format!(
+            "{} failed verification ({})",
+            commit(&self.failed_commit),
+            self.cause
+        );
+        if self.frozen {
+            format!(
+                "frozen: {failed}; a human must act (tend release, or an Approval of {})",
+                self.fingerprint
+            )
+        } else {
+            format!(
+                "held at last good {}: {failed}; the declared spec {} is not applied again until it changes or a human releases it",
+                commit(&self.good_commit),
+                self.fingerprint
+            )
+        }
+    }
 }
 
 impl Plan {
@@ -107,6 +161,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
             incident: None,
             approval: None,
             rollback: None,
+            change: None,
         });
     }
     Plan {
@@ -118,6 +173,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
         unmanaged,
         health: Vec::new(),
         remedies: Vec::new(),
+        held: Vec::new(),
     }
 }
 

@@ -102,6 +102,10 @@ pub struct Remedy {
     /// process, a less specific signature): this problem's names it now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diagnosed_from: Option<Was>,
+    /// The change this problem regressed: it appeared inside the change's
+    /// verification window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<crate::vocab::ChangeRef>,
 }
 
 /// What an incident named before a more specific diagnosis.
@@ -234,6 +238,7 @@ pub fn remedy(
         crash_loop: None,
         declared_at: r.origin.clone(),
         diagnosed_from: None,
+        change: None,
     }
 }
 
@@ -411,6 +416,7 @@ fn step_action(
         incident: Some(incident),
         approval: None,
         rollback: None,
+        change: None,
     }
 }
 
@@ -436,6 +442,7 @@ mod tests {
             },
             health: None,
             remediation: None,
+            changes: None,
         };
         let live = LiveResource {
             key: r.key.clone(),

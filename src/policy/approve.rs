@@ -136,6 +136,7 @@ mod tests {
             incident: None,
             approval: None,
             rollback: None,
+            change: None,
         }
     }
 

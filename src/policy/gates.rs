@@ -130,6 +130,13 @@ fn fight_detection(
         if !matches!(action.decision, Decision::Auto) {
             continue;
         }
+        // A change to a newly declared spec, and a rollback of one that
+        // regressed, are verified and bounded by Settings spec.changes
+        // (holds, maxConsecutiveRollbacks): tend rolling out its own
+        // declaration is no fight.
+        if action.change.is_some() {
+            continue;
+        }
         let mut contested = Vec::new();
         for change in &action.changes {
             if let Some(times) = counts.get(&(&action.target, change.path.as_str())) {
@@ -319,6 +326,7 @@ mod tests {
             incident: None,
             approval: None,
             rollback: None,
+            change: None,
         }
     }
 
@@ -335,6 +343,7 @@ mod tests {
             unmanaged: vec![],
             health: vec![],
             remedies: vec![],
+            held: Vec::new(),
         }
     }
 

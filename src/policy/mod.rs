@@ -150,6 +150,12 @@ pub fn input_for(
         },
         "resource": resource_json(desired.as_deref(), ctx.live.get(&action.target), ctx.secrets),
         "incident": action.incident.as_ref().map_or(Value::Null, |i| json!(i)),
+        "change": action.change.as_ref().map_or(Value::Null, |c| json!({
+            "commit": c.commit,
+            "fields": c.fields,
+            "wave": c.wave,
+            "in_window": c.in_window,
+        })),
         "context": {
             "mode": run.mode.as_str(),
             "now": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -471,6 +477,7 @@ mod tests {
             incident: None,
             approval: None,
             rollback: None,
+            change: None,
         }
     }
 

@@ -76,6 +76,15 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
             p.dim, p.reset
         ));
     }
+    for h in &plan.held {
+        lines.push(format!(
+            "{}⏸{} {}  {}",
+            p.red,
+            p.reset,
+            h.target,
+            h.in_words()
+        ));
+    }
     for r in &plan.remedies {
         let next = r.next_in_words();
         lines.push(format!(

@@ -24,6 +24,31 @@ fn ms(v: i64) -> String {
     }
 }
 
+/// The change an incident is attributed to, in words.
+pub fn change_in_words(c: &Value) -> String {
+    let fields: Vec<&str> = c
+        .get("fields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    format!(
+        "commit {} applied at {}{} changed {}; the problem appeared inside its verification window",
+        c.get("commit").and_then(Value::as_str).unwrap_or("unknown"),
+        c.get("appliedAt").and_then(Value::as_str).unwrap_or("?"),
+        c.get("wave")
+            .and_then(Value::as_u64)
+            .map(|w| format!(" (wave {w})"))
+            .unwrap_or_default(),
+        if fields.is_empty() {
+            "the resource".to_string()
+        } else {
+            fields.join(", ")
+        }
+    )
+}
+
 /// One incident as a summary: resource, symptoms, probable cause, actions
 /// tried, current state, recommended next action, and the timings.
 pub fn render_incident(i: &Incident, color: bool) -> String {
@@ -77,6 +102,9 @@ pub fn render_incident(i: &Incident, color: bool) -> String {
     );
     if let Some(why) = &i.why {
         let _ = writeln!(out, "  why this cause:  {why}");
+    }
+    if let Some(c) = &i.change {
+        let _ = writeln!(out, "  change:          {}", change_in_words(c));
     }
     let _ = writeln!(
         out,

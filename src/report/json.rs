@@ -29,6 +29,7 @@ fn summary(plan: &Plan) -> Value {
             "deny": decided(plan, Decision::Deny),
         },
         "contested": plan.actions.iter().filter(|a| a.contested).count(),
+        "held": plan.held.len(),
     })
 }
 
@@ -48,6 +49,7 @@ fn body(plan: &Plan, kind: &str) -> serde_json::Map<String, Value> {
     m.insert("unmanaged".into(), json!(plan.unmanaged));
     m.insert("health".into(), json!(plan.health));
     m.insert("remedies".into(), json!(plan.remedies));
+    m.insert("held".into(), json!(plan.held));
     m
 }
 

@@ -108,6 +108,13 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
         out.push('\n');
         out.push_str(&diff_details(plan.actions.iter()));
     }
+    if !plan.held.is_empty() {
+        out.push_str("**Held** (a change failed verification; not applied again until the declaration changes or a human releases it):\n\n");
+        for h in &plan.held {
+            let _ = writeln!(out, "- ⏸️ `{}`: {}", h.target, cell(&h.in_words()));
+        }
+        out.push('\n');
+    }
     if !plan.remedies.is_empty() || plan.health.iter().any(|a| a.unknown().next().is_some()) {
         out.push_str("**Health:**\n\n");
         for r in &plan.remedies {

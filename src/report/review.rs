@@ -244,6 +244,13 @@ pub fn incident_summary(i: &Incident) -> String {
     if let Some(why) = &i.why {
         let _ = writeln!(out, "- **Why this cause:** {}", plain(why));
     }
+    if let Some(c) = &i.change {
+        let _ = writeln!(
+            out,
+            "- **Change:** {}",
+            plain(&super::incidents::change_in_words(c))
+        );
+    }
     let _ = writeln!(
         out,
         "- **Runbook:** {}",

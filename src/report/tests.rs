@@ -38,6 +38,7 @@ fn action(
         incident: None,
         approval: None,
         rollback: None,
+        change: None,
     }
 }
 
@@ -107,6 +108,7 @@ fn sample_plan() -> Plan {
         }],
         health: vec![],
         remedies: vec![],
+        held: Vec::new(),
     }
 }
 
@@ -196,6 +198,7 @@ fn escalated_incident() -> crate::state::Incident {
         status: IncidentStatus::Escalated,
         cause: "memory leak".into(),
         signature: Some("memory-leak".into()),
+        change: None,
         why: Some("`memory-leak` (2 conditions) was chosen over `error-storm` (1 condition, less specific)".into()),
         runbook: Some("restart-then-escalate".into()),
         severity: crate::model::health::Severity::Warning,

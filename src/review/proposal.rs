@@ -226,6 +226,7 @@ mod tests {
             incident: None,
             approval: None,
             rollback: None,
+            change: None,
         };
         let key = ResourceKey::new(Kind::HostFile, "motd");
         pull_request_body(&PullRequestView {

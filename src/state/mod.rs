@@ -11,6 +11,7 @@
 
 mod scrub;
 mod sqlite;
+mod sqlite_changes;
 mod sqlite_incidents;
 mod sqlite_review;
 mod sqlite_text;
@@ -166,6 +167,13 @@ pub trait Store: Send + Sync {
     /// The newest `limit` review operations, oldest first.
     fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError>;
     /// Replaces the proposals tend last published.
+    /// Records a change tend applied to a watched resource, to verify.
+    fn record_change(&self, c: &NewChange<'_>) -> Result<i64, StateError>;
+    /// Ends a change's verification (or its hold).
+    fn settle_change(&self, id: i64, v: &ChangeVerdict<'_>) -> Result<(), StateError>;
+    /// Changes applied since `since`, and every one still verifying or
+    /// held whenever it was applied; oldest first.
+    fn changes(&self, since: DateTime<Utc>) -> Result<Vec<ChangeRow>, StateError>;
     fn save_proposals(&self, rows: &[ProposalRow]) -> Result<(), StateError>;
     fn proposals(&self) -> Result<Vec<ProposalRow>, StateError>;
 
@@ -439,6 +447,10 @@ pub struct Incident {
     pub runbook: Option<String>,
     pub severity: Severity,
     pub symptoms: serde_json::Value,
+    /// The change the problem is attributed to: it appeared inside that
+    /// change's verification window (`commit`, `fields`, `appliedAt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<serde_json::Value>,
     #[serde(with = "time_text")]
     pub onset_at: DateTime<Utc>,
     #[serde(with = "time_text")]
@@ -464,6 +476,8 @@ pub struct NewIncident<'a> {
     pub severity: Severity,
     /// The tracked signals that make up the problem, as JSON.
     pub symptoms: serde_json::Value,
+    /// The change it is attributed to, as JSON.
+    pub change: Option<serde_json::Value>,
     pub onset: DateTime<Utc>,
     pub detected: DateTime<Utc>,
 }
@@ -577,7 +591,77 @@ pub enum ProposalState {
     Blocked,
 }
 
-crate::model::words!(ReviewOutcome, ProposalState, ReviewOperation);
+/// Where a change tend applied to a watched resource stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr, strum::EnumString)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum ChangeStatus {
+    /// Inside its verification window.
+    Verifying,
+    /// Healthy for its whole window: its spec is the last good one.
+    Verified,
+    /// A regression inside its window: the spec is held, never applied
+    /// again automatically.
+    Failed,
+    /// A human released the hold (`tend release`, or an `Approval` of the
+    /// failed spec's fingerprint).
+    Released,
+    /// The declared spec changed to another one: the hold is over.
+    Cleared,
+}
+
+crate::model::words!(ReviewOutcome, ProposalState, ReviewOperation, ChangeStatus);
+
+/// A change about to be verified.
+pub struct NewChange<'a> {
+    pub key: &'a ResourceKey,
+    /// The fingerprint of the spec applied ([`crate::vocab::spec_digest`]).
+    pub digest: &'a str,
+    pub commit: Option<&'a str>,
+    /// The changed fields, values redacted, as JSON.
+    pub fields: serde_json::Value,
+    pub applied_at: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub wave: Option<u32>,
+    /// The last good spec and its commit when the change was applied: what
+    /// a rollback applies, and what a hold keeps the resource at.
+    pub good: Option<&'a LastGood>,
+}
+
+/// A change as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRow {
+    pub id: i64,
+    #[serde(flatten)]
+    pub key: ResourceKey,
+    pub digest: String,
+    pub commit: Option<String>,
+    pub fields: serde_json::Value,
+    #[serde(with = "time_text")]
+    pub applied_at: DateTime<Utc>,
+    #[serde(with = "time_text")]
+    pub until: DateTime<Utc>,
+    pub status: ChangeStatus,
+    /// What failed verification, for a failed change.
+    pub cause: Option<String>,
+    pub incident: Option<i64>,
+    pub wave: Option<u32>,
+    /// Whether the regression was rolled back (not frozen).
+    pub rolled_back: bool,
+    #[serde(with = "time_text::option")]
+    pub settled_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub good: Option<LastGood>,
+}
+
+/// How a change's verification ended.
+pub struct ChangeVerdict<'a> {
+    pub status: ChangeStatus,
+    pub cause: Option<&'a str>,
+    pub incident: Option<i64>,
+    pub rolled_back: bool,
+}
 
 /// One open proposal: a resource's pending review and its pull request.
 #[derive(Debug, Clone, PartialEq, Serialize)]

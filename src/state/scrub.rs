@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use super::{
-    CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry, JournalRecord, LastGood,
-    NewIncident, NewRun, ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult,
-    StepStats, Store, UsedApproval,
+    ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
+    JournalRecord, LastGood, NewChange, NewIncident, NewRun, ProposalRow, ReviewEvent, RunStatus,
+    SignalRow, StateError, StepResult, StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets, StepOutcome};
 
@@ -114,6 +114,7 @@ impl Store for Scrubbing<'_> {
     fn open_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
         self.inner.open_incident(&NewIncident {
             symptoms: self.json(&n.symptoms),
+            change: n.change.as_ref().map(|c| self.json(c)),
             ..*n
         })
     }
@@ -167,6 +168,28 @@ impl Store for Scrubbing<'_> {
                 ..*u
             },
         )
+    }
+
+    fn record_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {
+        self.inner.record_change(&NewChange {
+            fields: self.json(&c.fields),
+            ..*c
+        })
+    }
+
+    fn settle_change(&self, id: i64, v: &ChangeVerdict<'_>) -> Result<(), StateError> {
+        let cause = v.cause.map(|c| self.text(c));
+        self.inner.settle_change(
+            id,
+            &ChangeVerdict {
+                cause: cause.as_deref(),
+                ..*v
+            },
+        )
+    }
+
+    fn changes(&self, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<ChangeRow>, StateError> {
+        self.inner.changes(since)
     }
 
     fn incident(&self, id: i64) -> Result<Option<Incident>, StateError> {

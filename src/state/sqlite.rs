@@ -11,9 +11,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sqlite_text::{get, get_opt, Wo, W};
 use super::{
-    now, ts, BackendError, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
-    JournalRecord, LastGood, NewIncident, NewRun, ProposalRow, ReviewEvent, RunStatus, SignalRow,
-    StateError, StepResult, StepStats, Store, UsedApproval,
+    now, ts, BackendError, ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep,
+    IncidentUpdate, JournalEntry, JournalRecord, LastGood, NewChange, NewIncident, NewRun,
+    ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult, StepStats, Store,
+    UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
 
@@ -47,8 +48,10 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
     if !has_column(conn, "proposals", "head")? {
         conn.execute_batch("ALTER TABLE proposals ADD COLUMN head TEXT")?;
     }
-    if !has_column(conn, "incidents", "why")? {
-        conn.execute_batch("ALTER TABLE incidents ADD COLUMN why TEXT")?;
+    for column in ["why", "change"] {
+        if !has_column(conn, "incidents", column)? {
+            conn.execute_batch(&format!("ALTER TABLE incidents ADD COLUMN {column} TEXT"))?;
+        }
     }
     Ok(())
 }
@@ -145,7 +148,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     next_step INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT '',
     recommendation TEXT NOT NULL DEFAULT '',
-    why TEXT
+    why TEXT,
+    change TEXT
 );
 CREATE INDEX IF NOT EXISTS incidents_resource ON incidents(kind, name, status);
 CREATE TABLE IF NOT EXISTS incident_steps (
@@ -170,6 +174,25 @@ CREATE TABLE IF NOT EXISTS remediation_stats (
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (cause, runbook, step)
 );
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    commit_sha TEXT,
+    fields TEXT NOT NULL,
+    applied_at TEXT NOT NULL,
+    until TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('verifying', 'verified', 'failed', 'released', 'cleared')),
+    cause TEXT,
+    incident_id INTEGER,
+    wave INTEGER,
+    rolled_back INTEGER NOT NULL DEFAULT 0,
+    settled_at TEXT,
+    good_commit TEXT,
+    good_spec TEXT
+);
+CREATE INDEX IF NOT EXISTS changes_status ON changes(status, applied_at);
 CREATE TABLE IF NOT EXISTS last_good (
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -633,6 +656,18 @@ impl Store for SqliteStore {
 
     fn proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
         self.list_proposals()
+    }
+
+    fn record_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {
+        self.insert_change(c)
+    }
+
+    fn settle_change(&self, id: i64, v: &ChangeVerdict<'_>) -> Result<(), StateError> {
+        self.update_change(id, v)
+    }
+
+    fn changes(&self, since: DateTime<Utc>) -> Result<Vec<ChangeRow>, StateError> {
+        self.list_changes(since)
     }
 
     fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError> {

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::vocab::{IncidentStatus, Remembered, ResourceKey, StepOutcome};
 
-const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation, why";
+const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation, why, change";
 
 impl SqliteStore {
     pub(super) fn remembered_rows(
@@ -70,9 +70,9 @@ impl SqliteStore {
     pub(super) fn insert_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state, why)
-             VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy', ?10)",
-            params![n.key.kind.as_str(), n.key.name, n.cause, n.signature, n.runbook, W(&n.severity), n.symptoms.to_string(), ts(n.onset), ts(n.detected), n.why],
+            "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state, why, change)
+             VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy', ?10, ?11)",
+            params![n.key.kind.as_str(), n.key.name, n.cause, n.signature, n.runbook, W(&n.severity), n.symptoms.to_string(), ts(n.onset), ts(n.detected), n.why, n.change.as_ref().map(|c| c.to_string())],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -282,6 +282,16 @@ fn incident_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
         state: r.get(13)?,
         recommendation: r.get(14)?,
         why: r.get(15)?,
+        change: match r.get::<_, Option<String>>(16)? {
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    16,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?),
+            None => None,
+        },
         steps: Vec::new(),
     })
 }

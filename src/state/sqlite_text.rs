@@ -37,6 +37,7 @@ words_as_text!(
     super::ProposalState,
     super::ReviewOutcome,
     super::ReviewOperation,
+    super::ChangeStatus,
     Kind,
     Mode,
     Severity,

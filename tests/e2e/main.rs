@@ -4,6 +4,7 @@
 mod action;
 mod apply;
 mod aws;
+mod changes;
 mod controller;
 mod diagnosis;
 mod git_source;

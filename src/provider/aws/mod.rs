@@ -553,6 +553,7 @@ mod tests {
             },
             health: None,
             remediation: None,
+            changes: None,
         }
     }
 

@@ -415,6 +415,7 @@ mod tests {
             incident: None,
             approval: None,
             rollback: None,
+            change: None,
         };
         let spec = json!({"path": "link/f.txt", "content": "hi"});
         let err = apply(&r, &action(ActionType::Create), Some(&spec)).unwrap_err();

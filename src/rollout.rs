@@ -1,0 +1,468 @@
+//! How a pass rolls out the changes it applies: the holds on specs that
+//! failed verification (a held resource is kept at its last good spec, or
+//! frozen), the waves a change to many resources goes out in, and the
+//! changes handed to the runner to verify for a window. The verification
+//! itself is the runner's (`heal::Window`). See ARCHITECTURE.md.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tracing::info;
+
+use crate::act::ActionResult;
+use crate::heal::Window;
+use crate::health as health_stage;
+use crate::model::changes::{self, Waves};
+use crate::model::{DesiredState, Resource, ResourceKey};
+use crate::plan::{Held, Plan};
+use crate::state::{
+    ChangeRow, ChangeStatus, ChangeVerdict, JournalRecord, LastGood, NewChange, StateError, Store,
+};
+use crate::vocab::{
+    spec_digest, Action, ActionType, ChangeRef, Decision, JournalAction, JournalOutcome,
+    JournalPhase,
+};
+
+/// A hold on a declared spec that failed verification.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub change: ChangeRow,
+    /// Frozen (nothing changes) rather than kept at the last good spec.
+    pub frozen: bool,
+}
+
+impl Hold {
+    pub fn held(&self) -> Held {
+        let c = &self.change;
+        Held {
+            target: c.key.clone(),
+            fingerprint: c.digest.clone(),
+            failed_commit: c.commit.clone(),
+            good_commit: (!self.frozen)
+                .then(|| c.good.as_ref().and_then(|g| g.commit.clone()))
+                .flatten(),
+            cause: c.cause.clone().unwrap_or_else(|| "a regression".into()),
+            fields: fields_of(&c.fields),
+            frozen: self.frozen,
+            incident: c.incident,
+        }
+    }
+}
+
+fn fields_of(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.get("path").and_then(|p| p.as_str()).map(str::to_string))
+        .collect()
+}
+
+/// How far back the rollout looks: the rollback window, at least a day.
+fn horizon(desired: &DesiredState, now: DateTime<Utc>) -> DateTime<Utc> {
+    let w = desired
+        .settings
+        .changes
+        .rollback_window
+        .0
+        .max(std::time::Duration::from_secs(24 * 3600));
+    now - chrono::Duration::from_std(w).unwrap_or(chrono::Duration::MAX)
+}
+
+/// What the store says about recent changes, once per pass.
+pub struct Known {
+    pub rows: Vec<ChangeRow>,
+    pub holds: Vec<Hold>,
+}
+
+/// Reads the recent changes and the holds in force. A hold on a spec that
+/// is no longer declared is over (cleared); one whose fingerprint a merged
+/// `Approval` names is released. `run`: the pass that records both, else
+/// (`tend plan`) nothing is written and such holds simply do not apply.
+pub fn read(
+    store: &dyn Store,
+    desired: &DesiredState,
+    now: DateTime<Utc>,
+    run: Option<(i64, Option<&str>)>,
+) -> Result<Known, StateError> {
+    let rows = store.changes(horizon(desired, now))?;
+    let index = desired.index();
+    let mut holds: Vec<Hold> = Vec::new();
+    for row in rows.iter().filter(|r| r.status == ChangeStatus::Failed) {
+        let declared = index.get(&row.key).map(|r| spec_digest(&r.spec));
+        let approved = desired
+            .approvals
+            .iter()
+            .any(|a| a.target == row.key && a.fingerprint == row.digest && a.expires > now);
+        let (status, why) = if declared.as_deref() != Some(row.digest.as_str()) {
+            (ChangeStatus::Cleared, "the declared spec changed")
+        } else if approved {
+            (
+                ChangeStatus::Released,
+                "released by a merged Approval of the failed spec",
+            )
+        } else {
+            holds.retain(|h| h.change.key != row.key);
+            holds.push(Hold {
+                frozen: !row.rolled_back || row.good.is_none(),
+                change: row.clone(),
+            });
+            continue;
+        };
+        if let Some((run_id, commit)) = run {
+            settle(store, row, status, why, run_id, commit)?;
+        }
+    }
+    Ok(Known { rows, holds })
+}
+
+/// Ends a hold, journaled.
+pub fn settle(
+    store: &dyn Store,
+    row: &ChangeRow,
+    status: ChangeStatus,
+    why: &str,
+    run_id: i64,
+    commit: Option<&str>,
+) -> Result<(), StateError> {
+    store.settle_change(
+        row.id,
+        &ChangeVerdict {
+            status,
+            cause: None,
+            incident: None,
+            rolled_back: false,
+        },
+    )?;
+    let detail = format!(
+        "hold on {} lifted ({status}): {why}",
+        row.digest,
+        status = status.as_str()
+    );
+    store.journal(
+        JournalPhase::Outcome,
+        &JournalRecord {
+            run_id,
+            fingerprint: &row.digest,
+            action: JournalAction::Release,
+            key: &row.key,
+            commit,
+            outcome: Some(JournalOutcome::Synced),
+            detail: &detail,
+        },
+    )?;
+    info!(resource = %row.key, "{detail}");
+    Ok(())
+}
+
+/// The desired state as this pass applies it: each resource held after a
+/// rollback is kept at its last good spec (its drift is measured against
+/// that spec, and healing restores that spec), so the failed spec is not
+/// applied again.
+pub fn pinned(desired: &Arc<DesiredState>, holds: &[Hold]) -> Arc<DesiredState> {
+    let pins: HashMap<&ResourceKey, &LastGood> = holds
+        .iter()
+        .filter(|h| !h.frozen)
+        .filter_map(|h| Some((&h.change.key, h.change.good.as_ref()?)))
+        .collect();
+    if pins.is_empty() {
+        return Arc::clone(desired);
+    }
+    let mut d = (**desired).clone();
+    for r in &mut d.resources {
+        if let Some(good) = pins.get(&r.key) {
+            r.spec = good.spec.clone();
+        }
+    }
+    Arc::new(d)
+}
+
+/// Whether tend verifies the changes it applies to `r`.
+fn verified(r: &Resource, desired: &DesiredState) -> bool {
+    health_stage::watched(r, &desired.signatures)
+        && changes::policy_of(r, &desired.settings.changes).0
+}
+
+fn changes_spec(t: ActionType) -> bool {
+    matches!(
+        t,
+        ActionType::Create | ActionType::Update | ActionType::Replace
+    )
+}
+
+/// Before the plan is decided: each change to a verified resource (its
+/// declared spec is not its last good one) carries its change (commit, fields, wave, whether a window is
+/// open), so policies see it; returns the actions a wave holds back, by
+/// fingerprint, with the reason.
+pub fn prepare(
+    plan: &mut Plan,
+    desired: &DesiredState,
+    known: &Known,
+    commit: Option<&str>,
+    last_good: &dyn Fn(&ResourceKey) -> Option<String>,
+    now: DateTime<Utc>,
+) -> HashMap<String, String> {
+    let index = desired.index();
+    let verifying: HashSet<&ResourceKey> = known
+        .rows
+        .iter()
+        .filter(|r| r.status == ChangeStatus::Verifying)
+        .map(|r| &r.key)
+        .collect();
+    for a in plan.actions.iter_mut() {
+        if a.incident.is_some() || !changes_spec(a.action_type) {
+            continue;
+        }
+        let Some(r) = index.get(&a.target) else {
+            continue;
+        };
+        // Restoring the last good spec (drift of live) is a correction,
+        // not a change to verify.
+        if !verified(r, desired) || last_good(&a.target) == Some(spec_digest(&r.spec)) {
+            continue;
+        }
+        a.change = Some(Box::new(ChangeRef {
+            commit: commit.map(str::to_string),
+            fields: a.changes.iter().map(|c| c.path.clone()).collect(),
+            wave: None,
+            in_window: verifying.contains(&a.target),
+            applied_at: None,
+        }));
+    }
+    let mut held_back = HashMap::new();
+    for w in &desired.settings.changes.waves {
+        waves(plan, desired, w, known, now, &mut held_back);
+    }
+    held_back
+}
+
+/// One wave selector's rollout: which of this pass's changes go out now.
+fn waves(
+    plan: &mut Plan,
+    desired: &DesiredState,
+    w: &Waves,
+    known: &Known,
+    now: DateTime<Utc>,
+    held_back: &mut HashMap<String, String>,
+) {
+    let index = desired.index();
+    let group = |k: &ResourceKey| index.get(k).is_some_and(|r| w.selector.selects(r));
+    let mut pending: Vec<&mut Action> = plan
+        .actions
+        .iter_mut()
+        .filter(|a| a.change.is_some() && group(&a.target))
+        .collect();
+    // This rollout so far: the group's latest change to each spec
+    // declared now (a released one is tried again).
+    let mut latest: HashMap<&ResourceKey, &ChangeRow> = HashMap::new();
+    for r in known.rows.iter().filter(|r| group(&r.key)) {
+        if index
+            .get(&r.key)
+            .is_some_and(|d| spec_digest(&d.spec) == r.digest)
+        {
+            latest.insert(&r.key, r);
+        }
+    }
+    let current: Vec<&ChangeRow> = latest
+        .into_values()
+        .filter(|r| r.status != ChangeStatus::Released)
+        .collect();
+    let done = current
+        .iter()
+        .filter(|r| r.status == ChangeStatus::Verified)
+        .count();
+    let total = done
+        + current
+            .iter()
+            .filter(|r| r.status != ChangeStatus::Verified)
+            .count()
+        + pending.len();
+    if pending.is_empty() || total < 2 {
+        return;
+    }
+    pending.sort_by(|a, b| a.target.name.cmp(&b.target.name));
+    let waves = w.count(total);
+    // A held resource is planned at its last good spec: its failed change
+    // is found through the hold.
+    let failed = current
+        .iter()
+        .copied()
+        .find(|r| r.status == ChangeStatus::Failed)
+        .or_else(|| {
+            known
+                .holds
+                .iter()
+                .map(|h| &h.change)
+                .find(|c| group(&c.key))
+        });
+    let verifying = current.iter().any(|r| r.status == ChangeStatus::Verifying);
+    let wave = (0..waves)
+        .find(|&n| w.reached(n, total) > done)
+        .unwrap_or(waves - 1);
+    let baked = current
+        .iter()
+        .filter(|r| r.status == ChangeStatus::Verified)
+        .filter_map(|r| r.settled_at)
+        .max()
+        .map(|t| {
+            t + chrono::Duration::from_std(w.bake.map(|b| b.0).unwrap_or_default())
+                .unwrap_or_default()
+        });
+    let stop: Option<String> = if let Some(f) = failed {
+        Some(format!(
+            "rollout stopped: wave {} failed ({} on {}); the rest is not changed until the declared specs change",
+            f.wave.unwrap_or(1),
+            f.cause.as_deref().unwrap_or("a regression"),
+            f.key
+        ))
+    } else if verifying {
+        Some(format!(
+            "wave {} of {waves} waits: the wave before it is being verified",
+            wave + 1
+        ))
+    } else {
+        baked.filter(|t| *t > now).map(|t| {
+            format!(
+                "wave {} of {waves} waits for the bake time after the wave before it: until {}",
+                wave + 1,
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+    };
+    let allowed = if stop.is_some() {
+        0
+    } else {
+        w.reached(wave, total).saturating_sub(
+            done + current
+                .iter()
+                .filter(|r| r.status == ChangeStatus::Verifying)
+                .count(),
+        )
+    };
+    for (i, a) in pending.into_iter().enumerate() {
+        let n = if i < allowed { wave + 1 } else { wave + 2 };
+        if let Some(c) = a.change.as_mut() {
+            c.wave = Some(u32::try_from(n.min(waves)).unwrap_or(u32::MAX));
+        }
+        if i >= allowed {
+            let why = stop.clone().unwrap_or_else(|| {
+                format!(
+                    "wave {} of {waves}: goes out once wave {} passed verification",
+                    (wave + 2).min(waves),
+                    wave + 1
+                )
+            });
+            held_back.insert(a.fingerprint.clone(), why);
+        }
+    }
+}
+
+/// After the plan is decided: what a wave holds back and what touches a
+/// frozen resource is deferred (only ever stricter), and the holds are
+/// listed on the plan.
+pub fn restrain(plan: &mut Plan, known: &Known, held_back: &HashMap<String, String>) {
+    let frozen: HashMap<&ResourceKey, &Hold> = known
+        .holds
+        .iter()
+        .filter(|h| h.frozen)
+        .map(|h| (&h.change.key, h))
+        .collect();
+    for a in plan.actions.iter_mut() {
+        if let Some(h) = frozen.get(&a.target) {
+            if !matches!(a.decision, Decision::Deny) {
+                a.decision = Decision::Deferred;
+                a.reasons.push(h.held().in_words());
+            }
+        } else if let Some(why) = held_back.get(&a.fingerprint) {
+            if a.decision == Decision::Auto {
+                a.decision = Decision::Deferred;
+                a.reasons.push(why.clone());
+            }
+        }
+    }
+    plan.held = known.holds.iter().map(Hold::held).collect();
+}
+
+/// After the executor: each change applied to a verified resource is
+/// recorded and handed to the runner to verify for its window.
+pub fn record(
+    store: &dyn Store,
+    desired: &DesiredState,
+    plan: &Plan,
+    results: &[ActionResult],
+    commit: Option<&str>,
+) -> Result<Vec<Window>, StateError> {
+    let index = desired.index();
+    let mut windows = Vec::new();
+    for a in plan.actions.iter().filter(|a| a.change.is_some()) {
+        let synced = results.iter().any(|r| {
+            r.fingerprint == a.fingerprint
+                && r.target == a.target
+                && matches!(r.outcome, crate::act::Outcome::Synced { .. })
+        });
+        let Some(r) = index.get(&a.target) else {
+            continue;
+        };
+        if !synced {
+            continue;
+        }
+        let window = changes::window(r, &desired.settings.changes, &desired.signatures);
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(window).unwrap_or_default();
+        let good = store.last_good(&r.key)?;
+        let digest = spec_digest(&r.spec);
+        let wave = a.change.as_ref().and_then(|c| c.wave);
+        let fields = serde_json::to_value(&a.changes).unwrap_or_default();
+        let id = store.record_change(&NewChange {
+            key: &r.key,
+            digest: &digest,
+            commit,
+            fields,
+            applied_at: now,
+            until,
+            wave,
+            good: good.as_ref(),
+        })?;
+        let mut what = (**a.change.as_ref().expect("filtered")).clone();
+        what.applied_at = Some(now);
+        info!(resource = %r.key, window = %humantime::format_duration(window), "Change applied; verifying it.");
+        windows.push(Window {
+            change: id,
+            key: r.key.clone(),
+            until: tokio::time::Instant::now() + window,
+            what,
+            good,
+        });
+    }
+    Ok(windows)
+}
+
+/// Changes still verifying that no runner looks at (a stop of tend cut
+/// their window short): looked at again for what is left of it.
+pub fn resume(
+    desired: &DesiredState,
+    known: &Known,
+    under_way: &dyn Fn(&ResourceKey) -> bool,
+) -> Vec<Window> {
+    let index = desired.index();
+    let now = Utc::now();
+    known
+        .rows
+        .iter()
+        .filter(|r| r.status == ChangeStatus::Verifying && !under_way(&r.key))
+        .filter(|r| index.contains_key(&r.key))
+        .map(|r| Window {
+            change: r.id,
+            key: r.key.clone(),
+            until: tokio::time::Instant::now() + (r.until - now).to_std().unwrap_or_default(),
+            what: ChangeRef {
+                commit: r.commit.clone(),
+                fields: fields_of(&r.fields),
+                wave: r.wave,
+                in_window: false,
+                applied_at: Some(r.applied_at),
+            },
+            good: r.good.clone(),
+        })
+        .collect()
+}

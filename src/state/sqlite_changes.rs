@@ -1,0 +1,94 @@
+//! The SQLite side of changes under verification and the holds on failed
+//! specs.
+
+use rusqlite::params;
+
+use super::sqlite::SqliteStore;
+use super::sqlite_text::{get, get_opt, W};
+use super::{now, ChangeRow, ChangeStatus, ChangeVerdict, LastGood, NewChange, StateError};
+use crate::vocab::ResourceKey;
+
+const COLUMNS: &str = "id, kind, name, digest, commit_sha, fields, applied_at, until, status, cause, incident_id, wave, rolled_back, settled_at, good_commit, good_spec";
+
+impl SqliteStore {
+    pub(super) fn insert_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO changes (kind, name, digest, commit_sha, fields, applied_at, until, status, wave, rolled_back, good_commit, good_spec)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11)",
+            params![
+                c.key.kind.as_str(),
+                c.key.name,
+                c.digest,
+                c.commit,
+                c.fields.to_string(),
+                W(&c.applied_at),
+                W(&c.until),
+                W(&ChangeStatus::Verifying),
+                c.wave,
+                c.good.and_then(|g| g.commit.as_deref()),
+                c.good.map(|g| g.spec.to_string()),
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub(super) fn update_change(&self, id: i64, v: &ChangeVerdict<'_>) -> Result<(), StateError> {
+        self.conn().execute(
+            "UPDATE changes SET status = ?2, cause = COALESCE(?3, cause), incident_id = COALESCE(?4, incident_id), rolled_back = (rolled_back OR ?5), settled_at = ?6 WHERE id = ?1",
+            params![id, W(&v.status), v.cause, v.incident, v.rolled_back, now()],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn list_changes(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ChangeRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM changes WHERE applied_at >= ?1 OR status IN (?2, ?3) ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                W(&since),
+                W(&ChangeStatus::Verifying),
+                W(&ChangeStatus::Failed)
+            ],
+            change_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRow> {
+    let json = |i: usize, text: String| {
+        serde_json::from_str(&text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
+    let good_spec: Option<String> = r.get(15)?;
+    let good = match good_spec {
+        Some(text) => Some(LastGood {
+            commit: r.get(14)?,
+            spec: json(15, text)?,
+        }),
+        None => None,
+    };
+    Ok(ChangeRow {
+        id: r.get(0)?,
+        key: ResourceKey::new(get(r, 1)?, r.get::<_, String>(2)?),
+        digest: r.get(3)?,
+        commit: r.get(4)?,
+        fields: json(5, r.get(5)?)?,
+        applied_at: get(r, 6)?,
+        until: get(r, 7)?,
+        status: get(r, 8)?,
+        cause: r.get(9)?,
+        incident: r.get(10)?,
+        wave: r.get(11)?,
+        rolled_back: r.get(12)?,
+        settled_at: get_opt(r, 13)?,
+        good,
+    })
+}
