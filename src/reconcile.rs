@@ -630,7 +630,7 @@ pub async fn plan(
         },
     );
     decider.decide_plan(&mut planned.plan)?;
-    rollout::restrain(&mut planned.plan, &known, &held_back);
+    rollout::restrain(&mut planned.plan, &loaded.desired, &known, &held_back);
     Ok(planned)
 }
 
@@ -762,7 +762,7 @@ async fn apply_run(
     };
     let held_back = rollout::prepare(&mut planned.plan, desired, &known, commit, &good, now);
     decider.decide_plan(&mut planned.plan)?;
-    rollout::restrain(&mut planned.plan, &known, &held_back);
+    rollout::restrain(&mut planned.plan, &loaded.desired, &known, &held_back);
     for a in &planned.plan.health {
         store.remember(&a.target, &health_stage::rows_of(a))?;
     }
@@ -823,12 +823,10 @@ async fn apply_run(
     }
     let healed = healing.runner.take_healed();
     // Holds this pass's changes ended in, too.
-    let held_now: Vec<plan::Held> =
-        rollout::read(store, &loaded.desired, chrono::Utc::now(), None)?
-            .holds
-            .iter()
-            .map(rollout::Hold::held)
-            .collect();
+    let held_now = rollout::held_list(
+        &rollout::read(store, &loaded.desired, chrono::Utc::now(), None)?.holds,
+        &loaded.desired,
+    );
     resolve_recovered(store, &planned.recovered)?;
     // Never a spec under verification or held: only a change healthy for
     // its whole window is last good (the runner records it).

@@ -46,8 +46,48 @@ impl Hold {
             fields: fields_of(&c.fields),
             frozen: self.frozen,
             incident: c.incident,
+            declared_at: None,
+            revert: self.revert(),
         }
     }
+
+    /// The changed fields at their last good values: what a revert of the
+    /// declaration writes.
+    fn revert(&self) -> Result<Vec<(String, serde_json::Value)>, String> {
+        let c = &self.change;
+        let Some(good) = &c.good else {
+            return Err("no last good spec of this resource is known".into());
+        };
+        fields_of(&c.fields)
+            .into_iter()
+            .map(|path| {
+                if crate::vocab::secret_path(&path) {
+                    return Err(format!(
+                        "{path} holds a secret value, and tend never sends a secret to GitHub; revert it where the repository is checked out"
+                    ));
+                }
+                let inner = path.strip_prefix("/spec").unwrap_or(&path);
+                match good.spec.pointer(inner) {
+                    Some(v) => Ok((path, v.clone())),
+                    None => Err(format!(
+                        "the failed change added {path}, which a revert removes; remove it where the repository is checked out"
+                    )),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The holds, as the plan lists them, with where each resource is declared.
+pub fn held_list(holds: &[Hold], desired: &DesiredState) -> Vec<Held> {
+    let index = desired.index();
+    holds
+        .iter()
+        .map(|h| Held {
+            declared_at: index.get(&h.change.key).map(|r| r.origin.clone()),
+            ..h.held()
+        })
+        .collect()
 }
 
 fn fields_of(v: &serde_json::Value) -> Vec<String> {
@@ -87,13 +127,22 @@ pub fn read(
 ) -> Result<Known, StateError> {
     let rows = store.changes(horizon(desired, now))?;
     let index = desired.index();
+    // An approval releases a hold once, like any approval.
+    let used: HashSet<(ResourceKey, String, DateTime<Utc>)> = store
+        .used_approvals()?
+        .into_iter()
+        .map(|u| (u.key, u.fingerprint, u.expires))
+        .collect();
     let mut holds: Vec<Hold> = Vec::new();
     for row in rows.iter().filter(|r| r.status == ChangeStatus::Failed) {
         let declared = index.get(&row.key).map(|r| spec_digest(&r.spec));
-        let approved = desired
-            .approvals
-            .iter()
-            .any(|a| a.target == row.key && a.fingerprint == row.digest && a.expires > now);
+        let approval = desired.approvals.iter().find(|a| {
+            a.target == row.key
+                && a.fingerprint == row.digest
+                && a.expires > now
+                && !used.contains(&(a.target.clone(), a.fingerprint.clone(), a.expires))
+        });
+        let approved = approval.is_some();
         let (status, why) = if declared.as_deref() != Some(row.digest.as_str()) {
             (ChangeStatus::Cleared, "the declared spec changed")
         } else if approved {
@@ -110,6 +159,17 @@ pub fn read(
             continue;
         };
         if let Some((run_id, commit)) = run {
+            if let (ChangeStatus::Released, Some(a)) = (status, approval) {
+                store.use_approval(&crate::state::UsedApproval {
+                    key: a.target.clone(),
+                    fingerprint: a.fingerprint.clone(),
+                    file: a.origin.file.to_string(),
+                    expires: a.expires,
+                    commit: commit.map(str::to_string),
+                    run_id,
+                    at: now,
+                })?;
+            }
             settle(store, row, status, why, run_id, commit)?;
         }
     }
@@ -184,10 +244,7 @@ fn verified(r: &Resource, desired: &DesiredState) -> bool {
 }
 
 fn changes_spec(t: ActionType) -> bool {
-    matches!(
-        t,
-        ActionType::Create | ActionType::Update | ActionType::Replace
-    )
+    matches!(t, ActionType::Update | ActionType::Replace)
 }
 
 /// Before the plan is decided: each change to a verified resource (its
@@ -216,9 +273,13 @@ pub fn prepare(
         let Some(r) = index.get(&a.target) else {
             continue;
         };
-        // Restoring the last good spec (drift of live) is a correction,
-        // not a change to verify.
-        if !verified(r, desired) || last_good(&a.target) == Some(spec_digest(&r.spec)) {
+        // A change departs from a known good spec: restoring the last good
+        // spec (drift of live) is a correction, and a resource never known
+        // good (a create, a first deploy) is healed as before.
+        let Some(good) = last_good(&a.target) else {
+            continue;
+        };
+        if !verified(r, desired) || good == spec_digest(&r.spec) {
             continue;
         }
         a.change = Some(Box::new(ChangeRef {
@@ -360,7 +421,12 @@ fn waves(
 /// After the plan is decided: what a wave holds back and what touches a
 /// frozen resource is deferred (only ever stricter), and the holds are
 /// listed on the plan.
-pub fn restrain(plan: &mut Plan, known: &Known, held_back: &HashMap<String, String>) {
+pub fn restrain(
+    plan: &mut Plan,
+    desired: &DesiredState,
+    known: &Known,
+    held_back: &HashMap<String, String>,
+) {
     let frozen: HashMap<&ResourceKey, &Hold> = known
         .holds
         .iter()
@@ -380,7 +446,7 @@ pub fn restrain(plan: &mut Plan, known: &Known, held_back: &HashMap<String, Stri
             }
         }
     }
-    plan.held = known.holds.iter().map(Hold::held).collect();
+    plan.held = held_list(&known.holds, desired);
 }
 
 /// After the executor: each change applied to a verified resource is

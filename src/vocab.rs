@@ -647,7 +647,7 @@ pub const REDACTED: &str = "(redacted)";
 
 /// Whether a field's JSON Pointer is under a secret-looking name at any
 /// depth (`/spec/credentials/pass` as well as `/spec/env/API_TOKEN`).
-fn secret_path(path: &str) -> bool {
+pub fn secret_path(path: &str) -> bool {
     path.split('/').any(is_secret_name)
 }
 

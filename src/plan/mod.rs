@@ -76,6 +76,13 @@ pub struct Held {
     /// Frozen: nothing is changed on the resource until a human acts.
     pub frozen: bool,
     pub incident: Option<i64>,
+    /// Where the resource is declared.
+    #[serde(skip)]
+    pub declared_at: Option<crate::model::Origin>,
+    /// The edit of the declaration back to the last good values (field
+    /// path, value), or why there is none.
+    #[serde(skip)]
+    pub revert: Result<Vec<(String, serde_json::Value)>, String>,
 }
 
 impl Held {

@@ -36,6 +36,62 @@ pub struct PullRequestView<'a> {
     pub keep_live_offer: Result<(), String>,
 }
 
+pub fn revert_title(key: &ResourceKey) -> String {
+    format!("tend: revert {key} to its last good spec")
+}
+
+/// The body of a pull request that reverts a held resource's declaration
+/// to its last good values.
+pub fn revert_body(
+    marker: &str,
+    h: &crate::plan::Held,
+    declared: &str,
+    incident: Option<&Incident>,
+) -> String {
+    let commit = |c: &Option<String>| {
+        c.as_deref()
+            .map_or_else(|| "an unknown commit".to_string(), code)
+    };
+    let mut out = format!(
+        "{marker}\n### ⏪ Revert `{}` to its last good spec\n\nThe change {} declared to `{}` failed verification: **{}**.\n\n",
+        h.target,
+        commit(&h.failed_commit),
+        h.target,
+        plain(&h.cause)
+    );
+    out.push_str(&format!(
+        "- **Changed fields:** {}\n",
+        h.fields
+            .iter()
+            .map(|f| code(f))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.push_str(&format!("- **Declared at:** {}\n", code(declared)));
+    if h.frozen {
+        out.push_str(
+            "- **Now:** frozen: tend changed nothing after the regression and escalated.\n",
+        );
+    } else {
+        out.push_str(&format!(
+            "- **Now:** rolled back to the last good spec of {}; the failed spec is held and not applied again.\n",
+            commit(&h.good_commit)
+        ));
+    }
+    if let Some(i) = incident {
+        out.push_str(&format!(
+            "\n#### Incident #{}\n\n{}",
+            i.id,
+            incident_summary(i)
+        ));
+    }
+    out.push_str(&format!(
+        "\nMerging this edits only the changed fields back to their last good values; the declaration then differs from the failed spec, so the hold ends. Closing it unmerged leaves the hold (release it with `tend release {}`).\n",
+        h.target
+    ));
+    out
+}
+
 pub fn pull_request_title(key: &ResourceKey, keep_live: bool) -> String {
     if keep_live {
         format!("tend: keep the live state of {key} in Git")

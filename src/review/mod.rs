@@ -292,7 +292,22 @@ impl Reviewer {
                 }
             }
         }
-        self.incidents(input, &mut summary).await?;
+        let reverts = match self.reverts(input, &mut summary).await {
+            Ok(links) => links,
+            Err(
+                e @ ReviewError::GitHub(
+                    GitHubError::ActionsNotPermitted { .. }
+                    | GitHubError::RateLimited { .. }
+                    | GitHubError::Transport { .. },
+                ),
+            ) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "Proposing a revert failed.");
+                failed.get_or_insert(e);
+                HashMap::new()
+            }
+        };
+        self.incidents(input, &reverts, &mut summary).await?;
         if input.full {
             self.store.save_proposals(&rows)?;
         } else {
@@ -347,6 +362,19 @@ impl Reviewer {
 
     /// tend's open pull requests, by branch.
     async fn open_pulls(&self) -> Result<BTreeMap<String, Pull>, ReviewError> {
+        self.open_pulls_of(proposal::BRANCH_PREFIX, &|b| {
+            proposal::parse_marker(b).is_some()
+        })
+        .await
+    }
+
+    /// tend's open pull requests whose branch starts with `prefix` and
+    /// whose body carries the marker `marked` reads, by branch.
+    async fn open_pulls_of(
+        &self,
+        prefix: &str,
+        marked: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<BTreeMap<String, Pull>, ReviewError> {
         let login = self.client.login().await?.to_string();
         let mut out = BTreeMap::new();
         for page in 1..=50 {
@@ -370,10 +398,10 @@ impl Reviewer {
                 // request can copy the branch name and the marker).
                 // request can copy the branch name and the marker), opened
                 // by tend (anyone who can push can open one from it).
-                if pr.head_ref.starts_with(proposal::BRANCH_PREFIX)
+                if pr.head_ref.starts_with(prefix)
                     && pr.head_repo.eq_ignore_ascii_case(&self.client.full_name())
                     && pr.author == login
-                    && proposal::parse_marker(&pr.body).is_some()
+                    && marked(&pr.body)
                 {
                     out.insert(pr.head_ref.clone(), pr);
                 }
@@ -773,7 +801,22 @@ impl Reviewer {
             entries
                 .push(json!({"path": path, "mode": "100644", "type": "blob", "sha": Value::Null}));
         }
-        let subject = p.key.to_string();
+        self.tree_commit(&p.key.to_string(), entries, &message, base, input.secrets)
+            .await
+            .map_err(Refusal::from)
+    }
+
+    /// A commit on top of the base whose tree changes `entries` (each a
+    /// file's path with its content, or a deletion). Returns its sha.
+    async fn tree_commit(
+        &self,
+        subject: &str,
+        mut entries: Vec<Value>,
+        message: &str,
+        base: &Base,
+        secrets: &Secrets,
+    ) -> Result<String, ReviewError> {
+        let subject = subject.to_string();
         // Each file is a blob of its own, then the tree names the blobs.
         for e in &mut entries {
             let Some(content) = e.get("content").and_then(Value::as_str).map(str::to_string) else {
@@ -786,7 +829,7 @@ impl Reviewer {
                     None,
                     Method::Post,
                     &self.client.path("/git/blobs"),
-                    &json!({"content": input.secrets.scrub(&content), "encoding": "utf-8"}),
+                    &json!({"content": secrets.scrub(&content), "encoding": "utf-8"}),
                 )
                 .await?;
             if let Some(map) = e.as_object_mut() {
@@ -813,7 +856,7 @@ impl Reviewer {
                 Method::Post,
                 &self.client.path("/git/commits"),
                 &json!({
-                    "message": input.secrets.scrub(&message),
+                    "message": secrets.scrub(message),
                     "tree": tree["sha"],
                     "parents": [base.sha],
                     "author": {"name": AUTHOR, "email": AUTHOR_EMAIL, "date": now},
@@ -974,7 +1017,241 @@ impl Reviewer {
 
     /// One issue per escalated incident; new steps edit its status
     /// comment; recovery closes it.
-    async fn incidents(&self, input: &Input<'_>, summary: &mut Summary) -> Result<(), ReviewError> {
+    /// One pull request per held resource that edits its declaration back
+    /// to the last good values (the minimal in-place edit of keep-live). A
+    /// revert closed unmerged is not proposed again for the same failed
+    /// spec; one whose hold is over is closed. Returns each open revert's
+    /// address, by resource.
+    async fn reverts(
+        &self,
+        input: &Input<'_>,
+        summary: &mut Summary,
+    ) -> Result<HashMap<ResourceKey, String>, ReviewError> {
+        let held = &input.plan.held;
+        let mut links = HashMap::new();
+        if held.is_empty() && !input.full {
+            return Ok(links);
+        }
+        let open = self
+            .open_pulls_of(proposal::REVERT_PREFIX, &|b| {
+                proposal::parse_revert_marker(b).is_some()
+            })
+            .await?;
+        if !held.is_empty() {
+            let base = self.base().await?;
+            for h in held {
+                let branch = proposal::revert_branch(&h.target);
+                if let Some(pr) = open.get(&branch) {
+                    let same = proposal::parse_revert_marker(&pr.body)
+                        .is_some_and(|(f, _)| f == h.fingerprint);
+                    if same {
+                        links.insert(h.target.clone(), pr.url.clone());
+                        summary.unchanged += 1;
+                        continue;
+                    }
+                }
+                let declined = self.closed_pulls(&branch).await?.into_iter().any(|old| {
+                    proposal::parse_revert_marker(&old.body)
+                        .is_some_and(|(f, withdrawn)| f == h.fingerprint && !withdrawn)
+                });
+                if declined {
+                    summary.declined += 1;
+                    continue;
+                }
+                let url = self
+                    .revert(h, open.get(&branch), &base, input, summary)
+                    .await?;
+                if let Some(url) = url {
+                    links.insert(h.target.clone(), url);
+                }
+            }
+        }
+        if input.full {
+            let wanted: HashSet<String> = held
+                .iter()
+                .map(|h| proposal::revert_branch(&h.target))
+                .collect();
+            for pr in open.values().filter(|pr| !wanted.contains(&pr.head_ref)) {
+                let subject = pr.head_ref.clone();
+                self.status(
+                    pr.number,
+                    "The hold is over (the declaration changed, or a human released it): this revert is no longer needed.",
+                    input.secrets,
+                )
+                .await?;
+                self.write(
+                    ReviewOperation::ClosePullRequest,
+                    &subject,
+                    Some(pr.number),
+                    Method::Patch,
+                    &self.client.path(&format!("/pulls/{}", pr.number)),
+                    &json!({"state": "closed", "body": proposal::withdrawn_revert_body(&pr.body)}),
+                )
+                .await?;
+                summary.closed += 1;
+            }
+        }
+        Ok(links)
+    }
+
+    /// Opens (or brings up to date) the revert of one held resource.
+    /// Returns its address; `None` when the edit cannot be made (logged
+    /// with the reason).
+    async fn revert(
+        &self,
+        h: &crate::plan::Held,
+        pr: Option<&Pull>,
+        base: &Base,
+        input: &Input<'_>,
+        summary: &mut Summary,
+    ) -> Result<Option<String>, ReviewError> {
+        let subject = h.target.to_string();
+        let refuse = |why: String| {
+            tracing::warn!(resource = %h.target, "No revert is proposed: {why}");
+            Ok(None)
+        };
+        let edits = match &h.revert {
+            Ok(e) => e,
+            Err(why) => return refuse(why.clone()),
+        };
+        let Some(origin) = &h.declared_at else {
+            return refuse("the resource is not declared in a file".into());
+        };
+        let path = self.paths.of(&origin.file);
+        let Some(text) = self.base_file(&path, &base.sha).await? else {
+            return refuse(format!("{path} is not on the base branch"));
+        };
+        let edited = match crate::model::edit::set_values_of(
+            &text,
+            h.target.kind.as_str(),
+            &h.target.name,
+            edits,
+        ) {
+            Ok(t) => t,
+            Err(e) => return refuse(format!("{path}: {e}")),
+        };
+        if edited == text {
+            return refuse(format!("{path} already declares the last good values"));
+        }
+        // The file is sent whole: one that holds a secret is never sent.
+        if input.secrets.scrub(&edited) != edited {
+            return refuse(format!(
+                "{path} holds a secret value, and tend never sends a secret to GitHub"
+            ));
+        }
+        let message = format!(
+            "tend: revert {} to its last good spec\n\n{} failed verification ({}).\n\n{TRAILER}\n",
+            h.target,
+            h.failed_commit.as_deref().unwrap_or("The declared spec"),
+            h.cause
+        );
+        let entries =
+            vec![json!({"path": path, "mode": "100644", "type": "blob", "content": edited})];
+        let sha = self
+            .tree_commit(&subject, entries, &message, base, input.secrets)
+            .await?;
+        let branch = proposal::revert_branch(&h.target);
+        let incident = h
+            .incident
+            .and_then(|id| input.incidents.iter().find(|i| i.id == id));
+        let marker = proposal::revert_marker(&h.target, &h.fingerprint);
+        let body = input.secrets.scrub(&text::revert_body(
+            &marker,
+            h,
+            &format!("{path}:{}", origin.line),
+            incident,
+        ));
+        let title = text::revert_title(&h.target);
+        if let Some(pr) = pr {
+            self.write(
+                ReviewOperation::UpdateBranch,
+                &subject,
+                Some(pr.number),
+                Method::Patch,
+                &self
+                    .client
+                    .path(&format!("/git/refs/{}", enc(&format!("heads/{branch}")))),
+                &json!({"sha": sha, "force": true}),
+            )
+            .await?;
+            self.write(
+                ReviewOperation::UpdatePullRequest,
+                &subject,
+                Some(pr.number),
+                Method::Patch,
+                &self.client.path(&format!("/pulls/{}", pr.number)),
+                &json!({"title": title, "body": body}),
+            )
+            .await?;
+            summary.updated += 1;
+            return Ok(Some(pr.url.clone()));
+        }
+        let created = self
+            .write(
+                ReviewOperation::CreateBranch,
+                &subject,
+                None,
+                Method::Post,
+                &self.client.path("/git/refs"),
+                &json!({"ref": format!("refs/heads/{branch}"), "sha": sha}),
+            )
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(ReviewError::GitHub(e))
+                if e.status() == Some(422) && e.message().contains("already exists") =>
+            {
+                if !self.branch_is_tends(&branch).await? {
+                    return refuse(format!(
+                        "the branch {branch} has commits that are not tend's"
+                    ));
+                }
+                self.write(
+                    ReviewOperation::UpdateBranch,
+                    &subject,
+                    None,
+                    Method::Patch,
+                    &self
+                        .client
+                        .path(&format!("/git/refs/{}", enc(&format!("heads/{branch}")))),
+                    &json!({"sha": sha, "force": true}),
+                )
+                .await?;
+            }
+            Err(e) => return Err(e),
+        }
+        let made = self
+            .write(
+                ReviewOperation::OpenPullRequest,
+                &subject,
+                None,
+                Method::Post,
+                &self.client.path("/pulls"),
+                &json!({"title": title, "head": branch, "base": base.branch, "body": body, "maintainer_can_modify": true}),
+            )
+            .await?;
+        let pr = Pull::of(&made);
+        if !self.cfg.labels.is_empty() {
+            self.write(
+                ReviewOperation::Label,
+                &subject,
+                Some(pr.number),
+                Method::Post,
+                &self.client.path(&format!("/issues/{}/labels", pr.number)),
+                &json!({"labels": self.cfg.labels}),
+            )
+            .await?;
+        }
+        summary.opened += 1;
+        Ok(Some(pr.url))
+    }
+
+    async fn incidents(
+        &self,
+        input: &Input<'_>,
+        reverts: &HashMap<ResourceKey, String>,
+        summary: &mut Summary,
+    ) -> Result<(), ReviewError> {
         let wanted: Vec<&Incident> = input
             .incidents
             .iter()
@@ -991,10 +1268,13 @@ impl Reviewer {
         let issues = self.incident_issues().await?;
         for i in wanted {
             let subject = format!("incident #{}", i.id);
-            let body = input.secrets.scrub(&text::incident_issue_body(
-                &proposal::incident_marker(i.id),
-                i,
-            ));
+            let mut body = text::incident_issue_body(&proposal::incident_marker(i.id), i);
+            if let Some(url) = reverts.get(&i.key) {
+                body.push_str(&format!(
+                    "\n**Revert proposed:** {url} edits the declaration back to its last good values.\n"
+                ));
+            }
+            let body = input.secrets.scrub(&body);
             match (i.status, issues.get(&i.id)) {
                 (IncidentStatus::Escalated, None) => {
                     let mut labels = self.cfg.labels.clone();

@@ -129,6 +129,36 @@ pub fn keep_live_ticked(body: &str) -> bool {
         })
 }
 
+/// Where tend proposes reverting a held resource's declaration.
+pub const REVERT_PREFIX: &str = "tend/revert/";
+
+pub fn revert_branch(key: &ResourceKey) -> String {
+    format!("{REVERT_PREFIX}{}/{}", key.kind, key.name)
+}
+
+/// The hidden marker of a revert pull request: the resource and the
+/// fingerprint of the failed spec it reverts.
+pub fn revert_marker(key: &ResourceKey, fingerprint: &str) -> String {
+    format!("<!-- tend:revert key={key} fingerprint={fingerprint} -->")
+}
+
+/// The fingerprint a revert pull request's body names, and whether tend
+/// closed it itself.
+pub fn parse_revert_marker(body: &str) -> Option<(String, bool)> {
+    let start = body.find("<!-- tend:revert ")?;
+    let rest = &body[start + "<!-- tend:revert ".len()..];
+    let inner = &rest[..rest.find("-->")?];
+    let fingerprint = inner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("fingerprint="))?;
+    Some((fingerprint.to_string(), inner.contains("withdrawn=yes")))
+}
+
+/// The body of a revert pull request tend closes itself.
+pub fn withdrawn_revert_body(body: &str) -> String {
+    body.replacen("<!-- tend:revert ", "<!-- tend:revert withdrawn=yes ", 1)
+}
+
 /// The marker of an incident's issue.
 pub fn incident_marker(id: i64) -> String {
     format!("<!-- tend:incident id={id} -->")

@@ -86,6 +86,13 @@ fn bad_starts(ws: &Workspace, name: &str) -> usize {
         .count()
 }
 
+/// Once the app answers, a pass finds it healthy and in sync: its spec is
+/// known good, and a change to it is verified.
+fn known_good(ws: &Workspace, port: u16) {
+    wait_http(port);
+    from_git(ws, "apply", &[]).ok();
+}
+
 #[test]
 fn a_change_that_regresses_is_rolled_back_held_and_a_new_commit_goes_out() {
     let ws = Workspace::new();
@@ -94,7 +101,7 @@ fn a_change_that_regresses_is_rolled_back_held_and_a_new_commit_goes_out() {
     ws.write("app.yaml", &app("web", port, &[], "app: web", ""));
     let good = commit(&ws, "the web app");
     from_git(&ws, "apply", &[]).ok();
-    wait_http(port);
+    known_good(&ws, port);
 
     // A commit that makes the app fail every request.
     ws.write(
@@ -187,6 +194,7 @@ fn freeze_changes_nothing_after_a_regression_and_escalates() {
     ws.write("app.yaml", &app("web", port, &[], "app: web", own));
     commit(&ws, "the web app");
     from_git(&ws, "apply", &[]).ok();
+    known_good(&ws, port);
     ws.write(
         "app.yaml",
         &app("web", port, &["--error-ratio", "1"], "app: web", own),
@@ -233,6 +241,7 @@ fn release_applies_the_failed_spec_once_more_and_three_rollbacks_freeze() {
     ws.write("app.yaml", &app("web", port, &[], "app: web", ""));
     commit(&ws, "the web app");
     from_git(&ws, "apply", &[]).ok();
+    known_good(&ws, port);
     ws.write(
         "app.yaml",
         &app("web", port, &["--error-ratio", "1"], "app: web", ""),
@@ -264,8 +273,20 @@ fn release_applies_the_failed_spec_once_more_and_three_rollbacks_freeze() {
         assert_eq!(j["summary"]["held"], 1, "round {round}: held again");
         assert!(!args_of(&ws, "web").contains(&"--error-ratio".to_string()));
     }
-    // A third rollback was the last: the next regression freezes.
-    ws.run_raw(&["release", "host.Process/web"]).ok();
+    // A third rollback was the last: the next regression freezes. This
+    // time a merged Approval of the failed spec's fingerprint releases it
+    // (once).
+    let fingerprint = from_git(&ws, "plan", &["--format", "json"]).json()["held"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    ws.write(
+        "approvals/host.Process/web.yaml",
+        &format!("apiVersion: tend.dev/v1\nkind: Approval\nmetadata: {{name: release-web}}\nspec:\n  target: {{kind: host.Process, name: web}}\n  fingerprint: {fingerprint}\n  expires: \"{expires}\"\n"),
+    );
+    commit(&ws, "release web once more");
     let run = from_git(&ws, "apply", &["--format", "json"]);
     run.code(1);
     assert_eq!(run.json()["held"][0]["frozen"], true, "{:#}", run.json());
@@ -296,6 +317,10 @@ fn release_applies_the_failed_spec_once_more_and_three_rollbacks_freeze() {
         .filter(|e| e["action"] == "release")
         .count();
     assert_eq!(releases, 3, "each release is journaled");
+    // The approval was used: it releases nothing more.
+    let run = from_git(&ws, "apply", &["--format", "json"]);
+    run.code(1);
+    assert_eq!(run.json()["results"]["applied"], 0);
 }
 
 fn fleet(ws: &Workspace, ports: &[u16], extra: &[&str]) {
@@ -317,12 +342,13 @@ fn a_change_to_many_goes_out_in_waves_and_a_regression_stops_the_rollout() {
     );
     fleet(&ws, &ports, &[]);
     commit(&ws, "ten web apps");
-    // Creating ten is a rollout too: one, then half, then the rest.
-    for _ in 0..3 {
-        let run = from_git(&ws, "apply", &[]);
-        run.ok();
-        std::thread::sleep(Duration::from_millis(2100));
+    // Creating them is no change to verify: nothing was known good.
+    from_git(&ws, "apply", &[]).ok();
+    for p in &ports {
+        wait_http(*p);
     }
+    // Healthy and in sync: each spec is now the last good one.
+    from_git(&ws, "apply", &[]).ok();
     let plan = from_git(&ws, "plan", &["--format", "json"]);
     assert_eq!(
         plan.json()["summary"]["pending"],
@@ -410,5 +436,43 @@ fn a_change_to_a_resource_without_health_is_applied_as_before() {
     assert_eq!(
         std::fs::read_to_string(ws.path().join("f.txt")).unwrap(),
         "two\n"
+    );
+}
+
+/// A repository policy sees the change (`input.change`): here, every
+/// change to a verified resource needs a human, and the plan says whose
+/// commit it is.
+#[test]
+fn policies_see_the_change_they_decide() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "settings.yaml",
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  providers: [host]\n  policies: {dirs: [policies]}\n  changes: {window: 8s}\n",
+    );
+    ws.write(
+        "policies/changes.rego",
+        "package tend\n\nreview contains msg if {\n\tinput.change.fields[_] == \"/spec/args\"\n\tnot input.change.in_window\n\tmsg := sprintf(\"a change of commit %s needs a human\", [input.change.commit])\n}\n",
+    );
+    ws.write("app.yaml", &app("web", port, &[], "app: web", ""));
+    commit(&ws, "the web app");
+    from_git(&ws, "apply", &[]).ok();
+    known_good(&ws, port);
+    ws.write(
+        "app.yaml",
+        &app("web", port, &["--latency-ms", "1"], "app: web", ""),
+    );
+    let sha = commit(&ws, "web: a little latency");
+    let plan = from_git(&ws, "plan", &["--format", "json"]);
+    plan.ok();
+    let a = &plan.json()["actions"][0];
+    assert_eq!(a["decision"], "review", "{a:#}");
+    assert_eq!(a["change"]["commit"], sha.as_str(), "{a:#}");
+    assert_eq!(a["change"]["fields"][0], "/spec/args", "{a:#}");
+    assert!(
+        a["reasons"]
+            .to_string()
+            .contains(&format!("a change of commit {sha} needs a human")),
+        "{a:#}"
     );
 }

@@ -732,3 +732,97 @@ fn an_escalated_incident_opens_one_issue_that_closes_on_recovery() {
         issue.comments
     );
 }
+
+/// A held change is proposed as a revert: the pull request edits only the
+/// changed field back to its last good value; closing it unmerged keeps
+/// the hold, merging one clears it.
+#[test]
+fn a_held_change_is_proposed_as_a_minimal_revert() {
+    let port = free_port();
+    let app = |extra: &str| {
+        format!(
+            "# the web app\napiVersion: tend.dev/v1\nkind: host.Process\nmetadata:\n  name: web   # serves the site\nspec:\n  command: {}\n  args: [sample-app, --port, \"{port}\"{extra}]   # keep the port\n  state: running\nhealth:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\", status: 200, timeout: 1s}}\n  slos:\n    - {{name: availability, signal: http, for: 2s, recovery: 5s}}\n",
+            env!("CARGO_BIN_EXE_tend")
+        )
+    };
+    let r = Review::new(
+        "revert",
+        &[("app.yaml", app(""))],
+        "  changes: {window: 6s}\n",
+    );
+    r.apply().ok();
+    wait_http(port);
+    // Healthy and in sync: the spec is known good.
+    r.apply().ok();
+    let reverts = |r: &Review| -> Vec<Pull> {
+        r.pulls()
+            .into_iter()
+            .filter(|p| p.head_ref.starts_with("tend/revert/"))
+            .collect()
+    };
+
+    // A change that makes the app fail every request.
+    let bad = app(", --error-ratio, \"1\"");
+    r.gh()
+        .push_commit(&r.repo, "main", HUMAN, &[("app.yaml", &bad)]);
+    r.ws.write("app.yaml", &bad);
+    let run = r.apply();
+    run.code(1);
+    assert_eq!(run.json()["summary"]["held"], 1, "{}", run.stdout);
+    let pr = reverts(&r).pop().expect("a revert pull request");
+    assert_eq!(
+        pr.title,
+        "tend: revert host.Process/web to its last good spec"
+    );
+    assert_eq!(pr.head_ref, "tend/revert/host.Process/web");
+    // The changed value is written back (as JSON, like every edit tend
+    // makes); every other byte of the file is as it was.
+    assert_eq!(
+        r.gh().file(&r.repo, &pr.head_ref, "app.yaml").unwrap(),
+        bad.replace(
+            &format!("[sample-app, --port, \"{port}\", --error-ratio, \"1\"]"),
+            &format!("[\"sample-app\",\"--port\",\"{port}\"]")
+        ),
+        "only the changed value is edited back"
+    );
+    assert!(
+        pr.body.contains("failed verification: **SLO"),
+        "{}",
+        pr.body
+    );
+    assert!(
+        pr.body.contains("rolled back to the last good spec"),
+        "{}",
+        pr.body
+    );
+    assert!(pr.body.contains("`/spec/args`"), "{}", pr.body);
+
+    // Closed unmerged: the hold stays, and the same revert is not proposed
+    // again.
+    r.gh().close(&r.repo, pr.number);
+    let run = r.apply();
+    run.code(1);
+    assert_eq!(run.json()["summary"]["held"], 1);
+    assert_eq!(reverts(&r).len(), 1, "not proposed again");
+
+    // Another failing change: a new hold, a new revert; merged, the hold
+    // ends and the app runs its last good spec.
+    let slow = app(", --latency-ms, \"3000\"");
+    r.gh()
+        .push_commit(&r.repo, "main", HUMAN, &[("app.yaml", &slow)]);
+    r.ws.write("app.yaml", &slow);
+    r.apply().code(1);
+    let open: Vec<Pull> = reverts(&r)
+        .into_iter()
+        .filter(|p| p.state == "open")
+        .collect();
+    assert_eq!(open.len(), 1, "{open:#?}");
+    r.gh().merge(&r.repo, open[0].number);
+    r.pull_main();
+    let run = r.apply();
+    run.ok();
+    let j = run.json();
+    assert_eq!(j["summary"]["held"], 0, "{j:#}");
+    assert_eq!(j["summary"]["pending"], 0, "{j:#}");
+    r.gh().assert_no_violations(&r.repo);
+}
