@@ -787,9 +787,9 @@ async fn apply_run(
     let mut windows = rollout::record(store, desired, plan, &results, commit)?;
     let changed: std::collections::HashSet<ResourceKey> =
         windows.iter().map(|w| w.key.clone()).collect();
-    windows.extend(rollout::resume(desired, &known, &|k| {
+    windows.extend(rollout::resume(store, &loaded.desired, &known, &|k| {
         controller.holds(k) || changed.contains(k)
-    }));
+    })?);
     let work: Vec<heal::Work> = plan
         .remedies
         .iter()

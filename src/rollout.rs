@@ -504,20 +504,38 @@ pub fn record(
 }
 
 /// Changes still verifying that no runner looks at (a stop of tend cut
-/// their window short): looked at again for what is left of it.
+/// their window short): looked at again for what is left of it. One whose
+/// spec is no longer declared is over (cleared): nothing verifies it.
 pub fn resume(
+    store: &dyn Store,
     desired: &DesiredState,
     known: &Known,
     under_way: &dyn Fn(&ResourceKey) -> bool,
-) -> Vec<Window> {
+) -> Result<Vec<Window>, StateError> {
     let index = desired.index();
     let now = Utc::now();
-    known
+    let mut windows = Vec::new();
+    for r in known
         .rows
         .iter()
         .filter(|r| r.status == ChangeStatus::Verifying && !under_way(&r.key))
-        .filter(|r| index.contains_key(&r.key))
-        .map(|r| Window {
+    {
+        let declared = index
+            .get(&r.key)
+            .is_some_and(|d| spec_digest(&d.spec) == r.digest);
+        if !declared {
+            store.settle_change(
+                r.id,
+                &ChangeVerdict {
+                    status: ChangeStatus::Cleared,
+                    cause: None,
+                    incident: None,
+                    rolled_back: false,
+                },
+            )?;
+            continue;
+        }
+        windows.push(Window {
             change: r.id,
             key: r.key.clone(),
             until: tokio::time::Instant::now() + (r.until - now).to_std().unwrap_or_default(),
@@ -529,6 +547,7 @@ pub fn resume(
                 applied_at: Some(r.applied_at),
             },
             good: r.good.clone(),
-        })
-        .collect()
+        });
+    }
+    Ok(windows)
 }

@@ -608,40 +608,9 @@ impl Reviewer {
             .await
             .map_err(Refusal::into_error)?;
         let subject = p.key.to_string();
-        let created = self
-            .write(
-                ReviewOperation::CreateBranch,
-                &subject,
-                None,
-                Method::Post,
-                &self.client.path("/git/refs"),
-                &json!({"ref": format!("refs/heads/{branch}"), "sha": sha}),
-            )
-            .await;
-        match created {
-            Ok(_) => {}
-            // Left by an earlier pull request: point it at the new commit,
-            // unless someone else committed to it.
-            Err(ReviewError::GitHub(e))
-                if e.status() == Some(422) && e.message().contains("already exists") =>
-            {
-                if !self.branch_is_tends(&branch).await? {
-                    summary.waiting += 1;
-                    return Ok(Made::Blocked);
-                }
-                self.write(
-                    ReviewOperation::UpdateBranch,
-                    &subject,
-                    None,
-                    Method::Patch,
-                    &self
-                        .client
-                        .path(&format!("/git/refs/{}", enc(&format!("heads/{branch}")))),
-                    &json!({"sha": sha, "force": true}),
-                )
-                .await?;
-            }
-            Err(e) => return Err(e),
+        if !self.point_branch(&subject, &branch, &sha).await? {
+            summary.waiting += 1;
+            return Ok(Made::Blocked);
         }
         let title = text::pull_request_title(&p.key, false);
         let body = input
@@ -690,21 +659,71 @@ impl Reviewer {
             }
             Err(e) => return Err(e),
         };
-        if !self.cfg.labels.is_empty() {
-            self.write(
-                ReviewOperation::Label,
-                &subject,
-                Some(pr.number),
-                Method::Post,
-                &self.client.path(&format!("/issues/{}/labels", pr.number)),
-                &json!({"labels": self.cfg.labels}),
-            )
-            .await?;
-        }
+        self.label(&subject, pr.number).await?;
         budget.open += 1;
         budget.new += 1;
         summary.opened += 1;
         Ok(Made::Opened(pr))
+    }
+
+    /// Creates `branch` at `sha`, or points it there when an earlier pull
+    /// request left it, unless someone else committed to it (`false`).
+    async fn point_branch(
+        &self,
+        subject: &str,
+        branch: &str,
+        sha: &str,
+    ) -> Result<bool, ReviewError> {
+        let created = self
+            .write(
+                ReviewOperation::CreateBranch,
+                subject,
+                None,
+                Method::Post,
+                &self.client.path("/git/refs"),
+                &json!({"ref": format!("refs/heads/{branch}"), "sha": sha}),
+            )
+            .await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(ReviewError::GitHub(e))
+                if e.status() == Some(422) && e.message().contains("already exists") =>
+            {
+                if !self.branch_is_tends(branch).await? {
+                    return Ok(false);
+                }
+                self.write(
+                    ReviewOperation::UpdateBranch,
+                    subject,
+                    None,
+                    Method::Patch,
+                    &self
+                        .client
+                        .path(&format!("/git/refs/{}", enc(&format!("heads/{branch}")))),
+                    &json!({"sha": sha, "force": true}),
+                )
+                .await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Labels a pull request with `Settings spec.review.github.labels`.
+    async fn label(&self, subject: &str, number: i64) -> Result<(), ReviewError> {
+        if self.cfg.labels.is_empty() {
+            return Ok(());
+        }
+        self.write(
+            ReviewOperation::Label,
+            subject,
+            Some(number),
+            Method::Post,
+            &self.client.path(&format!("/issues/{number}/labels")),
+            &json!({"labels": self.cfg.labels}),
+        )
+        .await?;
+        Ok(())
     }
 
     fn body(
@@ -1186,39 +1205,10 @@ impl Reviewer {
             summary.updated += 1;
             return Ok(Some(pr.url.clone()));
         }
-        let created = self
-            .write(
-                ReviewOperation::CreateBranch,
-                &subject,
-                None,
-                Method::Post,
-                &self.client.path("/git/refs"),
-                &json!({"ref": format!("refs/heads/{branch}"), "sha": sha}),
-            )
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(ReviewError::GitHub(e))
-                if e.status() == Some(422) && e.message().contains("already exists") =>
-            {
-                if !self.branch_is_tends(&branch).await? {
-                    return refuse(format!(
-                        "the branch {branch} has commits that are not tend's"
-                    ));
-                }
-                self.write(
-                    ReviewOperation::UpdateBranch,
-                    &subject,
-                    None,
-                    Method::Patch,
-                    &self
-                        .client
-                        .path(&format!("/git/refs/{}", enc(&format!("heads/{branch}")))),
-                    &json!({"sha": sha, "force": true}),
-                )
-                .await?;
-            }
-            Err(e) => return Err(e),
+        if !self.point_branch(&subject, &branch, &sha).await? {
+            return refuse(format!(
+                "the branch {branch} has commits that are not tend's"
+            ));
         }
         let made = self
             .write(
@@ -1231,17 +1221,7 @@ impl Reviewer {
             )
             .await?;
         let pr = Pull::of(&made);
-        if !self.cfg.labels.is_empty() {
-            self.write(
-                ReviewOperation::Label,
-                &subject,
-                Some(pr.number),
-                Method::Post,
-                &self.client.path(&format!("/issues/{}/labels", pr.number)),
-                &json!({"labels": self.cfg.labels}),
-            )
-            .await?;
-        }
+        self.label(&subject, pr.number).await?;
         summary.opened += 1;
         Ok(Some(pr.url))
     }

@@ -4,27 +4,11 @@
 //! again pass after pass, until the declaration changes or a human
 //! releases it. Changes to many resources go out in waves.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::*;
 
 const TEND: &str = env!("CARGO_BIN_EXE_tend");
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.com")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.com")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// The desired directory as a Git repository: each call commits what is
 /// written, and returns the commit.

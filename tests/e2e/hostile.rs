@@ -5,10 +5,10 @@
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::{file_doc, Run, Workspace};
+use crate::{file_doc, git, Run, Workspace};
 
 const SECRET: &str = "TOPSECRET-d41d8cd98f00";
 
@@ -445,23 +445,6 @@ fn parser_messages_are_in_the_users_terms() {
             assert!(!run.stderr.contains(word), "{text:?}:\n{}", run.stderr);
         }
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .expect("git is installed");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A Git repository in the workspace with the files `setup` makes,
