@@ -384,6 +384,7 @@ mod tests {
             health: vec![],
             remedies: vec![],
             held: Vec::new(),
+            paused: Vec::new(),
         }
     }
 

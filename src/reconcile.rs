@@ -631,6 +631,7 @@ pub async fn plan(
     );
     decider.decide_plan(&mut planned.plan)?;
     rollout::restrain(&mut planned.plan, &loaded.desired, &known, &held_back);
+    planned.plan.paused = facts.pauses.clone();
     Ok(planned)
 }
 
@@ -763,6 +764,7 @@ async fn apply_run(
     let held_back = rollout::prepare(&mut planned.plan, desired, &known, commit, &good, now);
     decider.decide_plan(&mut planned.plan)?;
     rollout::restrain(&mut planned.plan, &loaded.desired, &known, &held_back);
+    planned.plan.paused = facts.pauses.clone();
     for a in &planned.plan.health {
         store.remember(&a.target, &health_stage::rows_of(a))?;
     }

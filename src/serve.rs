@@ -1,8 +1,10 @@
 //! The HTTP listener of `tend watch` (`--listen`): `GET /metrics` (tend's
 //! own metrics), `GET /healthz` (the process is alive), `GET /readyz` (the
-//! last pass succeeded recently) and `POST /hooks/github` (a signed push
-//! starts a full pass at once). It only reads what the passes published
-//! and asks the loop for a pass; it never acts itself. See ARCHITECTURE.md.
+//! last pass succeeded recently), `POST /hooks/github` (a signed push
+//! starts a full pass at once), `POST /hooks/alertmanager`, and `POST
+//! /pause` / `POST /resume` (the emergency switch, with its own token). It
+//! only reads what the passes published, records pauses, and asks the
+//! loop for a pass; it never acts itself. See ARCHITECTURE.md.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +40,23 @@ pub struct Service {
     pub alerts: Arc<crate::health::alerts::AlertBook>,
     /// Asks the loop for a healing pass at once.
     pub heal: Arc<dyn Fn() + Send + Sync>,
+    /// The bearer token of `POST /pause` and `POST /resume`
+    /// (`TEND_PAUSE_TOKEN`); without it both are off.
+    pub pause_token: Option<String>,
+    /// Records a pause, or ends pauses; answers what it did.
+    pub pauses: Arc<dyn Fn(PauseRequest) -> Result<String, String> + Send + Sync>,
+}
+
+/// What `POST /pause` and `POST /resume` ask for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PauseRequest {
+    Pause {
+        selector: String,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        reason: String,
+    },
+    /// `None`: every pause.
+    Resume { selector: Option<String> },
 }
 
 /// What the handlers read.
@@ -80,6 +99,8 @@ pub async fn spawn(addr: SocketAddr, service: Service) -> std::io::Result<Socket
         .route("/readyz", get(ready))
         .route("/hooks/github", post(github))
         .route("/hooks/alertmanager", post(alertmanager))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(Shared {
             service: Arc::new(service),
@@ -472,6 +493,106 @@ async fn alertmanager(
         StatusCode::OK,
         format!("recorded {recorded} alerts; ignored {ignored} without a tend_resource label\n"),
     )
+}
+
+/// The bearer token of the pause endpoints, checked from the request's
+/// head before its body is read.
+fn pause_allowed(s: &Service, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let Some(token) = &s.pause_token else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "pause and resume are off: set TEND_PAUSE_TOKEN\n".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same(given.as_bytes(), token.as_bytes()) {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token\n".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A pause or resume body: JSON with `selector`, and for a pause `reason`
+/// and `for` (a duration such as `30m`).
+fn pause_body(body: &[u8], pause: bool) -> Result<PauseRequest, String> {
+    let v: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?
+    };
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let selector = text("selector");
+    if let Some(sel) = &selector {
+        crate::policy::gates::check_pause_selector(sel)?;
+    }
+    if !pause {
+        return Ok(PauseRequest::Resume { selector });
+    }
+    let reason = text("reason")
+        .filter(|r| !r.trim().is_empty())
+        .ok_or("a pause needs a `reason`")?;
+    let until = match text("for") {
+        Some(d) => {
+            let d = humantime::parse_duration(&d).map_err(|e| format!("`for`: {e}"))?;
+            Some(chrono::Utc::now() + chrono::Duration::from_std(d).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    Ok(PauseRequest::Pause {
+        selector: selector.unwrap_or_default(),
+        until,
+        reason,
+    })
+}
+
+async fn pause_or_resume(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+    pause: bool,
+) -> (StatusCode, String) {
+    let s = &shared.service;
+    if let Err(refused) = pause_allowed(s, headers) {
+        return refused;
+    }
+    let body = match read_body(&shared.reads, body, 64 * 1024).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let request = match pause_body(&body, pause) {
+        Ok(r) => r,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    match (s.pauses)(request) {
+        Ok(done) => {
+            // Honoured at once: a pass reads it now.
+            (s.wake)();
+            (StatusCode::OK, format!("{done}\n"))
+        }
+        Err(why) => (StatusCode::CONFLICT, format!("{why}\n")),
+    }
+}
+
+async fn pause(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> (StatusCode, String) {
+    pause_or_resume(&shared, &headers, body, true).await
+}
+
+async fn resume(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> (StatusCode, String) {
+    pause_or_resume(&shared, &headers, body, false).await
 }
 
 /// One alert of a webhook payload.

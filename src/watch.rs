@@ -82,8 +82,9 @@ pub async fn run(
         Source::Git { .. } => None,
     };
     let alerts = Arc::new(AlertBook::new());
+    let store: StoreSlot = Arc::new(std::sync::Mutex::new(None));
     let publisher = match wo.listen {
-        Some(addr) => listen(addr, source, wo, &tx, &alerts, publisher).await?,
+        Some(addr) => listen(addr, source, wo, &tx, &alerts, &store, publisher).await?,
         None => publisher,
     };
     let mut w = Watch {
@@ -98,6 +99,7 @@ pub async fn run(
         controller: None,
         exits: Exits::new(tx),
         state: None,
+        store,
         current: None,
         passes: 0,
         last_full: None,
@@ -120,6 +122,7 @@ async fn listen(
     wo: &WatchOptions,
     tx: &mpsc::UnboundedSender<Wake>,
     alerts: &Arc<AlertBook>,
+    store: &StoreSlot,
     publisher: Publisher,
 ) -> anyhow::Result<Publisher> {
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -147,6 +150,13 @@ async fn listen(
         heal: Arc::new(move || {
             let _ = heal.send(Wake::Heal);
         }),
+        pause_token: std::env::var("TEND_PAUSE_TOKEN")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        pauses: {
+            let store = Arc::clone(store);
+            Arc::new(move |request| pause_request(&store, request))
+        },
     };
     let bound = crate::serve::spawn(addr, service)
         .await
@@ -197,6 +207,8 @@ struct Watch<'a> {
     /// The state directory of the current desired state and its run lock,
     /// held until the loop is dropped.
     state: Option<(PathBuf, RunLock)>,
+    /// The same store, for the listener.
+    store: StoreSlot,
     /// The last valid desired state, prepared.
     current: Option<Prepared>,
     passes: u64,
@@ -255,6 +267,7 @@ impl Watch<'_> {
             return Ok(());
         };
         let store = locked_store(&mut self.state, prepared)?;
+        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&store));
         start_controller(&mut self.controller, &self.runner, &self.stop, prepared);
         let (command, scope) = if full && !broken {
             ("tend watch", Scope::Full)
@@ -302,7 +315,15 @@ impl Watch<'_> {
         let until = tokio::time::Instant::now() + wait;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => return,
+                _ = tokio::time::sleep_until(until) => {
+                    // A backoff or a pause ended: every resource it held
+                    // back is reconciled, watched or not.
+                    if self.wake_at.is_some_and(|at| at <= Instant::now()) {
+                        self.force_full = true;
+                        self.wake_at = None;
+                    }
+                    return;
+                }
                 wake = self.rx.recv() => {
                     match wake {
                         Some(Wake::Changed) => self.changed().await,
@@ -373,6 +394,52 @@ impl Watch<'_> {
 /// The store of the current desired state, locked. The state directory can
 /// change with the desired state (Settings spec.stateDir); the lock follows
 /// it.
+/// The loop's state store, once a pass has opened it: the listener
+/// records pauses there.
+type StoreSlot = Arc<std::sync::Mutex<Option<Arc<dyn Store>>>>;
+
+/// `POST /pause` and `POST /resume`, recorded in the loop's state.
+fn pause_request(slot: &StoreSlot, request: crate::serve::PauseRequest) -> Result<String, String> {
+    use crate::policy::gates::pause_in_words;
+    let store = slot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or("no pass has opened the state yet; try again in a moment")?;
+    let now = chrono::Utc::now();
+    match request {
+        crate::serve::PauseRequest::Pause {
+            selector,
+            until,
+            reason,
+        } => {
+            store
+                .pause(&crate::state::NewPause {
+                    selector: &selector,
+                    reason: &reason,
+                    who: "the listener (POST /pause)",
+                    until,
+                })
+                .map_err(|e| e.to_string())?;
+            let made = store.pauses(now).map_err(|e| e.to_string())?;
+            Ok(made.last().map(pause_in_words).unwrap_or_default())
+        }
+        crate::serve::PauseRequest::Resume { selector } => {
+            let ended = store
+                .resume(selector.as_deref(), now)
+                .map_err(|e| e.to_string())?;
+            if ended.is_empty() {
+                return Err("nothing to resume: no such pause is in force".into());
+            }
+            Ok(ended
+                .iter()
+                .map(|p| format!("resumed: {}", pause_in_words(p)))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    }
+}
+
 fn locked_store(
     state: &mut Option<(PathBuf, RunLock)>,
     prepared: &Prepared,
@@ -413,11 +480,12 @@ fn start_controller(
 /// a time of this process's clock.
 fn backoff_ends(applied: &Applied) -> Option<Instant> {
     let now = chrono::Utc::now();
-    applied
-        .plan
-        .remedies
+    let plan = &applied.plan;
+    plan.remedies
         .iter()
         .filter_map(|r| r.baseline.as_ref()?.not_before)
+        // A pause that ends by itself: the loop acts again at once.
+        .chain(plan.paused.iter().filter_map(|p| p.until))
         .min()
         .map(|t| Instant::now() + (t - now).to_std().unwrap_or_default())
 }

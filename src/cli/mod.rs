@@ -11,6 +11,7 @@ mod adopt;
 mod apply;
 mod history;
 mod incidents;
+mod pause;
 mod plan;
 mod policy;
 mod release;
@@ -149,6 +150,12 @@ enum Command {
     /// (every other line of the file unchanged): the local form of a pull
     /// request's "keep the live value in Git" box. Prints a unified diff.
     Adopt(adopt::Args),
+    /// Stop all automatic action now (or on what SELECTOR matches): tend
+    /// still plans, reports and notifies, and acts again when the pause
+    /// ends (`--for`) or on `tend resume`.
+    Pause(pause::PauseArgs),
+    /// End a pause.
+    Resume(pause::ResumeArgs),
     /// Lift the hold on a resource whose declared spec failed verification:
     /// the next pass applies that spec once more and verifies it again.
     Release(release::Args),
@@ -369,6 +376,8 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         Command::Review(args) => review::run(args, &global),
         Command::Adopt(args) => adopt::run(args, &global).await,
         Command::Release(args) => release::run(args, &global),
+        Command::Pause(args) => pause::pause(args, &global),
+        Command::Resume(args) => pause::resume(args, &global),
         Command::Policy(args) => policy::run(args),
         Command::SampleApp(args) => {
             crate::sample::run(args).await?;

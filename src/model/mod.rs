@@ -240,6 +240,10 @@ pub struct Settings {
     pub safety: Safety,
     #[serde(default)]
     pub maintenance_windows: Vec<MaintenanceWindow>,
+    /// No automatic action on what they select while open, maintenance
+    /// window or not, except a change a break-glass `Approval` names.
+    #[serde(default)]
+    pub freeze_windows: Vec<FreezeWindow>,
     #[serde(default)]
     pub policies: PolicySettings,
     #[serde(default)]
@@ -335,6 +339,8 @@ pub struct Approval {
     pub target: ResourceKey,
     pub fingerprint: String,
     pub expires: chrono::DateTime<chrono::Utc>,
+    /// It lets its change run once during a freeze window too.
+    pub break_glass: bool,
     pub origin: Origin,
 }
 
@@ -485,6 +491,34 @@ pub struct MaintenanceWindow {
     pub time_zone: Option<String>,
 }
 
+/// A freeze window: the schedule of a maintenance window, over the
+/// resources whose labels its selector names (every resource without one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FreezeWindow {
+    pub name: String,
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    #[serde(default)]
+    pub selector: changes::WaveSelector,
+}
+
+impl FreezeWindow {
+    /// Its schedule.
+    pub fn schedule(&self) -> MaintenanceWindow {
+        MaintenanceWindow {
+            name: self.name.clone(),
+            days: self.days.clone(),
+            start: self.start.clone(),
+            end: self.end.clone(),
+            time_zone: self.time_zone.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicySettings {
@@ -517,6 +551,7 @@ impl Default for Settings {
             host: HostSettings::default(),
             safety: Safety::default(),
             maintenance_windows: Vec::new(),
+            freeze_windows: Vec::new(),
             policies: PolicySettings::default(),
             healing: health::Healing::default(),
             aws: AwsSettings::default(),
@@ -869,6 +904,11 @@ fn split_approvals(
             target,
             fingerprint: text("/fingerprint").to_string(),
             expires,
+            break_glass: r
+                .spec
+                .pointer("/breakGlass")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             name: r.key.name,
             origin: r.origin,
         });

@@ -55,6 +55,9 @@ pub struct Plan {
     /// last good spec (or frozen), not applied again automatically.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub held: Vec<Held>,
+    /// The emergency pauses in force: no action on what they match.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paused: Vec<crate::state::Pause>,
 }
 
 /// A declared spec held after it failed verification.
@@ -181,6 +184,7 @@ pub fn plan(diff: &Diff, input: PlanInput<'_>) -> Plan {
         health: Vec::new(),
         remedies: Vec::new(),
         held: Vec::new(),
+        paused: Vec::new(),
     }
 }
 

@@ -146,6 +146,7 @@ mod tests {
             target: ResourceKey::new(Kind::HostFile, "motd"),
             fingerprint: fingerprint.into(),
             expires,
+            break_glass: false,
             origin: Origin {
                 file: "approvals/host.File/motd.yaml".into(),
                 line: 1,

@@ -39,6 +39,8 @@ pub struct Facts {
     /// Approvals already used, by resource, fingerprint and expiry: each
     /// one authorises one action only.
     pub used_approvals: std::collections::HashSet<(ResourceKey, String, DateTime<Utc>)>,
+    /// The emergency pauses in force.
+    pub pauses: Vec<crate::state::Pause>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -247,6 +249,159 @@ fn budget(actions: &mut [Action], max: usize, spent: usize) -> usize {
     allowed
 }
 
+/// Whether a pause's selector matches a resource: empty matches
+/// everything; else `KIND/NAME`, a `KIND`, or a label `key=value`.
+pub fn pause_matches(selector: &str, key: &ResourceKey, labels: &[(String, String)]) -> bool {
+    if selector.is_empty() {
+        return true;
+    }
+    if let Some((k, v)) = selector.split_once('=') {
+        return labels.iter().any(|(lk, lv)| lk == k && lv == v);
+    }
+    match selector.split_once('/') {
+        Some((kind, name)) => key.kind.as_str() == kind && key.name == name,
+        None => key.kind.as_str() == selector,
+    }
+}
+
+/// Whether a selector is one [`pause_matches`] understands, else why not.
+pub fn check_pause_selector(selector: &str) -> Result<(), String> {
+    if selector.is_empty()
+        || selector
+            .split_once('=')
+            .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+    {
+        return Ok(());
+    }
+    let kind = selector.split_once('/').map_or(selector, |(k, _)| k);
+    if crate::model::Kind::parse(kind).is_none() {
+        return Err(format!(
+            "invalid selector `{selector}`: expected KIND/NAME (host.Process/web), a KIND (host.Process), a label key=value (tier=web), or nothing for everything"
+        ));
+    }
+    if selector.ends_with('/') {
+        return Err(format!(
+            "invalid selector `{selector}`: the name is missing"
+        ));
+    }
+    Ok(())
+}
+
+/// The pause in words.
+pub fn pause_in_words(p: &crate::state::Pause) -> String {
+    format!(
+        "paused {} {} by {}: {}",
+        if p.selector.is_empty() {
+            "everything".to_string()
+        } else {
+            format!("`{}`", p.selector)
+        },
+        p.until.map_or_else(
+            || "until resumed".to_string(),
+            |t| format!("until {}", fmt_time(t))
+        ),
+        p.who,
+        p.reason
+    )
+}
+
+/// Emergency pauses: an action on what a pause matches is deferred,
+/// whatever allowed it (healing steps and rollbacks included).
+pub fn paused(
+    actions: &mut [Action],
+    pauses: &[crate::state::Pause],
+    index: &HashMap<&ResourceKey, &crate::model::Resource>,
+) {
+    if pauses.is_empty() {
+        return;
+    }
+    for action in actions.iter_mut() {
+        if action.decision != Decision::Auto {
+            continue;
+        }
+        let labels = index
+            .get(&action.target)
+            .map_or(&[][..], |r| r.labels.as_slice());
+        if let Some(p) = pauses
+            .iter()
+            .find(|p| pause_matches(&p.selector, &action.target, labels))
+        {
+            hold(action, Decision::Deferred, pause_in_words(p));
+        }
+    }
+}
+
+/// Freeze windows: while one is open, an action on a resource it selects
+/// is deferred, maintenance window or not, unless a break-glass approval
+/// names exactly that change (used once, like any approval).
+pub fn frozen(
+    actions: &mut [Action],
+    windows: &[crate::model::FreezeWindow],
+    index: &HashMap<&ResourceKey, &crate::model::Resource>,
+    approvals: &[crate::model::Approval],
+    used: &mut super::approve::Used,
+    now: DateTime<Utc>,
+) {
+    let open: Vec<&crate::model::FreezeWindow> = windows
+        .iter()
+        .filter(|w| window_open(&w.schedule(), now))
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    for action in actions.iter_mut() {
+        if !matches!(action.decision, Decision::Auto | Decision::Review) {
+            continue;
+        }
+        let Some(w) = open.iter().find(|w| {
+            index
+                .get(&action.target)
+                .is_none_or(|r| w.selector.selects(r))
+        }) else {
+            continue;
+        };
+        // Approved already (a review) by a break-glass approval: it runs.
+        let approved = action.approval.as_ref().is_some_and(|r| {
+            approvals.iter().any(|ap| {
+                ap.break_glass && ap.fingerprint == r.fingerprint && ap.target == action.target
+            })
+        });
+        if approved {
+            continue;
+        }
+        let glass = approvals.iter().find(|ap| {
+            ap.break_glass
+                && ap.target == action.target
+                && ap.fingerprint == action.fingerprint
+                && ap.expires > now
+                && !used.contains(&super::approve::used_key(ap))
+        });
+        match glass {
+            Some(ap) => {
+                used.insert(super::approve::used_key(ap));
+                action.decision = Decision::Auto;
+                action.reasons.push(format!(
+                    "freeze window `{}` is open; break-glass approval {} lets this change run once",
+                    w.name, ap.origin.file
+                ));
+                action.approval = Some(crate::vocab::ApprovalRef {
+                    file: ap.origin.file.to_string(),
+                    fingerprint: ap.fingerprint.clone(),
+                    expires: super::approve::expiry(ap),
+                });
+            }
+            None => hold(
+                action,
+                Decision::Deferred,
+                format!(
+                    "freeze window `{}` is open: no automatic action; an Approval of change {} with `breakGlass: true` lets it run once",
+                    w.name, action.fingerprint
+                ),
+            ),
+        }
+    }
+}
+
 /// The window open at `now`, if any.
 pub fn open_window(
     windows: &[MaintenanceWindow],
@@ -344,6 +499,7 @@ mod tests {
             health: vec![],
             remedies: vec![],
             held: Vec::new(),
+            paused: Vec::new(),
         }
     }
 

@@ -324,6 +324,17 @@ impl<'a> Decider<'a> {
             );
         }
         let allowed = gates::apply_to(&mut plan.actions, 0, settings, self.ctx.facts, now);
+        if let Ok(mut used) = self.used.lock() {
+            gates::frozen(
+                &mut plan.actions,
+                &settings.freeze_windows,
+                self.ctx.index,
+                &self.ctx.desired.approvals,
+                &mut used,
+                now,
+            );
+        }
+        gates::paused(&mut plan.actions, &self.ctx.facts.pauses, self.ctx.index);
         self.spent.store(allowed, Ordering::SeqCst);
         Ok(())
     }
@@ -357,6 +368,17 @@ impl<'a> Decider<'a> {
             );
         }
         let allowed = gates::apply_to(one, spent, settings, self.ctx.facts, now);
+        if let Ok(mut used) = self.used.lock() {
+            gates::frozen(
+                one,
+                &settings.freeze_windows,
+                self.ctx.index,
+                &self.ctx.desired.approvals,
+                &mut used,
+                now,
+            );
+        }
+        gates::paused(one, &self.ctx.facts.pauses, self.ctx.index);
         self.spent.fetch_add(allowed, Ordering::SeqCst);
         action
     }
@@ -451,6 +473,7 @@ impl Facts {
             corrections,
             outcomes,
             used_approvals,
+            pauses: store.pauses(now)?,
         })
     }
 }

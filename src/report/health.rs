@@ -76,6 +76,14 @@ pub(super) fn render_health(out: &mut String, plan: &Plan, color: bool) {
             p.dim, p.reset
         ));
     }
+    for pause in &plan.paused {
+        lines.push(format!(
+            "{}⏸{} {} (tend pause; no action on what it matches)",
+            p.red,
+            p.reset,
+            crate::policy::gates::pause_in_words(pause)
+        ));
+    }
     for h in &plan.held {
         lines.push(format!(
             "{}⏸{} {}  {}",

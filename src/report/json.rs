@@ -50,6 +50,7 @@ fn body(plan: &Plan, kind: &str) -> serde_json::Map<String, Value> {
     m.insert("health".into(), json!(plan.health));
     m.insert("remedies".into(), json!(plan.remedies));
     m.insert("held".into(), json!(plan.held));
+    m.insert("paused".into(), json!(plan.paused));
     m
 }
 

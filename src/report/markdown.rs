@@ -108,6 +108,13 @@ pub fn render_markdown(plan: &Plan, results: Option<&[ActionResult]>) -> String 
         out.push('\n');
         out.push_str(&diff_details(plan.actions.iter()));
     }
+    for pause in &plan.paused {
+        let _ = writeln!(
+            out,
+            "**⏸️ {}** (no action on what it matches)\n",
+            cell(&crate::policy::gates::pause_in_words(pause))
+        );
+    }
     if !plan.held.is_empty() {
         out.push_str("**Held** (a change failed verification; not applied again until the declaration changes or a human releases it):\n\n");
         for h in &plan.held {

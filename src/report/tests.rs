@@ -109,6 +109,7 @@ fn sample_plan() -> Plan {
         health: vec![],
         remedies: vec![],
         held: Vec::new(),
+        paused: Vec::new(),
     }
 }
 

@@ -167,6 +167,13 @@ pub trait Store: Send + Sync {
     /// The newest `limit` review operations, oldest first.
     fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError>;
     /// Replaces the proposals tend last published.
+    /// Records an emergency pause.
+    fn pause(&self, p: &NewPause<'_>) -> Result<i64, StateError>;
+    /// Ends the pauses of `selector` (every one when `None`) at `at`;
+    /// returns those it ended.
+    fn resume(&self, selector: Option<&str>, at: DateTime<Utc>) -> Result<Vec<Pause>, StateError>;
+    /// The pauses in force at `now`.
+    fn pauses(&self, now: DateTime<Utc>) -> Result<Vec<Pause>, StateError>;
     /// Records a change tend applied to a watched resource, to verify.
     fn record_change(&self, c: &NewChange<'_>) -> Result<i64, StateError>;
     /// Ends a change's verification (or its hold).
@@ -611,6 +618,32 @@ pub enum ChangeStatus {
 }
 
 crate::model::words!(ReviewOutcome, ProposalState, ReviewOperation, ChangeStatus);
+
+/// An emergency pause: while it lasts, tend plans, reports and notifies
+/// but takes no action on what its selector matches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pause {
+    pub id: i64,
+    /// Empty: everything. Else `KIND/NAME`, `KIND`, or a label `key=value`.
+    pub selector: String,
+    pub reason: String,
+    /// Who paused (the user, or the listener's caller).
+    pub who: String,
+    #[serde(with = "time_text")]
+    pub since: DateTime<Utc>,
+    /// When it ends by itself; absent: until resumed.
+    #[serde(with = "time_text::option")]
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// A pause to record.
+pub struct NewPause<'a> {
+    pub selector: &'a str,
+    pub reason: &'a str,
+    pub who: &'a str,
+    pub until: Option<DateTime<Utc>>,
+}
 
 /// A change about to be verified.
 pub struct NewChange<'a> {

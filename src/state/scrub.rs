@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
-    JournalRecord, LastGood, NewChange, NewIncident, NewRun, ProposalRow, ReviewEvent, RunStatus,
-    SignalRow, StateError, StepResult, StepStats, Store, UsedApproval,
+    JournalRecord, LastGood, NewChange, NewIncident, NewPause, NewRun, Pause, ProposalRow,
+    ReviewEvent, RunStatus, SignalRow, StateError, StepResult, StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets, StepOutcome};
 
@@ -168,6 +168,26 @@ impl Store for Scrubbing<'_> {
                 ..*u
             },
         )
+    }
+
+    fn pause(&self, p: &NewPause<'_>) -> Result<i64, StateError> {
+        let reason = self.text(p.reason);
+        self.inner.pause(&NewPause {
+            reason: &reason,
+            ..*p
+        })
+    }
+
+    fn resume(
+        &self,
+        selector: Option<&str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Pause>, StateError> {
+        self.inner.resume(selector, at)
+    }
+
+    fn pauses(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Pause>, StateError> {
+        self.inner.pauses(now)
     }
 
     fn record_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {

@@ -12,9 +12,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::sqlite_text::{get, get_opt, Wo, W};
 use super::{
     now, ts, BackendError, ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep,
-    IncidentUpdate, JournalEntry, JournalRecord, LastGood, NewChange, NewIncident, NewRun,
-    ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult, StepStats, Store,
-    UsedApproval,
+    IncidentUpdate, JournalEntry, JournalRecord, LastGood, NewChange, NewIncident, NewPause,
+    NewRun, Pause, ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult,
+    StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
 
@@ -173,6 +173,15 @@ CREATE TABLE IF NOT EXISTS remediation_stats (
     failures INTEGER NOT NULL DEFAULT 0,
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (cause, runbook, step)
+);
+CREATE TABLE IF NOT EXISTS pauses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    selector TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    who TEXT NOT NULL,
+    since TEXT NOT NULL,
+    until TEXT,
+    resumed_at TEXT
 );
 CREATE TABLE IF NOT EXISTS changes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -656,6 +665,18 @@ impl Store for SqliteStore {
 
     fn proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
         self.list_proposals()
+    }
+
+    fn pause(&self, p: &NewPause<'_>) -> Result<i64, StateError> {
+        self.insert_pause(p)
+    }
+
+    fn resume(&self, selector: Option<&str>, at: DateTime<Utc>) -> Result<Vec<Pause>, StateError> {
+        self.end_pauses(selector, at)
+    }
+
+    fn pauses(&self, now: DateTime<Utc>) -> Result<Vec<Pause>, StateError> {
+        self.live_pauses(now)
     }
 
     fn record_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {

@@ -1,11 +1,13 @@
-//! The SQLite side of changes under verification and the holds on failed
-//! specs.
+//! The SQLite side of changes under verification, the holds on failed
+//! specs, and emergency pauses.
 
 use rusqlite::params;
 
 use super::sqlite::SqliteStore;
 use super::sqlite_text::{get, get_opt, W};
-use super::{now, ChangeRow, ChangeStatus, ChangeVerdict, LastGood, NewChange, StateError};
+use super::{
+    now, ChangeRow, ChangeStatus, ChangeVerdict, LastGood, NewChange, NewPause, Pause, StateError,
+};
 use crate::vocab::ResourceKey;
 
 const COLUMNS: &str = "id, kind, name, digest, commit_sha, fields, applied_at, until, status, cause, incident_id, wave, rolled_back, settled_at, good_commit, good_spec";
@@ -57,6 +59,58 @@ impl SqliteStore {
             ],
             change_row,
         )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl SqliteStore {
+    pub(super) fn insert_pause(&self, p: &NewPause<'_>) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO pauses (selector, reason, who, since, until) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![p.selector, p.reason, p.who, now(), p.until.map(super::ts)],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub(super) fn end_pauses(
+        &self,
+        selector: Option<&str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Pause>, StateError> {
+        let ended: Vec<Pause> = self
+            .live_pauses(at)?
+            .into_iter()
+            .filter(|p| selector.is_none_or(|s| s == p.selector))
+            .collect();
+        let conn = self.conn();
+        for p in &ended {
+            conn.execute(
+                "UPDATE pauses SET resumed_at = ?2 WHERE id = ?1",
+                params![p.id, W(&at)],
+            )?;
+        }
+        Ok(ended)
+    }
+
+    pub(super) fn live_pauses(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Pause>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, selector, reason, who, since, until FROM pauses WHERE resumed_at IS NULL AND (until IS NULL OR until > ?1) ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![W(&now)], |r| {
+            Ok(Pause {
+                id: r.get(0)?,
+                selector: r.get(1)?,
+                reason: r.get(2)?,
+                who: r.get(3)?,
+                since: get(r, 4)?,
+                until: get_opt(r, 5)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

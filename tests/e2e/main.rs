@@ -13,6 +13,7 @@ mod healing;
 mod hostile;
 mod install;
 mod invalid;
+mod pause;
 mod policy;
 mod policy_limits;
 mod process;
