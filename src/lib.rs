@@ -38,6 +38,7 @@ mod heal;
 mod health;
 mod metrics;
 pub mod model;
+mod notify;
 pub mod plan;
 pub mod policy;
 pub mod provider;

@@ -65,6 +65,8 @@ pub enum PublishError {
     Write(#[source] std::io::Error),
     #[error("failed to publish to GitHub: {0}")]
     Review(String),
+    #[error("failed to notify: {0}")]
+    Notify(String),
 }
 
 /// One destination.

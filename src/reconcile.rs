@@ -651,6 +651,8 @@ pub struct Applied {
     /// Where changes that need a human are proposed (`Settings
     /// spec.review.github`).
     pub review: Option<model::GithubReview>,
+    /// Where on-call is told (`Settings spec.notify`).
+    pub notify: Option<model::Notify>,
     /// The pass's state directory.
     pub state_dir: PathBuf,
     /// How long the pass took.
@@ -853,6 +855,7 @@ async fn apply_run(
         declared: declared_kinds(desired),
         approvals: desired.approvals.clone(),
         review: desired.settings.review.github.clone(),
+        notify: desired.settings.notify.clone(),
         state_dir: loaded.state_dir.clone(),
         duration: std::time::Duration::ZERO,
     })

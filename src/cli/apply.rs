@@ -65,7 +65,9 @@ async fn apply(
     if global.in_actions {
         publisher = publisher.with(crate::actions::ActionsSink { command: "apply" });
     }
-    let mut publisher = publisher.with(review);
+    let mut publisher = publisher
+        .with(review)
+        .with(crate::notify::NotifySink::default());
     publisher
         .publish(&Published::Pass {
             applied: &applied,

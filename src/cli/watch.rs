@@ -65,7 +65,8 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
             layout: Layout::Watch(format.into()),
             color: global.color,
         })
-        .with(crate::review::GitHubSink::new(local_dir(&source)));
+        .with(crate::review::GitHubSink::new(local_dir(&source)))
+        .with(crate::notify::NotifySink::default());
     crate::watch::run(&source, &global.options(mode), &wo, publisher).await?;
     Ok(0)
 }

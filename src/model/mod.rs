@@ -254,6 +254,65 @@ pub struct Settings {
     pub review: ReviewSettings,
     #[serde(default)]
     pub changes: changes::Changes,
+    #[serde(default)]
+    pub notify: Option<Notify>,
+}
+
+/// `Settings spec.notify`: reaching on-call. Incident state changes that
+/// matter go to Alertmanager (as alerts tend owns; its routing, grouping,
+/// inhibition and silences decide who is paged) and to a signed
+/// CloudEvents webhook. Secrets only from the environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notify {
+    #[serde(default)]
+    pub alertmanager: Option<AlertmanagerTarget>,
+    #[serde(default)]
+    pub webhook: Option<WebhookTarget>,
+    /// The same event about the same resource and cause is not sent again
+    /// within this long.
+    #[serde(default = "default_min_interval")]
+    pub min_interval: Span,
+    #[serde(default)]
+    pub on: NotifyOn,
+    /// The `node` label; default: the host name.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+fn default_min_interval() -> Span {
+    Span(std::time::Duration::from_secs(600))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertmanagerTarget {
+    /// Alertmanager's base URL; tend posts to `<url>/api/v2/alerts`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookTarget {
+    pub url: String,
+    /// The environment variable holding the signing secret.
+    #[serde(default = "default_webhook_secret_env")]
+    pub secret_env: String,
+}
+
+fn default_webhook_secret_env() -> String {
+    "TEND_WEBHOOK_SECRET".into()
+}
+
+/// Which incidents are sent: by severity and by event (`opened`,
+/// `escalated`, `resolved`, `held`); empty lists send all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifyOn {
+    #[serde(default)]
+    pub severities: Vec<health::Severity>,
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 /// `Settings spec.review`: where changes that need a human are proposed.
@@ -557,6 +616,7 @@ impl Default for Settings {
             aws: AwsSettings::default(),
             review: ReviewSettings::default(),
             changes: changes::Changes::default(),
+            notify: None,
         }
     }
 }

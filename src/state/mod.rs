@@ -167,6 +167,13 @@ pub trait Store: Send + Sync {
     /// The newest `limit` review operations, oldest first.
     fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError>;
     /// Replaces the proposals tend last published.
+    /// Records a notification sent.
+    fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError>;
+    /// Whether `event` was sent about `incident`, or about the same
+    /// resource and cause since `since`.
+    fn was_notified(&self, n: &Notified<'_>, since: DateTime<Utc>) -> Result<bool, StateError>;
+    /// The events sent about `incident`.
+    fn notified_events(&self, incident: i64) -> Result<Vec<NotifyEvent>, StateError>;
     /// Records an emergency pause.
     fn pause(&self, p: &NewPause<'_>) -> Result<i64, StateError>;
     /// Ends the pauses of `selector` (every one when `None`) at `at`;
@@ -617,7 +624,13 @@ pub enum ChangeStatus {
     Cleared,
 }
 
-crate::model::words!(ReviewOutcome, ProposalState, ReviewOperation, ChangeStatus);
+crate::model::words!(
+    ReviewOutcome,
+    ProposalState,
+    ReviewOperation,
+    ChangeStatus,
+    NotifyEvent
+);
 
 /// An emergency pause: while it lasts, tend plans, reports and notifies
 /// but takes no action on what its selector matches.
@@ -643,6 +656,31 @@ pub struct NewPause<'a> {
     pub reason: &'a str,
     pub who: &'a str,
     pub until: Option<DateTime<Utc>>,
+}
+
+/// An incident state change on-call is told about.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
+pub enum NotifyEvent {
+    /// Opened with a matched signature.
+    Opened,
+    Escalated,
+    /// Resolved, after an earlier notification.
+    Resolved,
+    /// A step waits: held by a budget, a pause or a freeze.
+    Held,
+}
+
+/// A notification sent.
+pub struct Notified<'a> {
+    pub incident: i64,
+    pub key: &'a ResourceKey,
+    pub cause: &'a str,
+    pub event: NotifyEvent,
+    pub at: DateTime<Utc>,
 }
 
 /// A change about to be verified.

@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 
 use super::{
     ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
-    JournalRecord, LastGood, NewChange, NewIncident, NewPause, NewRun, Pause, ProposalRow,
-    ReviewEvent, RunStatus, SignalRow, StateError, StepResult, StepStats, Store, UsedApproval,
+    JournalRecord, LastGood, NewChange, NewIncident, NewPause, NewRun, Notified, NotifyEvent,
+    Pause, ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult, StepStats,
+    Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets, StepOutcome};
 
@@ -168,6 +169,22 @@ impl Store for Scrubbing<'_> {
                 ..*u
             },
         )
+    }
+
+    fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {
+        self.inner.record_notified(n)
+    }
+
+    fn was_notified(
+        &self,
+        n: &Notified<'_>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StateError> {
+        self.inner.was_notified(n, since)
+    }
+
+    fn notified_events(&self, incident: i64) -> Result<Vec<NotifyEvent>, StateError> {
+        self.inner.notified_events(incident)
     }
 
     fn pause(&self, p: &NewPause<'_>) -> Result<i64, StateError> {

@@ -13,8 +13,8 @@ use super::sqlite_text::{get, get_opt, Wo, W};
 use super::{
     now, ts, BackendError, ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep,
     IncidentUpdate, JournalEntry, JournalRecord, LastGood, NewChange, NewIncident, NewPause,
-    NewRun, Pause, ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult,
-    StepStats, Store, UsedApproval,
+    NewRun, Notified, NotifyEvent, Pause, ProposalRow, ReviewEvent, RunStatus, SignalRow,
+    StateError, StepResult, StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
 
@@ -174,6 +174,15 @@ CREATE TABLE IF NOT EXISTS remediation_stats (
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (cause, runbook, step)
 );
+CREATE TABLE IF NOT EXISTS notifications (
+    incident_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    event TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_incident ON notifications(incident_id, event);
 CREATE TABLE IF NOT EXISTS pauses (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     selector TEXT NOT NULL,
@@ -665,6 +674,18 @@ impl Store for SqliteStore {
 
     fn proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
         self.list_proposals()
+    }
+
+    fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {
+        self.insert_notified(n)
+    }
+
+    fn was_notified(&self, n: &Notified<'_>, since: DateTime<Utc>) -> Result<bool, StateError> {
+        self.any_notified(n, since)
+    }
+
+    fn notified_events(&self, incident: i64) -> Result<Vec<NotifyEvent>, StateError> {
+        self.events_of(incident)
     }
 
     fn pause(&self, p: &NewPause<'_>) -> Result<i64, StateError> {

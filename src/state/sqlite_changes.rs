@@ -1,12 +1,13 @@
 //! The SQLite side of changes under verification, the holds on failed
-//! specs, and emergency pauses.
+//! specs, emergency pauses, and the notifications sent.
 
 use rusqlite::params;
 
 use super::sqlite::SqliteStore;
 use super::sqlite_text::{get, get_opt, W};
 use super::{
-    now, ChangeRow, ChangeStatus, ChangeVerdict, LastGood, NewChange, NewPause, Pause, StateError,
+    now, ChangeRow, ChangeStatus, ChangeVerdict, LastGood, NewChange, NewPause, Notified,
+    NotifyEvent, Pause, StateError,
 };
 use crate::vocab::ResourceKey;
 
@@ -64,6 +65,35 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    pub(super) fn insert_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO notifications (incident_id, kind, name, cause, event, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![n.incident, n.key.kind.as_str(), n.key.name, n.cause, W(&n.event), W(&n.at)],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn any_notified(
+        &self,
+        n: &Notified<'_>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StateError> {
+        let count: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM notifications WHERE event = ?1 AND (incident_id = ?2 OR (kind = ?3 AND name = ?4 AND cause = ?5 AND at >= ?6))",
+            params![W(&n.event), n.incident, n.key.kind.as_str(), n.key.name, n.cause, W(&since)],
+            |r| r.get(0),
+        )?;
+        Ok(count > 0)
+    }
+
+    pub(super) fn events_of(&self, incident: i64) -> Result<Vec<NotifyEvent>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT event FROM notifications WHERE incident_id = ?1 ORDER BY at")?;
+        let rows = stmt.query_map(params![incident], |r| get(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub(super) fn insert_pause(&self, p: &NewPause<'_>) -> Result<i64, StateError> {
         let conn = self.conn();
         conn.execute(

@@ -38,6 +38,7 @@ words_as_text!(
     super::ReviewOutcome,
     super::ReviewOperation,
     super::ChangeStatus,
+    super::NotifyEvent,
     Kind,
     Mode,
     Severity,

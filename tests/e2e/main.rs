@@ -13,6 +13,7 @@ mod healing;
 mod hostile;
 mod install;
 mod invalid;
+mod notify;
 mod pause;
 mod policy;
 mod policy_limits;

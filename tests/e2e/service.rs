@@ -363,14 +363,22 @@ fn a_pushed_alert_heals_through_its_signature_and_the_token_is_required() {
 }
 
 /// A real Alertmanager on 127.0.0.1, clustering off, notifying tend.
-struct Alertmanager {
+pub(super) struct Alertmanager {
     child: std::process::Child,
     _dir: tempfile::TempDir,
-    port: u16,
+    pub(super) port: u16,
 }
 
 impl Alertmanager {
     fn start(tend_port: u16, token: &str) -> Alertmanager {
+        let hook = format!("http://127.0.0.1:{tend_port}/hooks/alertmanager");
+        Alertmanager::with_config(&format!(
+            "route:\n  receiver: tend\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: tend\n    webhook_configs:\n      - url: {hook}\n        send_resolved: true\n        http_config: {{authorization: {{type: Bearer, credentials: \"{token}\"}}}}\n      # A sender with the wrong token: refused every time.\n      - url: {hook}\n        send_resolved: true\n        http_config: {{authorization: {{type: Bearer, credentials: not-the-token}}}}\n"
+        ))
+    }
+
+    /// A real Alertmanager on 127.0.0.1 with `config`.
+    pub(super) fn with_config(config: &str) -> Alertmanager {
         let bin = which("prometheus-alertmanager")
             .or_else(|| which("alertmanager"))
             .unwrap_or_else(|| {
@@ -378,14 +386,7 @@ impl Alertmanager {
             });
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let hook = format!("http://127.0.0.1:{tend_port}/hooks/alertmanager");
-        std::fs::write(
-            dir.path().join("alertmanager.yml"),
-            format!(
-                "route:\n  receiver: tend\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: tend\n    webhook_configs:\n      - url: {hook}\n        send_resolved: true\n        http_config: {{authorization: {{type: Bearer, credentials: \"{token}\"}}}}\n      # A sender with the wrong token: refused every time.\n      - url: {hook}\n        send_resolved: true\n        http_config: {{authorization: {{type: Bearer, credentials: not-the-token}}}}\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("alertmanager.yml"), config).unwrap();
         let mut child = Command::new(bin)
             .arg(format!(
                 "--config.file={}",
