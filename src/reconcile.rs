@@ -412,6 +412,7 @@ async fn survey(
             healing: under_way,
             last_good: &last_good,
             signatures: &desired.signatures,
+            storm: &desired.settings.safety.storm,
             now,
         },
     );

@@ -527,6 +527,11 @@ async fn begin(
         escalate_crash_loop(h, job.id, remedy, why)?;
         return Ok(None);
     }
+    if let Some(why) = &remedy.storm {
+        job.frozen = Some(why.clone());
+        escalate(h, &job.incident(resource), 0).await?;
+        return Ok(None);
+    }
     // A regression's job comes with its built-in runbook (rollback or
     // freeze); a pass's work names a declared or the built-in one.
     if job.spec.steps.is_empty() {

@@ -152,6 +152,7 @@ async fn regressed(
         declared_at: resource.origin.clone(),
         diagnosed_from: None,
         change: Some(what.clone()),
+        storm: None,
     };
     let id = open_incident(h, &remedy)?;
     remedy.incident = Some(id);

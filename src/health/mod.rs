@@ -184,6 +184,39 @@ pub fn watched(r: &Resource, signatures: &[Signature]) -> bool {
     r.health.is_some() || r.remediation.is_some() || signatures.iter().any(|s| s.selects(r))
 }
 
+/// The shared sources a resource's signals read, by signal: an HTTP
+/// probe's host and port, a TCP address, Prometheus. Resources that read
+/// one source fail together when it does. A process's liveness is no
+/// shared source.
+pub fn sources(r: &Resource) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Some(h) = &r.health else {
+        return out;
+    };
+    for p in &h.probes {
+        let source = if let Some(http) = &p.http {
+            reqwest::Url::parse(&http.url).ok().and_then(|u| {
+                Some(format!(
+                    "HTTP {}:{}",
+                    u.host_str()?,
+                    u.port_or_known_default()?
+                ))
+            })
+        } else if let Some(tcp) = &p.tcp {
+            Some(format!("TCP {}", tcp.address))
+        } else {
+            p.prometheus.as_ref().map(|_| "Prometheus".to_string())
+        };
+        if let Some(s) = source {
+            out.push((p.name.clone(), s));
+        }
+    }
+    for slo in h.slos.iter().filter(|s| s.error_ratio.is_some()) {
+        out.push((format!("burn-rate/{}", slo.name), "Prometheus".to_string()));
+    }
+    out
+}
+
 /// Why a declared process is down, in words that stay the same from one
 /// crash to the next (the pid and details are in the symptom). A process
 /// that could not bind its address is a port conflict, whatever its health

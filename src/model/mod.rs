@@ -470,6 +470,53 @@ pub struct Safety {
     pub fight_detection: FightDetection,
     #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
+    #[serde(default)]
+    pub storm: Storm,
+}
+
+/// `Settings spec.safety.storm`: when at least `share` (and at least
+/// `minResources`) of the watched resources that read one signal source
+/// turn unhealthy within `window` of each other, the source or a shared
+/// dependency is more likely broken than every resource: no automatic
+/// healing action on them, and one incident names the source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Storm {
+    #[serde(default = "storm_on")]
+    pub enabled: bool,
+    #[serde(default = "storm_share")]
+    pub share: f64,
+    #[serde(default = "storm_min")]
+    pub min_resources: usize,
+    #[serde(default = "storm_window")]
+    pub window: Span,
+}
+
+fn storm_on() -> bool {
+    true
+}
+
+fn storm_share() -> f64 {
+    0.5
+}
+
+fn storm_min() -> usize {
+    3
+}
+
+fn storm_window() -> Span {
+    Span(std::time::Duration::from_secs(60))
+}
+
+impl Default for Storm {
+    fn default() -> Self {
+        Storm {
+            enabled: storm_on(),
+            share: storm_share(),
+            min_resources: storm_min(),
+            window: storm_window(),
+        }
+    }
 }
 
 fn default_max_actions() -> usize {
@@ -483,6 +530,7 @@ impl Default for Safety {
             cooldown: Span::default(),
             fight_detection: FightDetection::default(),
             circuit_breaker: CircuitBreaker::default(),
+            storm: Storm::default(),
         }
     }
 }

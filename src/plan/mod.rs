@@ -216,6 +216,8 @@ pub struct HealingInput<'a> {
     pub last_good: &'a dyn Fn(&ResourceKey) -> Option<crate::vocab::Rollback>,
     /// The declared signatures, to tell which diagnosis is more specific.
     pub signatures: &'a [crate::model::health::Signature],
+    /// The storm guard (`Settings spec.safety.storm`).
+    pub storm: &'a crate::model::Storm,
     pub now: DateTime<Utc>,
 }
 
@@ -230,8 +232,19 @@ pub fn add_health(
     input: &HealingInput<'_>,
 ) -> Vec<i64> {
     let mut recovered = Vec::new();
+    let storms = storms(&watched, live, input);
     for w in watched {
         let r = w.resource;
+        if let Some(storm) = storms.get(&r.key) {
+            // One incident for the whole correlated failure, on its first
+            // resource; no healing step on any of them.
+            if storm.first == r.key {
+                let inc = correlated(r, &w.assessment, storm, w.prior.as_ref(), input.now);
+                plan.remedies.push(inc);
+            }
+            plan.health.push(w.assessment);
+            continue;
+        }
         // A resource that does not exist yet is created by the drift
         // correction; that is not an incident.
         let exists = live.contains_key(&r.key);
@@ -313,6 +326,141 @@ pub fn add_health(
         plan.health.push(w.assessment);
     }
     recovered
+}
+
+/// How many resources read one source, and those failing on it with
+/// since when.
+type Readers<'a> = (usize, Vec<(&'a ResourceKey, DateTime<Utc>)>);
+
+/// A correlated failure of one signal source.
+#[derive(Debug, Clone, PartialEq)]
+struct Storm {
+    source: String,
+    /// The resources failing together, by name.
+    members: Vec<ResourceKey>,
+    readers: usize,
+    first: ResourceKey,
+}
+
+/// The storm guard: the resources that read one source and turned
+/// unhealthy on it together (at least `share` of its readers, at least
+/// `minResources`, within `window` of each other), by resource.
+fn storms(
+    watched: &[Watched<'_>],
+    live: &HashMap<ResourceKey, LiveResource>,
+    input: &HealingInput<'_>,
+) -> HashMap<ResourceKey, Storm> {
+    let mut out = HashMap::new();
+    let guard = input.storm;
+    if !guard.enabled {
+        return out;
+    }
+    // source → (readers, the unhealthy ones with when they turned so)
+    let mut by_source: std::collections::BTreeMap<String, Readers<'_>> = Default::default();
+    for w in watched
+        .iter()
+        .filter(|w| live.contains_key(&w.resource.key))
+    {
+        let mut seen = std::collections::HashSet::new();
+        for (signal, source) in crate::health::sources(w.resource) {
+            let entry = by_source.entry(source.clone()).or_default();
+            if seen.insert(source) {
+                entry.0 += 1;
+            }
+            // Unhealthy, or unknown because the source cannot be read.
+            let bad = w.assessment.signals.iter().find(|t| {
+                t.reading.signal == signal && t.reading.status != crate::health::Status::Healthy
+            });
+            if let Some(t) = bad {
+                if !entry.1.iter().any(|(k, _)| *k == &w.resource.key) {
+                    entry.1.push((&w.resource.key, t.since));
+                }
+            }
+        }
+    }
+    let window = chrono::Duration::from_std(guard.window.0).unwrap_or_default();
+    for (source, (readers, bad)) in by_source {
+        let needed = guard
+            .min_resources
+            .max((guard.share * readers as f64).ceil() as usize);
+        if bad.len() < needed {
+            continue;
+        }
+        let first = bad.iter().map(|(_, t)| *t).min().unwrap_or(input.now);
+        let last = bad.iter().map(|(_, t)| *t).max().unwrap_or(input.now);
+        if last - first > window {
+            continue;
+        }
+        let mut members: Vec<ResourceKey> = bad.iter().map(|(k, _)| (*k).clone()).collect();
+        members.sort();
+        let storm = Storm {
+            source,
+            first: members[0].clone(),
+            members,
+            readers,
+        };
+        for k in &storm.members {
+            out.entry(k.clone()).or_insert_with(|| storm.clone());
+        }
+    }
+    out
+}
+
+/// The one incident of a correlated failure.
+fn correlated(
+    r: &Resource,
+    a: &Assessment,
+    storm: &Storm,
+    prior: Option<&remedy::Prior>,
+    now: DateTime<Utc>,
+) -> remedy::Remedy {
+    let of_source: Vec<String> = crate::health::sources(r)
+        .into_iter()
+        .filter(|(_, s)| *s == storm.source)
+        .map(|(signal, _)| signal)
+        .collect();
+    let symptoms: Vec<crate::health::Tracked> = a
+        .signals
+        .iter()
+        .filter(|t| of_source.contains(&t.reading.signal))
+        .cloned()
+        .collect();
+    let onset = symptoms.iter().map(|t| t.since).min().unwrap_or(now);
+    let names: Vec<String> = storm.members.iter().map(ToString::to_string).collect();
+    let cause = format!(
+        "correlated failure: {} fails for {} of the {} resources that read it",
+        storm.source,
+        storm.members.len(),
+        storm.readers
+    );
+    let why = format!(
+        "{cause} ({}); the source or a shared dependency is more likely broken than every resource (Settings spec.safety.storm)",
+        names.join(", ")
+    );
+    remedy::Remedy {
+        target: r.key.clone(),
+        problem: crate::health::Problem {
+            cause,
+            signature: None,
+            runbook: None,
+            severity: crate::model::health::Severity::Warning,
+            symptoms,
+            onset,
+            why: None,
+            pending: None,
+        },
+        incident: prior.map(|p| p.id),
+        runbook: remedy::BUILTIN_RUNBOOK.to_string(),
+        step: None,
+        skipped: Vec::new(),
+        escalated: prior.is_some_and(|p| p.escalated),
+        baseline: None,
+        crash_loop: None,
+        declared_at: r.origin.clone(),
+        diagnosed_from: None,
+        change: None,
+        storm: Some(why),
+    }
 }
 
 /// The problem an open incident goes on with. A more specific diagnosis

@@ -106,6 +106,10 @@ pub struct Remedy {
     /// verification window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change: Option<crate::vocab::ChangeRef>,
+    /// A correlated failure (the storm guard): no automatic healing
+    /// action; the incident is escalated at once with this reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<String>,
 }
 
 /// What an incident named before a more specific diagnosis.
@@ -128,6 +132,9 @@ impl Remedy {
                 b.attempt
             ),
         };
+        if let Some(why) = &self.storm {
+            return format!("{why}: escalate; no automatic healing action");
+        }
         match (&self.crash_loop, self.escalated, self.step, &self.baseline) {
             (Some(why), _, _, b) => format!(
                 "{why}: escalate; {}",
@@ -239,6 +246,7 @@ pub fn remedy(
         declared_at: r.origin.clone(),
         diagnosed_from: None,
         change: None,
+        storm: None,
     }
 }
 

@@ -250,3 +250,113 @@ fn alertmanager_routes_an_escalation_once_and_its_resolution() {
             .any(|(_, b)| b.contains("\"status\":\"resolved\""))
     });
 }
+
+/// A tiny HTTP server answering 200 on 127.0.0.1:`port` until stopped.
+struct Upstream {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Upstream {
+    fn start(port: u16) -> Upstream {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let mut buf = [0u8; 4096];
+                        let _ = c.read(&mut buf);
+                        let _ = c.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Upstream {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The storm guard: five processes whose health checks read one address;
+/// the address goes down while the processes stay alive. Nothing is
+/// restarted, one incident names the source, on-call hears once; the
+/// address back, the incident resolves and still nothing was done.
+#[test]
+fn a_shared_source_failing_is_one_correlated_incident_and_no_restart() {
+    let ws = Workspace::new();
+    let upstream_port = free_port();
+    let mut upstream = Upstream::start(upstream_port);
+    let rx = Receiver::start(Vec::new());
+    ws.write(
+        "settings.yaml",
+        &format!("apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  notify:\n    webhook: {{url: \"http://127.0.0.1:{}/events\"}}\n", rx.port),
+    );
+    for i in 0..5 {
+        ws.write(
+            &format!("w{i}.yaml"),
+            &format!(
+                "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{upstream_port}/healthz\", status: 200, timeout: 1s}}\n  slos:\n    - {{name: reachable, signal: http, for: 0s, recovery: 0s}}\n",
+                process_doc(&format!("w{i}"), "/bin/sleep", &["1000"])
+            ),
+        );
+    }
+    apply(&ws).ok();
+    std::thread::sleep(Duration::from_millis(500));
+    apply(&ws).ok();
+    let pids: Vec<i32> = (0..5).map(|i| ws.pid(&format!("w{i}"))).collect();
+    assert!(ws
+        .run_raw(&["incidents", "--all", "--format", "json"])
+        .json()["incidents"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    upstream.stop();
+    for _ in 0..3 {
+        let _ = apply(&ws);
+    }
+    let now: Vec<i32> = (0..5).map(|i| ws.pid(&format!("w{i}"))).collect();
+    assert_eq!(now, pids, "nothing restarted");
+    let all = ws
+        .run_raw(&["incidents", "--all", "--format", "json"])
+        .json();
+    let list = all["incidents"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "one incident: {all:#}");
+    let inc = &list[0];
+    assert_eq!(inc["status"], "escalated", "{inc:#}");
+    assert!(
+        inc["cause"].as_str().unwrap().starts_with(&format!(
+            "correlated failure: HTTP 127.0.0.1:{upstream_port} fails for 5 of the 5 resources that read it"
+        )),
+        "{inc:#}"
+    );
+    within("one notification", Duration::from_secs(10), || {
+        rx.taken().len() == 1
+    });
+
+    let _back = Upstream::start(upstream_port);
+    let _ = apply(&ws);
+    let _ = apply(&ws);
+    let inc = &ws
+        .run_raw(&["incidents", "--all", "--format", "json"])
+        .json()["incidents"][0];
+    assert_eq!(inc["status"], "resolved", "{inc:#}");
+    let now: Vec<i32> = (0..5).map(|i| ws.pid(&format!("w{i}"))).collect();
+    assert_eq!(now, pids, "no action taken");
+    assert_eq!(rx.taken().len(), 2, "and its resolution");
+}
