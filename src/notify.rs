@@ -130,7 +130,18 @@ impl NotifySink {
         let since = now
             - chrono::Duration::from_std(cfg.min_interval.0).unwrap_or(chrono::Duration::zero());
         let mut alerts = Vec::new();
+        // The issue tend opened for an incident, where review is on.
+        let issues: std::collections::HashMap<String, String> = store
+            .review_log(1000)
+            .map_err(|e| PublishError::Notify(e.to_string()))?
+            .into_iter()
+            .filter_map(|e| Some((e.subject, e.url?)))
+            .filter(|(s, _)| s.starts_with("incident #"))
+            .collect();
         for i in &applied.incidents {
+            let issue = issues
+                .get(&format!("incident #{}", i.id))
+                .map(String::as_str);
             let told = store
                 .notified_events(i.id)
                 .map_err(|e| PublishError::Notify(e.to_string()))?;
@@ -145,7 +156,7 @@ impl NotifySink {
                     None => false,
                 };
                 if shown && (firing || !told.contains(&NotifyEvent::Resolved)) {
-                    alerts.push(alert(i, &node, tail.as_deref(), secrets));
+                    alerts.push(alert(i, &node, tail.as_deref(), issue, secrets));
                 }
             }
             let Some(event) = event.filter(|e| wanted(cfg, i, *e)) else {
@@ -254,7 +265,13 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// The incident as an Alertmanager alert.
-fn alert(i: &Incident, node: &str, tail: Option<&str>, secrets: &Secrets) -> Value {
+fn alert(
+    i: &Incident,
+    node: &str,
+    tail: Option<&str>,
+    issue: Option<&str>,
+    secrets: &Secrets,
+) -> Value {
     let summary = secrets.scrub(&crate::report::render_incident(i, false));
     let mut annotations = json!({
         "summary": format!("{}/{}: {}", i.key.kind, i.key.name, i.cause),
@@ -264,6 +281,9 @@ fn alert(i: &Incident, node: &str, tail: Option<&str>, secrets: &Secrets) -> Val
     });
     if let Some(t) = tail {
         annotations["log_tail"] = json!(t);
+    }
+    if let Some(url) = issue {
+        annotations["issue"] = json!(url);
     }
     let mut a = json!({
         "labels": {
