@@ -353,4 +353,50 @@ mod tests {
             "tend-incident-7-escalated"
         );
     }
+
+    fn incident(status: IncidentStatus, signature: Option<&str>) -> Incident {
+        let t = Utc::now();
+        Incident {
+            id: 1,
+            key: crate::model::ResourceKey::new(crate::model::Kind::HostProcess, "web"),
+            status,
+            cause: "c".into(),
+            signature: signature.map(str::to_string),
+            why: None,
+            runbook: None,
+            severity: crate::model::health::Severity::Warning,
+            symptoms: json!([]),
+            change: None,
+            onset_at: t,
+            detected_at: t,
+            resolved_at: None,
+            next_step: 0,
+            state: String::new(),
+            recommendation: String::new(),
+            time_to_detect_ms: 0,
+            time_to_recover_ms: None,
+            steps: Vec::new(),
+        }
+    }
+
+    /// What is worth telling: an escalation always; an opening only with
+    /// a matched signature; a resolution only after something was said.
+    #[test]
+    fn each_state_change_that_matters_is_an_event() {
+        use IncidentStatus::*;
+        assert_eq!(
+            event_of(&incident(Escalated, None), &[]),
+            Some(NotifyEvent::Escalated)
+        );
+        assert_eq!(event_of(&incident(Open, None), &[]), None);
+        assert_eq!(
+            event_of(&incident(Open, Some("s")), &[]),
+            Some(NotifyEvent::Opened)
+        );
+        assert_eq!(event_of(&incident(Resolved, None), &[]), None);
+        assert_eq!(
+            event_of(&incident(Resolved, None), &[NotifyEvent::Escalated]),
+            Some(NotifyEvent::Resolved)
+        );
+    }
 }

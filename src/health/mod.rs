@@ -185,7 +185,8 @@ pub fn watched(r: &Resource, signatures: &[Signature]) -> bool {
 }
 
 /// The shared sources a resource's signals read, by signal: an HTTP
-/// probe's host and port, a TCP address, Prometheus. Resources that read
+/// probe's host and port, a TCP address, Prometheus, the route of a pushed
+/// alert an SLO reads. Resources that read
 /// one source fail together when it does. A process's liveness is no
 /// shared source.
 pub fn sources(r: &Resource) -> Vec<(String, String)> {
@@ -211,8 +212,14 @@ pub fn sources(r: &Resource) -> Vec<(String, String)> {
             out.push((p.name.clone(), s));
         }
     }
-    for slo in h.slos.iter().filter(|s| s.error_ratio.is_some()) {
-        out.push((format!("burn-rate/{}", slo.name), "Prometheus".to_string()));
+    for slo in &h.slos {
+        if slo.error_ratio.is_some() {
+            out.push((format!("burn-rate/{}", slo.name), "Prometheus".to_string()));
+        }
+        // A pushed alert: its route (the alert) is the shared source.
+        if let Some(alert) = slo.signal.as_deref().filter(|s| s.starts_with("alert/")) {
+            out.push((alert.to_string(), format!("the alert route {alert}")));
+        }
     }
     out
 }

@@ -620,6 +620,117 @@ mod tests {
         }
     }
 
+    /// The storm guard: resources failing together on one source they
+    /// read are one escalated incident and no healing step; too few of
+    /// them, or failing far apart in time, are healed one by one.
+    #[test]
+    fn resources_failing_together_on_one_source_are_one_correlated_incident() {
+        let text: String = (0..5)
+            .map(|i| format!("apiVersion: tend.dev/v1\nkind: host.Process\nmetadata: {{name: w{i}}}\nspec: {{command: /bin/sleep}}\nhealth:\n  probes:\n    - {{name: http, http: {{url: \"http://127.0.0.1:9/healthz\"}}}}\n  slos:\n    - {{name: up, signal: http, for: 0s}}\n---\n"))
+            .collect();
+        let desired = crate::model::load(&[crate::model::SourceFile {
+            path: "a.yaml".into(),
+            text,
+        }])
+        .unwrap();
+        let now = Utc::now();
+        let live: HashMap<ResourceKey, LiveResource> = desired
+            .resources
+            .iter()
+            .map(|r| {
+                let l = LiveResource {
+                    key: r.key.clone(),
+                    spec: json!({"state": "running"}),
+                    owned: true,
+                    id: "pid 1".into(),
+                    note: None,
+                };
+                (r.key.clone(), l)
+            })
+            .collect();
+        // `failing` of the five read the source as failing, each `apart`
+        // seconds after the one before.
+        let run = |failing: usize, apart: i64| {
+            let watched: Vec<Watched<'_>> = desired
+                .resources
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let status = if i < failing {
+                        crate::health::Status::Unhealthy
+                    } else {
+                        crate::health::Status::Healthy
+                    };
+                    let since = now - chrono::Duration::seconds(apart * i as i64);
+                    let mut remembered = HashMap::new();
+                    remembered.insert(
+                        "http".to_string(),
+                        crate::health::Remembered {
+                            status,
+                            since,
+                            last_healthy: None,
+                        },
+                    );
+                    let mut readings = crate::health::builtin_readings(r, live.get(&r.key));
+                    readings.push(crate::health::Reading {
+                        signal: "http".into(),
+                        status,
+                        value: None,
+                        detail: "status 500".into(),
+                    });
+                    Watched {
+                        resource: r,
+                        assessment: crate::health::assess(r, readings, &remembered, &[], now),
+                        prior: None,
+                    }
+                })
+                .collect();
+            let mut plan = plan(&Diff::default(), input(Mode::Auto));
+            let backoff = crate::model::health::Backoff::default();
+            let crash = crate::model::health::CrashLoop::default();
+            let storm = crate::model::Storm::default();
+            let _ = add_health(
+                &mut plan,
+                watched,
+                &live,
+                &HealingInput {
+                    runbooks: &[],
+                    failures: &|_, _, _| 0,
+                    ineffective_after: 3,
+                    backoff: &backoff,
+                    crash_loop: &crash,
+                    recurrences: &|_, _| 0,
+                    healing: &|_| false,
+                    last_good: &|_| None,
+                    signatures: &[],
+                    storm: &storm,
+                    now,
+                },
+            );
+            plan
+        };
+        let p = run(4, 1);
+        assert_eq!(p.remedies.len(), 1, "{:#?}", p.remedies);
+        let r = &p.remedies[0];
+        assert_eq!(r.target.name, "w0");
+        assert_eq!(r.step, None);
+        assert!(r.problem.cause.starts_with(
+            "correlated failure: HTTP 127.0.0.1:9 fails for 4 of the 5 resources that read it"
+        ));
+        assert!(p.actions.is_empty(), "no healing step: {:#?}", p.actions);
+        // Two of five is not half: each is healed on its own.
+        let p = run(2, 1);
+        assert_eq!(p.remedies.len(), 2);
+        assert!(p
+            .remedies
+            .iter()
+            .all(|r| r.storm.is_none() && r.step.is_some()));
+        // Four failing, but minutes apart: not together.
+        let p = run(4, 120);
+        assert_eq!(p.remedies.len(), 4);
+        assert!(p.remedies.iter().all(|r| r.storm.is_none()));
+    }
+
     /// An open incident takes a more specific diagnosis (and its runbook
     /// from the first step when that differs); a less specific one never
     /// replaces it; an escalated one keeps its own.
