@@ -445,22 +445,12 @@ async fn alertmanager(
     body: Body,
 ) -> (StatusCode, String) {
     let s = &shared.service;
-    let Some(token) = &s.alertmanager_token else {
-        return (
-            StatusCode::NOT_FOUND,
-            "the Alertmanager webhook is off: set TEND_ALERTMANAGER_TOKEN\n".into(),
-        );
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !same(given.as_bytes(), token.as_bytes()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token\n".into(),
-        );
+    if let Err(refused) = bearer(
+        s.alertmanager_token.as_deref(),
+        "the Alertmanager webhook is off: set TEND_ALERTMANAGER_TOKEN",
+        &headers,
+    ) {
+        return refused;
     }
     let body = match read_body(&shared.reads, body, ALERTMANAGER_BODY_LIMIT).await {
         Ok(b) => b,
@@ -495,14 +485,12 @@ async fn alertmanager(
     )
 }
 
-/// The bearer token of the pause endpoints, checked from the request's
-/// head before its body is read.
-fn pause_allowed(s: &Service, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
-    let Some(token) = &s.pause_token else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            "pause and resume are off: set TEND_PAUSE_TOKEN\n".into(),
-        ));
+/// A hook's bearer token, checked from the request's head before its
+/// body is read: 404 while the hook is off (`off` says how to turn it
+/// on), 401 when the token is missing or wrong.
+fn bearer(token: Option<&str>, off: &str, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let Some(token) = token else {
+        return Err((StatusCode::NOT_FOUND, format!("{off}\n")));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -558,7 +546,11 @@ async fn pause_or_resume(
     pause: bool,
 ) -> (StatusCode, String) {
     let s = &shared.service;
-    if let Err(refused) = pause_allowed(s, headers) {
+    if let Err(refused) = bearer(
+        s.pause_token.as_deref(),
+        "pause and resume are off: set TEND_PAUSE_TOKEN",
+        headers,
+    ) {
         return refused;
     }
     let body = match read_body(&shared.reads, body, 64 * 1024).await {
