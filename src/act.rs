@@ -363,6 +363,7 @@ mod tests {
                 step: 0,
                 step_action,
                 severity: Severity::Warning,
+                trust: crate::model::health::Trust::Auto,
             }),
             approval: None,
             rollback: None,

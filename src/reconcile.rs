@@ -771,6 +771,7 @@ async fn apply_run(
     for a in &planned.plan.health {
         store.remember(&a.target, &health_stage::rows_of(a))?;
     }
+    record_shadow(store, desired, &planned.plan, now)?;
     let executor = Executor {
         providers: &rt.providers,
         store,
@@ -956,6 +957,70 @@ fn resolve_recovered(store: &dyn Store, recovered: &[i64]) -> Result<(), StateEr
         )?;
         if let Some(i) = store.incident(*id)? {
             heal::transition(store, *id, i.status, &heal::lifecycle::Event::Recovered)?;
+        }
+    }
+    Ok(())
+}
+
+/// Signatures in shadow: each match is recorded once while it lasts
+/// (with the runbook step it would have run), and when it ends, whether the
+/// problem went away on its own: within that step's `within`, with no
+/// incident opened on the resource meanwhile.
+fn record_shadow(
+    store: &dyn Store,
+    desired: &DesiredState,
+    plan: &Plan,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), StateError> {
+    let open: Vec<crate::state::ShadowRow> = store
+        .shadow_matches()?
+        .into_iter()
+        .filter(|r| r.ended_at.is_none())
+        .collect();
+    for a in &plan.health {
+        for m in &a.shadow {
+            let (_, spec) = crate::plan::remedy::runbook_for(
+                a.target.kind,
+                Some(&m.runbook),
+                &desired.runbooks,
+            );
+            let step = spec
+                .steps
+                .first()
+                .map_or(StepAction::Escalate, |s| s.action);
+            store.shadow_match(&crate::state::ShadowRow {
+                signature: m.signature.clone(),
+                key: a.target.clone(),
+                cause: m.cause.clone(),
+                step,
+                started_at: now,
+                ended_at: None,
+                on_its_own: None,
+            })?;
+        }
+        for row in open.iter().filter(|r| r.key == a.target) {
+            if a.shadow.iter().any(|m| m.signature == row.signature) {
+                continue;
+            }
+            let within = desired
+                .signatures
+                .iter()
+                .find(|s| s.name == row.signature)
+                .map(|s| {
+                    crate::plan::remedy::runbook_for(
+                        a.target.kind,
+                        Some(&s.spec.runbook),
+                        &desired.runbooks,
+                    )
+                    .1
+                    .steps
+                    .first()
+                    .map_or(std::time::Duration::from_secs(30), |s| s.within())
+                })
+                .unwrap_or(std::time::Duration::from_secs(30));
+            let quick = (now - row.started_at).to_std().unwrap_or_default() <= within;
+            let acted = !store.incidents_of(&a.target, row.started_at)?.is_empty();
+            store.shadow_end(&row.signature, &a.target, now, quick && !acted)?;
         }
     }
     Ok(())

@@ -207,6 +207,8 @@ pub struct IncidentRef {
     pub step: usize,
     pub step_action: StepAction,
     pub severity: Severity,
+    /// The trust of the signature that names the incident.
+    pub trust: crate::model::health::Trust,
 }
 
 /// A signal's outcome, ordered so that worse compares greater.

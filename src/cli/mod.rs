@@ -16,6 +16,7 @@ mod plan;
 mod policy;
 mod release;
 mod review;
+mod signatures;
 mod validate;
 mod watch;
 
@@ -159,6 +160,10 @@ enum Command {
     /// Lift the hold on a resource whose declared spec failed verification:
     /// the next pass applies that spec once more and verifies it again.
     Release(release::Args),
+    /// What each signature did or would have done: matches, the steps a
+    /// signature in shadow would have run and how often the problem went
+    /// away on its own, and the verified fix rate of one that acts.
+    Signatures(signatures::Args),
     /// Test and debug Rego policies.
     Policy(policy::Args),
     /// Run the sample HTTP workload (used by examples/desired-state).
@@ -378,6 +383,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         Command::Release(args) => release::run(args, &global),
         Command::Pause(args) => pause::pause(args, &global),
         Command::Resume(args) => pause::resume(args, &global),
+        Command::Signatures(args) => signatures::run(args, &global),
         Command::Policy(args) => policy::run(args),
         Command::SampleApp(args) => {
             crate::sample::run(args).await?;

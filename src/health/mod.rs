@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::health::{builtin_signals, Severity, Signature, Slo};
+use crate::model::health::{builtin_signals, Severity, Signature, Slo, Trust};
 use crate::model::{Resource, ResourceKey};
 use crate::state::SignalRow;
 use crate::vocab::LiveResource;
@@ -137,6 +137,9 @@ pub struct Problem {
     /// wait for it (`Settings spec.healing.diagnosisGrace`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
+    /// The trust of the signature that names it.
+    #[serde(skip_serializing_if = "Trust::is_auto")]
+    pub trust: Trust,
 }
 
 /// A signature about to match.
@@ -168,6 +171,17 @@ pub struct Assessment {
     pub slos: Vec<SloState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<Problem>,
+    /// Signatures in shadow that match: recorded, never acted on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<ShadowMatch>,
+}
+
+/// A signature in shadow that matches a resource.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowMatch {
+    pub signature: String,
+    pub cause: String,
+    pub runbook: String,
 }
 
 impl Assessment {
@@ -297,12 +311,35 @@ pub fn assess(
             ))
         })
         .collect();
-    let problem = diagnose(r, &by_name, &slos, signatures, now);
+    // Signatures in shadow never name a problem: what they would have
+    // matched is recorded beside it.
+    let (shadowed, trusted): (Vec<Signature>, Vec<Signature>) = signatures
+        .iter()
+        .filter(|s| s.selects(r))
+        .cloned()
+        .partition(|s| s.spec.trust == Trust::Shadow);
+    let problem = diagnose(r, &by_name, &slos, &trusted, now);
+    let slo_by_name: HashMap<&str, &SloState> = slos.iter().map(|s| (s.name.as_str(), s)).collect();
+    let shadow = shadowed
+        .iter()
+        .filter(|sig| {
+            matches!(
+                match_signature(sig, &by_name, &slo_by_name, now),
+                Match::Holds(_)
+            )
+        })
+        .map(|sig| ShadowMatch {
+            signature: sig.name.clone(),
+            cause: sig.spec.cause.clone(),
+            runbook: sig.spec.runbook.clone(),
+        })
+        .collect();
     Assessment {
         target: r.key.clone(),
         signals,
         slos,
         problem,
+        shadow,
     }
 }
 
@@ -565,6 +602,7 @@ fn diagnose(
     });
     let runbook = r.remediation.as_ref().map(|m| m.runbook.clone());
     let mut slo_for = None;
+    let trust = best.as_ref().map_or(Trust::Auto, |(s, _, _)| s.spec.trust);
     let (cause, signature, runbook, severity, mut symptoms, why) =
         if let Some((sig, symptoms, why)) = best {
             (
@@ -640,6 +678,7 @@ fn diagnose(
         onset,
         why,
         pending,
+        trust,
     })
 }
 

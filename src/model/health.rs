@@ -238,6 +238,35 @@ pub struct SignatureSpec {
     pub all: Vec<Condition>,
     #[serde(default)]
     pub any: Vec<Condition>,
+    /// How far tend trusts the signature: `shadow` (evaluated and
+    /// recorded, never acted on), `recommend` (its steps wait for a
+    /// human), `auto` (the default).
+    #[serde(default)]
+    pub trust: Trust,
+}
+
+/// The trust ladder of a signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    Shadow,
+    Recommend,
+    #[default]
+    Auto,
+}
+
+impl Trust {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::Shadow => "shadow",
+            Trust::Recommend => "recommend",
+            Trust::Auto => "auto",
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        *self == Trust::Auto
+    }
 }
 
 /// A known failure (kind `Signature`).

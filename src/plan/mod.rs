@@ -301,6 +301,17 @@ pub fn add_health(
                         &good,
                     );
                     (action.decision, action.reasons) = ceiling(plan.mode, r.mode);
+                    // A signature trusted to recommend: its steps wait for a
+                    // human.
+                    if problem.trust == crate::model::health::Trust::Recommend
+                        && action.decision == Decision::Auto
+                    {
+                        action.decision = Decision::Review;
+                        action.reasons = vec![format!(
+                            "signature `{}` is trusted to recommend, not to act (spec.trust)",
+                            problem.signature.as_deref().unwrap_or("")
+                        )];
+                    }
                     action.declared_at = Some(r.origin.clone());
                     plan.actions.push(action);
                 } else {
@@ -448,6 +459,7 @@ fn correlated(
             onset,
             why: None,
             pending: None,
+            trust: crate::model::health::Trust::Auto,
         },
         incident: prior.map(|p| p.id),
         runbook: remedy::BUILTIN_RUNBOOK.to_string(),
@@ -604,6 +616,7 @@ mod tests {
             onset: DateTime::<Utc>::MIN_UTC,
             why: None,
             pending: None,
+            trust: crate::model::health::Trust::Auto,
         }
     }
 

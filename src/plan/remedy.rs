@@ -401,6 +401,7 @@ fn step_action(
         step: index,
         step_action: step.action,
         severity: remedy.problem.severity,
+        trust: remedy.problem.trust,
     };
     let fingerprint = fingerprint(action_type, &target, &changes);
     Action {

@@ -352,6 +352,22 @@ impl<'a> Decider<'a> {
         });
         let declared = self.ctx.index.get(&action.target).and_then(|r| r.mode);
         (action.decision, action.reasons) = crate::plan::ceiling(run.mode, declared);
+        // A signature trusted to recommend: its steps wait for a human.
+        let recommend = action
+            .incident
+            .as_ref()
+            .is_some_and(|i| i.trust == crate::model::health::Trust::Recommend);
+        if recommend && action.decision == Decision::Auto {
+            action.decision = Decision::Review;
+            action.reasons = vec![format!(
+                "signature `{}` is trusted to recommend, not to act (spec.trust)",
+                action
+                    .incident
+                    .as_ref()
+                    .and_then(|i| i.signature.as_deref())
+                    .unwrap_or("")
+            )];
+        }
         let window = gates::open_window(&settings.maintenance_windows, now).map(|w| w.name.clone());
         let input = input_for(&action, run, &self.ctx, now, window.as_deref());
         let verdict = decide_before(self.policies, &input, Some(self.deadline));

@@ -280,12 +280,14 @@ fn health_says_each_thing_once() {
             ],
             slos: Vec::new(),
             problem: None,
+            shadow: Vec::new(),
         },
         Assessment {
             target: ResourceKey::new(Kind::HostProcess, "new-app"),
             signals: vec![unknown("error-ratio", down)],
             slos: Vec::new(),
             problem: None,
+            shadow: Vec::new(),
         },
     ];
     let text = render_plan(&plan, false);

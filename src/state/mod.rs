@@ -167,6 +167,19 @@ pub trait Store: Send + Sync {
     /// The newest `limit` review operations, oldest first.
     fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError>;
     /// Replaces the proposals tend last published.
+    /// Records that a signature in shadow matches a resource (once while
+    /// it keeps matching).
+    fn shadow_match(&self, r: &ShadowRow) -> Result<(), StateError>;
+    /// Ends a shadow match.
+    fn shadow_end(
+        &self,
+        signature: &str,
+        key: &ResourceKey,
+        at: DateTime<Utc>,
+        on_its_own: bool,
+    ) -> Result<(), StateError>;
+    /// Every shadow match, oldest first.
+    fn shadow_matches(&self) -> Result<Vec<ShadowRow>, StateError>;
     /// Records a notification sent.
     fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError>;
     /// Whether `event` was sent about `incident`, or about the same
@@ -656,6 +669,25 @@ pub struct NewPause<'a> {
     pub reason: &'a str,
     pub who: &'a str,
     pub until: Option<DateTime<Utc>>,
+}
+
+/// A signature in shadow that matched a resource: what tend would have
+/// done, and whether the problem went away on its own.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowRow {
+    pub signature: String,
+    #[serde(flatten)]
+    pub key: ResourceKey,
+    pub cause: String,
+    /// The runbook step it would have run.
+    pub step: StepAction,
+    #[serde(with = "time_text")]
+    pub started_at: DateTime<Utc>,
+    #[serde(with = "time_text::option")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// It went away within the step's `within` with nothing done.
+    pub on_its_own: Option<bool>,
 }
 
 /// An incident state change on-call is told about.

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use super::{
     ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
     JournalRecord, LastGood, NewChange, NewIncident, NewPause, NewRun, Notified, NotifyEvent,
-    Pause, ProposalRow, ReviewEvent, RunStatus, SignalRow, StateError, StepResult, StepStats,
-    Store, UsedApproval,
+    Pause, ProposalRow, ReviewEvent, RunStatus, ShadowRow, SignalRow, StateError, StepResult,
+    StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets, StepOutcome};
 
@@ -169,6 +169,24 @@ impl Store for Scrubbing<'_> {
                 ..*u
             },
         )
+    }
+
+    fn shadow_match(&self, r: &ShadowRow) -> Result<(), StateError> {
+        self.inner.shadow_match(r)
+    }
+
+    fn shadow_end(
+        &self,
+        signature: &str,
+        key: &ResourceKey,
+        at: chrono::DateTime<chrono::Utc>,
+        on_its_own: bool,
+    ) -> Result<(), StateError> {
+        self.inner.shadow_end(signature, key, at, on_its_own)
+    }
+
+    fn shadow_matches(&self) -> Result<Vec<ShadowRow>, StateError> {
+        self.inner.shadow_matches()
     }
 
     fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {

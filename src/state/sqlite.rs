@@ -13,8 +13,8 @@ use super::sqlite_text::{get, get_opt, Wo, W};
 use super::{
     now, ts, BackendError, ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep,
     IncidentUpdate, JournalEntry, JournalRecord, LastGood, NewChange, NewIncident, NewPause,
-    NewRun, Notified, NotifyEvent, Pause, ProposalRow, ReviewEvent, RunStatus, SignalRow,
-    StateError, StepResult, StepStats, Store, UsedApproval,
+    NewRun, Notified, NotifyEvent, Pause, ProposalRow, ReviewEvent, RunStatus, ShadowRow,
+    SignalRow, StateError, StepResult, StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
 
@@ -173,6 +173,17 @@ CREATE TABLE IF NOT EXISTS remediation_stats (
     failures INTEGER NOT NULL DEFAULT 0,
     consecutive_failures INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (cause, runbook, step)
+);
+CREATE TABLE IF NOT EXISTS shadow_matches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    signature TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    step TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    on_its_own INTEGER
 );
 CREATE TABLE IF NOT EXISTS notifications (
     incident_id INTEGER NOT NULL,
@@ -674,6 +685,24 @@ impl Store for SqliteStore {
 
     fn proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
         self.list_proposals()
+    }
+
+    fn shadow_match(&self, r: &ShadowRow) -> Result<(), StateError> {
+        self.insert_shadow(r)
+    }
+
+    fn shadow_end(
+        &self,
+        signature: &str,
+        key: &ResourceKey,
+        at: DateTime<Utc>,
+        on_its_own: bool,
+    ) -> Result<(), StateError> {
+        self.end_shadow(signature, key, at, on_its_own)
+    }
+
+    fn shadow_matches(&self) -> Result<Vec<ShadowRow>, StateError> {
+        self.all_shadow()
     }
 
     fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {

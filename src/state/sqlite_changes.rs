@@ -1,5 +1,6 @@
 //! The SQLite side of changes under verification, the holds on failed
-//! specs, emergency pauses, and the notifications sent.
+//! specs, emergency pauses, the notifications sent, and the matches of
+//! signatures in shadow.
 
 use rusqlite::params;
 
@@ -7,7 +8,7 @@ use super::sqlite::SqliteStore;
 use super::sqlite_text::{get, get_opt, W};
 use super::{
     now, ChangeRow, ChangeStatus, ChangeVerdict, LastGood, NewChange, NewPause, Notified,
-    NotifyEvent, Pause, StateError,
+    NotifyEvent, Pause, ShadowRow, StateError,
 };
 use crate::vocab::ResourceKey;
 
@@ -65,6 +66,49 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    pub(super) fn insert_shadow(&self, r: &ShadowRow) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO shadow_matches (signature, kind, name, cause, step, started_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6
+             WHERE NOT EXISTS (SELECT 1 FROM shadow_matches WHERE signature = ?1 AND kind = ?2 AND name = ?3 AND ended_at IS NULL)",
+            params![r.signature, r.key.kind.as_str(), r.key.name, r.cause, W(&r.step), W(&r.started_at)],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn end_shadow(
+        &self,
+        signature: &str,
+        key: &ResourceKey,
+        at: chrono::DateTime<chrono::Utc>,
+        on_its_own: bool,
+    ) -> Result<(), StateError> {
+        self.conn().execute(
+            "UPDATE shadow_matches SET ended_at = ?4, on_its_own = ?5 WHERE signature = ?1 AND kind = ?2 AND name = ?3 AND ended_at IS NULL",
+            params![signature, key.kind.as_str(), key.name, W(&at), on_its_own],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn all_shadow(&self) -> Result<Vec<ShadowRow>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT signature, kind, name, cause, step, started_at, ended_at, on_its_own FROM shadow_matches ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ShadowRow {
+                signature: r.get(0)?,
+                key: ResourceKey::new(get(r, 1)?, r.get::<_, String>(2)?),
+                cause: r.get(3)?,
+                step: get(r, 4)?,
+                started_at: get(r, 5)?,
+                ended_at: get_opt(r, 6)?,
+                on_its_own: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub(super) fn insert_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {
         self.conn().execute(
             "INSERT INTO notifications (incident_id, kind, name, cause, event, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -273,3 +273,73 @@ fn after_a_diagnosis_the_next_step_comes_from_the_signatures_runbook() {
         "restarted by the signature's runbook"
     );
 }
+
+/// A signature in shadow matches an injected fault: tend records what it
+/// would have run and takes no action; when the fault goes away by itself,
+/// `tend signatures` counts it as gone on its own. A signature trusted to
+/// recommend plans its step for a human.
+#[test]
+fn a_signature_in_shadow_records_what_it_would_do_and_never_acts() {
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "app.yaml",
+        &format!(
+            "{}health:\n  probes:\n    - name: http\n      http: {{url: \"http://127.0.0.1:{port}/healthz\", status: 200, timeout: 1s}}\n",
+            process_doc("web", env!("CARGO_BIN_EXE_tend"), &["sample-app", "--port", &port.to_string()])
+        ),
+    );
+    ws.write(
+        "healing.yaml",
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata: {name: failing-health}\nspec:\n  cause: the health check fails\n  trust: shadow\n  all: [{signal: http}]\n  runbook: restart-it\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: restart-it}\nspec:\n  steps:\n    - {action: restart, within: 30s}\n    - {action: escalate}\n",
+    );
+    ws.run(&["apply"]).ok();
+    wait_http(port);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = ws.pid("web");
+    http("POST", port, "/fault/error-ratio?value=1").unwrap();
+    for _ in 0..3 {
+        let out = ws.run(&["apply", "--format", "json"]);
+        out.ok();
+        assert_eq!(
+            out.json()["health"][0]["shadow"][0]["signature"],
+            "failing-health"
+        );
+    }
+    assert_eq!(ws.pid("web"), pid, "shadow never acts");
+    assert_eq!(incidents(&ws).len(), 0, "and opens no incident");
+    // The fault goes away by itself.
+    http("POST", port, "/fault/error-ratio?value=0").unwrap();
+    ws.run(&["apply"]).ok();
+    let out = ws.run(&["signatures", "--format", "json"]);
+    out.ok();
+    let sig = &out.json()["signatures"][0];
+    assert_eq!(sig["trust"], "shadow", "{sig:#}");
+    assert_eq!(sig["matches"], 1, "{sig:#}");
+    assert_eq!(sig["wouldHaveRun"][0], "restart", "{sig:#}");
+    assert_eq!(sig["resolvedOnItsOwn"]["onItsOwn"], 1, "{sig:#}");
+    let human = ws.run(&["signatures"]);
+    assert!(
+        human.stdout.contains("failing-health  shadow  matched 1  would have run restart  went away on its own 1/1 (100%)"),
+        "{}",
+        human.stdout
+    );
+
+    // Trusted to recommend: the step is planned, for a human.
+    let text = std::fs::read_to_string(ws.desired().join("healing.yaml"))
+        .unwrap()
+        .replace("trust: shadow", "trust: recommend");
+    ws.write("healing.yaml", &text);
+    http("POST", port, "/fault/error-ratio?value=1").unwrap();
+    let out = ws.run(&["apply", "--format", "json"]);
+    out.ok();
+    let step = out.json()["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["incident"]["trust"] == "recommend")
+        .cloned()
+        .unwrap_or_else(|| panic!("{:#}", out.json()));
+    assert_eq!(step["decision"], "review", "{step:#}");
+    assert_eq!(ws.pid("web"), pid, "recommend never acts");
+}
