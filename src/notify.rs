@@ -35,6 +35,9 @@ const LOG_LINES: usize = 20;
 
 pub struct NotifySink {
     client: reqwest::Client,
+    /// The state store of the last pass, kept open: a pass of `tend
+    /// watch` does not open (and migrate) it again.
+    store: Option<(std::path::PathBuf, Box<dyn crate::state::Store>)>,
 }
 
 impl Default for NotifySink {
@@ -44,6 +47,7 @@ impl Default for NotifySink {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            store: None,
         }
     }
 }
@@ -121,8 +125,19 @@ impl NotifySink {
         let Some(cfg) = &applied.notify else {
             return Ok(());
         };
-        let store = crate::state::open(&applied.state_dir)
-            .map_err(|e| PublishError::Notify(e.to_string()))?;
+        if self
+            .store
+            .as_ref()
+            .is_none_or(|(dir, _)| *dir != applied.state_dir)
+        {
+            let opened = crate::state::open(&applied.state_dir)
+                .map_err(|e| PublishError::Notify(e.to_string()))?;
+            self.store = Some((applied.state_dir.clone(), opened));
+        }
+        let store = match &self.store {
+            Some((_, s)) => s.as_ref(),
+            None => return Ok(()),
+        };
         let secrets = &applied.secrets;
         let node = node(cfg);
         let mut failed = Vec::new();
