@@ -212,6 +212,14 @@ impl Runtime {
             next.root = loaded.root.clone();
             next.state_dir = loaded.state_dir.clone();
         }
+        if next.prober.signatures() != loaded.desired.signatures.as_slice() {
+            // Same history and host state, new anomaly conditions.
+            next.prober = Arc::new(
+                (*next.prober)
+                    .clone()
+                    .with_signatures(&loaded.desired.signatures),
+            );
+        }
         Ok(next)
     }
 
@@ -227,6 +235,7 @@ fn prober(loaded: &Loaded, alerts: &Arc<crate::health::alerts::AlertBook>) -> Pr
     Prober::new(&loaded.desired.settings.healing)
         .with_host(&loaded.state_dir, &loaded.root)
         .with_alerts(Arc::clone(alerts))
+        .with_signatures(&loaded.desired.signatures)
 }
 
 /// Desired state loaded, validated and normalized by its providers, with
@@ -488,11 +497,15 @@ async fn read_health<'a>(
         .filter(|r| health_stage::watched(r, &desired.signatures))
         .collect();
     feed_restarts(&watched, store, prober)?;
+    load_history(&watched, &desired.signatures, store, prober)?;
     let readings: Vec<_> =
         futures::stream::iter(watched.iter().map(|r| prober.read(r, live.get(&r.key))))
             .buffered(16)
             .collect()
             .await;
+    if let Some(s) = store {
+        s.add_samples(&prober.history().take_unsaved())?;
+    }
     let now = chrono::Utc::now();
     let mut out = Vec::with_capacity(watched.len());
     for (r, readings) in watched.into_iter().zip(readings) {
@@ -511,6 +524,30 @@ async fn read_health<'a>(
         });
     }
     Ok(out)
+}
+
+/// Loads from the store, once per series, the samples forecasts and
+/// anomaly baselines of the watched resources learn from.
+fn load_history(
+    watched: &[&Resource],
+    signatures: &[crate::model::health::Signature],
+    store: Option<&dyn Store>,
+    prober: &Prober,
+) -> Result<(), PassError> {
+    let Some(store) = store else { return Ok(()) };
+    let history = prober.history();
+    let now = chrono::Utc::now();
+    for r in watched {
+        for want in crate::health::history::wanted(r, signatures) {
+            if !history.needs_load(&r.key, &want.signal) {
+                continue;
+            }
+            let since = now - chrono::Duration::from_std(want.keep).unwrap_or_default();
+            let stored = store.samples(&r.key, &want.signal, since)?;
+            history.load(&r.key, &want, stored);
+        }
+    }
+    Ok(())
 }
 
 /// The starts the journal knows of each resource that reads `restarts`.

@@ -55,15 +55,22 @@ pub struct HostSignals {
     history: Mutex<HashMap<(ResourceKey, String), History>>,
     /// Starts of each resource, from the journal, set before a pass reads.
     starts: Mutex<HashMap<ResourceKey, Vec<DateTime<Utc>>>>,
+    /// Levels that forecasts fit.
+    levels: std::sync::Arc<super::history::History>,
 }
 
 type Read3 = (Status, Option<f64>, String);
 
 impl HostSignals {
-    pub fn new(state_dir: &Path, root: &Path) -> HostSignals {
+    pub fn new(
+        state_dir: &Path,
+        root: &Path,
+        levels: std::sync::Arc<super::history::History>,
+    ) -> HostSignals {
         HostSignals {
             processes: state_dir.join("host/processes"),
             root: root.to_path_buf(),
+            levels,
             ..HostSignals::default()
         }
     }
@@ -94,6 +101,9 @@ impl HostSignals {
             HostMetric::Disk | HostMetric::DiskFree => self.disk(p),
             HostMetric::LogRate => self.log_rate(r, signal, p, window),
             HostMetric::Restarts => Ok(self.restarts(&r.key, window)),
+            HostMetric::DiskFullIn | HostMetric::MemoryExhaustedIn => {
+                return self.forecast(r, signal, p, pid);
+            }
         };
         match value {
             Ok(v) => threshold(p, v),
@@ -187,8 +197,57 @@ impl HostSignals {
         })
     }
 
+    /// `diskFullIn`, `memoryExhaustedIn`: the time until the level (used
+    /// share of the filesystem or quota; resident MiB against the limit)
+    /// reaches its capacity, from a robust fit of the level's samples.
+    fn forecast(&self, r: &Resource, signal: &str, p: &HostProbe, pid: Option<i32>) -> Read3 {
+        use super::trend::{forecast, reading_of, Guard};
+        let (level, capacity, what, over) = match p.metric {
+            HostMetric::DiskFullIn => {
+                let used = self.disk(&HostProbe {
+                    metric: HostMetric::Disk,
+                    ..p.clone()
+                });
+                (used, Ok(1.0), "full", Duration::from_secs(6 * 3600))
+            }
+            _ => (
+                memory_mib(pid),
+                p.limit.map_or_else(host_memory_mib, Ok),
+                "out of memory",
+                Duration::from_secs(3600),
+            ),
+        };
+        let over = p.over.map_or(over, |o| o.0);
+        let (level, capacity) = match (level, capacity) {
+            (Ok(l), Ok(c)) => (l, c),
+            (Err(e), _) | (_, Err(e)) => return (Status::Unknown, None, e),
+        };
+        let now = Utc::now();
+        let series = super::history::level_signal(signal);
+        self.levels.push(&r.key, &series, over, now, level);
+        let samples = self.levels.since(
+            &r.key,
+            &series,
+            now - chrono::Duration::from_std(over).unwrap_or_default(),
+        );
+        let guard = Guard {
+            min_span: over / 4,
+            min_fit: p.min_fit.unwrap_or(0.8),
+            floor: Some(p.floor.unwrap_or(0.5) * capacity),
+        };
+        let below = Duration::from_secs_f64(p.below.or(p.above).unwrap_or(0.0).max(0.0));
+        reading_of(&forecast(&samples, capacity, &guard), what, below)
+    }
+
     fn disk(&self, p: &HostProbe) -> Result<f64, String> {
         let path = self.resolve(p.path.as_deref().unwrap_or("."));
+        if let Some(quota) = p.quota {
+            let used = tree_mib(&path)?;
+            return Ok(match p.metric {
+                HostMetric::DiskFree => (quota - used).max(0.0),
+                _ => used / quota.max(f64::MIN_POSITIVE),
+            });
+        }
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| format!("{} is not a valid path", path.display()))?;
         // SAFETY: `statvfs` is plain integers: all zeroes is a valid value,
@@ -328,6 +387,43 @@ impl HostSignals {
     }
 }
 
+/// The MiB taken by the files under `dir` (at most 100,000 of them).
+fn tree_mib(dir: &Path) -> Result<f64, String> {
+    let mut bytes = 0u64;
+    let mut seen = 0usize;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && d == dir => return Ok(0.0),
+            Err(e) => return Err(format!("cannot read {}: {e}", d.display())),
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > 100_000 {
+                return Err(format!("{} holds more than 100000 files", dir.display()));
+            }
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => bytes += e.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    Ok(bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// The host's memory in MiB (`MemTotal`).
+fn host_memory_mib() -> Result<f64, String> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .ok_or_else(|| "no MemTotal in /proc/meminfo".to_string())
+}
+
 fn threshold(p: &HostProbe, v: f64) -> Read3 {
     let shown = format!("{v:.3}");
     let shown = shown.trim_end_matches('0').trim_end_matches('.');
@@ -450,6 +546,11 @@ mod tests {
             file: None,
             regex: None,
             window: None,
+            quota: None,
+            limit: None,
+            over: None,
+            floor: None,
+            min_fit: None,
         }
     }
 
@@ -475,7 +576,7 @@ mod tests {
 
     #[test]
     fn disk_usage_of_a_path_is_a_share_and_free_space_is_mib() {
-        let h = HostSignals::new(Path::new("/tmp"), Path::new("/"));
+        let h = HostSignals::new(Path::new("/tmp"), Path::new("/"), Default::default());
         let mut p = probe(HostMetric::Disk);
         p.path = Some("/".into());
         let used = h.disk(&p).unwrap();

@@ -8,8 +8,10 @@
 //! This module reads; it never acts.
 
 pub mod alerts;
+pub mod history;
 pub mod host;
 mod probe;
+pub mod trend;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -415,7 +417,7 @@ fn condition(
     slos: &HashMap<&str, &SloState>,
     now: DateTime<Utc>,
 ) -> Cond {
-    if let Some(sig) = &c.signal {
+    if let Some(sig) = c.judged_signal() {
         let Some(t) = signals.get(sig.as_str()) else {
             return Cond::No;
         };

@@ -4,16 +4,27 @@
 //! Prometheus down, a query that returns nothing) reads as unknown; a
 //! target that answers wrongly or too slowly reads as unhealthy.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::history::History;
+use super::trend::{self, Guard, Sample, Season, Side};
 use super::{builtin_readings, slo_signal_name, Reading, Status};
-use crate::model::health::{Healing, HttpProbe, PrometheusProbe, Slo, TcpProbe};
+use crate::model::health::{
+    Anomaly, Direction, ForecastProbe, Healing, HttpProbe, PrometheusProbe, Seasonality, Signature,
+    Slo, TcpProbe,
+};
 use crate::model::Resource;
 use crate::vocab::LiveResource;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Recent Prometheus range queries, by (query, range, step in seconds):
+/// when each was read, and its samples.
+type Ranges = HashMap<(String, u64, u64), (Instant, Vec<Sample>)>;
 
 /// Reads signals. One per pass (it holds a connection pool).
 #[derive(Clone)]
@@ -22,6 +33,12 @@ pub struct Prober {
     prometheus: Option<(String, Duration)>,
     alerts: std::sync::Arc<super::alerts::AlertBook>,
     host: std::sync::Arc<super::host::HostSignals>,
+    /// Samples of the signals forecasts and anomaly conditions learn from.
+    history: Arc<History>,
+    /// The signatures, for the anomaly readings their conditions need.
+    signatures: Arc<[Signature]>,
+    /// Recent Prometheus range queries: (query, range, step) → when, samples.
+    ranges: Arc<Mutex<Ranges>>,
 }
 
 impl Prober {
@@ -40,13 +57,36 @@ impl Prober {
             }),
             alerts: std::sync::Arc::default(),
             host: std::sync::Arc::default(),
+            history: Arc::default(),
+            signatures: Arc::from(Vec::new()),
+            ranges: Arc::default(),
         }
+    }
+
+    /// Derives the anomaly readings the conditions of `signatures` read.
+    pub fn with_signatures(mut self, signatures: &[Signature]) -> Prober {
+        self.signatures = Arc::from(signatures.to_vec());
+        self
+    }
+
+    /// The signatures whose anomaly conditions it derives readings for.
+    pub fn signatures(&self) -> &[Signature] {
+        &self.signatures
+    }
+
+    /// The samples forecasts and baselines learn from, to load and save.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Reads host signals with the state directory (where a process's log
     /// is) and the host root (where relative paths resolve).
     pub fn with_host(mut self, state_dir: &std::path::Path, root: &std::path::Path) -> Prober {
-        self.host = std::sync::Arc::new(super::host::HostSignals::new(state_dir, root));
+        self.host = std::sync::Arc::new(super::host::HostSignals::new(
+            state_dir,
+            root,
+            Arc::clone(&self.history),
+        ));
         self
     }
 
@@ -67,25 +107,29 @@ impl Prober {
         let mut out = builtin_readings(r, live);
         out.extend(self.alerts.readings(&r.key));
         let Some(h) = &r.health else { return out };
-        let probes = h.probes.iter().map(|p| async move {
-            let (status, value, detail) = if let Some(http) = &p.http {
-                self.http(http).await
-            } else if let Some(tcp) = &p.tcp {
-                tcp_probe(tcp).await
-            } else if let Some(q) = &p.prometheus {
-                self.threshold(q).await
-            } else if let Some(h) = &p.host {
-                self.host.read(r, &p.name, h, live).await
-            } else {
-                (Status::Unknown, None, "probe has no type".into())
-            };
-            Reading {
-                signal: p.name.clone(),
-                status,
-                value,
-                detail,
-            }
-        });
+        let probes = h
+            .probes
+            .iter()
+            .filter(|p| p.forecast.is_none())
+            .map(|p| async move {
+                let (status, value, detail) = if let Some(http) = &p.http {
+                    self.http(http).await
+                } else if let Some(tcp) = &p.tcp {
+                    tcp_probe(tcp).await
+                } else if let Some(q) = &p.prometheus {
+                    self.threshold(q).await
+                } else if let Some(h) = &p.host {
+                    self.host.read(r, &p.name, h, live).await
+                } else {
+                    (Status::Unknown, None, "probe has no type".into())
+                };
+                Reading {
+                    signal: p.name.clone(),
+                    status,
+                    value,
+                    detail,
+                }
+            });
         let burn = h
             .slos
             .iter()
@@ -98,7 +142,214 @@ impl Prober {
         .await;
         out.extend(probes);
         out.extend(burn);
+        let now = chrono::Utc::now();
+        for w in super::history::wanted(r, &self.signatures) {
+            if let Some(v) = out
+                .iter()
+                .find(|rd| rd.signal == w.signal)
+                .and_then(|rd| rd.value)
+            {
+                self.history.push(&r.key, &w.signal, w.keep, now, v);
+            }
+        }
+        for p in &h.probes {
+            if let Some(f) = &p.forecast {
+                let (status, value, detail) = self.forecast(r, f, now).await;
+                out.push(Reading {
+                    signal: p.name.clone(),
+                    status,
+                    value,
+                    detail,
+                });
+            }
+        }
+        let anomalies = self.anomalies(r, &out, now).await;
+        out.extend(anomalies);
         out
+    }
+
+    /// A forecast probe: when its signal's fit crosses the threshold.
+    async fn forecast(
+        &self,
+        r: &Resource,
+        f: &ForecastProbe,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (Status, Option<f64>, String) {
+        let over = super::history::forecast_over(f);
+        let series = match prometheus_query(r, &f.of) {
+            Some(q) => {
+                let step = (over / 120).max(Duration::from_secs(1));
+                match self.range(q, over, step, step).await {
+                    Ok(s) => s,
+                    Err(e) => return (Status::Unknown, None, e),
+                }
+            }
+            None => self.history.since(
+                &r.key,
+                &f.of,
+                now - chrono::Duration::from_std(over).unwrap_or_default(),
+            ),
+        };
+        let guard = Guard {
+            min_span: over / 4,
+            min_fit: f.min_fit.unwrap_or(0.8),
+            floor: f.floor,
+        };
+        trend::reading_of(
+            &trend::forecast(&series, f.threshold, &guard),
+            &format!("{} reaches {}", f.of, fmt(f.threshold)),
+            f.below.0,
+        )
+    }
+
+    /// The anomaly readings of the conditions of the signatures that
+    /// select `r`: each signal's value against its learned band.
+    async fn anomalies(
+        &self,
+        r: &Resource,
+        readings: &[Reading],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<Reading> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for sig in self.signatures.iter().filter(|s| s.selects(r)) {
+            for c in sig.spec.all.iter().chain(&sig.spec.any) {
+                let (Some(signal), Some(a)) = (&c.signal, &c.anomaly) else {
+                    continue;
+                };
+                let name = a.signal_name(signal);
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                let (status, value, detail) = self.anomaly(r, signal, a, readings, now).await;
+                out.push(Reading {
+                    signal: name,
+                    status,
+                    value,
+                    detail,
+                });
+            }
+        }
+        out
+    }
+
+    async fn anomaly(
+        &self,
+        r: &Resource,
+        signal: &str,
+        a: &Anomaly,
+        readings: &[Reading],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (Status, Option<f64>, String) {
+        let current = readings.iter().find(|rd| rd.signal == signal);
+        let Some(value) = current.and_then(|rd| rd.value) else {
+            let why = current.map_or_else(
+                || format!("{} has no signal `{signal}`", r.key),
+                |rd| format!("{signal} has no value: {}", rd.detail),
+            );
+            return (Status::Unknown, None, why);
+        };
+        let baseline = a.baseline();
+        let history = match prometheus_query(r, signal) {
+            Some(q) => {
+                let step = (baseline / 2000).max(Duration::from_secs(15));
+                match self.range(q, baseline, step, Duration::from_secs(60)).await {
+                    Ok(s) => s,
+                    Err(e) => return (Status::Unknown, None, e),
+                }
+            }
+            None => self.history.since(
+                &r.key,
+                signal,
+                now - chrono::Duration::from_std(baseline).unwrap_or_default(),
+            ),
+        };
+        let season = match a.seasonality {
+            Seasonality::Daily => Season::Daily,
+            Seasonality::Weekly => Season::Weekly,
+            Seasonality::None => Season::None,
+        };
+        let side = match a.direction {
+            Direction::Up => Side::Up,
+            Direction::Down => Side::Down,
+            Direction::Both => Side::Both,
+        };
+        match trend::band(&history, now, season, a.sensitivity, a.min_history()) {
+            Err(why) => (Status::Unknown, Some(value), why),
+            Ok(band) => {
+                let over = format!(
+                    "{}{}",
+                    trend::words(baseline),
+                    match a.seasonality {
+                        Seasonality::None => String::new(),
+                        s => format!(", {}", s.as_str()),
+                    }
+                );
+                trend::band_reading(signal, value, &band, side, &over)
+            }
+        }
+    }
+
+    /// A range query over the last `range` at `step`, reused for `fresh`.
+    async fn range(
+        &self,
+        promql: &str,
+        range: Duration,
+        step: Duration,
+        fresh: Duration,
+    ) -> Result<Vec<Sample>, String> {
+        let key = (promql.to_string(), range.as_secs(), step.as_millis() as u64);
+        if let Some((at, s)) = self
+            .ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            if at.elapsed() < fresh {
+                return Ok(s.clone());
+            }
+        }
+        let Some((base, timeout)) = &self.prometheus else {
+            return Err("no Prometheus server is configured".into());
+        };
+        let end = chrono::Utc::now();
+        let start = end - chrono::Duration::from_std(range).unwrap_or_default();
+        let secs = |t: chrono::DateTime<chrono::Utc>| {
+            format!("{:.3}", t.timestamp_millis() as f64 / 1000.0)
+        };
+        let resp = self
+            .client
+            .get(format!("{base}/api/v1/query_range"))
+            .query(&[
+                ("query", promql.to_string()),
+                ("start", secs(start)),
+                ("end", secs(end)),
+                ("step", format!("{:.3}", step.as_secs_f64())),
+            ])
+            .timeout(*timeout * 4)
+            .send()
+            .await
+            .map_err(|e| format!("Prometheus unreachable: {}", root_cause(&e)))?;
+        let body = answer(resp).await?;
+        let samples: Vec<Sample> = body
+            .pointer("/data/result/0/values")
+            .and_then(Value::as_array)
+            .map(|vals| {
+                vals.iter()
+                    .filter_map(|p| {
+                        let t = p.get(0)?.as_f64()?;
+                        let v = p.get(1)?.as_str()?.parse::<f64>().ok()?;
+                        let at = chrono::DateTime::from_timestamp_millis((t * 1000.0) as i64)?;
+                        v.is_finite().then_some((at, v))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (Instant::now(), samples.clone()));
+        Ok(samples)
     }
 
     async fn http(&self, p: &HttpProbe) -> (Status, Option<f64>, String) {
@@ -185,20 +436,7 @@ impl Prober {
             .send()
             .await
             .map_err(|e| format!("Prometheus unreachable: {}", root_cause(&e)))?;
-        let code = resp.status();
-        let body: Value = resp
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| format!("Prometheus answered {code} with an unreadable body: {e}"))?;
-        if body.get("status").and_then(Value::as_str) != Some("success") {
-            let why = body
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error");
-            return Err(format!("query failed: {why}"));
-        }
+        let body = answer(resp).await?;
         let data = body.get("data").cloned().unwrap_or(Value::Null);
         let sample = match data.get("resultType").and_then(Value::as_str) {
             Some("vector") => data.pointer("/result/0/value/1").cloned(),
@@ -286,6 +524,35 @@ impl Prober {
             detail,
         }
     }
+}
+
+/// A Prometheus API answer's body, or why the query failed.
+async fn answer(resp: reqwest::Response) -> Result<Value, String> {
+    let code = resp.status();
+    let body: Value = resp
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("Prometheus answered {code} with an unreadable body: {e}"))?;
+    if body.get("status").and_then(Value::as_str) != Some("success") {
+        let why = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
+        return Err(format!("query failed: {why}"));
+    }
+    Ok(body)
+}
+
+/// The query of `signal` when it is a Prometheus probe of `r`.
+fn prometheus_query<'a>(r: &'a Resource, signal: &str) -> Option<&'a str> {
+    r.health
+        .iter()
+        .flat_map(|h| h.probes.iter())
+        .find(|p| p.name == signal)
+        .and_then(|p| p.prometheus.as_ref())
+        .map(|p| p.query.as_str())
 }
 
 async fn tcp_probe(p: &TcpProbe) -> (Status, Option<f64>, String) {

@@ -41,6 +41,31 @@ pub struct Probe {
     pub prometheus: Option<PrometheusProbe>,
     #[serde(default)]
     pub host: Option<HostProbe>,
+    #[serde(default)]
+    pub forecast: Option<ForecastProbe>,
+}
+
+/// A forecast of another signal of the resource: the time until it
+/// crosses `threshold`, from a robust linear fit over `over` (tend's own
+/// samples, or a Prometheus range query for a Prometheus signal).
+/// Unhealthy when that is less than `below`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForecastProbe {
+    /// The signal whose value is forecast.
+    pub of: String,
+    pub threshold: f64,
+    /// How much history the fit covers (default 6h).
+    #[serde(default)]
+    pub over: Option<Span>,
+    /// Unhealthy when the crossing is nearer than this.
+    pub below: Span,
+    /// No crossing is forecast before the value is past this.
+    #[serde(default)]
+    pub floor: Option<f64>,
+    /// The share of the variation the fit must explain (default 0.8).
+    #[serde(default)]
+    pub min_fit: Option<f64>,
 }
 
 /// A signal read from the machine itself (no exporter needed).
@@ -48,11 +73,12 @@ pub struct Probe {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HostProbe {
     pub metric: HostMetric,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "number_or_span")]
     pub above: Option<f64>,
-    #[serde(default)]
+    /// For `diskFullIn` and `memoryExhaustedIn`, a duration (`4h`).
+    #[serde(default, deserialize_with = "number_or_span")]
     pub below: Option<f64>,
-    /// `disk`, `diskFree`: a path on the filesystem to measure.
+    /// `disk`, `diskFree`, `diskFullIn`: a path on the filesystem to measure.
     #[serde(default)]
     pub path: Option<String>,
     /// `logRate`: the log file (default: a `host.Process`'s own log).
@@ -64,6 +90,43 @@ pub struct HostProbe {
     /// `memoryGrowth`, `logRate`, `restarts`: the window (default 1m).
     #[serde(default)]
     pub window: Option<Span>,
+    /// `disk`, `diskFree`, `diskFullIn`: the path's budget in MiB; usage
+    /// is then the size of the files under it.
+    #[serde(default)]
+    pub quota: Option<f64>,
+    /// `memoryExhaustedIn`: the process's limit in MiB (default: the
+    /// host's memory).
+    #[serde(default)]
+    pub limit: Option<f64>,
+    /// `diskFullIn`, `memoryExhaustedIn`: the history the fit covers
+    /// (default 6h for disks, 1h for memory).
+    #[serde(default)]
+    pub over: Option<Span>,
+    /// `diskFullIn`, `memoryExhaustedIn`: the share of the capacity in use
+    /// before a forecast can be unhealthy (default 0.5).
+    #[serde(default)]
+    pub floor: Option<f64>,
+    /// `diskFullIn`, `memoryExhaustedIn`: the share of the variation the
+    /// fit must explain (default 0.8): a write/clean-up sawtooth does not.
+    #[serde(default)]
+    pub min_fit: Option<f64>,
+}
+
+/// A threshold: a number, or a duration read as seconds (`4h`).
+fn number_or_span<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(f64),
+        Text(String),
+    }
+    match Option::<Either>::deserialize(d)? {
+        None => Ok(None),
+        Some(Either::Number(n)) => Ok(Some(n)),
+        Some(Either::Text(t)) => humantime::parse_duration(&t)
+            .map(|d| Some(d.as_secs_f64()))
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{t}`: {e}"))),
+    }
 }
 
 /// What a host probe measures.
@@ -77,6 +140,8 @@ pub enum HostMetric {
     DiskFree,
     LogRate,
     Restarts,
+    DiskFullIn,
+    MemoryExhaustedIn,
 }
 
 impl HostMetric {
@@ -89,6 +154,8 @@ impl HostMetric {
             HostMetric::DiskFree => "diskFree",
             HostMetric::LogRate => "logRate",
             HostMetric::Restarts => "restarts",
+            HostMetric::DiskFullIn => "diskFullIn",
+            HostMetric::MemoryExhaustedIn => "memoryExhaustedIn",
         }
     }
 
@@ -101,7 +168,13 @@ impl HostMetric {
             HostMetric::Disk => "",
             HostMetric::LogRate => " lines/min",
             HostMetric::Restarts => " starts",
+            HostMetric::DiskFullIn | HostMetric::MemoryExhaustedIn => "s",
         }
+    }
+
+    /// A forecast (its value is the time left, in seconds).
+    pub fn is_forecast(self) -> bool {
+        matches!(self, HostMetric::DiskFullIn | HostMetric::MemoryExhaustedIn)
     }
 }
 
@@ -223,6 +296,106 @@ pub struct Condition {
     pub slo: Option<String>,
     #[serde(default, rename = "for")]
     pub for_: Option<Span>,
+    /// Unhealthy when the signal is outside its learned band.
+    #[serde(default)]
+    pub anomaly: Option<Anomaly>,
+}
+
+impl Condition {
+    /// The signal the condition is judged on: an anomaly condition reads
+    /// the anomaly reading tend derives from its signal.
+    pub fn judged_signal(&self) -> Option<String> {
+        let s = self.signal.as_ref()?;
+        Some(match &self.anomaly {
+            Some(a) => a.signal_name(s),
+            None => s.clone(),
+        })
+    }
+}
+
+/// A value far from what is usual for it at this time of day or week.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Anomaly {
+    /// How many robust deviations from the median is unusual (default 3).
+    #[serde(default = "default_sensitivity")]
+    pub sensitivity: f64,
+    #[serde(default)]
+    pub direction: Direction,
+    /// The history the band is learned from (default 7d).
+    #[serde(default)]
+    pub baseline: Option<Span>,
+    #[serde(default)]
+    pub seasonality: Seasonality,
+    /// Unknown until the history covers this much (default 1h).
+    #[serde(default)]
+    pub min_history: Option<Span>,
+}
+
+fn default_sensitivity() -> f64 {
+    3.0
+}
+
+impl Anomaly {
+    pub fn baseline(&self) -> std::time::Duration {
+        self.baseline
+            .map_or(std::time::Duration::from_secs(7 * 86_400), |s| s.0)
+    }
+
+    pub fn min_history(&self) -> std::time::Duration {
+        self.min_history
+            .map_or(std::time::Duration::from_secs(3600), |s| s.0)
+    }
+
+    /// The name of the reading an anomaly condition on `signal` reads.
+    pub fn signal_name(&self, signal: &str) -> String {
+        format!(
+            "anomaly/{signal}@{},{},{},{},{}",
+            self.sensitivity,
+            self.direction.as_str(),
+            self.seasonality.as_str(),
+            humantime::format_duration(self.baseline()),
+            humantime::format_duration(self.min_history()),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Up,
+    Down,
+    #[default]
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seasonality {
+    #[default]
+    Daily,
+    Weekly,
+    None,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+            Direction::Both => "both",
+        }
+    }
+}
+
+impl Seasonality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seasonality::Daily => "daily",
+            Seasonality::Weekly => "weekly",
+            Seasonality::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -603,6 +776,7 @@ impl Checker<'_> {
                 p.tcp.is_some(),
                 p.prometheus.is_some(),
                 p.host.is_some(),
+                p.forecast.is_some(),
             ]
             .iter()
             .filter(|b| **b)
@@ -612,7 +786,7 @@ impl Checker<'_> {
                     &r.origin,
                     at.clone(),
                     format!(
-                        "probe `{}` must have exactly one of http, tcp, prometheus, host",
+                        "probe `{}` must have exactly one of http, tcp, prometheus, host, forecast",
                         p.name
                     ),
                     None,
@@ -640,7 +814,11 @@ impl Checker<'_> {
                     None,
                 );
             }
+            if let Some(f) = &p.forecast {
+                self.forecast(r, h, &at, &p.name, f);
+            }
             if let Some(host) = &p.host {
+                self.host_probe(r, &at, &p.name, host);
                 if host.above.is_some() == host.below.is_some() {
                     self.problem(
                         &r.origin,
@@ -693,6 +871,89 @@ impl Checker<'_> {
             }
         }
         names
+    }
+
+    /// A forecast reads another signal of the same resource, one that is
+    /// not itself a forecast.
+    fn forecast(
+        &mut self,
+        r: &super::Resource,
+        h: &Health,
+        at: &str,
+        name: &str,
+        f: &ForecastProbe,
+    ) {
+        let target = h.probes.iter().find(|p| p.name == f.of);
+        let forecastable = target.is_some_and(|p| {
+            p.forecast.is_none() && p.host.as_ref().is_none_or(|h| !h.metric.is_forecast())
+        }) || builtin_signals(r.key.kind).contains(&f.of.as_str());
+        if !forecastable {
+            let mut known: Vec<&str> = builtin_signals(r.key.kind).to_vec();
+            known.extend(
+                h.probes
+                    .iter()
+                    .filter(|p| p.forecast.is_none() && p.name != name)
+                    .map(|p| p.name.as_str()),
+            );
+            self.problem(
+                &r.origin,
+                format!("{at}/forecast/of"),
+                match target {
+                    Some(_) => format!(
+                        "forecast `{name}` cannot forecast `{}`, itself a forecast",
+                        f.of
+                    ),
+                    None => format!("forecast `{name}` refers to unknown signal `{}`", f.of),
+                },
+                Some(format!("signals it can forecast: {}", known.join(", "))),
+            );
+        }
+        self.share(r, &format!("{at}/forecast/minFit"), "minFit", f.min_fit);
+        if f.below.0.is_zero() {
+            self.problem(
+                &r.origin,
+                format!("{at}/forecast/below"),
+                format!("forecast `{name}` needs a `below` longer than 0s"),
+                None,
+            );
+        }
+    }
+
+    fn host_probe(&mut self, r: &super::Resource, at: &str, name: &str, host: &HostProbe) {
+        if host.metric.is_forecast() && host.above.is_some() {
+            self.problem(
+                &r.origin,
+                format!("{at}/host/above"),
+                format!(
+                    "host probe `{name}` is a forecast (the time left): it takes `below`, a duration such as 4h"
+                ),
+                None,
+            );
+        }
+        for (field, v) in [("quota", host.quota), ("limit", host.limit)] {
+            if v.is_some_and(|v| v.is_nan() || v <= 0.0) {
+                self.problem(
+                    &r.origin,
+                    format!("{at}/host/{field}"),
+                    format!("host probe `{name}` needs a positive {field} (MiB)"),
+                    None,
+                );
+            }
+        }
+        self.share(r, &format!("{at}/host/floor"), "floor", host.floor);
+        self.share(r, &format!("{at}/host/minFit"), "minFit", host.min_fit);
+    }
+
+    /// A share must lie between 0 and 1.
+    fn share(&mut self, r: &super::Resource, at: &str, field: &str, v: Option<f64>) {
+        if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+            self.problem(
+                &r.origin,
+                at.to_string(),
+                format!("{field} is a share between 0 and 1"),
+                None,
+            );
+        }
     }
 
     fn slos(&mut self, r: &super::Resource, h: &Health, names: &HashMap<&str, usize>) {
@@ -817,6 +1078,33 @@ impl Checker<'_> {
                         "a condition names exactly one of signal, slo".into(),
                         None,
                     );
+                }
+                if let Some(a) = &c.anomaly {
+                    if c.signal.is_none() {
+                        self.problem(
+                            &s.origin,
+                            format!("/spec/{list}/{i}/anomaly"),
+                            "an anomaly condition is on a signal (an SLO has its own objective)"
+                                .into(),
+                            None,
+                        );
+                    }
+                    if a.sensitivity.is_nan() || a.sensitivity <= 0.0 {
+                        self.problem(
+                            &s.origin,
+                            format!("/spec/{list}/{i}/anomaly/sensitivity"),
+                            "sensitivity is a positive number of deviations".into(),
+                            None,
+                        );
+                    }
+                    if a.min_history() > a.baseline() {
+                        self.problem(
+                            &s.origin,
+                            format!("/spec/{list}/{i}/anomaly/minHistory"),
+                            "minHistory cannot be longer than the baseline".into(),
+                            None,
+                        );
+                    }
                 }
             }
         }

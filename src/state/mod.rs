@@ -180,6 +180,17 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StateError>;
     /// Every shadow match, oldest first.
     fn shadow_matches(&self) -> Result<Vec<ShadowRow>, StateError>;
+    /// Keeps samples of signals that forecasts and anomaly baselines
+    /// learn from; each series keeps at most `MAX_SAMPLES` values of the
+    /// last `SAMPLE_DAYS` days.
+    fn add_samples(&self, rows: &[SampleRow]) -> Result<(), StateError>;
+    /// One series' samples since `since`, oldest first.
+    fn samples(
+        &self,
+        key: &ResourceKey,
+        signal: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, f64)>, StateError>;
     /// Records a notification sent.
     fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError>;
     /// Whether `event` was sent about `incident`, or about the same
@@ -669,6 +680,19 @@ pub struct NewPause<'a> {
     pub reason: &'a str,
     pub who: &'a str,
     pub until: Option<DateTime<Utc>>,
+}
+
+/// How many samples one series keeps, and for how long.
+pub const MAX_SAMPLES: usize = 5000;
+pub const SAMPLE_DAYS: i64 = 15;
+
+/// One sample of one signal of one resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    pub key: ResourceKey,
+    pub signal: String,
+    pub at: DateTime<Utc>,
+    pub value: f64,
 }
 
 /// A signature in shadow that matched a resource: what tend would have

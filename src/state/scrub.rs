@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use super::{
     ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep, IncidentUpdate, JournalEntry,
     JournalRecord, LastGood, NewChange, NewIncident, NewPause, NewRun, Notified, NotifyEvent,
-    Pause, ProposalRow, ReviewEvent, RunStatus, ShadowRow, SignalRow, StateError, StepResult,
-    StepStats, Store, UsedApproval,
+    Pause, ProposalRow, ReviewEvent, RunStatus, SampleRow, ShadowRow, SignalRow, StateError,
+    StepResult, StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, Secrets, StepOutcome};
 
@@ -187,6 +187,20 @@ impl Store for Scrubbing<'_> {
 
     fn shadow_matches(&self) -> Result<Vec<ShadowRow>, StateError> {
         self.inner.shadow_matches()
+    }
+
+    fn add_samples(&self, rows: &[SampleRow]) -> Result<(), StateError> {
+        // Numbers only: nothing to scrub.
+        self.inner.add_samples(rows)
+    }
+
+    fn samples(
+        &self,
+        key: &ResourceKey,
+        signal: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, f64)>, StateError> {
+        self.inner.samples(key, signal, since)
     }
 
     fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {

@@ -13,8 +13,8 @@ use super::sqlite_text::{get, get_opt, Wo, W};
 use super::{
     now, ts, BackendError, ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep,
     IncidentUpdate, JournalEntry, JournalRecord, LastGood, NewChange, NewIncident, NewPause,
-    NewRun, Notified, NotifyEvent, Pause, ProposalRow, ReviewEvent, RunStatus, ShadowRow,
-    SignalRow, StateError, StepResult, StepStats, Store, UsedApproval,
+    NewRun, Notified, NotifyEvent, Pause, ProposalRow, ReviewEvent, RunStatus, SampleRow,
+    ShadowRow, SignalRow, StateError, StepResult, StepStats, Store, UsedApproval,
 };
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
 
@@ -184,6 +184,14 @@ CREATE TABLE IF NOT EXISTS shadow_matches (
     started_at TEXT NOT NULL,
     ended_at TEXT,
     on_its_own INTEGER
+);
+CREATE TABLE IF NOT EXISTS samples (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    signal TEXT NOT NULL,
+    at TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (kind, name, signal, at)
 );
 CREATE TABLE IF NOT EXISTS notifications (
     incident_id INTEGER NOT NULL,
@@ -703,6 +711,19 @@ impl Store for SqliteStore {
 
     fn shadow_matches(&self) -> Result<Vec<ShadowRow>, StateError> {
         self.all_shadow()
+    }
+
+    fn add_samples(&self, rows: &[SampleRow]) -> Result<(), StateError> {
+        self.insert_samples(rows)
+    }
+
+    fn samples(
+        &self,
+        key: &ResourceKey,
+        signal: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, f64)>, StateError> {
+        self.samples_of(key, signal, since)
     }
 
     fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {

@@ -1,6 +1,6 @@
 //! The SQLite side of changes under verification, the holds on failed
-//! specs, emergency pauses, the notifications sent, and the matches of
-//! signatures in shadow.
+//! specs, emergency pauses, the notifications sent, the matches of
+//! signatures in shadow, and the samples forecasts and baselines learn from.
 
 use rusqlite::params;
 
@@ -8,7 +8,7 @@ use super::sqlite::SqliteStore;
 use super::sqlite_text::{get, get_opt, W};
 use super::{
     now, ChangeRow, ChangeStatus, ChangeVerdict, LastGood, NewChange, NewPause, Notified,
-    NotifyEvent, Pause, ShadowRow, StateError,
+    NotifyEvent, Pause, SampleRow, ShadowRow, StateError, MAX_SAMPLES, SAMPLE_DAYS,
 };
 use crate::vocab::ResourceKey;
 
@@ -219,4 +219,67 @@ fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRow> {
         settled_at: get_opt(r, 13)?,
         good,
     })
+}
+
+impl SqliteStore {
+    /// Adds samples in one transaction, then trims each series it touched
+    /// to its last `SAMPLE_DAYS` days and at most `MAX_SAMPLES` values.
+    pub(super) fn insert_samples(&self, rows: &[SampleRow]) -> Result<(), StateError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut add = tx.prepare_cached(
+                "INSERT OR REPLACE INTO samples (kind, name, signal, at, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in rows.iter().filter(|r| r.value.is_finite()) {
+                add.execute(params![
+                    r.key.kind.as_str(),
+                    r.key.name,
+                    r.signal,
+                    W(&r.at),
+                    r.value
+                ])?;
+            }
+            let oldest = chrono::Utc::now() - chrono::Duration::days(SAMPLE_DAYS);
+            let mut series: Vec<(&ResourceKey, &str)> =
+                rows.iter().map(|r| (&r.key, r.signal.as_str())).collect();
+            series.sort_unstable();
+            series.dedup();
+            let mut trim = tx.prepare_cached(
+                "DELETE FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND (at < ?4 OR at < COALESCE(
+                    (SELECT at FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 ORDER BY at DESC LIMIT 1 OFFSET ?5), ''))",
+            )?;
+            for (key, signal) in series {
+                trim.execute(params![
+                    key.kind.as_str(),
+                    key.name,
+                    signal,
+                    W(&oldest),
+                    MAX_SAMPLES as i64 - 1
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn samples_of(
+        &self,
+        key: &ResourceKey,
+        signal: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(chrono::DateTime<chrono::Utc>, f64)>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, value FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND at >= ?4 ORDER BY at",
+        )?;
+        let rows = stmt.query_map(
+            params![key.kind.as_str(), key.name, signal, W(&since)],
+            |row| Ok((get(row, 0)?, row.get::<_, f64>(1)?)),
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
