@@ -883,16 +883,18 @@ impl Checker<'_> {
         name: &str,
         f: &ForecastProbe,
     ) {
+        let is_forecast = |p: &Probe| {
+            p.forecast.is_some() || p.host.as_ref().is_some_and(|h| h.metric.is_forecast())
+        };
         let target = h.probes.iter().find(|p| p.name == f.of);
-        let forecastable = target.is_some_and(|p| {
-            p.forecast.is_none() && p.host.as_ref().is_none_or(|h| !h.metric.is_forecast())
-        }) || builtin_signals(r.key.kind).contains(&f.of.as_str());
+        let forecastable = target.is_some_and(|p| !is_forecast(p))
+            || builtin_signals(r.key.kind).contains(&f.of.as_str());
         if !forecastable {
             let mut known: Vec<&str> = builtin_signals(r.key.kind).to_vec();
             known.extend(
                 h.probes
                     .iter()
-                    .filter(|p| p.forecast.is_none() && p.name != name)
+                    .filter(|p| !is_forecast(p))
                     .map(|p| p.name.as_str()),
             );
             self.problem(
