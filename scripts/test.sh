@@ -17,8 +17,11 @@ command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 command -v man >/dev/null 2>&1 || need_apt+=(man-db)
 command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 [ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
-# Prometheus serves the health-signal tests (started per test on 127.0.0.1).
-command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# Prometheus serves the health-signal tests (started per test on 127.0.0.1);
+# its promtool backfills the history the anomaly tests learn from.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  need_apt+=(prometheus)
+fi
 # Alertmanager receives the alerts of that Prometheus and posts them to tend.
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 ||
   need_apt+=(prometheus-alertmanager)

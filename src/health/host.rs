@@ -201,7 +201,7 @@ impl HostSignals {
     /// share of the filesystem or quota; resident MiB against the limit)
     /// reaches its capacity, from a robust fit of the level's samples.
     fn forecast(&self, r: &Resource, signal: &str, p: &HostProbe, pid: Option<i32>) -> Read3 {
-        use super::trend::{forecast, reading_of, Guard};
+        use super::trend::{forecast, num, reading_of, Guard};
         let (level, capacity, what, over) = match p.metric {
             HostMetric::DiskFullIn => {
                 let used = self.disk(&HostProbe {
@@ -236,7 +236,16 @@ impl HostSignals {
             floor: Some(p.floor.unwrap_or(0.5) * capacity),
         };
         let below = Duration::from_secs_f64(p.below.or(p.above).unwrap_or(0.0).max(0.0));
-        reading_of(&forecast(&samples, capacity, &guard), what, below)
+        let budget = if p.quota.is_some() {
+            "quota"
+        } else {
+            "filesystem"
+        };
+        let rate = |per_hour: f64| match p.metric {
+            HostMetric::DiskFullIn => format!("{}% of the {budget}", num(per_hour * 100.0)),
+            _ => format!("{} MiB", num(per_hour)),
+        };
+        reading_of(&forecast(&samples, capacity, &guard), what, &rate, below)
     }
 
     fn disk(&self, p: &HostProbe) -> Result<f64, String> {

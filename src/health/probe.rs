@@ -198,6 +198,7 @@ impl Prober {
         trend::reading_of(
             &trend::forecast(&series, f.threshold, &guard),
             &format!("{} reaches {}", f.of, fmt(f.threshold)),
+            &|per_hour| trend::num(per_hour),
             f.below.0,
         )
     }

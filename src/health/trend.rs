@@ -160,6 +160,7 @@ pub fn forecast(series: &[Sample], threshold: f64, guard: &Guard) -> Forecast {
 pub fn reading_of(
     f: &Forecast,
     what: &str,
+    rate: &dyn Fn(f64) -> String,
     below: Duration,
 ) -> (super::Status, Option<f64>, String) {
     use super::Status;
@@ -170,7 +171,7 @@ pub fn reading_of(
             let detail = format!(
                 "{what} in {} ({} per hour, fit {:.0}% over {})",
                 words(*left),
-                num(fit.slope * 3600.0),
+                rate(fit.slope * 3600.0),
                 fit.r2 * 100.0,
                 words(fit.span)
             );
@@ -372,17 +373,28 @@ pub fn thin(series: &[Sample], max: usize) -> Vec<Sample> {
 /// A duration in words: `3h12m`, `4m`, `45s`.
 pub fn words(d: Duration) -> String {
     let s = d.as_secs();
+    // The larger unit, then the smaller one when it is not zero.
+    let two = |big: u64, unit: &str, small: u64, sub: &str| match small {
+        0 => format!("{big}{unit}"),
+        _ => format!("{big}{unit}{small:02}{sub}"),
+    };
     match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 if s % 60 == 0 => format!("{}m", s / 60),
-        120..=7199 => format!("{}m{:02}s", s / 60, s % 60),
-        _ if s < 172_800 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+        0..=59 => format!("{s}s"),
+        60..=7199 => two(s / 60, "m", s % 60, "s"),
+        _ if s < 172_800 => two(s / 3600, "h", (s % 3600) / 60, "m"),
+        _ => two(s / 86_400, "d", (s % 86_400) / 3600, "h"),
     }
 }
 
-fn num(v: f64) -> String {
-    let s = format!("{v:.3}");
+pub fn num(v: f64) -> String {
+    let s = match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        _ => format!("{v:.3}"),
+    };
+    if !s.contains('.') {
+        return s;
+    }
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
@@ -539,5 +551,8 @@ mod tests {
         assert_eq!(words(Duration::from_secs(240)), "4m");
         assert_eq!(words(Duration::from_secs(250)), "4m10s");
         assert_eq!(words(Duration::from_secs(4 * 3600 + 60)), "4h01m");
+        assert_eq!(words(Duration::from_secs(60)), "1m");
+        assert_eq!(words(Duration::from_secs(4 * 3600)), "4h");
+        assert_eq!(words(Duration::from_secs(7 * 86_400)), "7d");
     }
 }

@@ -7,6 +7,7 @@ mod aws;
 mod changes;
 mod controller;
 mod diagnosis;
+mod forecast;
 mod git_source;
 mod github;
 mod healing;
@@ -287,11 +288,41 @@ impl Prometheus {
         Prometheus::start_with(targets, Some((rules, alertmanager)))
     }
 
+    /// Prometheus whose storage starts with `openmetrics` (samples with
+    /// timestamps, ending in `# EOF`) backfilled by `promtool`.
+    pub fn start_backfilled(targets: &[u16], openmetrics: &str) -> Prometheus {
+        let promtool = which("promtool").unwrap_or_else(|| {
+            panic!("the `promtool` binary is missing: run ./scripts/test.sh, which installs it")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("history.om");
+        std::fs::write(&input, openmetrics).unwrap();
+        let out = Command::new(promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics", "-q"])
+            .arg(&input)
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Prometheus::start_in(dir, targets, None)
+    }
+
     fn start_with(targets: &[u16], alerting: Option<(&str, u16)>) -> Prometheus {
+        Prometheus::start_in(tempfile::tempdir().unwrap(), targets, alerting)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        targets: &[u16],
+        alerting: Option<(&str, u16)>,
+    ) -> Prometheus {
         let bin = which("prometheus").unwrap_or_else(|| {
             panic!("the `prometheus` binary is missing: run ./scripts/test.sh, which installs it")
         });
-        let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let targets: Vec<String> = targets
             .iter()

@@ -30,17 +30,24 @@ impl Watch {
     }
 
     /// The signals of the newest pass that read `resource`.
-    fn signals(&self, resource: &str) -> Option<Vec<serde_json::Value>> {
+    pub(super) fn signals(&self, resource: &str) -> Option<Vec<serde_json::Value>> {
+        self.passes(resource).pop()
+    }
+
+    /// The signals of `resource` in every pass so far, oldest first.
+    pub(super) fn passes(&self, resource: &str) -> Vec<Vec<serde_json::Value>> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines().rev().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            let h = v["health"]
-                .as_array()?
-                .iter()
-                .find(|h| h["target"]["name"] == resource)?
-                .clone();
-            h["signals"].as_array().cloned()
-        })
+        text.lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                let h = v["health"]
+                    .as_array()?
+                    .iter()
+                    .find(|h| h["target"]["name"] == resource)?
+                    .clone();
+                h["signals"].as_array().cloned()
+            })
+            .collect()
     }
 }
 
