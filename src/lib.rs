@@ -55,6 +55,8 @@ mod vocab;
 mod watch;
 
 pub use diff::{diff, Change, Diff, DiffOptions};
+/// The forecast fit and the anomaly band (pure), for the benchmarks.
+pub use health::trend;
 pub use model::{load, DesiredState, Kind, Mode, Resource, ResourceKey, Settings, SourceFile};
 pub use plan::{plan, Plan};
 pub use vocab::{Action, ActionType, Decision, FieldChange, LiveResource};

@@ -328,8 +328,10 @@ fn latency_far_from_its_band_for_this_time_of_day_is_an_incident() {
     );
     let ws = Workspace::new();
     let (quiet, busy) = (free_port(), free_port());
+    // And a forecast of the same Prometheus signal, from its range query:
+    // near either end of the cycle no crossing is coming.
     let probe = |series: &str| {
-        format!("    - name: latency\n      prometheus: {{query: 'max(tend_test_latency{{series=\"{series}\"}})', above: 1000}}\n")
+        format!("    - name: latency\n      prometheus: {{query: 'max(tend_test_latency{{series=\"{series}\"}})', above: 1000}}\n    - name: latency-limit-in\n      forecast: {{of: latency, threshold: 1, over: 1h, below: 1h}}\n")
     };
     setup(
         &ws,
@@ -354,6 +356,18 @@ fn latency_far_from_its_band_for_this_time_of_day_is_an_incident() {
             })
         },
     );
+    for r in ["quiet-hour", "busy-hour"] {
+        let pass = w.signals(r).unwrap();
+        let f = reading(&pass, "latency-limit-in").unwrap();
+        assert_eq!(f["status"], "healthy", "{f:#}");
+        assert!(
+            f["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("latency reaches 1: "),
+            "{f:#}"
+        );
+    }
     std::thread::sleep(Duration::from_secs(8));
     assert!(
         incidents(&ws).is_empty(),
