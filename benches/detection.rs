@@ -36,6 +36,7 @@ fn bench(c: &mut Criterion) {
         min_span: Duration::from_secs(3600),
         min_fit: 0.8,
         floor: Some(0.5),
+        rising: Some(true),
     };
     // A series kept by tend: about 2000 samples (6h at 10 s, 7d at 5 min);
     // a week of Prometheus history at one minute is 10080.

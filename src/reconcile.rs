@@ -497,15 +497,12 @@ async fn read_health<'a>(
         .filter(|r| health_stage::watched(r, &desired.signatures))
         .collect();
     feed_restarts(&watched, store, prober)?;
-    load_history(&watched, &desired.signatures, store, prober)?;
+    load_history(&watched, &desired.signatures, store, prober);
     let readings: Vec<_> =
         futures::stream::iter(watched.iter().map(|r| prober.read(r, live.get(&r.key))))
             .buffered(16)
             .collect()
             .await;
-    if let Some(s) = store {
-        s.add_samples(&prober.history().take_unsaved())?;
-    }
     let now = chrono::Utc::now();
     let mut out = Vec::with_capacity(watched.len());
     for (r, readings) in watched.into_iter().zip(readings) {
@@ -527,14 +524,16 @@ async fn read_health<'a>(
 }
 
 /// Loads from the store, once per series, the samples forecasts and
-/// anomaly baselines of the watched resources learn from.
+/// anomaly baselines of the watched resources learn from. A store that
+/// cannot give them (read-only and older than samples) costs history:
+/// the series learns from what is read from now on.
 fn load_history(
     watched: &[&Resource],
     signatures: &[crate::model::health::Signature],
     store: Option<&dyn Store>,
     prober: &Prober,
-) -> Result<(), PassError> {
-    let Some(store) = store else { return Ok(()) };
+) {
+    let Some(store) = store else { return };
     let history = prober.history();
     let now = chrono::Utc::now();
     for r in watched {
@@ -543,11 +542,19 @@ fn load_history(
                 continue;
             }
             let since = now - chrono::Duration::from_std(want.keep).unwrap_or_default();
-            let stored = store.samples(&r.key, &want.signal, since)?;
-            history.load(&r.key, &want, stored);
+            match store.samples(&r.key, &want.signal, since) {
+                Ok(stored) => history.load(&r.key, &want, stored),
+                Err(e) => {
+                    tracing::warn!(
+                        "could not read the samples of {} {}: {e}",
+                        r.key,
+                        want.signal
+                    );
+                    return;
+                }
+            }
         }
     }
-    Ok(())
 }
 
 /// The starts the journal knows of each resource that reads `restarts`.
@@ -777,6 +784,11 @@ async fn apply_run(
     let desired = &rollout::pinned(&loaded.desired, &known.holds);
     let facts = facts(Some(store), &desired.settings, now)?;
     let mut planned = survey(prepared, desired, opts, Some(store), scope, &under_way).await?;
+    // The samples forecasts and baselines learn from (numbers only): a
+    // failure to keep them costs history, never the pass.
+    if let Err(e) = store.add_samples(&rt.prober.history().take_unsaved()) {
+        tracing::warn!("could not keep the signal samples: {e}");
+    }
     // From here on, every text written to the store is scrubbed.
     let store = &Scrubbing {
         inner: store,

@@ -98,11 +98,11 @@ impl HostSignals {
                 Ok(mib) => self.slope(&r.key, signal, mib, window),
                 Err(e) => Err(e),
             },
-            HostMetric::Disk | HostMetric::DiskFree => self.disk(p),
+            HostMetric::Disk | HostMetric::DiskFree => self.disk(p).await,
             HostMetric::LogRate => self.log_rate(r, signal, p, window),
             HostMetric::Restarts => Ok(self.restarts(&r.key, window)),
             HostMetric::DiskFullIn | HostMetric::MemoryExhaustedIn => {
-                return self.forecast(r, signal, p, pid);
+                return self.forecast(r, signal, p, pid).await;
             }
         };
         match value {
@@ -200,14 +200,16 @@ impl HostSignals {
     /// `diskFullIn`, `memoryExhaustedIn`: the time until the level (used
     /// share of the filesystem or quota; resident MiB against the limit)
     /// reaches its capacity, from a robust fit of the level's samples.
-    fn forecast(&self, r: &Resource, signal: &str, p: &HostProbe, pid: Option<i32>) -> Read3 {
+    async fn forecast(&self, r: &Resource, signal: &str, p: &HostProbe, pid: Option<i32>) -> Read3 {
         use super::trend::{forecast, num, reading_of, Guard};
         let (level, capacity, what, over) = match p.metric {
             HostMetric::DiskFullIn => {
-                let used = self.disk(&HostProbe {
-                    metric: HostMetric::Disk,
-                    ..p.clone()
-                });
+                let used = self
+                    .disk(&HostProbe {
+                        metric: HostMetric::Disk,
+                        ..p.clone()
+                    })
+                    .await;
                 (used, Ok(1.0), "full", Duration::from_secs(6 * 3600))
             }
             _ => (
@@ -234,8 +236,11 @@ impl HostSignals {
             min_span: over / 4,
             min_fit: p.min_fit.unwrap_or(0.8),
             floor: Some(p.floor.unwrap_or(0.5) * capacity),
+            // Usage rises to the capacity (and may pass a quota).
+            rising: Some(true),
         };
-        let below = Duration::from_secs_f64(p.below.or(p.above).unwrap_or(0.0).max(0.0));
+        let below = Duration::try_from_secs_f64(p.below.or(p.above).unwrap_or(0.0).max(0.0))
+            .unwrap_or(Duration::MAX);
         let budget = if p.quota.is_some() {
             "quota"
         } else {
@@ -248,10 +253,15 @@ impl HostSignals {
         reading_of(&forecast(&samples, capacity, &guard), what, &rate, below)
     }
 
-    fn disk(&self, p: &HostProbe) -> Result<f64, String> {
+    async fn disk(&self, p: &HostProbe) -> Result<f64, String> {
         let path = self.resolve(p.path.as_deref().unwrap_or("."));
         if let Some(quota) = p.quota {
-            let used = tree_mib(&path)?;
+            // A walk of up to 100000 files: off the runtime's threads, so
+            // probes read alongside (latency) are not delayed by it.
+            let dir = path.clone();
+            let used = tokio::task::spawn_blocking(move || tree_mib(&dir))
+                .await
+                .map_err(|e| format!("cannot measure {}: {e}", path.display()))??;
             return Ok(match p.metric {
                 HostMetric::DiskFree => (quota - used).max(0.0),
                 _ => used / quota.max(f64::MIN_POSITIVE),
@@ -583,16 +593,33 @@ mod tests {
         assert!(host_busy_ticks().unwrap() > 0);
     }
 
-    #[test]
-    fn disk_usage_of_a_path_is_a_share_and_free_space_is_mib() {
+    #[tokio::test]
+    async fn disk_usage_of_a_path_is_a_share_and_free_space_is_mib() {
         let h = HostSignals::new(Path::new("/tmp"), Path::new("/"), Default::default());
         let mut p = probe(HostMetric::Disk);
         p.path = Some("/".into());
-        let used = h.disk(&p).unwrap();
+        let used = h.disk(&p).await.unwrap();
         assert!((0.0..=1.0).contains(&used), "{used}");
         p.metric = HostMetric::DiskFree;
-        assert!(h.disk(&p).unwrap() > 0.0);
+        assert!(h.disk(&p).await.unwrap() > 0.0);
         p.path = Some("/no/such/path".into());
-        assert!(h.disk(&p).is_err());
+        assert!(h.disk(&p).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_quota_measures_the_files_under_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("a.bin"), vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(dir.path().join("sub/b.bin"), vec![0u8; 1 << 20]).unwrap();
+        let h = HostSignals::new(Path::new("/tmp"), dir.path(), Default::default());
+        let mut p = probe(HostMetric::Disk);
+        p.path = Some(".".into());
+        p.quota = Some(8.0);
+        assert_eq!(h.disk(&p).await.unwrap(), 0.25);
+        p.metric = HostMetric::DiskFree;
+        assert_eq!(h.disk(&p).await.unwrap(), 6.0);
+        p.path = Some("missing".into());
+        assert_eq!(h.disk(&p).await.unwrap(), 8.0, "nothing written yet");
     }
 }

@@ -143,15 +143,8 @@ impl Prober {
         out.extend(probes);
         out.extend(burn);
         let now = chrono::Utc::now();
-        for w in super::history::wanted(r, &self.signatures) {
-            if let Some(v) = out
-                .iter()
-                .find(|rd| rd.signal == w.signal)
-                .and_then(|rd| rd.value)
-            {
-                self.history.push(&r.key, &w.signal, w.keep, now, v);
-            }
-        }
+        let wanted = super::history::wanted(r, &self.signatures);
+        self.record(r, &wanted, &out, now);
         for p in &h.probes {
             if let Some(f) = &p.forecast {
                 let (status, value, detail) = self.forecast(r, f, now).await;
@@ -163,9 +156,31 @@ impl Prober {
                 });
             }
         }
+        // Forecasts can be learned from too (an anomaly condition on one).
+        self.record(r, &wanted, &out, now);
         let anomalies = self.anomalies(r, &out, now).await;
         out.extend(anomalies);
         out
+    }
+
+    /// Adds the wanted series' values among `readings` to the history
+    /// (a series already sampled at `now` is not sampled twice).
+    fn record(
+        &self,
+        r: &Resource,
+        wanted: &[super::history::Want],
+        readings: &[Reading],
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        for w in wanted {
+            if let Some(v) = readings
+                .iter()
+                .find(|rd| rd.signal == w.signal)
+                .and_then(|rd| rd.value)
+            {
+                self.history.push(&r.key, &w.signal, w.keep, now, v);
+            }
+        }
     }
 
     /// A forecast probe: when its signal's fit crosses the threshold.
@@ -179,7 +194,8 @@ impl Prober {
         let series = match prometheus_query(r, &f.of) {
             Some(q) => {
                 let step = (over / 120).max(Duration::from_secs(1));
-                match self.range(q, over, step, step).await {
+                let fresh = step.min(Duration::from_secs(60));
+                match self.range(q, over, step, fresh).await {
                     Ok(s) => s,
                     Err(e) => return (Status::Unknown, None, e),
                 }
@@ -194,6 +210,7 @@ impl Prober {
             min_span: over / 4,
             min_fit: f.min_fit.unwrap_or(0.8),
             floor: f.floor,
+            rising: f.direction.map(|d| d != Direction::Down),
         };
         trend::reading_of(
             &trend::forecast(&series, f.threshold, &guard),
@@ -346,10 +363,10 @@ impl Prober {
                     .collect()
             })
             .unwrap_or_default();
-        self.ranges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (Instant::now(), samples.clone()));
+        let mut ranges = self.ranges.lock().unwrap_or_else(|e| e.into_inner());
+        // Queries no longer asked (a probe removed) do not stay.
+        ranges.retain(|_, (at, _)| at.elapsed() < Duration::from_secs(600));
+        ranges.insert(key, (Instant::now(), samples.clone()));
         Ok(samples)
     }
 

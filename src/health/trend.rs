@@ -87,6 +87,9 @@ pub struct Guard {
     /// The level must be past this before a crossing is forecast (toward
     /// the threshold): a nearly empty disk filling fast is not urgent.
     pub floor: Option<f64>,
+    /// Whether the signal crosses by rising to the threshold (a disk
+    /// filling) or falling to it; `None`: the side the series started on.
+    pub rising: Option<bool>,
 }
 
 /// A forecast: when the level crosses the threshold.
@@ -117,7 +120,9 @@ pub fn forecast(series: &[Sample], threshold: f64, guard: &Guard) -> Forecast {
         ));
     }
     let latest = series.last().map_or(f.level, |s| s.1);
-    let rising = threshold >= f.level;
+    let rising = guard
+        .rising
+        .unwrap_or_else(|| series.first().is_none_or(|s| s.1 <= threshold));
     if (rising && latest >= threshold) || (!rising && latest <= threshold) {
         return Forecast::In(Duration::ZERO, f);
     }
@@ -300,9 +305,16 @@ pub fn band(
             words(min_history)
         ));
     }
+    // Earlier days (weeks) only: the half hour being judged is not its
+    // own baseline, or a lasting regression would become usual.
+    let earlier = match season {
+        Season::None => at,
+        Season::Daily => at - chrono::Duration::seconds(86_400 - SEASON_WINDOW),
+        Season::Weekly => at - chrono::Duration::seconds(7 * 86_400 - SEASON_WINDOW),
+    };
     let mut values: Vec<f64> = history
         .iter()
-        .filter(|(t, _)| same_time(*t, at, season))
+        .filter(|(t, _)| *t <= earlier && same_time(*t, at, season))
         .map(|(_, v)| *v)
         .filter(|v| v.is_finite())
         .collect();
@@ -316,7 +328,11 @@ pub fn band(
     let median = median(&mut values).unwrap_or_default();
     let mut dev: Vec<f64> = values.iter().map(|v| (v - median).abs()).collect();
     let mad = self::median(&mut dev).unwrap_or_default();
-    let spread = (1.4826 * mad).max(0.05 * median.abs()).max(1e-9);
+    // A spread of at least 5% of the usual level (of the median here, or
+    // of the whole history's mean size when that is larger): a signal
+    // that is nearly always the same is not unusual at every wiggle.
+    let size = history.iter().map(|(_, v)| v.abs()).sum::<f64>() / history.len().max(1) as f64;
+    let spread = (1.4826 * mad).max(0.05 * median.abs().max(size)).max(1e-9);
     Ok(Band {
         median,
         spread,
@@ -415,6 +431,7 @@ mod tests {
             min_span: Duration::from_secs(60),
             min_fit: 0.8,
             floor: Some(0.5),
+            rising: None,
         }
     }
 
@@ -534,15 +551,60 @@ mod tests {
         let h: Vec<Sample> = week().into_iter().take(6).collect();
         let err = band(&h, h[5].0, Season::Daily, 4.0, Duration::from_secs(3600)).unwrap_err();
         assert!(err.contains("learning the baseline"), "{err}");
+        // The same time of the next week: the values of the week before.
         let weekly = band(
             &week(),
-            week()[100].0,
+            week()[100].0 + chrono::Duration::days(7),
             Season::Weekly,
             4.0,
             Duration::from_secs(3600),
         )
         .unwrap();
         assert!(weekly.samples >= MIN_BAND_SAMPLES);
+    }
+
+    #[test]
+    fn the_half_hour_being_judged_is_not_its_own_baseline() {
+        let h = week();
+        let at = DateTime::parse_from_rfc3339("2026-11-30T00:25:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let before = band(&h, at, Season::Daily, 4.0, Duration::from_secs(3600)).unwrap();
+        // Half an hour of a regression, at the trough, just before `at`.
+        let mut regressed = h.clone();
+        for m in (0..=25).step_by(5) {
+            regressed.push((at - chrono::Duration::minutes(25 - m), 0.35));
+        }
+        let after = band(
+            &regressed,
+            at,
+            Season::Daily,
+            4.0,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        assert_eq!(before.samples, after.samples);
+        assert!(after.unusual(0.35, Side::Up), "{after:?}");
+    }
+
+    #[test]
+    fn a_steady_level_is_not_unusual_at_every_wiggle() {
+        let h = series(200, 60, |_| 100.0);
+        let b = band(&h, h[199].0, Season::None, 3.0, Duration::from_secs(600)).unwrap();
+        assert!(!b.unusual(101.0, Side::Both), "{b:?}");
+        assert!(b.unusual(130.0, Side::Up), "{b:?}");
+    }
+
+    #[test]
+    fn a_level_already_past_a_rising_threshold_has_no_time_left() {
+        // A queue above its limit and still growing.
+        let s = series(61, 1, |t| 120.0 + t as f64);
+        let g = Guard {
+            rising: Some(true),
+            floor: None,
+            ..guard()
+        };
+        assert!(matches!(forecast(&s, 100.0, &g), Forecast::In(d, _) if d.is_zero()));
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct ForecastProbe {
     /// The share of the variation the fit must explain (default 0.8).
     #[serde(default)]
     pub min_fit: Option<f64>,
+    /// Whether the signal crosses by rising to the threshold (`up`) or
+    /// falling to it (`down`); default: the side its history starts on.
+    #[serde(default)]
+    pub direction: Option<Direction>,
 }
 
 /// A signal read from the machine itself (no exporter needed).
@@ -911,6 +915,22 @@ impl Checker<'_> {
             );
         }
         self.share(r, &format!("{at}/forecast/minFit"), "minFit", f.min_fit);
+        if f.direction == Some(Direction::Both) {
+            self.problem(
+                &r.origin,
+                format!("{at}/forecast/direction"),
+                format!("forecast `{name}` crosses its threshold one way: up or down"),
+                None,
+            );
+        }
+        if f.over.is_some_and(|o| o.0.is_zero()) {
+            self.problem(
+                &r.origin,
+                format!("{at}/forecast/over"),
+                format!("forecast `{name}` needs an `over` longer than 0s"),
+                None,
+            );
+        }
         if f.below.0.is_zero() {
             self.problem(
                 &r.origin,
@@ -938,6 +958,24 @@ impl Checker<'_> {
                     &r.origin,
                     format!("{at}/host/{field}"),
                     format!("host probe `{name}` needs a positive {field} (MiB)"),
+                    None,
+                );
+            }
+        }
+        if host.metric.is_forecast() {
+            if host.below.is_some_and(|b| !b.is_finite() || b < 0.0) {
+                self.problem(
+                    &r.origin,
+                    format!("{at}/host/below"),
+                    format!("host probe `{name}` needs a `below` duration such as 4h"),
+                    None,
+                );
+            }
+            if host.over.is_some_and(|o| o.0.is_zero()) {
+                self.problem(
+                    &r.origin,
+                    format!("{at}/host/over"),
+                    format!("host probe `{name}` needs an `over` longer than 0s"),
                     None,
                 );
             }
@@ -1096,6 +1134,16 @@ impl Checker<'_> {
                             &s.origin,
                             format!("/spec/{list}/{i}/anomaly/sensitivity"),
                             "sensitivity is a positive number of deviations".into(),
+                            None,
+                        );
+                    }
+                    if a.seasonality == Seasonality::Weekly
+                        && a.baseline() < std::time::Duration::from_secs(14 * 86_400)
+                    {
+                        self.problem(
+                            &s.origin,
+                            format!("/spec/{list}/{i}/anomaly/baseline"),
+                            "a weekly baseline needs at least two weeks (14d): the values at this time of the week come from earlier weeks".into(),
                             None,
                         );
                     }

@@ -193,6 +193,7 @@ CREATE TABLE IF NOT EXISTS samples (
     value REAL NOT NULL,
     PRIMARY KEY (kind, name, signal, at)
 );
+CREATE INDEX IF NOT EXISTS samples_at ON samples (at);
 CREATE TABLE IF NOT EXISTS notifications (
     incident_id INTEGER NOT NULL,
     kind TEXT NOT NULL,

@@ -261,6 +261,9 @@ impl SqliteStore {
                     MAX_SAMPLES as i64 - 1
                 ])?;
             }
+            // Series no longer read (a probe or resource removed) age out.
+            tx.prepare_cached("DELETE FROM samples WHERE at < ?1")?
+                .execute(params![W(&oldest)])?;
         }
         tx.commit()?;
         Ok(())

@@ -84,16 +84,22 @@ fn of_signature<'a>(all: &'a [serde_json::Value], sig: &str) -> Vec<&'a serde_js
 
 const SCRATCH: &str = "    - name: scratch-full-in\n      host: {metric: diskFullIn, path: .tend/scratch, quota: 64, over: 40s, below: 1m}\n";
 
-/// A scratch directory filling at 1 MiB/s toward its 64 MiB budget: the
-/// forecast falls under a minute once half the budget is used, and the
-/// `clean-scratch` step deletes the files well before the budget is full.
-#[test]
-fn a_filling_scratch_directory_is_cleaned_before_it_is_full() {
+/// The sample app with the `scratch-full-in` forecast, under `tend watch`.
+fn scratch_app() -> (Workspace, u16, Watch) {
     let ws = Workspace::new();
     let port = free_port();
     setup(&ws, &[("app", port, SCRATCH)], None);
     let w = Watch::start(&ws);
     wait_http(port);
+    (ws, port, w)
+}
+
+/// A scratch directory filling at 1 MiB/s toward its 64 MiB budget: the
+/// forecast falls under a minute once half the budget is used, and the
+/// `clean-scratch` step deletes the files well before the budget is full.
+#[test]
+fn a_filling_scratch_directory_is_cleaned_before_it_is_full() {
+    let (ws, port, w) = scratch_app();
     let scratch = ws.path().join(".tend/scratch");
     let t0 = Instant::now();
     let mut written = 0.0;
@@ -147,11 +153,7 @@ fn a_filling_scratch_directory_is_cleaned_before_it_is_full() {
 /// and nothing acts.
 #[test]
 fn a_write_and_clean_up_sawtooth_never_acts() {
-    let ws = Workspace::new();
-    let port = free_port();
-    setup(&ws, &[("app", port, SCRATCH)], None);
-    let w = Watch::start(&ws);
-    wait_http(port);
+    let (ws, port, w) = scratch_app();
     let scratch = ws.path().join(".tend/scratch");
     let t0 = Instant::now();
     let mut peak = 0.0f64;

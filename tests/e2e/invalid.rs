@@ -184,3 +184,36 @@ fn errors_in_several_files_are_all_reported() {
     assert!(run.stderr.contains("b.yaml:2:7"), "{}", run.stderr);
     assert!(run.stderr.contains("invalid: 3 errors"), "{}", run.stderr);
 }
+
+const PROCESS: &str = "apiVersion: tend.dev/v1\nkind: host.Process\nmetadata:\n  name: app\nspec:\n  command: /bin/sleep\n  args: [\"600\"]\nhealth:\n  probes:\n";
+
+#[test]
+fn a_forecast_of_an_unknown_signal() {
+    refused(
+        &format!(
+            "{PROCESS}    - name: full-in\n      forecast: {{of: nope, threshold: 1, below: 1h}}\n"
+        ),
+        "bad.yaml:11:22",
+        "forecast `full-in` refers to unknown signal `nope`",
+    );
+}
+
+#[test]
+fn a_forecast_host_metric_with_above() {
+    refused(
+        &format!(
+            "{PROCESS}    - name: mem-in\n      host: {{metric: memoryExhaustedIn, above: 600}}\n"
+        ),
+        "bad.yaml:11:48",
+        "it takes `below`, a duration such as 4h",
+    );
+}
+
+#[test]
+fn an_anomaly_on_an_slo() {
+    refused(
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata:\n  name: odd\nspec:\n  cause: odd\n  all:\n    - {slo: availability, anomaly: {sensitivity: 3}}\n  runbook: restart-it\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata:\n  name: restart-it\nspec:\n  steps:\n    - {action: restart}\n",
+        "bad.yaml:8:36",
+        "an anomaly condition is on a signal",
+    );
+}
