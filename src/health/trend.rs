@@ -396,7 +396,7 @@ pub fn words(d: Duration) -> String {
     };
     match s {
         0..=59 => format!("{s}s"),
-        60..=7199 => two(s / 60, "m", s % 60, "s"),
+        60..=3599 => two(s / 60, "m", s % 60, "s"),
         _ if s < 172_800 => two(s / 3600, "h", (s % 3600) / 60, "m"),
         _ => two(s / 86_400, "d", (s % 86_400) / 3600, "h"),
     }
@@ -614,6 +614,8 @@ mod tests {
         assert_eq!(words(Duration::from_secs(250)), "4m10s");
         assert_eq!(words(Duration::from_secs(4 * 3600 + 60)), "4h01m");
         assert_eq!(words(Duration::from_secs(60)), "1m");
+        assert_eq!(words(Duration::from_secs(3600)), "1h");
+        assert_eq!(words(Duration::from_secs(5400)), "1h30m");
         assert_eq!(words(Duration::from_secs(4 * 3600)), "4h");
         assert_eq!(words(Duration::from_secs(7 * 86_400)), "7d");
     }
