@@ -105,19 +105,23 @@ pub enum Forecast {
 }
 
 pub fn forecast(series: &[Sample], threshold: f64, guard: &Guard) -> Forecast {
+    let covered = match (series.first(), series.last()) {
+        (Some(a), Some(b)) => (b.0 - a.0).to_std().unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    let learning = || {
+        Forecast::Learning(format!(
+            "learning: {} of history ({} samples); the forecast needs {}",
+            words(covered),
+            series.len(),
+            words(guard.min_span)
+        ))
+    };
     let Some(f) = fit(series).filter(|f| f.samples >= 5) else {
-        return Forecast::Learning(format!(
-            "collecting samples for the forecast ({} so far; needs 5)",
-            series.len()
-        ));
+        return learning();
     };
     if f.span < guard.min_span {
-        return Forecast::Learning(format!(
-            "collecting samples for the forecast ({} over {}; needs {})",
-            f.samples,
-            words(f.span),
-            words(guard.min_span)
-        ));
+        return learning();
     }
     let latest = series.last().map_or(f.level, |s| s.1);
     let rising = guard

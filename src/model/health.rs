@@ -823,7 +823,18 @@ impl Checker<'_> {
             }
             if let Some(host) = &p.host {
                 self.host_probe(r, &at, &p.name, host);
-                if host.above.is_some() == host.below.is_some() {
+                if host.metric.is_forecast() && host.below.is_none() {
+                    self.problem(
+                        &r.origin,
+                        format!("{at}/host"),
+                        format!(
+                            "host probe `{}` is a forecast: it needs `below`, a duration such as 4h",
+                            p.name
+                        ),
+                        None,
+                    );
+                } else if !host.metric.is_forecast() && host.above.is_some() == host.below.is_some()
+                {
                     self.problem(
                         &r.origin,
                         format!("{at}/host"),
@@ -891,16 +902,15 @@ impl Checker<'_> {
             p.forecast.is_some() || p.host.as_ref().is_some_and(|h| h.metric.is_forecast())
         };
         let target = h.probes.iter().find(|p| p.name == f.of);
-        let forecastable = target.is_some_and(|p| !is_forecast(p))
-            || builtin_signals(r.key.kind).contains(&f.of.as_str());
+        // Built-in signals (liveness, status) carry no value to fit.
+        let forecastable = target.is_some_and(|p| !is_forecast(p));
         if !forecastable {
-            let mut known: Vec<&str> = builtin_signals(r.key.kind).to_vec();
-            known.extend(
-                h.probes
-                    .iter()
-                    .filter(|p| !is_forecast(p))
-                    .map(|p| p.name.as_str()),
-            );
+            let known: Vec<&str> = h
+                .probes
+                .iter()
+                .filter(|p| !is_forecast(p))
+                .map(|p| p.name.as_str())
+                .collect();
             self.problem(
                 &r.origin,
                 format!("{at}/forecast/of"),
@@ -942,6 +952,52 @@ impl Checker<'_> {
     }
 
     fn host_probe(&mut self, r: &super::Resource, at: &str, name: &str, host: &HostProbe) {
+        use HostMetric as M;
+        let m = host.metric;
+        // Each optional field and the metrics it means something for.
+        let fields: [(&str, bool, &str); 9] = [
+            ("path", host.path.is_some(), "disk, diskFree, diskFullIn"),
+            ("quota", host.quota.is_some(), "disk, diskFree, diskFullIn"),
+            ("limit", host.limit.is_some(), "memoryExhaustedIn"),
+            ("over", host.over.is_some(), "diskFullIn, memoryExhaustedIn"),
+            (
+                "floor",
+                host.floor.is_some(),
+                "diskFullIn, memoryExhaustedIn",
+            ),
+            (
+                "minFit",
+                host.min_fit.is_some(),
+                "diskFullIn, memoryExhaustedIn",
+            ),
+            (
+                "window",
+                host.window.is_some(),
+                "memoryGrowth, logRate, restarts",
+            ),
+            ("file", host.file.is_some(), "logRate"),
+            ("regex", host.regex.is_some(), "logRate"),
+        ];
+        let applies = |field: &str| match field {
+            "path" | "quota" => matches!(m, M::Disk | M::DiskFree | M::DiskFullIn),
+            "limit" => m == M::MemoryExhaustedIn,
+            "over" | "floor" | "minFit" => m.is_forecast(),
+            "window" => matches!(m, M::MemoryGrowth | M::LogRate | M::Restarts),
+            _ => m == M::LogRate,
+        };
+        for (field, set, metrics) in fields {
+            if set && !applies(field) {
+                self.problem(
+                    &r.origin,
+                    format!("{at}/host/{field}"),
+                    format!(
+                        "host probe `{name}`: `{field}` does not apply to {}; it is for {metrics}",
+                        m.as_str()
+                    ),
+                    None,
+                );
+            }
+        }
         if host.metric.is_forecast() && host.above.is_some() {
             self.problem(
                 &r.origin,
