@@ -15,7 +15,13 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     let loaded = reconcile::load(&args.source.source(), &global.options(None))?;
     reconcile::compile_policies(&loaded.policy_files)?;
     let desired = &loaded.desired;
-    for w in model::health::noise_warnings(&desired.resources, &desired.signatures) {
+    let warnings = model::health::noise_warnings(&desired.resources, &desired.signatures)
+        .into_iter()
+        .chain(model::health::signal_warnings(
+            &desired.resources,
+            &desired.signatures,
+        ));
+    for w in warnings {
         eprintln!(
             "warning: {}\n  --> {}:{}:{} (at {})",
             w.message, w.origin.file, w.origin.line, w.origin.col, w.pointer

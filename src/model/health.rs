@@ -1329,6 +1329,74 @@ pub fn noise_warnings(resources: &[super::Resource], signatures: &[Signature]) -
     out
 }
 
+/// How many days of the samples it reads itself tend keeps (forecasts
+/// and anomaly baselines learn from them).
+pub const SAMPLE_DAYS: i64 = 15;
+
+/// A signature condition on a signal none of the resources it selects has
+/// (a typo stays quiet forever otherwise), and an anomaly baseline longer
+/// than the history tend keeps of a signal it samples itself.
+pub fn signal_warnings(resources: &[super::Resource], signatures: &[Signature]) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let has = |r: &super::Resource, signal: &str| {
+        builtin_signals(r.key.kind).contains(&signal)
+            || signal.starts_with("alert/")
+            || r.health
+                .as_ref()
+                .is_some_and(|h| h.probes.iter().any(|p| p.name == signal))
+    };
+    let prometheus = |r: &super::Resource, signal: &str| {
+        r.health.as_ref().is_some_and(|h| {
+            h.probes
+                .iter()
+                .any(|p| p.name == signal && p.prometheus.is_some())
+        })
+    };
+    let kept = std::time::Duration::from_secs(SAMPLE_DAYS as u64 * 86_400);
+    for s in signatures {
+        let selected: Vec<&super::Resource> = resources.iter().filter(|r| s.selects(r)).collect();
+        if selected.is_empty() {
+            continue;
+        }
+        for (list, conds) in [("all", &s.spec.all), ("any", &s.spec.any)] {
+            for (i, c) in conds.iter().enumerate() {
+                let Some(signal) = &c.signal else { continue };
+                if !selected.iter().any(|r| has(r, signal)) {
+                    let mut known: Vec<&str> = builtin_signals(selected[0].key.kind).to_vec();
+                    if let Some(h) = &selected[0].health {
+                        known.extend(h.probes.iter().map(|p| p.name.as_str()));
+                    }
+                    out.push(Warning {
+                        origin: s.origin.clone(),
+                        pointer: format!("/spec/{list}/{i}/signal"),
+                        message: format!(
+                            "none of the resources signature `{}` selects has a signal `{signal}`, so this condition never holds (signals of {}: {})",
+                            s.name,
+                            selected[0].key,
+                            known.join(", ")
+                        ),
+                    });
+                }
+                let Some(a) = &c.anomaly else { continue };
+                let sampled = selected
+                    .iter()
+                    .any(|r| has(r, signal) && !prometheus(r, signal));
+                if sampled && a.baseline() > kept {
+                    out.push(Warning {
+                        origin: s.origin.clone(),
+                        pointer: format!("/spec/{list}/{i}/anomaly/baseline"),
+                        message: format!(
+                            "tend keeps {} days of the samples it reads itself: the baseline of `{signal}` covers at most that (a prometheus probe can look further back)",
+                            SAMPLE_DAYS
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The longest range window (`[5m]`, `[1h30m]`, a subquery's `[10m:1m]`)
 /// in a PromQL query.
 pub fn longest_range(query: &str) -> Option<std::time::Duration> {

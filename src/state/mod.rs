@@ -682,9 +682,9 @@ pub struct NewPause<'a> {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// How many samples one series keeps, and for how long.
+/// How many samples one series keeps (and, `SAMPLE_DAYS`, for how long).
 pub const MAX_SAMPLES: usize = 5000;
-pub const SAMPLE_DAYS: i64 = 15;
+pub use crate::model::health::SAMPLE_DAYS;
 
 /// One sample of one signal of one resource.
 #[derive(Debug, Clone, PartialEq)]

@@ -217,3 +217,28 @@ fn an_anomaly_on_an_slo() {
         "an anomaly condition is on a signal",
     );
 }
+
+/// A condition on a signal none of the selected resources has is valid
+/// (signatures are shared) but never holds: validate says so.
+#[test]
+fn a_signature_condition_on_a_missing_signal_is_a_warning() {
+    let ws = Workspace::new();
+    ws.write(
+        "app.yaml",
+        &format!("{PROCESS}    - name: latency\n      http: {{url: \"http://127.0.0.1:9/\"}}\n"),
+    );
+    ws.write(
+        "sig.yaml",
+        "apiVersion: tend.dev/v1\nkind: Signature\nmetadata:\n  name: slow\nspec:\n  cause: slow\n  all:\n    - {signal: latncy}\n  runbook: restart-it\n---\napiVersion: tend.dev/v1\nkind: Runbook\nmetadata:\n  name: restart-it\nspec:\n  steps:\n    - {action: restart}\n",
+    );
+    let run = ws.run(&["validate"]);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("none of the resources signature `slow` selects has a signal `latncy`")
+            && run.stderr.contains("latency")
+            && run.stderr.contains("sig.yaml"),
+        "{}",
+        run.stderr
+    );
+}
