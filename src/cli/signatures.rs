@@ -40,7 +40,8 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         None => Default::default(),
     };
     let mut rows = Vec::new();
-    let mut text = String::new();
+    // (name, trust, matches, evidence), aligned under a header below.
+    let mut lines: Vec<(String, &str, String, String)> = Vec::new();
     for sig in &loaded.desired.signatures {
         let trust = sig.spec.trust;
         let mine: Vec<&crate::state::ShadowRow> =
@@ -62,27 +63,25 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
             .iter()
             .filter(|s| s.cause == sig.name)
             .fold((0i64, 0i64), |(a, b), s| (a + s.successes, b + s.failures));
-        text.push_str(&format!(
-            "{}  {}  matched {matched}{}{}\n",
-            sig.name,
+        let mut evidence = Vec::new();
+        if !would.is_empty() {
+            evidence.push(format!(
+                "would have run {}; went away on its own {}",
+                would.join(", "),
+                share(own, ended)
+            ));
+        }
+        if ok + failed > 0 {
+            evidence.push(format!(
+                "verified fixes {}",
+                share(ok as usize, (ok + failed) as usize)
+            ));
+        }
+        lines.push((
+            sig.name.clone(),
             trust.as_str(),
-            if would.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "  would have run {}  went away on its own {}",
-                    would.join(", "),
-                    share(own, ended)
-                )
-            },
-            if ok + failed > 0 {
-                format!(
-                    "  verified fixes {}",
-                    share(ok as usize, (ok + failed) as usize)
-                )
-            } else {
-                String::new()
-            }
+            matched.to_string(),
+            evidence.join("; "),
         ));
         rows.push(json!({
             "name": sig.name,
@@ -93,8 +92,30 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
             "verifiedFixes": {"verified": ok, "failed": failed},
         }));
     }
-    if loaded.desired.signatures.is_empty() {
+    let mut text = String::new();
+    if lines.is_empty() {
         text.push_str("no signatures are declared\n");
+    } else {
+        let widest =
+            |cells: Vec<usize>, title: &str| cells.into_iter().max().unwrap_or(0).max(title.len());
+        let (wn, wt, wm) = (
+            widest(
+                lines.iter().map(|l| l.0.chars().count()).collect(),
+                "SIGNATURE",
+            ),
+            widest(lines.iter().map(|l| l.1.len()).collect(), "TRUST"),
+            widest(lines.iter().map(|l| l.2.len()).collect(), "MATCHES"),
+        );
+        let row = |n: &str, t: &str, m: &str, e: &str| {
+            format!("{n:<wn$}  {t:<wt$}  {m:>wm$}  {e}")
+                .trim_end()
+                .to_string()
+                + "\n"
+        };
+        text.push_str(&row("SIGNATURE", "TRUST", "MATCHES", "EVIDENCE"));
+        for (n, t, m, e) in &lines {
+            text.push_str(&row(n, t, m, e));
+        }
     }
     let out = match args.format {
         HistoryFormat::Human => text,

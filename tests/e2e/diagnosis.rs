@@ -320,7 +320,10 @@ fn a_signature_in_shadow_records_what_it_would_do_and_never_acts() {
     assert_eq!(sig["resolvedOnItsOwn"]["onItsOwn"], 1, "{sig:#}");
     let human = ws.run(&["signatures"]);
     assert!(
-        human.stdout.contains("failing-health  shadow  matched 1  would have run restart  went away on its own 1/1 (100%)"),
+        human.stdout.starts_with("SIGNATURE       TRUST   MATCHES  EVIDENCE\n")
+            && human.stdout.contains(
+                "failing-health  shadow        1  would have run restart; went away on its own 1/1 (100%)"
+            ),
         "{}",
         human.stdout
     );
