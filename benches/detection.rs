@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use criterion::{criterion_group, BenchmarkId, Criterion};
-use tend::trend::{band, forecast, Guard, Sample, Season};
+use tend::trend::{band, forecast, Guard, Sample, Seasonality};
 
 // The same allocator as the tend binary.
 #[global_allocator]
@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
         });
         let at = s.last().unwrap().0;
         group.bench_with_input(BenchmarkId::new("band_daily", n), &s, |b, s| {
-            b.iter(|| band(s, at, Season::Daily, 4.0, Duration::from_secs(3600)))
+            b.iter(|| band(s, at, Seasonality::Daily, 4.0, Duration::from_secs(3600)))
         });
     }
     group.finish();

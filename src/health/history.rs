@@ -132,7 +132,6 @@ impl History {
 /// The series of `r` that tend records for its forecasts and anomaly
 /// conditions (not Prometheus signals: Prometheus keeps their history).
 pub fn wanted(r: &Resource, signatures: &[Signature]) -> Vec<Want> {
-    use crate::model::health::HostMetric;
     let Some(h) = &r.health else {
         return Vec::new();
     };
@@ -148,14 +147,10 @@ pub fn wanted(r: &Resource, signatures: &[Signature]) -> Vec<Want> {
     };
     for p in &h.probes {
         if let Some(host) = p.host.as_ref().filter(|h| h.metric.is_forecast()) {
-            let default = match host.metric {
-                HostMetric::DiskFullIn => Duration::from_secs(6 * 3600),
-                _ => Duration::from_secs(3600),
-            };
-            want(level_signal(&p.name), host.over.map_or(default, |o| o.0));
+            want(level_signal(&p.name), host.over());
         }
         if let Some(f) = p.forecast.as_ref().filter(|f| !prometheus(&f.of)) {
-            want(f.of.clone(), forecast_over(f));
+            want(f.of.clone(), f.over());
         }
     }
     for sig in signatures.iter().filter(|s| s.selects(r)) {
@@ -178,10 +173,6 @@ pub fn wanted(r: &Resource, signatures: &[Signature]) -> Vec<Want> {
 /// The series a forecast host metric keeps its level under.
 pub fn level_signal(probe: &str) -> String {
     format!("{probe}/level")
-}
-
-pub fn forecast_over(f: &crate::model::health::ForecastProbe) -> Duration {
-    f.over.map_or(Duration::from_secs(6 * 3600), |o| o.0)
 }
 
 #[cfg(test)]

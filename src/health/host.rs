@@ -202,7 +202,7 @@ impl HostSignals {
     /// reaches its capacity, from a robust fit of the level's samples.
     async fn forecast(&self, r: &Resource, signal: &str, p: &HostProbe, pid: Option<i32>) -> Read3 {
         use super::trend::{forecast, num, reading_of, Guard};
-        let (level, capacity, what, over) = match p.metric {
+        let (level, capacity, what) = match p.metric {
             HostMetric::DiskFullIn => {
                 let used = self
                     .disk(&HostProbe {
@@ -210,16 +210,15 @@ impl HostSignals {
                         ..p.clone()
                     })
                     .await;
-                (used, Ok(1.0), "full", Duration::from_secs(6 * 3600))
+                (used, Ok(1.0), "full")
             }
             _ => (
                 memory_mib(pid),
                 p.limit.map_or_else(host_memory_mib, Ok),
                 "out of memory",
-                Duration::from_secs(3600),
             ),
         };
-        let over = p.over.map_or(over, |o| o.0);
+        let over = p.over();
         let (level, capacity) = match (level, capacity) {
             (Ok(l), Ok(c)) => (l, c),
             (Err(e), _) | (_, Err(e)) => return (Status::Unknown, None, e),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::history::History;
-use super::trend::{self, Guard, Sample, Season, Side};
+use super::trend::{self, Guard, Sample};
 use super::{builtin_readings, slo_signal_name, Reading, Status};
 use crate::model::health::{
     Anomaly, Direction, ForecastProbe, Healing, HttpProbe, PrometheusProbe, Seasonality, Signature,
@@ -190,7 +190,7 @@ impl Prober {
         f: &ForecastProbe,
         now: chrono::DateTime<chrono::Utc>,
     ) -> (Status, Option<f64>, String) {
-        let over = super::history::forecast_over(f);
+        let over = f.over();
         let series = match prometheus_query(r, &f.of) {
             Some(q) => {
                 let step = (over / 120).max(Duration::from_secs(1));
@@ -214,8 +214,8 @@ impl Prober {
         };
         trend::reading_of(
             &trend::forecast(&series, f.threshold, &guard),
-            &format!("{} reaches {}", f.of, fmt(f.threshold)),
-            &|per_hour| trend::num(per_hour),
+            &format!("{} reaches {}", f.of, trend::num(f.threshold)),
+            &trend::num,
             f.below.0,
         )
     }
@@ -282,17 +282,7 @@ impl Prober {
                 now - chrono::Duration::from_std(baseline).unwrap_or_default(),
             ),
         };
-        let season = match a.seasonality {
-            Seasonality::Daily => Season::Daily,
-            Seasonality::Weekly => Season::Weekly,
-            Seasonality::None => Season::None,
-        };
-        let side = match a.direction {
-            Direction::Up => Side::Up,
-            Direction::Down => Side::Down,
-            Direction::Both => Side::Both,
-        };
-        match trend::band(&history, now, season, a.sensitivity, a.min_history()) {
+        match trend::band(&history, now, a.seasonality, a.sensitivity, a.min_history()) {
             Err(why) => (Status::Unknown, Some(value), why),
             Ok(band) => {
                 let over = format!(
@@ -303,7 +293,7 @@ impl Prober {
                         s => format!(", {}", s.as_str()),
                     }
                 );
-                trend::band_reading(signal, value, &band, side, &over)
+                trend::band_reading(signal, value, &band, a.direction, &over)
             }
         }
     }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
+pub use crate::model::health::{Direction, Seasonality};
+
 /// One sample: when, and the value.
 pub type Sample = (DateTime<Utc>, f64);
 
@@ -202,7 +204,7 @@ pub fn band_reading(
     signal: &str,
     value: f64,
     band: &Band,
-    side: Side,
+    side: Direction,
     over: &str,
 ) -> (super::Status, Option<f64>, String) {
     use super::Status;
@@ -234,25 +236,6 @@ pub fn band_reading(
     }
 }
 
-/// When a baseline compares values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Season {
-    /// Values at the same time of day (± half an hour) on other days.
-    Daily,
-    /// Values at the same time of the week.
-    Weekly,
-    /// Every value.
-    None,
-}
-
-/// Which side of the band is unusual.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Up,
-    Down,
-    Both,
-}
-
 /// The usual value at a time: the median and the robust spread of the
 /// history's values at that time of day or week.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -274,11 +257,11 @@ impl Band {
         (value - self.median) / self.spread
     }
 
-    pub fn unusual(&self, value: f64, side: Side) -> bool {
+    pub fn unusual(&self, value: f64, side: Direction) -> bool {
         match side {
-            Side::Up => value > self.high,
-            Side::Down => value < self.low,
-            Side::Both => value > self.high || value < self.low,
+            Direction::Up => value > self.high,
+            Direction::Down => value < self.low,
+            Direction::Both => value > self.high || value < self.low,
         }
     }
 }
@@ -294,7 +277,7 @@ pub const MIN_BAND_SAMPLES: usize = 5;
 pub fn band(
     history: &[Sample],
     at: DateTime<Utc>,
-    season: Season,
+    season: Seasonality,
     sensitivity: f64,
     min_history: Duration,
 ) -> Result<Band, String> {
@@ -312,9 +295,9 @@ pub fn band(
     // Earlier days (weeks) only: the half hour being judged is not its
     // own baseline, or a lasting regression would become usual.
     let earlier = match season {
-        Season::None => at,
-        Season::Daily => at - chrono::Duration::seconds(86_400 - SEASON_WINDOW),
-        Season::Weekly => at - chrono::Duration::seconds(7 * 86_400 - SEASON_WINDOW),
+        Seasonality::None => at,
+        Seasonality::Daily => at - chrono::Duration::seconds(86_400 - SEASON_WINDOW),
+        Seasonality::Weekly => at - chrono::Duration::seconds(7 * 86_400 - SEASON_WINDOW),
     };
     let mut values: Vec<f64> = history
         .iter()
@@ -348,16 +331,16 @@ pub fn band(
 
 /// Whether `t` falls at the same time of day (or week) as `at`, within
 /// half an hour either side.
-fn same_time(t: DateTime<Utc>, at: DateTime<Utc>, season: Season) -> bool {
+fn same_time(t: DateTime<Utc>, at: DateTime<Utc>, season: Seasonality) -> bool {
     let period: i64 = match season {
-        Season::None => return true,
-        Season::Daily => 86_400,
-        Season::Weekly => 7 * 86_400,
+        Seasonality::None => return true,
+        Seasonality::Daily => 86_400,
+        Seasonality::Weekly => 7 * 86_400,
     };
     let pos = |d: DateTime<Utc>| -> i64 {
         let day = i64::from(d.num_seconds_from_midnight());
         match season {
-            Season::Weekly => i64::from(d.weekday().num_days_from_monday()) * 86_400 + day,
+            Seasonality::Weekly => i64::from(d.weekday().num_days_from_monday()) * 86_400 + day,
             _ => day,
         }
     };
@@ -526,15 +509,15 @@ mod tests {
             .with_timezone(&Utc);
         let trough = peak + chrono::Duration::hours(12);
         let day = Duration::from_secs(3600);
-        let at_peak = band(&h, peak, Season::Daily, 4.0, day).unwrap();
-        let at_trough = band(&h, trough, Season::Daily, 4.0, day).unwrap();
+        let at_peak = band(&h, peak, Seasonality::Daily, 4.0, day).unwrap();
+        let at_trough = band(&h, trough, Seasonality::Daily, 4.0, day).unwrap();
         // The peak's usual value is an outlier at the trough, not at the peak.
-        assert!(!at_peak.unusual(0.35, Side::Up), "{at_peak:?}");
-        assert!(at_trough.unusual(0.35, Side::Up), "{at_trough:?}");
-        assert!(!at_trough.unusual(0.05, Side::Both), "{at_trough:?}");
+        assert!(!at_peak.unusual(0.35, Direction::Up), "{at_peak:?}");
+        assert!(at_trough.unusual(0.35, Direction::Up), "{at_trough:?}");
+        assert!(!at_trough.unusual(0.05, Direction::Both), "{at_trough:?}");
         // Without seasonality the whole range is usual.
-        let flat = band(&h, trough, Season::None, 4.0, day).unwrap();
-        assert!(!flat.unusual(0.35, Side::Up), "{flat:?}");
+        let flat = band(&h, trough, Seasonality::None, 4.0, day).unwrap();
+        assert!(!flat.unusual(0.35, Direction::Up), "{flat:?}");
     }
 
     #[test]
@@ -546,20 +529,34 @@ mod tests {
         let trough = DateTime::parse_from_rfc3339("2026-11-30T00:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let b = band(&h, trough, Season::Daily, 4.0, Duration::from_secs(3600)).unwrap();
+        let b = band(
+            &h,
+            trough,
+            Seasonality::Daily,
+            4.0,
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         assert!(b.high < 0.15, "{b:?}");
     }
 
     #[test]
     fn a_short_history_is_still_learning() {
         let h: Vec<Sample> = week().into_iter().take(6).collect();
-        let err = band(&h, h[5].0, Season::Daily, 4.0, Duration::from_secs(3600)).unwrap_err();
+        let err = band(
+            &h,
+            h[5].0,
+            Seasonality::Daily,
+            4.0,
+            Duration::from_secs(3600),
+        )
+        .unwrap_err();
         assert!(err.contains("learning the baseline"), "{err}");
         // The same time of the next week: the values of the week before.
         let weekly = band(
             &week(),
             week()[100].0 + chrono::Duration::days(7),
-            Season::Weekly,
+            Seasonality::Weekly,
             4.0,
             Duration::from_secs(3600),
         )
@@ -573,7 +570,7 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-11-30T00:25:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let before = band(&h, at, Season::Daily, 4.0, Duration::from_secs(3600)).unwrap();
+        let before = band(&h, at, Seasonality::Daily, 4.0, Duration::from_secs(3600)).unwrap();
         // Half an hour of a regression, at the trough, just before `at`.
         let mut regressed = h.clone();
         for m in (0..=25).step_by(5) {
@@ -582,21 +579,28 @@ mod tests {
         let after = band(
             &regressed,
             at,
-            Season::Daily,
+            Seasonality::Daily,
             4.0,
             Duration::from_secs(3600),
         )
         .unwrap();
         assert_eq!(before.samples, after.samples);
-        assert!(after.unusual(0.35, Side::Up), "{after:?}");
+        assert!(after.unusual(0.35, Direction::Up), "{after:?}");
     }
 
     #[test]
     fn a_steady_level_is_not_unusual_at_every_wiggle() {
         let h = series(200, 60, |_| 100.0);
-        let b = band(&h, h[199].0, Season::None, 3.0, Duration::from_secs(600)).unwrap();
-        assert!(!b.unusual(101.0, Side::Both), "{b:?}");
-        assert!(b.unusual(130.0, Side::Up), "{b:?}");
+        let b = band(
+            &h,
+            h[199].0,
+            Seasonality::None,
+            3.0,
+            Duration::from_secs(600),
+        )
+        .unwrap();
+        assert!(!b.unusual(101.0, Direction::Both), "{b:?}");
+        assert!(b.unusual(130.0, Direction::Up), "{b:?}");
     }
 
     #[test]

@@ -116,6 +116,21 @@ pub struct HostProbe {
     pub min_fit: Option<f64>,
 }
 
+impl HostProbe {
+    /// The history a forecast metric fits (`over`, else its default).
+    pub fn over(&self) -> std::time::Duration {
+        self.over.map_or(self.metric.default_over(), |o| o.0)
+    }
+}
+
+impl ForecastProbe {
+    /// The history the fit covers (`over`, else 6h).
+    pub fn over(&self) -> std::time::Duration {
+        self.over
+            .map_or(std::time::Duration::from_secs(6 * 3600), |o| o.0)
+    }
+}
+
 /// A threshold: a number, or a duration read as seconds (`4h`).
 fn number_or_span<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     #[derive(Deserialize)]
@@ -173,6 +188,15 @@ impl HostMetric {
             HostMetric::LogRate => " lines/min",
             HostMetric::Restarts => " starts",
             HostMetric::DiskFullIn | HostMetric::MemoryExhaustedIn => "s",
+        }
+    }
+
+    /// The history a forecast metric fits by default: hours for a disk,
+    /// an hour for memory.
+    pub fn default_over(self) -> std::time::Duration {
+        match self {
+            HostMetric::DiskFullIn => std::time::Duration::from_secs(6 * 3600),
+            _ => std::time::Duration::from_secs(3600),
         }
     }
 

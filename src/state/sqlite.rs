@@ -799,6 +799,7 @@ fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<JournalEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{MAX_SAMPLES, SAMPLE_DAYS};
 
     fn rec<'a>(run_id: i64, fp: &'a str, key: &'a ResourceKey) -> JournalRecord<'a> {
         JournalRecord {
@@ -943,5 +944,36 @@ mod tests {
         assert_eq!(held(), 1);
         drop(guard);
         assert_eq!(held(), 0);
+    }
+
+    #[test]
+    fn samples_are_kept_per_series_capped_and_aged_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let now = chrono::Utc::now();
+        let row = |signal: &str, secs_ago: i64, value: f64| SampleRow {
+            key: key(),
+            signal: signal.into(),
+            at: now - chrono::Duration::seconds(secs_ago),
+            value,
+        };
+        let mut rows: Vec<SampleRow> = (0..MAX_SAMPLES as i64 + 10)
+            .map(|i| row("disk", i, i as f64))
+            .collect();
+        // Older than the days kept, of a series not written again.
+        rows.push(row("gone", (SAMPLE_DAYS + 1) * 86_400, 1.0));
+        rows.push(row("nan", 5, f64::NAN));
+        s.add_samples(&rows).unwrap();
+        let since = now - chrono::Duration::days(SAMPLE_DAYS + 2);
+        let disk = s.samples(&key(), "disk", since).unwrap();
+        assert_eq!(disk.len(), MAX_SAMPLES, "capped to the newest");
+        assert_eq!(disk.last().unwrap().1, 0.0, "oldest first, newest last");
+        assert_eq!(disk[0].1, (MAX_SAMPLES - 1) as f64);
+        assert!(s.samples(&key(), "gone", since).unwrap().is_empty());
+        assert!(s.samples(&key(), "nan", since).unwrap().is_empty());
+        let recent = s
+            .samples(&key(), "disk", now - chrono::Duration::seconds(9))
+            .unwrap();
+        assert_eq!(recent.len(), 10);
     }
 }

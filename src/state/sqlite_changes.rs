@@ -243,25 +243,24 @@ impl SqliteStore {
                     r.value
                 ])?;
             }
-            let oldest = chrono::Utc::now() - chrono::Duration::days(SAMPLE_DAYS);
             let mut series: Vec<(&ResourceKey, &str)> =
                 rows.iter().map(|r| (&r.key, r.signal.as_str())).collect();
             series.sort_unstable();
             series.dedup();
             let mut trim = tx.prepare_cached(
-                "DELETE FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND (at < ?4 OR at < COALESCE(
-                    (SELECT at FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 ORDER BY at DESC LIMIT 1 OFFSET ?5), ''))",
+                "DELETE FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND at < COALESCE(
+                    (SELECT at FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 ORDER BY at DESC LIMIT 1 OFFSET ?4), '')",
             )?;
             for (key, signal) in series {
                 trim.execute(params![
                     key.kind.as_str(),
                     key.name,
                     signal,
-                    W(&oldest),
                     MAX_SAMPLES as i64 - 1
                 ])?;
             }
-            // Series no longer read (a probe or resource removed) age out.
+            // Every series, those no longer read too, keeps SAMPLE_DAYS.
+            let oldest = chrono::Utc::now() - chrono::Duration::days(SAMPLE_DAYS);
             tx.prepare_cached("DELETE FROM samples WHERE at < ?1")?
                 .execute(params![W(&oldest)])?;
         }
