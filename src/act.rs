@@ -333,7 +333,7 @@ mod tests {
     use crate::plan::Plan;
     use crate::policy::gates;
     use crate::provider::{host::HostProvider, BuiltIn};
-    use crate::state::{NewRun, SqliteStore};
+    use crate::state::{NewRun, Sqlite};
     use crate::vocab::{FieldChange, IncidentRef, Kind, Risk, Severity, StepAction};
     use serde_json::json;
 
@@ -403,7 +403,7 @@ mod tests {
             text: "apiVersion: tend.dev/v1\nkind: host.File\nmetadata: {name: motd}\nspec: {path: motd, content: \"hello\\n\"}\n".into(),
         }])
         .unwrap();
-        let store = SqliteStore::open(&state).unwrap();
+        let store = Sqlite::open(&state).unwrap();
         let providers = Providers {
             all: vec![BuiltIn::Host(HostProvider::new(&root, &state))],
         };

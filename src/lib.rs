@@ -14,8 +14,9 @@
 //! more: `cli` (the binary's entry point, `cli::main`), and the stages the
 //! benchmarks and tests run directly, without a process: `model` (load
 //! and validate desired state), `provider` (inventory), `plan` and
-//! `policy`, with `diff` and the shared vocabulary reached through the
-//! re-exports below. Every other module is private to the crate.
+//! `policy`, and `state` (whose backends, SQLite and PostgreSQL, pass one
+//! shared suite), with `diff` and the shared vocabulary reached through
+//! the re-exports below. Every other module is private to the crate.
 
 // Lint policy, on top of `cargo clippy --all-targets -- -D warnings`:
 // unsafe code only talks to the operating system (libc calls, raw file
@@ -50,7 +51,7 @@ mod rollout;
 mod sample;
 mod serve;
 mod source;
-mod state;
+pub mod state;
 mod vocab;
 mod watch;
 
@@ -60,3 +61,7 @@ pub use health::trend;
 pub use model::{load, DesiredState, Kind, Mode, Resource, ResourceKey, Settings, SourceFile};
 pub use plan::{plan, Plan};
 pub use vocab::{Action, ActionType, Decision, FieldChange, LiveResource};
+/// The words the state store's rows are written in.
+pub use vocab::{
+    IncidentStatus, JournalAction, JournalOutcome, JournalPhase, Remembered, Status, StepOutcome,
+};

@@ -37,7 +37,7 @@ pub struct NotifySink {
     client: reqwest::Client,
     /// The state store of the last pass, kept open: a pass of `tend
     /// watch` does not open (and migrate) it again.
-    store: Option<(std::path::PathBuf, Box<dyn crate::state::Store>)>,
+    store: Option<(crate::state::Location, Box<dyn crate::state::Store>)>,
 }
 
 impl Default for NotifySink {
@@ -125,14 +125,11 @@ impl NotifySink {
         let Some(cfg) = &applied.notify else {
             return Ok(());
         };
-        if self
-            .store
-            .as_ref()
-            .is_none_or(|(dir, _)| *dir != applied.state_dir)
-        {
-            let opened = crate::state::open(&applied.state_dir)
+        let at = (applied.state_dir.clone(), applied.shared.clone());
+        if self.store.as_ref().is_none_or(|(was, _)| *was != at) {
+            let opened = crate::state::open(&at.0, at.1.as_deref())
                 .map_err(|e| PublishError::Notify(e.to_string()))?;
-            self.store = Some((applied.state_dir.clone(), opened));
+            self.store = Some((at, opened));
         }
         let store = match &self.store {
             Some((_, s)) => s.as_ref(),

@@ -61,6 +61,11 @@ pub enum PassError {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub state_dir: Option<PathBuf>,
+    /// A shared state database (`--state` or TEND_STATE_URL), and where
+    /// its URL was given.
+    pub state_url: Option<(String, crate::state::UrlSource)>,
+    /// This member's node name (`--node`, default the host name).
+    pub node: String,
     pub mode: Option<Mode>,
     /// The desired state is not trusted (a plan of a pull request, whose
     /// comment its author reads): live values are shown only where they
@@ -75,6 +80,8 @@ pub struct Loaded {
     pub desired: Arc<DesiredState>,
     pub root: PathBuf,
     pub state_dir: PathBuf,
+    /// The shared state database, when the fleet keeps one.
+    pub shared: Option<Arc<crate::state::Target>>,
     /// The default pack and the repository's policies.
     pub policy_files: Vec<PolicyFile>,
     /// The secret values of the declared specs.
@@ -119,15 +126,37 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
         _ => bootstrap_state_dir(opts)?,
     };
     let secrets = Secrets::collect(desired.resources.iter().map(|r| &r.spec));
+    let shared = shared_state(opts, &desired.settings)?;
     Ok(Loaded {
         origin: snapshot.origin,
         commit: snapshot.commit,
         desired: Arc::new(desired),
         root,
         state_dir,
+        shared,
         policy_files,
         secrets,
     })
+}
+
+/// The shared state database of a pass: the flag or environment, else
+/// `Settings spec.state`; `None` keeps the embedded store.
+pub fn shared_state(
+    opts: &Options,
+    settings: &Settings,
+) -> Result<Option<Arc<crate::state::Target>>, PassError> {
+    use crate::state::{Target, UrlSource};
+    let password_file = settings
+        .state
+        .as_ref()
+        .and_then(|s| s.password_file.as_deref())
+        .map(std::path::Path::new);
+    let target = match (&opts.state_url, &settings.state) {
+        (Some((url, source)), _) => Target::parse(url, *source, password_file, &opts.node)?,
+        (None, Some(s)) => Target::parse(&s.url, UrlSource::Settings, password_file, &opts.node)?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Arc::new(target)))
 }
 
 /// Compiles the policies of a load; errors are located diagnostics.
@@ -700,6 +729,8 @@ pub struct Applied {
     pub notify: Option<model::Notify>,
     /// The pass's state directory.
     pub state_dir: PathBuf,
+    /// The shared state database, when the fleet keeps one.
+    pub shared: Option<Arc<crate::state::Target>>,
     /// How long the pass took.
     pub duration: std::time::Duration,
 }
@@ -908,6 +939,7 @@ async fn apply_run(
         review: desired.settings.review.github.clone(),
         notify: desired.settings.notify.clone(),
         state_dir: loaded.state_dir.clone(),
+        shared: loaded.shared.clone(),
         duration: std::time::Duration::ZERO,
     })
 }

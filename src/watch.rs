@@ -15,7 +15,6 @@
 //! unreadable source, invalid desired state, a failed inventory) changes
 //! nothing and the loop goes on. See ARCHITECTURE.md.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,7 +205,7 @@ struct Watch<'a> {
     exits: Exits,
     /// The state directory of the current desired state and its run lock,
     /// held until the loop is dropped.
-    state: Option<(PathBuf, RunLock)>,
+    state: Option<(crate::state::Location, RunLock)>,
     /// The same store, for the listener.
     store: StoreSlot,
     /// The last valid desired state, prepared.
@@ -441,20 +440,21 @@ fn pause_request(slot: &StoreSlot, request: crate::serve::PauseRequest) -> Resul
 }
 
 fn locked_store(
-    state: &mut Option<(PathBuf, RunLock)>,
+    state: &mut Option<(crate::state::Location, RunLock)>,
     prepared: &Prepared,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    let dir = &prepared.loaded().state_dir;
-    if let Some((d, lock)) = state.as_ref() {
-        if d == dir {
+    let loaded = prepared.loaded();
+    let at = (loaded.state_dir.clone(), loaded.shared.clone());
+    if let Some((was, lock)) = state.as_ref() {
+        if *was == at {
             return Ok(Arc::clone(lock.store()));
         }
     }
-    // The old directory's lock is released before the new one is taken.
+    // The old store's lock is released before the new one is taken.
     drop(state.take());
-    let s: Arc<dyn Store> = crate::state::open(dir)?.into();
+    let s: Arc<dyn Store> = crate::state::open(&at.0, at.1.as_deref())?.into();
     let lock = crate::state::lock(&s, "tend watch")?;
-    *state = Some((dir.clone(), lock));
+    *state = Some((at, lock));
     Ok(s)
 }
 

@@ -45,7 +45,7 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     let prepared = Prepared::from_load(loaded, Default::default()).await?;
     let loaded = prepared.loaded();
     let now = chrono::Utc::now();
-    let store = crate::state::open_existing(&loaded.state_dir)?;
+    let store = crate::state::open_existing(&loaded.state_dir, loaded.shared.as_deref())?;
     let facts = reconcile::facts(store.as_deref(), &loaded.desired.settings, now)?;
     let planned = reconcile::plan(&prepared, &opts, &facts, store.as_deref(), now).await?;
     let actions: Vec<&crate::vocab::Action> = planned

@@ -29,7 +29,8 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     {
         return Err(crate::review::ReviewError::NoToken.into());
     }
-    let store: Arc<dyn Store> = crate::state::open(&loaded.state_dir)?.into();
+    let store: Arc<dyn Store> =
+        crate::state::open(&loaded.state_dir, loaded.shared.as_deref())?.into();
     // Held until this returns, whatever the outcome.
     let _lock = crate::state::lock(&store, "tend apply")?;
     let sink = crate::review::GitHubSink::new(local_dir(&source));

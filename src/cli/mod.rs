@@ -53,6 +53,18 @@ struct Cli {
     #[arg(long, global = true, env = "TEND_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// A PostgreSQL database a fleet of watchers shares
+    /// (postgres://USER@HOST:PORT/DATABASE; the password from
+    /// TEND_STATE_PASSWORD or a file). Also TEND_STATE_URL, which may carry
+    /// the password. Default: Settings spec.state, else the embedded store
+    /// in the state directory.
+    #[arg(long, global = true, value_name = "URL")]
+    state: Option<String>,
+
+    /// This member's node name in a fleet. Default: the host name.
+    #[arg(long, global = true, env = "TEND_NODE", value_name = "NAME")]
+    node: Option<String>,
+
     /// When to colour output.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     color: ColorChoice,
@@ -332,6 +344,8 @@ fn print(text: &str) -> anyhow::Result<()> {
 /// resolved.
 struct Global {
     state_dir: Option<PathBuf>,
+    state_url: Option<(String, crate::state::UrlSource)>,
+    node: String,
     color: bool,
     in_actions: bool,
 }
@@ -341,6 +355,8 @@ impl Global {
     fn options(&self, mode: Option<ModeArg>) -> Options {
         Options {
             state_dir: self.state_dir.clone(),
+            state_url: self.state_url.clone(),
+            node: self.node.clone(),
             mode: mode.map(Mode::from),
             untrusted: false,
         }
@@ -351,11 +367,20 @@ impl Global {
         Ok(reconcile::bootstrap_state_dir(&self.options(None))?)
     }
 
+    /// The shared state database the flag or environment names (the
+    /// commands that read no desired state do not see Settings).
+    fn shared(&self) -> anyhow::Result<Option<std::sync::Arc<crate::state::Target>>> {
+        Ok(reconcile::shared_state(
+            &self.options(None),
+            &crate::model::Settings::default(),
+        )?)
+    }
+
     /// The store of a command that only reads it; an error saying `what`
     /// is missing when nothing was ever applied there.
     fn existing_store(&self, what: &str) -> anyhow::Result<Box<dyn crate::state::Store>> {
         let dir = self.state_dir()?;
-        match crate::state::open_existing(&dir)? {
+        match crate::state::open_existing(&dir, self.shared()?.as_deref())? {
             Some(store) => Ok(store),
             None => anyhow::bail!(
                 "no {what} at {}: nothing has been applied with this state directory",
@@ -366,8 +391,21 @@ impl Global {
 }
 
 async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
+    use crate::state::UrlSource;
+    let state_url = match cli.state {
+        Some(url) => Some((url, UrlSource::CommandLine)),
+        None => std::env::var("TEND_STATE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(|u| (u, UrlSource::Environment)),
+    };
     let global = Global {
         state_dir: cli.state_dir,
+        state_url,
+        node: cli
+            .node
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(crate::state::hostname),
         color,
         in_actions: crate::actions::detected(cli.github),
     };

@@ -48,7 +48,7 @@ pub fn pause(args: PauseArgs, global: &Global) -> anyhow::Result<u8> {
         ),
         None => None,
     };
-    let store = crate::state::open(&global.state_dir()?)?;
+    let store = crate::state::open(&global.state_dir()?, global.shared()?.as_deref())?;
     let who = who();
     store.pause(&NewPause {
         selector: &selector,

@@ -28,7 +28,7 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     let prepared = Prepared::new(&source, &opts, Default::default()).await?;
     let loaded = prepared.loaded();
     let now = chrono::Utc::now();
-    let store = crate::state::open_existing(&loaded.state_dir)?;
+    let store = crate::state::open_existing(&loaded.state_dir, loaded.shared.as_deref())?;
     let store = store.as_deref();
     let facts = reconcile::facts(store, &loaded.desired.settings, now)?;
     let planned = reconcile::plan(&prepared, &opts, &facts, store, now).await?;

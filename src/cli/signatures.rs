@@ -30,7 +30,7 @@ fn share(n: usize, of: usize) -> String {
 pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from("."));
     let loaded = reconcile::load(&Source::Dir(dir), &global.options(None))?;
-    let store = crate::state::open_existing(&loaded.state_dir)?;
+    let store = crate::state::open_existing(&loaded.state_dir, loaded.shared.as_deref())?;
     let (shadow, incidents, stats) = match &store {
         Some(s) => (
             s.shadow_matches()?,

@@ -232,6 +232,9 @@ pub struct Settings {
     pub mode: Mode,
     #[serde(default)]
     pub state_dir: Option<String>,
+    /// A shared state database for a fleet of watchers.
+    #[serde(default)]
+    pub state: Option<SharedState>,
     #[serde(default)]
     pub prune: Prune,
     #[serde(default)]
@@ -640,6 +643,19 @@ pub struct HostSettings {
     pub root: Option<String>,
 }
 
+/// `Settings spec.state`: the PostgreSQL database a fleet of watchers
+/// shares. The password never comes from Git: `TEND_STATE_PASSWORD`, or
+/// the file `passwordFile` names on each member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SharedState {
+    /// `postgres://USER@HOST:PORT/DATABASE`, without a password.
+    pub url: String,
+    /// A file holding the password, on the member's own disk.
+    #[serde(default)]
+    pub password_file: Option<String>,
+}
+
 fn default_providers() -> Vec<ProviderName> {
     vec![ProviderName::Host]
 }
@@ -654,6 +670,7 @@ impl Default for Settings {
             providers: default_providers(),
             mode: default_mode(),
             state_dir: None,
+            state: None,
             prune: Prune::default(),
             host: HostSettings::default(),
             safety: Safety::default(),

@@ -1544,7 +1544,7 @@ pub fn keep_live_offer(actions: &[&crate::vocab::Action]) -> Result<(), String> 
 /// rebuilt when they change).
 pub struct GitHubSink {
     source: SourcePaths,
-    current: Option<(GithubReview, std::path::PathBuf, Reviewer)>,
+    current: Option<(GithubReview, crate::state::Location, Reviewer)>,
     /// What the last publication did.
     pub last: Summary,
 }
@@ -1558,8 +1558,12 @@ impl GitHubSink {
         }
     }
 
-    fn reviewer(&mut self, cfg: &GithubReview, state_dir: &Path) -> Result<&Reviewer, ReviewError> {
-        let stale = !matches!(&self.current, Some((c, d, _)) if c == cfg && d == state_dir);
+    fn reviewer(
+        &mut self,
+        cfg: &GithubReview,
+        at: &crate::state::Location,
+    ) -> Result<&Reviewer, ReviewError> {
+        let stale = !matches!(&self.current, Some((c, d, _)) if c == cfg && d == at);
         if stale {
             let token = token_from_env().ok_or(ReviewError::NoToken)?;
             let paths = match &self.source {
@@ -1574,9 +1578,9 @@ impl GitHubSink {
                     desired: sub.clone().unwrap_or_default(),
                 },
             };
-            let store = crate::state::open(state_dir)?;
+            let store = crate::state::open(&at.0, at.1.as_deref())?;
             let reviewer = Reviewer::new(cfg, &token, store, paths)?;
-            self.current = Some((cfg.clone(), state_dir.to_path_buf(), reviewer));
+            self.current = Some((cfg.clone(), at.clone(), reviewer));
         }
         match &self.current {
             Some((_, _, r)) => Ok(r),
@@ -1614,7 +1618,7 @@ impl GitHubSink {
             full: *full,
         };
         let reviewer = self
-            .reviewer(cfg, &applied.state_dir)
+            .reviewer(cfg, &(applied.state_dir.clone(), applied.shared.clone()))
             .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?;
         let result = reviewer.publish(&input).await;
         match result {

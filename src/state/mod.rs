@@ -4,17 +4,19 @@
 //! statistics, last known good specs and the run lock.
 //!
 //! Stages reach state only through [`Store`], with typed rows and an error
-//! that does not name the engine behind it. SQLite ([`SqliteStore`]) is the
-//! embedded default; another backend (a shared PostgreSQL for several
-//! watchers) implements the same trait and no stage changes. This module
+//! that does not name the engine behind it. SQLite ([`Sqlite`]) is the
+//! embedded default; a shared PostgreSQL ([`Postgres`]) for several
+//! watchers runs the same statements ([`SqlStore`]) and no stage changes. This module
 //! never decides anything: it records and answers. See ARCHITECTURE.md.
 
+mod postgres;
 mod scrub;
+mod sql;
+mod sql_changes;
+mod sql_incidents;
+mod sql_review;
+mod sql_store;
 mod sqlite;
-mod sqlite_changes;
-mod sqlite_incidents;
-mod sqlite_review;
-mod sqlite_text;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,8 +32,10 @@ use crate::vocab::{
     Status, StepOutcome,
 };
 
+pub use postgres::{Postgres, Target, UrlSource};
 pub use scrub::Scrubbing;
-pub use sqlite::SqliteStore;
+pub use sql_store::SqlStore;
+pub use sqlite::Sqlite;
 
 /// Why a backend failed, without naming the backend in the type.
 #[derive(Debug)]
@@ -62,6 +66,8 @@ pub enum StateError {
     Dir { path: String, cause: std::io::Error },
     #[error("failed to update the state database: {0}")]
     Backend(BackendError),
+    #[error("{0}")]
+    Url(String),
     #[error("another tend process holds the state lock at {path}: pid {pid} on {host}, running `{command}` since {since}")]
     Locked {
         path: String,
@@ -246,15 +252,38 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Opens the embedded default store in `dir`, creating it.
-pub fn open(dir: &Path) -> Result<Box<dyn Store>, StateError> {
-    Ok(Box::new(SqliteStore::open(dir)?))
+/// Opens the store: the shared database when `shared` names one, else the
+/// embedded default in `dir`, creating either.
+pub fn open(dir: &Path, shared: Option<&Target>) -> Result<Box<dyn Store>, StateError> {
+    Ok(match shared {
+        Some(target) => Box::new(Postgres::open(target)?),
+        None => Box::new(Sqlite::open(dir)?),
+    })
 }
 
-/// Opens the store in `dir` when one exists (`None` before the first
-/// apply), for commands that only read.
-pub fn open_existing(dir: &Path) -> Result<Option<Box<dyn Store>>, StateError> {
-    Ok(SqliteStore::open_existing(dir)?.map(|s| Box::new(s) as Box<dyn Store>))
+/// Opens the store when one exists (`None` before the first apply into
+/// `dir`), for commands that only read. A shared database always exists.
+pub fn open_existing(
+    dir: &Path,
+    shared: Option<&Target>,
+) -> Result<Option<Box<dyn Store>>, StateError> {
+    Ok(match shared {
+        Some(target) => Some(Box::new(Postgres::open(target)?)),
+        None => Sqlite::open_existing(dir)?.map(|s| Box::new(s) as Box<dyn Store>),
+    })
+}
+
+/// Where a store is: the state directory, and the shared database when
+/// the fleet keeps one (then the directory holds only local records).
+pub type Location = (std::path::PathBuf, Option<Arc<Target>>);
+
+/// This host's name (the default node name of a member).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// The run lock of a store, held for as long as this guard lives: taken

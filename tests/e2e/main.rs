@@ -7,6 +7,7 @@ mod aws;
 mod changes;
 mod controller;
 mod diagnosis;
+mod fleet;
 mod forecast;
 mod git_source;
 mod github;
@@ -16,6 +17,7 @@ mod install;
 mod invalid;
 mod notify;
 mod pause;
+mod pg;
 mod policy;
 mod policy_limits;
 mod process;
@@ -25,6 +27,7 @@ mod secrets;
 mod security;
 mod service;
 mod signals;
+mod store;
 
 pub use proxy::CutoffProxy;
 

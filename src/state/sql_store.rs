@@ -1,0 +1,415 @@
+//! The store itself, once for every engine: [`SqlStore`] answers [`Store`]
+//! with the statements of this module and its siblings on whichever
+//! [`Db`] it was opened on (SQLite or PostgreSQL).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::sql::{vals, Conn, Db, Row, Val, Wo, W};
+use super::{
+    now, ts, ChangeRow, ChangeVerdict, CorrectionRow, Incident, IncidentStep, IncidentUpdate,
+    JournalEntry, JournalRecord, LastGood, NewChange, NewIncident, NewPause, NewRun, Notified,
+    NotifyEvent, Pause, ProposalRow, ReviewEvent, RunStatus, SampleRow, ShadowRow, SignalRow,
+    StateError, StepResult, StepStats, Store, UsedApproval,
+};
+use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
+
+/// The state store on one database engine.
+pub struct SqlStore {
+    db: Box<dyn Db>,
+}
+
+impl SqlStore {
+    pub(super) fn new(db: impl Db + 'static) -> SqlStore {
+        SqlStore { db: Box::new(db) }
+    }
+
+    /// Runs `work` on a connection, in one transaction when `tx`.
+    pub(super) fn with<R: Send>(
+        &self,
+        tx: bool,
+        work: impl FnOnce(&mut dyn Conn) -> Result<R, StateError> + Send,
+    ) -> Result<R, StateError> {
+        let mut work = Some(work);
+        let mut out = None;
+        self.db.run(tx, &mut |c| {
+            if let Some(work) = work.take() {
+                out = Some(work(c)?);
+            }
+            Ok(())
+        })?;
+        out.ok_or_else(|| {
+            StateError::Backend(super::BackendError::new(std::io::Error::other(
+                "the database did not run the statement",
+            )))
+        })
+    }
+
+    pub(super) fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StateError> {
+        self.with(false, |c| c.query(sql, params))
+    }
+
+    pub(super) fn query_opt(&self, sql: &str, params: &[Val]) -> Result<Option<Row>, StateError> {
+        self.with(false, |c| c.query_opt(sql, params))
+    }
+
+    pub(super) fn execute(&self, sql: &str, params: &[Val]) -> Result<u64, StateError> {
+        self.with(false, |c| c.execute(sql, params))
+    }
+
+    pub(super) fn insert(&self, sql: &str, params: &[Val]) -> Result<i64, StateError> {
+        self.with(false, |c| c.insert(sql, params))
+    }
+
+    pub(super) fn has_column(&self, table: &str, column: &str) -> Result<bool, StateError> {
+        self.db.has_column(table, column)
+    }
+}
+
+/// Maps every row with `f`, stopping at the first that cannot be read.
+pub(super) fn rows<T>(
+    rows: Vec<Row>,
+    f: impl Fn(&Row) -> Result<T, StateError>,
+) -> Result<Vec<T>, StateError> {
+    rows.iter().map(f).collect()
+}
+
+const JOURNAL_COLUMNS: &str =
+    "id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail";
+
+impl Store for SqlStore {
+    fn lock(&self, command: &str) -> Result<(), StateError> {
+        self.db.lock(command)
+    }
+
+    fn unlock(&self) -> Result<(), StateError> {
+        self.db.unlock()
+    }
+
+    fn begin_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
+        self.insert(
+            "INSERT INTO runs (started_at, command, origin, commit_sha, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
+            vals![now(), run.command, run.origin, run.commit, W(&run.mode)],
+        )
+    }
+
+    fn finish_run(&self, run_id: i64, status: RunStatus) -> Result<(), StateError> {
+        self.execute(
+            "UPDATE runs SET finished_at = ?1, status = ?2 WHERE id = ?3",
+            vals![now(), <&str>::from(status), run_id],
+        )?;
+        Ok(())
+    }
+
+    fn journal(&self, phase: JournalPhase, r: &JournalRecord<'_>) -> Result<i64, StateError> {
+        self.insert(
+            "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            vals![r.run_id, now(), W(&phase), r.fingerprint, W(&r.action), W(&r.key.kind), r.key.name.as_str(), r.commit, Wo(r.outcome.as_ref()), r.detail],
+        )
+    }
+
+    fn history(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StateError> {
+        let since = since.map(ts).unwrap_or_default();
+        rows(
+            self.query(
+                &format!(
+                    "SELECT {JOURNAL_COLUMNS}
+                     FROM (SELECT * FROM journal WHERE at >= ?1 ORDER BY id DESC LIMIT ?2) AS j ORDER BY id"
+                ),
+                vals![since, limit as i64],
+            )?,
+            journal_row,
+        )
+    }
+
+    fn outcomes_since(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError> {
+        rows(
+            self.query(
+                &format!(
+                    "SELECT {JOURNAL_COLUMNS}
+                     FROM journal WHERE phase = 'outcome' AND outcome IN ('synced', 'failed') AND at >= ?1 ORDER BY id"
+                ),
+                vals![ts(since)],
+            )?,
+            journal_row,
+        )
+    }
+
+    fn dangling_intents(&self) -> Result<Vec<JournalEntry>, StateError> {
+        rows(
+            self.query(
+                "SELECT i.id, i.run_id, i.at, i.phase, i.fingerprint, i.action, i.kind, i.name, i.commit_sha, i.outcome, i.detail
+                 FROM journal i
+                 WHERE i.phase = 'intent' AND NOT EXISTS (
+                    SELECT 1 FROM journal o WHERE o.phase = 'outcome' AND o.run_id = i.run_id
+                      AND o.fingerprint = i.fingerprint AND o.id > i.id)
+                 ORDER BY i.id",
+                &[],
+            )?,
+            journal_row,
+        )
+    }
+
+    fn record_corrections(&self, key: &ResourceKey, paths: &[&str]) -> Result<(), StateError> {
+        let at = now();
+        self.with(true, |c| {
+            for p in paths {
+                c.execute(
+                    "INSERT INTO corrections (at, kind, name, path) VALUES (?1, ?2, ?3, ?4)",
+                    vals![at.as_str(), key.kind.as_str(), key.name.as_str(), *p],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn corrections_since(&self, since: DateTime<Utc>) -> Result<Vec<CorrectionRow>, StateError> {
+        rows(
+            self.query(
+                "SELECT at, kind, name, path FROM corrections WHERE at >= ?1 ORDER BY id",
+                vals![ts(since)],
+            )?,
+            |r| {
+                Ok(CorrectionRow {
+                    at: r.get(0)?,
+                    key: ResourceKey::new(r.get(1)?, r.text(2)?),
+                    path: r.text(3)?,
+                })
+            },
+        )
+    }
+
+    fn remembered(&self, key: &ResourceKey) -> Result<HashMap<String, Remembered>, StateError> {
+        self.remembered_rows(key)
+    }
+
+    fn remember(&self, key: &ResourceKey, rows: &[SignalRow]) -> Result<(), StateError> {
+        self.remember_rows(key, rows)
+    }
+
+    fn open_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
+        self.insert_incident(n)
+    }
+
+    fn active_incident(&self, key: &ResourceKey) -> Result<Option<Incident>, StateError> {
+        self.active(key)
+    }
+
+    fn add_step(&self, incident: i64, s: &IncidentStep) -> Result<(), StateError> {
+        self.insert_step(incident, s)
+    }
+
+    fn update_last_step(
+        &self,
+        incident: i64,
+        was: StepOutcome,
+        s: &IncidentStep,
+    ) -> Result<bool, StateError> {
+        self.update_newest_step(incident, was, s)
+    }
+
+    fn running_steps(&self) -> Result<Vec<(Incident, IncidentStep)>, StateError> {
+        let mut out = Vec::new();
+        for i in self.list_incidents(false, 1000)? {
+            let last = i
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.outcome != StepOutcome::Diagnosed);
+            if let Some(last) = last.filter(|s| s.outcome == StepOutcome::Running) {
+                let last = last.clone();
+                out.push((i, last));
+            }
+        }
+        Ok(out)
+    }
+
+    fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError> {
+        self.move_incident(id, u)
+    }
+
+    fn incident(&self, id: i64) -> Result<Option<Incident>, StateError> {
+        self.with(false, |c| super::sql_incidents::load_incident(c, id))
+    }
+
+    fn incidents(&self, all: bool, limit: usize) -> Result<Vec<Incident>, StateError> {
+        self.list_incidents(all, limit)
+    }
+
+    fn incidents_of(
+        &self,
+        key: &ResourceKey,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Incident>, StateError> {
+        self.with(false, |c| {
+            let ids = rows(
+                c.query(
+                    "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND detected_at >= ?3 ORDER BY id",
+                    vals![key.kind.as_str(), key.name.as_str(), ts(since)],
+                )?,
+                |r| r.int(0),
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(super::sql_incidents::load_incident(c, id)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn consecutive_failures(
+        &self,
+        cause: &str,
+        runbook: &str,
+        step: u32,
+    ) -> Result<i64, StateError> {
+        self.failures(cause, runbook, step)
+    }
+
+    fn record_step_result(&self, r: &StepResult<'_>) -> Result<(), StateError> {
+        self.count_step(r)
+    }
+
+    fn remediation_stats(&self) -> Result<Vec<StepStats>, StateError> {
+        self.stats()
+    }
+
+    fn set_last_good(
+        &self,
+        key: &ResourceKey,
+        commit: Option<&str>,
+        spec: &serde_json::Value,
+    ) -> Result<(), StateError> {
+        self.execute(
+            "INSERT INTO last_good (kind, name, commit_sha, spec, at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (kind, name) DO UPDATE SET commit_sha = excluded.commit_sha, spec = excluded.spec, at = excluded.at",
+            vals![key.kind.as_str(), key.name.as_str(), commit, spec.to_string(), now()],
+        )?;
+        Ok(())
+    }
+
+    fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError> {
+        let row = self.query_opt(
+            "SELECT commit_sha, spec FROM last_good WHERE kind = ?1 AND name = ?2",
+            vals![key.kind.as_str(), key.name.as_str()],
+        )?;
+        let Some(row) = row else { return Ok(None) };
+        // A spec that is no longer JSON is no known good spec.
+        Ok(row.json(1).ok().map(|spec| LastGood {
+            commit: row.opt_text(0).ok().flatten(),
+            spec,
+        }))
+    }
+
+    fn use_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
+        self.insert_used_approval(u)
+    }
+
+    fn used_approvals(&self) -> Result<Vec<UsedApproval>, StateError> {
+        self.list_used_approvals()
+    }
+
+    fn log_review(&self, e: &ReviewEvent) -> Result<(), StateError> {
+        self.insert_review_event(e)
+    }
+
+    fn review_log(&self, limit: usize) -> Result<Vec<ReviewEvent>, StateError> {
+        self.list_review_events(limit)
+    }
+
+    fn save_proposals(&self, rows: &[ProposalRow]) -> Result<(), StateError> {
+        self.replace_proposals(rows)
+    }
+
+    fn proposals(&self) -> Result<Vec<ProposalRow>, StateError> {
+        self.list_proposals()
+    }
+
+    fn shadow_match(&self, r: &ShadowRow) -> Result<(), StateError> {
+        self.insert_shadow(r)
+    }
+
+    fn shadow_end(
+        &self,
+        signature: &str,
+        key: &ResourceKey,
+        at: DateTime<Utc>,
+        on_its_own: bool,
+    ) -> Result<(), StateError> {
+        self.end_shadow(signature, key, at, on_its_own)
+    }
+
+    fn shadow_matches(&self) -> Result<Vec<ShadowRow>, StateError> {
+        self.all_shadow()
+    }
+
+    fn add_samples(&self, rows: &[SampleRow]) -> Result<(), StateError> {
+        self.insert_samples(rows)
+    }
+
+    fn samples(
+        &self,
+        key: &ResourceKey,
+        signal: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, f64)>, StateError> {
+        self.samples_of(key, signal, since)
+    }
+
+    fn record_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {
+        self.insert_notified(n)
+    }
+
+    fn was_notified(&self, n: &Notified<'_>, since: DateTime<Utc>) -> Result<bool, StateError> {
+        self.any_notified(n, since)
+    }
+
+    fn notified_events(&self, incident: i64) -> Result<Vec<NotifyEvent>, StateError> {
+        self.events_of(incident)
+    }
+
+    fn pause(&self, p: &NewPause<'_>) -> Result<i64, StateError> {
+        self.insert_pause(p)
+    }
+
+    fn resume(&self, selector: Option<&str>, at: DateTime<Utc>) -> Result<Vec<Pause>, StateError> {
+        self.end_pauses(selector, at)
+    }
+
+    fn pauses(&self, now: DateTime<Utc>) -> Result<Vec<Pause>, StateError> {
+        self.live_pauses(now)
+    }
+
+    fn record_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {
+        self.insert_change(c)
+    }
+
+    fn settle_change(&self, id: i64, v: &ChangeVerdict<'_>) -> Result<(), StateError> {
+        self.update_change(id, v)
+    }
+
+    fn changes(&self, since: DateTime<Utc>) -> Result<Vec<ChangeRow>, StateError> {
+        self.list_changes(since)
+    }
+}
+
+fn journal_row(r: &Row) -> Result<JournalEntry, StateError> {
+    Ok(JournalEntry {
+        id: r.int(0)?,
+        run_id: r.int(1)?,
+        at: r.get(2)?,
+        phase: r.get(3)?,
+        fingerprint: r.text(4)?,
+        action: r.get(5)?,
+        key: ResourceKey::new(r.get(6)?, r.text(7)?),
+        commit: r.opt_text(8)?,
+        outcome: r.get_opt(9)?,
+        detail: r.text(10)?,
+    })
+}

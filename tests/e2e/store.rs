@@ -1,0 +1,463 @@
+//! One suite for both state stores: the embedded SQLite and a shared
+//! PostgreSQL (the tests' own server) answer every check alike.
+
+use chrono::{Duration, Utc};
+use tend::model::health::{Severity, StepAction};
+use tend::state::{
+    ChangeStatus, ChangeVerdict, IncidentStep, IncidentUpdate, JournalRecord, LastGood, NewChange,
+    NewIncident, NewPause, NewRun, ProposalRow, ProposalState, SampleRow, SignalRow, StateError,
+    Store, Target, UrlSource, MAX_SAMPLES, SAMPLE_DAYS,
+};
+use tend::{
+    ActionType, IncidentStatus, JournalAction, JournalOutcome, Kind, ResourceKey, Status,
+    StepOutcome,
+};
+
+use crate::pg;
+
+/// A store of each backend, and a way to run raw SQL on it.
+struct Backend {
+    name: &'static str,
+    store: Box<dyn Store>,
+    raw: Box<dyn Fn(&str)>,
+    _keep: Box<dyn std::any::Any>,
+}
+
+fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = tend::state::open(dir.path(), None).unwrap();
+    let db_path = dir.path().join("tend.db");
+    let db = pg::database();
+    let target =
+        Target::parse(&db.url_with_password(), UrlSource::Environment, None, "n1").unwrap();
+    let postgres = tend::state::open(dir.path(), Some(&target)).unwrap();
+    vec![
+        Backend {
+            name: "sqlite",
+            store: sqlite,
+            raw: Box::new(move |sql| {
+                rusqlite::Connection::open(&db_path)
+                    .unwrap()
+                    .execute_batch(sql)
+                    .unwrap();
+            }),
+            _keep: Box::new(dir),
+        },
+        Backend {
+            name: "postgres",
+            store: postgres,
+            raw: Box::new(move |sql| {
+                db.sql(sql);
+            }),
+            _keep: Box::new(()),
+        },
+    ]
+}
+
+fn key(name: &str) -> ResourceKey {
+    ResourceKey::new(Kind::HostFile, name)
+}
+
+fn begin(s: &dyn Store) -> i64 {
+    s.begin_run(&NewRun {
+        command: "apply",
+        origin: "x",
+        commit: None,
+        mode: tend::Mode::Auto,
+    })
+    .unwrap()
+}
+
+fn rec<'a>(run_id: i64, fp: &'a str, key: &'a ResourceKey) -> JournalRecord<'a> {
+    JournalRecord {
+        run_id,
+        fingerprint: fp,
+        action: JournalAction::Act(ActionType::Update),
+        key,
+        commit: Some("abc"),
+        outcome: None,
+        detail: "it's 'quoted' ?1",
+    }
+}
+
+#[test]
+fn the_journal_reads_back_in_order_and_finds_dangling_intents() {
+    for b in backends() {
+        let s = b.store.as_ref();
+        let k = key("a");
+        let run = begin(s);
+        s.intent(&rec(run, "a", &k)).unwrap();
+        s.outcome(&JournalRecord {
+            outcome: Some(JournalOutcome::Synced),
+            ..rec(run, "a", &k)
+        })
+        .unwrap();
+        s.intent(&rec(run, "b", &k)).unwrap();
+        let d = s.dangling_intents().unwrap();
+        assert_eq!(d.len(), 1, "{}", b.name);
+        assert_eq!(d[0].fingerprint, "b", "{}", b.name);
+        let all = s.history(None, 100).unwrap();
+        assert_eq!(all.len(), 3, "{}", b.name);
+        assert_eq!(all[0].detail, "it's 'quoted' ?1", "{}", b.name);
+        assert_eq!(all[0].commit.as_deref(), Some("abc"));
+        let last = s.history(None, 2).unwrap();
+        assert_eq!(
+            last.iter()
+                .map(|e| e.fingerprint.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"],
+            "the newest, oldest first ({})",
+            b.name
+        );
+        assert_eq!(
+            s.outcomes_since(Utc::now() - Duration::hours(1))
+                .unwrap()
+                .len(),
+            1
+        );
+        s.record_corrections(&k, &["spec.mode", "spec.content"])
+            .unwrap();
+        let c = s
+            .corrections_since(Utc::now() - Duration::hours(1))
+            .unwrap();
+        assert_eq!(c.len(), 2, "{}", b.name);
+        s.finish_run(run, tend::state::RunStatus::Ok).unwrap();
+    }
+}
+
+/// A row that cannot be read back is an error naming the column and the
+/// value, never a row silently dropped or a default made up.
+#[test]
+fn an_unreadable_row_is_an_error_naming_column_and_value() {
+    for b in backends() {
+        let s = b.store.as_ref();
+        let k = key("a");
+        let run = begin(s);
+        s.intent(&rec(run, "a", &k)).unwrap();
+        (b.raw)("UPDATE journal SET action = 'teleport'");
+        let err = s.history(None, 10).unwrap_err().to_string();
+        assert!(
+            err.contains("`action`") && err.contains("`teleport`"),
+            "{}: {err}",
+            b.name
+        );
+        (b.raw)("UPDATE journal SET action = 'update', at = 'yesterday'");
+        let err = s.history(None, 10).unwrap_err().to_string();
+        assert!(err.contains("`at`") && err.contains("`yesterday`"), "{err}");
+    }
+}
+
+fn step(outcome: StepOutcome, step: Option<u32>) -> IncidentStep {
+    let now = Utc::now();
+    IncidentStep {
+        step,
+        action: Some(StepAction::Restart),
+        decision: Some(tend::Decision::Auto),
+        outcome,
+        detail: "restarted".into(),
+        started_at: now,
+        finished_at: now,
+        duration_ms: 0,
+    }
+}
+
+#[test]
+fn incidents_steps_and_statistics_round_trip() {
+    for b in backends() {
+        let s = b.store.as_ref();
+        let k = key("web");
+        let now = Utc::now();
+        let id = s
+            .open_incident(&NewIncident {
+                key: &k,
+                cause: "crashloop",
+                signature: Some("crashloop"),
+                why: Some("it restarts"),
+                runbook: Some("restart"),
+                severity: Severity::Critical,
+                symptoms: serde_json::json!({"up": 0}),
+                change: None,
+                onset: now - Duration::seconds(5),
+                detected: now,
+            })
+            .unwrap();
+        s.add_step(id, &step(StepOutcome::Running, Some(0)))
+            .unwrap();
+        assert_eq!(s.running_steps().unwrap().len(), 1, "{}", b.name);
+        assert!(s
+            .update_last_step(
+                id,
+                StepOutcome::Running,
+                &step(StepOutcome::Verified, Some(0))
+            )
+            .unwrap());
+        assert!(
+            !s.update_last_step(
+                id,
+                StepOutcome::Running,
+                &step(StepOutcome::Failed, Some(0))
+            )
+            .unwrap(),
+            "only a running step is settled ({})",
+            b.name
+        );
+        let open = s.active_incident(&k).unwrap().unwrap();
+        assert_eq!(open.steps.len(), 1);
+        assert_eq!(open.steps[0].outcome, StepOutcome::Verified);
+        assert_eq!(open.symptoms, serde_json::json!({"up": 0}));
+        assert_eq!(open.time_to_detect_ms, 5000, "{}", b.name);
+        s.update_incident(
+            id,
+            &IncidentUpdate {
+                status: IncidentStatus::Resolved,
+                next_step: 1,
+                state: "healthy",
+                recommendation: "",
+                diagnosis: None,
+            },
+        )
+        .unwrap();
+        assert!(s.active_incident(&k).unwrap().is_none());
+        let i = s.incident(id).unwrap().unwrap();
+        assert_eq!(i.status, IncidentStatus::Resolved);
+        assert!(i.resolved_at.is_some());
+        assert_eq!(s.incidents(true, 10).unwrap().len(), 1);
+        assert_eq!(s.incidents(false, 10).unwrap().len(), 0);
+        assert_eq!(
+            s.incidents_of(&k, now - Duration::hours(1)).unwrap().len(),
+            1
+        );
+        for success in [false, false, true, false] {
+            s.record_step_result(&tend::state::StepResult {
+                cause: "crashloop",
+                runbook: "restart",
+                step: 0,
+                action: StepAction::Restart,
+                success,
+            })
+            .unwrap();
+        }
+        let stats = s.remediation_stats().unwrap();
+        assert_eq!(
+            (
+                stats[0].successes,
+                stats[0].failures,
+                stats[0].consecutive_failures
+            ),
+            (1, 3, 1),
+            "{}",
+            b.name
+        );
+        assert_eq!(
+            s.consecutive_failures("crashloop", "restart", 0).unwrap(),
+            1
+        );
+        s.remember(
+            &k,
+            &[SignalRow {
+                signal: "up".into(),
+                status: Status::Unhealthy,
+                since: now,
+                last_healthy: None,
+                value: Some(0.5),
+                detail: "down".into(),
+            }],
+        )
+        .unwrap();
+        s.remember(
+            &k,
+            &[SignalRow {
+                signal: "up".into(),
+                status: Status::Healthy,
+                since: now,
+                last_healthy: Some(now),
+                value: None,
+                detail: "up".into(),
+            }],
+        )
+        .unwrap();
+        let r = s.remembered(&k).unwrap();
+        assert_eq!(r["up"].status, Status::Healthy, "{}", b.name);
+    }
+}
+
+#[test]
+fn changes_pauses_proposals_and_last_good_round_trip() {
+    for b in backends() {
+        let s = b.store.as_ref();
+        let k = key("cfg");
+        let now = Utc::now();
+        let good = LastGood {
+            commit: Some("c1".into()),
+            spec: serde_json::json!({"content": "a"}),
+        };
+        s.set_last_good(&k, good.commit.as_deref(), &good.spec)
+            .unwrap();
+        s.set_last_good(&k, Some("c2"), &good.spec).unwrap();
+        assert_eq!(
+            s.last_good(&k).unwrap().unwrap().commit.as_deref(),
+            Some("c2")
+        );
+        let id = s
+            .record_change(&NewChange {
+                key: &k,
+                digest: "d",
+                commit: Some("c3"),
+                fields: serde_json::json!(["spec.content"]),
+                applied_at: now,
+                until: now + Duration::minutes(5),
+                wave: Some(1),
+                good: Some(&good),
+            })
+            .unwrap();
+        s.settle_change(
+            id,
+            &ChangeVerdict {
+                status: ChangeStatus::Failed,
+                cause: Some("regressed"),
+                incident: None,
+                rolled_back: true,
+            },
+        )
+        .unwrap();
+        s.settle_change(
+            id,
+            &ChangeVerdict {
+                status: ChangeStatus::Failed,
+                cause: None,
+                incident: Some(7),
+                rolled_back: false,
+            },
+        )
+        .unwrap();
+        let c = &s.changes(now - Duration::hours(1)).unwrap()[0];
+        assert_eq!(c.status, ChangeStatus::Failed);
+        assert!(c.rolled_back, "a rollback stays recorded ({})", b.name);
+        assert_eq!(c.cause.as_deref(), Some("regressed"));
+        assert_eq!((c.incident, c.wave), (Some(7), Some(1)));
+        assert_eq!(c.good.as_ref().unwrap().commit.as_deref(), Some("c1"));
+        let p = s
+            .pause(&NewPause {
+                selector: "tier=web",
+                reason: "incident",
+                who: "alice",
+                until: None,
+            })
+            .unwrap();
+        assert_eq!(s.pauses(now).unwrap()[0].id, p);
+        assert_eq!(s.resume(None, Utc::now()).unwrap().len(), 1);
+        assert!(s.pauses(Utc::now()).unwrap().is_empty(), "{}", b.name);
+        let row = |name: &str, state| ProposalRow {
+            key: key(name),
+            fingerprint: "f".into(),
+            number: Some(3),
+            url: None,
+            state,
+            updated_at: now,
+            head: Some("tend/x".into()),
+        };
+        s.save_proposals(&[
+            row("a", ProposalState::Open),
+            row("b", ProposalState::Waiting),
+        ])
+        .unwrap();
+        s.save_proposals(&[row("b", ProposalState::Declined)])
+            .unwrap();
+        let saved = s.proposals().unwrap();
+        assert_eq!(saved.len(), 1, "{}", b.name);
+        assert_eq!(saved[0].state, ProposalState::Declined);
+        assert_eq!(saved[0].head.as_deref(), Some("tend/x"));
+        let shadow = tend::state::ShadowRow {
+            signature: "sig".into(),
+            key: k.clone(),
+            cause: "c".into(),
+            step: StepAction::Restart,
+            started_at: now,
+            ended_at: None,
+            on_its_own: None,
+        };
+        s.shadow_match(&shadow).unwrap();
+        s.shadow_match(&shadow).unwrap();
+        s.shadow_end("sig", &k, now, true).unwrap();
+        let m = s.shadow_matches().unwrap();
+        assert_eq!(m.len(), 1, "one match while it lasts ({})", b.name);
+        assert_eq!(m[0].on_its_own, Some(true));
+    }
+}
+
+#[test]
+fn samples_are_kept_per_series_capped_and_aged_out() {
+    for b in backends() {
+        let s = b.store.as_ref();
+        let now = Utc::now();
+        let row = |signal: &str, secs_ago: i64, value: f64| SampleRow {
+            key: key("a"),
+            signal: signal.into(),
+            at: now - Duration::seconds(secs_ago),
+            value,
+        };
+        let mut rows: Vec<SampleRow> = (0..MAX_SAMPLES as i64 + 10)
+            .map(|i| row("disk", i, i as f64))
+            .collect();
+        // Older than the days kept, of a series not written again.
+        rows.push(row("gone", (SAMPLE_DAYS + 1) * 86_400, 1.0));
+        rows.push(row("nan", 5, f64::NAN));
+        s.add_samples(&rows).unwrap();
+        let since = now - Duration::days(SAMPLE_DAYS + 2);
+        let disk = s.samples(&key("a"), "disk", since).unwrap();
+        assert_eq!(disk.len(), MAX_SAMPLES, "capped to the newest ({})", b.name);
+        assert_eq!(disk.last().unwrap().1, 0.0, "oldest first, newest last");
+        assert_eq!(disk[0].1, (MAX_SAMPLES - 1) as f64);
+        assert!(s.samples(&key("a"), "gone", since).unwrap().is_empty());
+        assert!(s.samples(&key("a"), "nan", since).unwrap().is_empty());
+        let recent = s
+            .samples(&key("a"), "disk", now - Duration::seconds(9))
+            .unwrap();
+        assert_eq!(recent.len(), 10, "{}", b.name);
+    }
+}
+
+/// On the shared store the run lock is per node: a second process of the
+/// same node is refused while the first lives, and a process whose
+/// connection ended (it died) leaves the lock to the next.
+#[test]
+fn the_shared_run_lock_is_per_node_and_ends_with_its_holder() {
+    let db = pg::database();
+    let open = |node: &str| {
+        let t = Target::parse(&db.url_with_password(), UrlSource::Environment, None, node).unwrap();
+        tend::state::open(std::path::Path::new("/nonexistent"), Some(&t)).unwrap()
+    };
+    let first = open("n1");
+    first.lock("tend watch").unwrap();
+    let same_node = open("n1");
+    match same_node.lock("tend apply") {
+        Err(StateError::Locked { command, path, .. }) => {
+            assert_eq!(command, "tend watch");
+            assert!(
+                path.contains("node n1") && !path.contains(pg::PASSWORD),
+                "{path}"
+            );
+        }
+        other => panic!("expected the lock to be held: {other:?}"),
+    }
+    open("n2").lock("tend watch").unwrap();
+    drop(first);
+    same_node.lock("tend apply").unwrap();
+    same_node.unlock().unwrap();
+}
+
+/// A database written by a newer tend is refused, never half-understood;
+/// a URL that is not PostgreSQL's is a clear error.
+#[test]
+fn a_newer_schema_and_a_bad_url_are_refused() {
+    let db = pg::database();
+    let t = Target::parse(&db.url_with_password(), UrlSource::Environment, None, "n").unwrap();
+    drop(tend::state::open(std::path::Path::new("/nonexistent"), Some(&t)).unwrap());
+    db.sql("UPDATE meta SET value = '99' WHERE name = 'schema_version'");
+    let err = tend::state::open(std::path::Path::new("/nonexistent"), Some(&t))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("schema version 99"), "{err}");
+    assert!(!err.contains(pg::PASSWORD), "{err}");
+}
