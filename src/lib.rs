@@ -35,6 +35,7 @@ mod actions;
 pub mod cli;
 mod controller;
 mod diff;
+mod fleet;
 mod heal;
 mod health;
 mod metrics;

@@ -71,6 +71,10 @@ pub struct Metrics {
     provider_throttled: Family<ProviderLabels, Counter>,
     policy_evaluations: Counter,
     policy_seconds: Counter<f64, AtomicU64>,
+    fleet_members: Gauge,
+    fleet_leases: Gauge,
+    fleet_publisher: Gauge,
+    fleet_failed_rounds: Counter,
     /// Incidents whose times were observed already.
     seen: Mutex<HashSet<i64>>,
 }
@@ -100,6 +104,10 @@ impl Metrics {
             provider_throttled: Family::default(),
             policy_evaluations: Counter::default(),
             policy_seconds: Counter::default(),
+            fleet_members: Gauge::default(),
+            fleet_leases: Gauge::default(),
+            fleet_publisher: Gauge::default(),
+            fleet_failed_rounds: Counter::default(),
             seen: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
@@ -174,6 +182,26 @@ impl Metrics {
             m.policy_seconds.clone(),
         );
         registry.register(
+            "fleet_members",
+            "Live members of the fleet this watcher belongs to, itself included (0 outside a fleet)",
+            m.fleet_members.clone(),
+        );
+        registry.register(
+            "fleet_leases",
+            "Leases this member holds: shared resources, and the publisher's role",
+            m.fleet_leases.clone(),
+        );
+        registry.register(
+            "fleet_publisher",
+            "1 while this member is the fleet's publisher",
+            m.fleet_publisher.clone(),
+        );
+        registry.register(
+            "fleet_failed_rounds",
+            "Heartbeat and lease rounds that failed (the member acts on no shared resource until one succeeds)",
+            m.fleet_failed_rounds.clone(),
+        );
+        registry.register(
             "source_info",
             "The desired state in use: its origin and commit",
             m.source.clone(),
@@ -206,6 +234,12 @@ impl Metrics {
             &self.policy_evaluations,
             crate::policy::EVALUATIONS.load(Ordering::Relaxed) as u64,
         );
+        if let Some(f) = crate::fleet::seen() {
+            self.fleet_members.set(f.members as i64);
+            self.fleet_leases.set(f.leases as i64);
+            self.fleet_publisher.set(i64::from(f.publisher));
+            up(&self.fleet_failed_rounds, f.failed_rounds);
+        }
         let secs = crate::policy::EVALUATION_NANOS.load(Ordering::Relaxed) as f64 / 1e9;
         let delta = secs - self.policy_seconds.get();
         if delta > 0.0 {

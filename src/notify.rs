@@ -387,6 +387,7 @@ mod tests {
             recommendation: String::new(),
             time_to_detect_ms: 0,
             time_to_recover_ms: None,
+            node: None,
             steps: Vec::new(),
         }
     }

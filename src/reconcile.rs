@@ -153,7 +153,10 @@ pub fn shared_state(
         .map(std::path::Path::new);
     let target = match (&opts.state_url, &settings.state) {
         (Some((url, source)), _) => Target::parse(url, *source, password_file, &opts.node)?,
-        (None, Some(s)) => Target::parse(&s.url, UrlSource::Settings, password_file, &opts.node)?,
+        (None, Some(s)) => match &s.url {
+            Some(url) => Target::parse(url, UrlSource::Settings, password_file, &opts.node)?,
+            None => return Ok(None),
+        },
         (None, None) => return Ok(None),
     };
     Ok(Some(Arc::new(target)))
@@ -354,21 +357,42 @@ pub struct Planned {
 
 /// Inventories, diffs, reads health and plans, undecided. Reads the state
 /// store (signal history, incidents) but never writes it.
+/// Who a pass is for: a plan shows every resource; a member of a fleet
+/// acts only on its own (its node's, and the shared ones it holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acting {
+    Plan,
+    Act,
+}
+
 async fn survey(
     prepared: &Prepared,
     desired: &DesiredState,
     opts: &Options,
     store: Option<&dyn Store>,
-    scope: Scope,
+    (scope, acting): (Scope, Acting),
     under_way: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<Planned, PassError> {
     let (loaded, rt) = (&prepared.loaded, &prepared.runtime);
+    let member = store.filter(|s| acting == Acting::Act && s.fleet().is_some());
+    let owned_only: Vec<Resource>;
+    let declared = match member {
+        Some(s) => {
+            owned_only = desired
+                .resources
+                .iter()
+                .filter(|r| crate::fleet::owns(s, &r.key))
+                .cloned()
+                .collect();
+            &owned_only
+        }
+        None => &desired.resources,
+    };
     let healing_only: Vec<Resource>;
     let resources: &[Resource] = match scope {
-        Scope::Full => &desired.resources,
+        Scope::Full => declared,
         Scope::Healing => {
-            healing_only = desired
-                .resources
+            healing_only = declared
                 .iter()
                 .filter(|r| health_stage::watched(r, &desired.signatures))
                 .cloned()
@@ -379,12 +403,27 @@ async fn survey(
     let status = resources
         .iter()
         .any(|r| health_stage::watched(r, &desired.signatures));
-    let mut live = rt
-        .providers
-        .inventory(resources, Listing::Everything { status })
-        .await?;
+    let listing = match member {
+        Some(s) if !crate::fleet::publishes(s) => Listing::Mine { status },
+        _ => Listing::Everything { status },
+    };
+    let mut live = rt.providers.inventory(resources, listing).await?;
     if opts.untrusted {
         conceal_live(resources, &mut live);
+    }
+    if let Some(s) = member {
+        // Another member's shared resources are not this pass's to read,
+        // and what nobody declared is the publisher's to report.
+        let all = desired.index();
+        let publishes = crate::fleet::publishes(s);
+        live.retain(|k, _| {
+            !crate::fleet::shared(k)
+                || if all.contains_key(k) {
+                    crate::fleet::owns(s, k)
+                } else {
+                    publishes
+                }
+        });
     }
     let prune = scope == Scope::Full && desired.settings.prune.enabled;
     let diff = diff::diff(resources, &live, DiffOptions { prune });
@@ -677,7 +716,15 @@ pub async fn plan(
         },
     };
     let desired = rollout::pinned(&loaded.desired, &known.holds);
-    let mut planned = survey(prepared, &desired, opts, store, Scope::Full, &|_| false).await?;
+    let mut planned = survey(
+        prepared,
+        &desired,
+        opts,
+        store,
+        (Scope::Full, Acting::Plan),
+        &|_| false,
+    )
+    .await?;
     let index = desired.index();
     let good = |k: &ResourceKey| {
         store
@@ -814,7 +861,15 @@ async fn apply_run(
     // Held resources are kept at their last good spec.
     let desired = &rollout::pinned(&loaded.desired, &known.holds);
     let facts = facts(Some(store), &desired.settings, now)?;
-    let mut planned = survey(prepared, desired, opts, Some(store), scope, &under_way).await?;
+    let mut planned = survey(
+        prepared,
+        desired,
+        opts,
+        Some(store),
+        (scope, Acting::Act),
+        &under_way,
+    )
+    .await?;
     // The samples forecasts and baselines learn from (numbers only): a
     // failure to keep them costs history, never the pass.
     if let Err(e) = store.add_samples(&rt.prober.history().take_unsaved()) {
@@ -874,7 +929,7 @@ async fn apply_run(
     let changed: std::collections::HashSet<ResourceKey> =
         windows.iter().map(|w| w.key.clone()).collect();
     windows.extend(rollout::resume(store, &loaded.desired, &known, &|k| {
-        controller.holds(k) || changed.contains(k)
+        controller.holds(k) || changed.contains(k) || !crate::fleet::owns(store, k)
     })?);
     let work: Vec<heal::Work> = plan
         .remedies
@@ -961,7 +1016,7 @@ fn close_dangling_intents(
     under_way: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<(), StateError> {
     for d in store.dangling_intents()? {
-        if under_way(&d.key) {
+        if under_way(&d.key) || !crate::fleet::owns(store, &d.key) {
             continue;
         }
         store.outcome(&JournalRecord {
@@ -1139,7 +1194,7 @@ fn touched_incidents(
     let mut ids: Vec<i64> = healed.iter().map(|h| h.incident).collect();
     ids.extend(recovered);
     for i in store.incidents(false, 1000)? {
-        if i.status == IncidentStatus::Escalated {
+        if i.status == IncidentStatus::Escalated && crate::fleet::owns(store, &i.key) {
             ids.push(i.id);
         }
     }

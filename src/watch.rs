@@ -99,6 +99,7 @@ pub async fn run(
         exits: Exits::new(tx),
         state: None,
         store,
+        member: None,
         current: None,
         passes: 0,
         last_full: None,
@@ -208,6 +209,9 @@ struct Watch<'a> {
     state: Option<(crate::state::Location, RunLock)>,
     /// The same store, for the listener.
     store: StoreSlot,
+    /// This watcher as a member of the fleet sharing that store, if one
+    /// does.
+    member: Option<crate::fleet::Member>,
     /// The last valid desired state, prepared.
     current: Option<Prepared>,
     passes: u64,
@@ -267,6 +271,16 @@ impl Watch<'_> {
         };
         let store = locked_store(&mut self.state, prepared)?;
         *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&store));
+        let desired = &prepared.loaded().desired;
+        let keys: Vec<_> = desired.resources.iter().map(|r| r.key.clone()).collect();
+        match &self.member {
+            Some(m) if m.of(&store) => m.set_resources(&keys),
+            _ => {
+                self.member = None;
+                self.member =
+                    crate::fleet::Member::join(&store, &keys, desired.settings.lease()).await;
+            }
+        }
         start_controller(&mut self.controller, &self.runner, &self.stop, prepared);
         let (command, scope) = if full && !broken {
             ("tend watch", Scope::Full)
@@ -312,8 +326,21 @@ impl Watch<'_> {
             wait = wait.min(at.saturating_duration_since(Instant::now()));
         }
         let until = tokio::time::Instant::now() + wait;
+        let gained = self.member.as_ref().map(crate::fleet::Member::gained);
+        let took_over = async {
+            match &gained {
+                Some(g) => g.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(took_over);
         loop {
             tokio::select! {
+                _ = &mut took_over => {
+                    info!("This member took over shared resources; reconciling them now.");
+                    self.force_full = true;
+                    return;
+                }
                 _ = tokio::time::sleep_until(until) => {
                     // A backoff or a pause ended: every resource it held
                     // back is reconciled, watched or not.

@@ -16,12 +16,17 @@ pub struct Args {
     /// Overrides the mode in Settings for this run.
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+    /// This member's node name in a fleet (also TEND_NODE). Default: the
+    /// host name.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     #[arg(long, value_enum, default_value_t = FormatArg::Human)]
     format: FormatArg,
 }
 
 pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
-    let opts = global.options(args.mode);
+    let mut opts = global.options(args.mode);
+    opts.node = super::member_node(args.node.as_deref());
     let source = args.source.source();
     let loaded = reconcile::load(&source, &opts)?;
     // A review that cannot publish fails before anything changes.
@@ -33,6 +38,15 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         crate::state::open(&loaded.state_dir, loaded.shared.as_deref())?.into();
     // Held until this returns, whatever the outcome.
     let _lock = crate::state::lock(&store, "tend apply")?;
+    // In a fleet, this run is a member while it lasts: it acts on its
+    // node's resources and the shared ones it holds the leases of.
+    let keys: Vec<_> = loaded
+        .desired
+        .resources
+        .iter()
+        .map(|r| r.key.clone())
+        .collect();
+    let _member = crate::fleet::Member::join(&store, &keys, loaded.desired.settings.lease()).await;
     let sink = crate::review::GitHubSink::new(local_dir(&source));
     apply(loaded, &opts, &store, args.format, global, sink).await
 }

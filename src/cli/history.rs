@@ -12,6 +12,9 @@ pub struct Args {
     /// At most this many entries (the newest).
     #[arg(long, default_value_t = 200)]
     limit: usize,
+    /// Only what this node of a fleet wrote.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
     format: HistoryFormat,
 }
@@ -19,7 +22,7 @@ pub struct Args {
 pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     let state = global.existing_store("journal")?;
     let since = args.since.as_deref().map(parse_since).transpose()?;
-    let entries = state.history(since, args.limit)?;
+    let entries = state.history(since, args.limit, args.node.as_deref())?;
     print(&match args.format {
         HistoryFormat::Human => report::render_history(&entries),
         HistoryFormat::Json => format!("{:#}\n", report::history_json(&entries)),

@@ -14,6 +14,10 @@ pub struct Args {
     /// At most this many (the newest).
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Only this node's incidents (and those of the resources a fleet
+    /// shares).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     #[arg(long, value_enum, default_value_t = HistoryFormat::Human)]
     format: HistoryFormat,
 }
@@ -40,7 +44,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     let color = global.color;
     let text = match args.command {
         None => {
-            let list = state.incidents(args.all, args.limit)?;
+            let list = state.fleet_incidents(args.all, args.limit, args.node.as_deref())?;
             match args.format {
                 HistoryFormat::Human => report::render_incidents(&list, color),
                 HistoryFormat::Json => format!("{:#}\n", report::incidents_json(&list)),

@@ -9,6 +9,7 @@
 
 mod adopt;
 mod apply;
+mod fleet;
 mod history;
 mod incidents;
 mod pause;
@@ -60,10 +61,6 @@ struct Cli {
     /// in the state directory.
     #[arg(long, global = true, value_name = "URL")]
     state: Option<String>,
-
-    /// This member's node name in a fleet. Default: the host name.
-    #[arg(long, global = true, env = "TEND_NODE", value_name = "NAME")]
-    node: Option<String>,
 
     /// When to colour output.
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
@@ -156,6 +153,9 @@ enum Command {
     Incidents(incidents::Args),
     /// Print the journal of intents and outcomes.
     History(history::Args),
+    /// A fleet of watchers on one shared state database: `tend fleet
+    /// status` shows its members, leases and open incidents per node.
+    Fleet(fleet::Args),
     /// Pull requests and issues tend opened for a human: the open
     /// proposals, and the log of every GitHub operation.
     Review(review::Args),
@@ -340,6 +340,15 @@ fn print(text: &str) -> anyhow::Result<()> {
     Ok(crate::publish::write_stdout(text)?)
 }
 
+/// This member's node name in a fleet: `--node`, else TEND_NODE, else
+/// the host name.
+fn member_node(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| std::env::var("TEND_NODE").ok())
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(crate::state::hostname)
+}
+
 /// What every command gets besides its own arguments: the global flags,
 /// resolved.
 struct Global {
@@ -402,10 +411,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
     let global = Global {
         state_dir: cli.state_dir,
         state_url,
-        node: cli
-            .node
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(crate::state::hostname),
+        node: member_node(None),
         color,
         in_actions: crate::actions::detected(cli.github),
     };
@@ -416,6 +422,7 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         Command::Watch(args) => watch::run(args, &global).await,
         Command::Incidents(args) => incidents::run(args, &global),
         Command::History(args) => history::run(args, &global),
+        Command::Fleet(args) => fleet::run(args, &global),
         Command::Review(args) => review::run(args, &global),
         Command::Adopt(args) => adopt::run(args, &global).await,
         Command::Release(args) => release::run(args, &global),

@@ -25,6 +25,10 @@ pub struct Args {
     /// Overrides the mode in Settings.
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+    /// This member's node name in a fleet (also TEND_NODE). Default: the
+    /// host name.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// Serve GET /metrics (tend's own metrics), /healthz and /readyz on
     /// this address (e.g. 127.0.0.1:9464). Off unless given.
     #[arg(long, value_name = "ADDR")]
@@ -43,6 +47,7 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         jitter,
         max_passes,
         mode,
+        node,
         listen,
         format,
     } = args;
@@ -67,6 +72,8 @@ pub async fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         })
         .with(crate::review::GitHubSink::new(local_dir(&source)))
         .with(crate::notify::NotifySink::default());
-    crate::watch::run(&source, &global.options(mode), &wo, publisher).await?;
+    let mut opts = global.options(mode);
+    opts.node = super::member_node(node.as_deref());
+    crate::watch::run(&source, &opts, &wo, publisher).await?;
     Ok(0)
 }

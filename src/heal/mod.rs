@@ -885,7 +885,7 @@ pub fn close_running_steps(
     under_way: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<(), StateError> {
     for (incident, step) in store.running_steps()? {
-        if under_way(&incident.key) {
+        if under_way(&incident.key) || !crate::fleet::owns(store, &incident.key) {
             continue;
         }
         let ended = IncidentStep {

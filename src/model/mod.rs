@@ -649,11 +649,30 @@ pub struct HostSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SharedState {
-    /// `postgres://USER@HOST:PORT/DATABASE`, without a password.
-    pub url: String,
+    /// `postgres://USER@HOST:PORT/DATABASE`, without a password (also
+    /// `--state` or TEND_STATE_URL, which take precedence).
+    #[serde(default)]
+    pub url: Option<String>,
     /// A file holding the password, on the member's own disk.
     #[serde(default)]
     pub password_file: Option<String>,
+    /// How long a member's lease on a shared resource lasts unless
+    /// renewed: a dead member's resources are taken over after it.
+    #[serde(default = "default_lease")]
+    pub lease: Span,
+}
+
+fn default_lease() -> Span {
+    Span(std::time::Duration::from_secs(15))
+}
+
+impl Settings {
+    /// How long a lease on a shared resource lasts (`spec.state.lease`).
+    pub fn lease(&self) -> std::time::Duration {
+        self.state
+            .as_ref()
+            .map_or_else(|| default_lease().0, |s| s.lease.0)
+    }
 }
 
 fn default_providers() -> Vec<ProviderName> {

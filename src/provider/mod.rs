@@ -53,6 +53,10 @@ pub enum Listing {
     /// Only the kinds of the given resources, with their status: a
     /// re-read while a fix is verified.
     Declared,
+    /// Only the given resources, status checks as for `Everything`: a
+    /// member of a fleet reads what it owns, and leaves what nobody
+    /// declared to the publisher.
+    Mine { status: bool },
 }
 
 /// What an applied action did, for the journal.
@@ -189,15 +193,17 @@ impl Providers {
             })
             .collect();
         let futures = per_provider.iter().map(|(mine, p)| async move {
-            let only_declared = listing == Listing::Declared;
+            let only_declared = !matches!(listing, Listing::Everything { .. });
+            let declared_kinds = || {
+                let mut kinds: Vec<Kind> = mine.iter().map(|r| r.key.kind).collect();
+                kinds.sort();
+                kinds.dedup();
+                kinds
+            };
             let (kinds, status) = match listing {
                 Listing::Everything { status } => (p.kinds().to_vec(), status),
-                Listing::Declared => {
-                    let mut kinds: Vec<Kind> = mine.iter().map(|r| r.key.kind).collect();
-                    kinds.sort();
-                    kinds.dedup();
-                    (kinds, true)
-                }
+                Listing::Declared => (declared_kinds(), true),
+                Listing::Mine { status } => (declared_kinds(), status),
             };
             if kinds.is_empty() {
                 return Ok(Vec::new());

@@ -234,9 +234,14 @@ pub fn render_history(entries: &[JournalEntry]) -> String {
         } else {
             format!("  {}", e.detail)
         };
+        let node = e
+            .node
+            .as_deref()
+            .map(|n| format!("{n}  "))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{}  run {:<4} {what} {} {}/{}{commit}  [{}]{detail}",
+            "{}  {node}run {:<4} {what} {} {}/{}{commit}  [{}]{detail}",
             crate::state::ts(e.at),
             e.run_id,
             e.action,

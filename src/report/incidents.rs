@@ -163,9 +163,13 @@ pub fn render_incidents(list: &[Incident], color: bool) -> String {
     for i in list {
         let _ = writeln!(
             out,
-            "#{:<5} {:<9} {}/{}  {}  detected {}{}",
+            "#{:<5} {:<9} {}{}/{}  {}  detected {}{}",
             i.id,
             i.status.as_str(),
+            i.node
+                .as_deref()
+                .map(|n| format!("{n}: "))
+                .unwrap_or_default(),
             i.key.kind,
             i.key.name,
             i.cause,

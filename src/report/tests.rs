@@ -215,6 +215,7 @@ fn escalated_incident() -> crate::state::Incident {
         recommendation: "a human should investigate memory leak on host.Process/web".into(),
         time_to_detect_ms: 14000,
         time_to_recover_ms: None,
+        node: None,
         steps: vec![
             step(
                 0,

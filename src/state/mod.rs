@@ -68,6 +68,8 @@ pub enum StateError {
     Backend(BackendError),
     #[error("{0}")]
     Url(String),
+    #[error("node {node} does not hold the lease of {key} (another member of the fleet acts on it now); nothing was done")]
+    Fenced { key: String, node: String },
     #[error("another tend process holds the state lock at {path}: pid {pid} on {host}, running `{command}` since {since}")]
     Locked {
         path: String,
@@ -78,8 +80,75 @@ pub enum StateError {
     },
 }
 
+/// What a store a fleet of watchers shares adds: members, and the leases
+/// of the shared resources (one holder, an epoch, an expiry, all in the
+/// database's clock).
+pub trait Fleet: Send + Sync {
+    /// This member's node name.
+    fn node(&self) -> &str;
+    /// Records this member alive; the members whose last heartbeat is
+    /// younger than `lease` (this one included).
+    fn heartbeat(&self, lease: std::time::Duration) -> Result<Vec<Member>, StateError>;
+    /// Every member known, live or not, with the leases each holds.
+    fn members(&self, lease: std::time::Duration) -> Result<Vec<Member>, StateError>;
+    /// Takes or renews the leases of `wanted` (`kind/name`) for `lease`,
+    /// gives up the others this member holds; the keys it now holds. A
+    /// lease another member holds is taken only once it expired, with a
+    /// new epoch.
+    fn hold(
+        &self,
+        wanted: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<String>, StateError>;
+    /// The keys this member held at its last successful round, while
+    /// that round is younger than two thirds of its lease (a member that
+    /// cannot renew stops acting before its leases can expire).
+    fn owned(&self) -> std::collections::HashSet<String>;
+    /// Every lease, live or expired.
+    fn leases(&self) -> Result<Vec<Lease>, StateError>;
+    /// Gives up this member's leases and leaves the members (a clean stop:
+    /// the others take over at once instead of after the lease).
+    fn leave(&self) -> Result<(), StateError>;
+}
+
+/// One member of a fleet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub node: String,
+    pub host: String,
+    pub pid: i64,
+    pub version: String,
+    #[serde(with = "time_text")]
+    pub started_at: DateTime<Utc>,
+    #[serde(with = "time_text")]
+    pub heartbeat_at: DateTime<Utc>,
+    /// Its last heartbeat is younger than the lease.
+    pub live: bool,
+    /// The unexpired leases it holds.
+    pub leases: i64,
+}
+
+/// One lease on a shared resource (or on the publisher's role).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// `kind/name`.
+    pub key: String,
+    pub holder: String,
+    pub epoch: i64,
+    #[serde(with = "time_text")]
+    pub expires_at: DateTime<Utc>,
+    pub live: bool,
+}
+
 /// The state store every stage talks to.
 pub trait Store: Send + Sync {
+    /// The fleet this store is shared by, if it is.
+    fn fleet(&self) -> Option<&dyn Fleet> {
+        None
+    }
+
     /// Takes the run lock, or reports who holds it. A lock left by a
     /// process that no longer exists on this host is taken over.
     fn lock(&self, command: &str) -> Result<(), StateError>;
@@ -91,11 +160,12 @@ pub trait Store: Send + Sync {
     /// Appends one journal line.
     fn journal(&self, phase: JournalPhase, r: &JournalRecord<'_>) -> Result<i64, StateError>;
     /// Journal lines at or after `since`, oldest first, at most `limit`
-    /// (the newest).
+    /// (the newest), of the whole fleet or of one `node`.
     fn history(
         &self,
         since: Option<DateTime<Utc>>,
         limit: usize,
+        node: Option<&str>,
     ) -> Result<Vec<JournalEntry>, StateError>;
     /// Outcomes (synced, failed) at or after `since`, oldest first.
     fn outcomes_since(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError>;
@@ -133,8 +203,17 @@ pub trait Store: Send + Sync {
     /// Moves an incident along.
     fn update_incident(&self, id: i64, u: &IncidentUpdate<'_>) -> Result<(), StateError>;
     fn incident(&self, id: i64) -> Result<Option<Incident>, StateError>;
-    /// Incidents, newest first; only unresolved ones unless `all`.
+    /// Incidents of this node and the shared resources, newest first;
+    /// only unresolved ones unless `all`.
     fn incidents(&self, all: bool, limit: usize) -> Result<Vec<Incident>, StateError>;
+    /// The newest incidents of the whole fleet (`node`: of that node and
+    /// the shared resources only), newest first.
+    fn fleet_incidents(
+        &self,
+        all: bool,
+        limit: usize,
+        node: Option<&str>,
+    ) -> Result<Vec<Incident>, StateError>;
     /// A resource's incidents detected at or after `since`, oldest first.
     fn incidents_of(
         &self,
@@ -277,6 +356,17 @@ pub fn open_existing(
 /// the fleet keeps one (then the directory holds only local records).
 pub type Location = (std::path::PathBuf, Option<Arc<Target>>);
 
+/// Whether a fleet shares `key` (a cloud resource) rather than one node
+/// owning it (a `host.*` resource, which belongs to the node it runs on).
+pub fn shared(key: &ResourceKey) -> bool {
+    key.kind.provider() != Some(crate::model::ProviderName::Host)
+}
+
+/// The key of a shared resource's lease: `kind/name`.
+pub fn lease_key(key: &ResourceKey) -> String {
+    format!("{}/{}", key.kind.as_str(), key.name)
+}
+
 /// This host's name (the default node name of a member).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -359,6 +449,9 @@ pub struct JournalEntry {
     pub commit: Option<String>,
     pub outcome: Option<JournalOutcome>,
     pub detail: String,
+    /// The node that wrote it, in a fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What one journal write describes.
@@ -530,6 +623,9 @@ pub struct Incident {
     pub recommendation: String,
     pub time_to_detect_ms: i64,
     pub time_to_recover_ms: Option<i64>,
+    /// The node whose resource it is, in a fleet (none for a shared one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub steps: Vec<IncidentStep>,
 }
 

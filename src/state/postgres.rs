@@ -9,25 +9,27 @@
 //! runtime thread, so statements run on a scoped thread of their own there
 //! (the calling task waits, as it does on SQLite).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::config::Host;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, GenericClient, NoTls, Statement};
 
-use super::sql::{fingerprint_key, vals, Conn, Db, Row, Val, Work, SCHEMA};
+use super::sql::{fingerprint_key, vals, with, Conn, Db, Row, Val, Work, SCHEMA};
 use super::sql_store::SqlStore;
-use super::{now, BackendError, StateError};
+use super::{now, BackendError, Fleet, Lease, Member, StateError};
 
 /// The schema version this tend writes. A database at a newer version was
 /// written by a newer tend and is refused, never half-understood.
 const SCHEMA_VERSION: i64 = 1;
 
-/// Tables only the shared store keeps: the run lock of each node.
+/// Tables only the shared store keeps: the run lock of each node, the
+/// members, the leases of shared resources, and the lease epoch each
+/// intent was journaled under. Times here are the database's.
 const SHARED_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS run_locks (
     node TEXT PRIMARY KEY,
@@ -36,6 +38,26 @@ CREATE TABLE IF NOT EXISTS run_locks (
     command TEXT NOT NULL,
     since TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS members (
+    node TEXT PRIMARY KEY,
+    pid BIGINT NOT NULL,
+    host TEXT NOT NULL,
+    version TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    heartbeat_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+CREATE INDEX IF NOT EXISTS leases_holder ON leases (holder, expires_at);
+ALTER TABLE journal ADD COLUMN IF NOT EXISTS epoch BIGINT;
+CREATE INDEX IF NOT EXISTS journal_node ON journal (node, at);
+CREATE INDEX IF NOT EXISTS incidents_node ON incidents (node, status);
 ";
 
 /// Serializes schema creation and migration across members starting at
@@ -248,6 +270,15 @@ pub struct Postgres {
     /// The command holding the run lock, to take it again on a new
     /// connection (a session's advisory lock ends with the session).
     held: Mutex<Option<String>>,
+    /// The leases held at the last round: when it began, and for how long.
+    owned: Mutex<Owned>,
+}
+
+#[derive(Default)]
+struct Owned {
+    keys: HashSet<String>,
+    since: Option<Instant>,
+    lease: Duration,
 }
 
 /// Runs `f` where the driver may block: on this thread outside a runtime,
@@ -274,6 +305,7 @@ impl Postgres {
             target: target.clone(),
             session: Mutex::new(None),
             held: Mutex::new(None),
+            owned: Mutex::new(Owned::default()),
         };
         off_runtime(|| -> Result<(), StateError> {
             let mut session = pg.connect()?;
@@ -487,6 +519,175 @@ impl Db for Postgres {
             c.query(
                 "SELECT pg_advisory_unlock(hashtext('tend run ' || ?1))",
                 vals![node],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn node(&self) -> Option<&str> {
+        Some(&self.target.node)
+    }
+
+    fn fleet(&self) -> Option<&dyn Fleet> {
+        Some(self)
+    }
+}
+
+/// A database time as milliseconds since the epoch, read back as a time.
+fn millis(r: &Row, i: usize) -> Result<chrono::DateTime<chrono::Utc>, StateError> {
+    let ms = r.int(i)?;
+    chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+        StateError::Backend(BackendError::new(std::io::Error::other(format!(
+            "{ms} ms is no time"
+        ))))
+    })
+}
+
+const MEMBERS: &str = "SELECT m.node, m.host, m.pid, m.version,
+        CAST(extract(epoch FROM m.started_at) * 1000 AS BIGINT),
+        CAST(extract(epoch FROM m.heartbeat_at) * 1000 AS BIGINT),
+        CAST(m.heartbeat_at > clock_timestamp() - ?1 * interval '1 millisecond' AS INTEGER),
+        (SELECT count(*) FROM leases l WHERE l.holder = m.node AND l.expires_at > clock_timestamp())
+    FROM members m";
+
+fn member(r: &Row) -> Result<Member, StateError> {
+    Ok(Member {
+        node: r.text(0)?,
+        host: r.text(1)?,
+        pid: r.int(2)?,
+        version: r.text(3)?,
+        started_at: millis(r, 4)?,
+        heartbeat_at: millis(r, 5)?,
+        live: r.int(6)? != 0,
+        leases: r.int(7)?,
+    })
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Fleet for Postgres {
+    fn node(&self) -> &str {
+        &self.target.node
+    }
+
+    fn heartbeat(&self, lease: Duration) -> Result<Vec<Member>, StateError> {
+        let node = self.target.node.as_str();
+        with(self, false, |c| {
+            c.execute(
+                "INSERT INTO members (node, pid, host, version, started_at, heartbeat_at)
+                 VALUES (?1, ?2, ?3, ?4, clock_timestamp(), clock_timestamp())
+                 ON CONFLICT (node) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                   started_at = CASE WHEN members.pid = excluded.pid AND members.host = excluded.host
+                                     THEN members.started_at ELSE excluded.started_at END,
+                   pid = excluded.pid, host = excluded.host, version = excluded.version",
+                vals![
+                    node,
+                    i64::from(std::process::id()),
+                    super::hostname(),
+                    env!("CARGO_PKG_VERSION")
+                ],
+            )?;
+            let found = c.query(
+                &format!("{MEMBERS} WHERE m.heartbeat_at > clock_timestamp() - ?1 * interval '1 millisecond' ORDER BY m.node"),
+                vals![ms(lease)],
+            )?;
+            found.iter().map(member).collect()
+        })
+    }
+
+    fn members(&self, lease: Duration) -> Result<Vec<Member>, StateError> {
+        with(self, false, |c| {
+            let found = c.query(&format!("{MEMBERS} ORDER BY m.node"), vals![ms(lease)])?;
+            found.iter().map(member).collect()
+        })
+    }
+
+    fn hold(&self, wanted: &[String], lease: Duration) -> Result<Vec<String>, StateError> {
+        let began = Instant::now();
+        let node = self.target.node.as_str();
+        let keys = wanted.join("\n");
+        let held = with(self, true, |c| {
+            c.execute(
+                "UPDATE leases SET expires_at = clock_timestamp()
+                 WHERE holder = ?1 AND expires_at > clock_timestamp()
+                   AND NOT (kind || '/' || name = ANY (string_to_array(?2, chr(10))))",
+                vals![node, keys.as_str()],
+            )?;
+            c.execute(
+                "INSERT INTO leases (kind, name, holder, epoch, expires_at)
+                 SELECT split_part(k, '/', 1), substr(k, length(split_part(k, '/', 1)) + 2), CAST(?1 AS TEXT), 1,
+                        clock_timestamp() + ?3 * interval '1 millisecond'
+                 FROM unnest(string_to_array(?2, chr(10))) AS k
+                 ON CONFLICT (kind, name) DO UPDATE SET
+                   epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > clock_timestamp()
+                                THEN leases.epoch ELSE leases.epoch + 1 END,
+                   holder = excluded.holder,
+                   expires_at = excluded.expires_at
+                 WHERE leases.holder = excluded.holder OR leases.expires_at <= clock_timestamp()",
+                vals![node, keys.as_str(), ms(lease)],
+            )?;
+            let found = c.query(
+                "SELECT kind || '/' || name FROM leases WHERE holder = ?1 AND expires_at > clock_timestamp()",
+                vals![node],
+            )?;
+            found
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        *lock(&self.owned) = Owned {
+            keys: held.iter().cloned().collect(),
+            since: Some(began),
+            lease,
+        };
+        Ok(held)
+    }
+
+    fn owned(&self) -> HashSet<String> {
+        let owned = lock(&self.owned);
+        match owned.since {
+            Some(t) if t.elapsed() < owned.lease * 2 / 3 => owned.keys.clone(),
+            _ => HashSet::new(),
+        }
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, StateError> {
+        with(self, false, |c| {
+            let found = c.query(
+                "SELECT kind || '/' || name, holder, epoch,
+                        CAST(extract(epoch FROM expires_at) * 1000 AS BIGINT),
+                        CAST(expires_at > clock_timestamp() AS INTEGER)
+                 FROM leases ORDER BY kind, name",
+                &[],
+            )?;
+            found
+                .iter()
+                .map(|r| {
+                    Ok(Lease {
+                        key: r.text(0)?,
+                        holder: r.text(1)?,
+                        epoch: r.int(2)?,
+                        expires_at: millis(r, 3)?,
+                        live: r.int(4)? != 0,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn leave(&self) -> Result<(), StateError> {
+        *lock(&self.owned) = Owned::default();
+        let node = self.target.node.as_str();
+        with(self, true, |c| {
+            c.execute(
+                "UPDATE leases SET expires_at = clock_timestamp() WHERE holder = ?1 AND expires_at > clock_timestamp()",
+                vals![node],
+            )?;
+            c.execute(
+                "DELETE FROM members WHERE node = ?1 AND pid = ?2",
+                vals![node, i64::from(std::process::id())],
             )?;
             Ok(())
         })

@@ -46,6 +46,10 @@ impl Scrubbing<'_> {
 }
 
 impl Store for Scrubbing<'_> {
+    fn fleet(&self) -> Option<&dyn super::Fleet> {
+        self.inner.fleet()
+    }
+
     fn lock(&self, command: &str) -> Result<(), StateError> {
         self.inner.lock(command)
     }
@@ -77,8 +81,9 @@ impl Store for Scrubbing<'_> {
         &self,
         since: Option<DateTime<Utc>>,
         limit: usize,
+        node: Option<&str>,
     ) -> Result<Vec<JournalEntry>, StateError> {
-        self.inner.history(since, limit)
+        self.inner.history(since, limit, node)
     }
 
     fn outcomes_since(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError> {
@@ -267,6 +272,15 @@ impl Store for Scrubbing<'_> {
 
     fn incidents(&self, all: bool, limit: usize) -> Result<Vec<Incident>, StateError> {
         self.inner.incidents(all, limit)
+    }
+
+    fn fleet_incidents(
+        &self,
+        all: bool,
+        limit: usize,
+        node: Option<&str>,
+    ) -> Result<Vec<Incident>, StateError> {
+        self.inner.fleet_incidents(all, limit, node)
     }
 
     fn incidents_of(

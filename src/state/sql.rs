@@ -363,6 +363,27 @@ pub trait Conn {
 /// What runs on a connection.
 pub type Work<'a> = dyn FnMut(&mut dyn Conn) -> Result<(), StateError> + Send + 'a;
 
+/// Runs `work` on a connection of `db`, in one transaction when `tx`.
+pub(super) fn with<R: Send>(
+    db: &dyn Db,
+    tx: bool,
+    work: impl FnOnce(&mut dyn Conn) -> Result<R, StateError> + Send,
+) -> Result<R, StateError> {
+    let mut work = Some(work);
+    let mut out = None;
+    db.run(tx, &mut |c| {
+        if let Some(work) = work.take() {
+            out = Some(work(c)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| {
+        StateError::Backend(BackendError::new(std::io::Error::other(
+            "the database did not run the statement",
+        )))
+    })
+}
+
 /// A database engine the store runs on.
 pub trait Db: Send + Sync {
     /// Runs `work` on a connection, in one transaction when `tx` (committed
@@ -376,12 +397,21 @@ pub trait Db: Send + Sync {
     fn has_column(&self, _table: &str, _column: &str) -> Result<bool, StateError> {
         Ok(true)
     }
+    /// This member's node name when the database is shared by a fleet.
+    fn node(&self) -> Option<&str> {
+        None
+    }
+    /// The fleet sharing the database, if one does.
+    fn fleet(&self) -> Option<&dyn super::Fleet> {
+        None
+    }
 }
 
 /// The tables every engine keeps, in the words both SQLite and PostgreSQL
 /// read; `{id}` is the engine's own auto-numbered primary key.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
+    node TEXT NOT NULL DEFAULT '',
     id {id},
     started_at TEXT NOT NULL,
     finished_at TEXT,
@@ -392,6 +422,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT
 );
 CREATE TABLE IF NOT EXISTS journal (
+    node TEXT NOT NULL DEFAULT '',
     id {id},
     run_id BIGINT NOT NULL REFERENCES runs(id),
     at TEXT NOT NULL,
@@ -406,6 +437,7 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE INDEX IF NOT EXISTS journal_at ON journal(at);
 CREATE TABLE IF NOT EXISTS corrections (
+    node TEXT NOT NULL DEFAULT '',
     id {id},
     at TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -414,6 +446,7 @@ CREATE TABLE IF NOT EXISTS corrections (
 );
 CREATE INDEX IF NOT EXISTS corrections_at ON corrections(at);
 CREATE TABLE IF NOT EXISTS signal_state (
+    node TEXT NOT NULL DEFAULT '',
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     signal TEXT NOT NULL,
@@ -423,9 +456,10 @@ CREATE TABLE IF NOT EXISTS signal_state (
     value DOUBLE PRECISION,
     detail TEXT NOT NULL,
     observed_at TEXT NOT NULL,
-    PRIMARY KEY (kind, name, signal)
+    PRIMARY KEY (node, kind, name, signal)
 );
 CREATE TABLE IF NOT EXISTS incidents (
+    node TEXT NOT NULL DEFAULT '',
     id {id},
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -469,6 +503,7 @@ CREATE TABLE IF NOT EXISTS remediation_stats (
     PRIMARY KEY (cause, runbook, step)
 );
 CREATE TABLE IF NOT EXISTS shadow_matches (
+    node TEXT NOT NULL DEFAULT '',
     id {id},
     signature TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -480,15 +515,17 @@ CREATE TABLE IF NOT EXISTS shadow_matches (
     on_its_own BIGINT
 );
 CREATE TABLE IF NOT EXISTS samples (
+    node TEXT NOT NULL DEFAULT '',
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     signal TEXT NOT NULL,
     at TEXT NOT NULL,
     value DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (kind, name, signal, at)
+    PRIMARY KEY (node, kind, name, signal, at)
 );
 CREATE INDEX IF NOT EXISTS samples_at ON samples (at);
 CREATE TABLE IF NOT EXISTS notifications (
+    node TEXT NOT NULL DEFAULT '',
     incident_id BIGINT NOT NULL,
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -507,6 +544,7 @@ CREATE TABLE IF NOT EXISTS pauses (
     resumed_at TEXT
 );
 CREATE TABLE IF NOT EXISTS changes (
+    node TEXT NOT NULL DEFAULT '',
     id {id},
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -526,14 +564,16 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 CREATE INDEX IF NOT EXISTS changes_status ON changes(status, applied_at);
 CREATE TABLE IF NOT EXISTS last_good (
+    node TEXT NOT NULL DEFAULT '',
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     commit_sha TEXT,
     spec TEXT NOT NULL,
     at TEXT NOT NULL,
-    PRIMARY KEY (kind, name)
+    PRIMARY KEY (node, kind, name)
 );
 CREATE TABLE IF NOT EXISTS approvals_used (
+    node TEXT NOT NULL DEFAULT '',
     kind TEXT NOT NULL,
     name TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
@@ -542,7 +582,7 @@ CREATE TABLE IF NOT EXISTS approvals_used (
     commit_sha TEXT,
     run_id BIGINT NOT NULL,
     at TEXT NOT NULL,
-    PRIMARY KEY (kind, name, fingerprint, expires)
+    PRIMARY KEY (node, kind, name, fingerprint, expires)
 );
 CREATE TABLE IF NOT EXISTS review_log (
     id {id},
@@ -570,6 +610,25 @@ CREATE TABLE IF NOT EXISTS proposals (
     PRIMARY KEY (kind, name)
 );
 ";
+
+/// The tables whose rows say which node they belong to (added to a state
+/// an earlier tend wrote), and the keys those rows are unique by.
+pub(super) const NODE_TABLES: [(&str, Option<&str>); 11] = [
+    ("runs", None),
+    ("journal", None),
+    ("corrections", None),
+    ("signal_state", Some("node, kind, name, signal")),
+    ("incidents", None),
+    ("shadow_matches", None),
+    ("samples", Some("node, kind, name, signal, at")),
+    ("notifications", None),
+    ("changes", None),
+    ("last_good", Some("node, kind, name")),
+    (
+        "approvals_used",
+        Some("node, kind, name, fingerprint, expires"),
+    ),
+];
 
 /// Reads the key that secret values are fingerprinted under (drawing and
 /// keeping one when `create` and there is none) and hands it to

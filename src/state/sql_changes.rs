@@ -15,8 +15,8 @@ const COLUMNS: &str = "id, kind, name, digest, commit_sha, fields, applied_at, u
 impl SqlStore {
     pub(super) fn insert_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {
         self.insert(
-            "INSERT INTO changes (kind, name, digest, commit_sha, fields, applied_at, until, status, wave, rolled_back, good_commit, good_spec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11)",
+            "INSERT INTO changes (kind, name, digest, commit_sha, fields, applied_at, until, status, wave, rolled_back, good_commit, good_spec, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10, ?11, ?12)",
             vals![
                 c.key.kind.as_str(),
                 c.key.name.as_str(),
@@ -29,6 +29,7 @@ impl SqlStore {
                 c.wave,
                 c.good.and_then(|g| g.commit.as_deref()),
                 c.good.map(|g| g.spec.to_string()),
+                self.scope(c.key),
             ],
         )
     }
@@ -49,12 +50,13 @@ impl SqlStore {
         rows(
             self.query(
                 &format!(
-                    "SELECT {COLUMNS} FROM changes WHERE applied_at >= ?1 OR status IN (?2, ?3) ORDER BY id"
+                    "SELECT {COLUMNS} FROM changes WHERE (applied_at >= ?1 OR status IN (?2, ?3)) AND node IN ('', ?4) ORDER BY id"
                 ),
                 vals![
                     W(&since),
                     W(&ChangeStatus::Verifying),
-                    W(&ChangeStatus::Failed)
+                    W(&ChangeStatus::Failed),
+                    self.me()
                 ],
             )?,
             change_row,
@@ -63,10 +65,10 @@ impl SqlStore {
 
     pub(super) fn insert_shadow(&self, r: &ShadowRow) -> Result<(), StateError> {
         self.execute(
-            "INSERT INTO shadow_matches (signature, kind, name, cause, step, started_at)
-             SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT), CAST(?6 AS TEXT)
-             WHERE NOT EXISTS (SELECT 1 FROM shadow_matches WHERE signature = ?1 AND kind = ?2 AND name = ?3 AND ended_at IS NULL)",
-            vals![r.signature.as_str(), r.key.kind.as_str(), r.key.name.as_str(), r.cause.as_str(), W(&r.step), W(&r.started_at)],
+            "INSERT INTO shadow_matches (signature, kind, name, cause, step, started_at, node)
+             SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT), CAST(?6 AS TEXT), CAST(?7 AS TEXT)
+             WHERE NOT EXISTS (SELECT 1 FROM shadow_matches WHERE signature = ?1 AND kind = ?2 AND name = ?3 AND node = ?7 AND ended_at IS NULL)",
+            vals![r.signature.as_str(), r.key.kind.as_str(), r.key.name.as_str(), r.cause.as_str(), W(&r.step), W(&r.started_at), self.scope(&r.key)],
         )?;
         Ok(())
     }
@@ -79,8 +81,8 @@ impl SqlStore {
         on_its_own: bool,
     ) -> Result<(), StateError> {
         self.execute(
-            "UPDATE shadow_matches SET ended_at = ?4, on_its_own = ?5 WHERE signature = ?1 AND kind = ?2 AND name = ?3 AND ended_at IS NULL",
-            vals![signature, key.kind.as_str(), key.name.as_str(), W(&at), on_its_own],
+            "UPDATE shadow_matches SET ended_at = ?4, on_its_own = ?5 WHERE signature = ?1 AND kind = ?2 AND name = ?3 AND node = ?6 AND ended_at IS NULL",
+            vals![signature, key.kind.as_str(), key.name.as_str(), W(&at), on_its_own, self.scope(key)],
         )?;
         Ok(())
     }
@@ -88,8 +90,8 @@ impl SqlStore {
     pub(super) fn all_shadow(&self) -> Result<Vec<ShadowRow>, StateError> {
         rows(
             self.query(
-                "SELECT signature, kind, name, cause, step, started_at, ended_at, on_its_own FROM shadow_matches ORDER BY id",
-                &[],
+                "SELECT signature, kind, name, cause, step, started_at, ended_at, on_its_own FROM shadow_matches WHERE node IN ('', ?1) ORDER BY id",
+                vals![self.me()],
             )?,
             |r| {
                 Ok(ShadowRow {
@@ -107,8 +109,8 @@ impl SqlStore {
 
     pub(super) fn insert_notified(&self, n: &Notified<'_>) -> Result<(), StateError> {
         self.execute(
-            "INSERT INTO notifications (incident_id, kind, name, cause, event, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            vals![n.incident, n.key.kind.as_str(), n.key.name.as_str(), n.cause, W(&n.event), W(&n.at)],
+            "INSERT INTO notifications (incident_id, kind, name, cause, event, at, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            vals![n.incident, n.key.kind.as_str(), n.key.name.as_str(), n.cause, W(&n.event), W(&n.at), self.scope(n.key)],
         )?;
         Ok(())
     }
@@ -119,8 +121,8 @@ impl SqlStore {
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, StateError> {
         let found = self.query_opt(
-            "SELECT 1 FROM notifications WHERE event = ?1 AND (incident_id = ?2 OR (kind = ?3 AND name = ?4 AND cause = ?5 AND at >= ?6)) LIMIT 1",
-            vals![W(&n.event), n.incident, n.key.kind.as_str(), n.key.name.as_str(), n.cause, W(&since)],
+            "SELECT 1 FROM notifications WHERE event = ?1 AND (incident_id = ?2 OR (kind = ?3 AND name = ?4 AND node = ?7 AND cause = ?5 AND at >= ?6)) LIMIT 1",
+            vals![W(&n.event), n.incident, n.key.kind.as_str(), n.key.name.as_str(), n.cause, W(&since), self.scope(n.key)],
         )?;
         Ok(found.is_some())
     }
@@ -195,14 +197,15 @@ impl SqlStore {
         self.with(true, |c| {
             for r in rows.iter().filter(|r| r.value.is_finite()) {
                 c.execute(
-                    "INSERT INTO samples (kind, name, signal, at, value) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (kind, name, signal, at) DO UPDATE SET value = excluded.value",
+                    "INSERT INTO samples (kind, name, signal, at, value, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (node, kind, name, signal, at) DO UPDATE SET value = excluded.value",
                     vals![
                         r.key.kind.as_str(),
                         r.key.name.as_str(),
                         r.signal.as_str(),
                         W(&r.at),
-                        r.value
+                        r.value,
+                        self.scope(&r.key)
                     ],
                 )?;
             }
@@ -212,9 +215,9 @@ impl SqlStore {
             series.dedup();
             for (key, signal) in series {
                 c.execute(
-                    "DELETE FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND at < COALESCE(
-                        (SELECT at FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 ORDER BY at DESC LIMIT 1 OFFSET ?4), '')",
-                    vals![key.kind.as_str(), key.name.as_str(), signal, MAX_SAMPLES as i64 - 1],
+                    "DELETE FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND node = ?5 AND at < COALESCE(
+                        (SELECT at FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND node = ?5 ORDER BY at DESC LIMIT 1 OFFSET ?4), '')",
+                    vals![key.kind.as_str(), key.name.as_str(), signal, MAX_SAMPLES as i64 - 1, self.scope(key)],
                 )?;
             }
             // Every series, those no longer read too, keeps SAMPLE_DAYS.
@@ -232,8 +235,8 @@ impl SqlStore {
     ) -> Result<Vec<(chrono::DateTime<chrono::Utc>, f64)>, StateError> {
         rows(
             self.query(
-                "SELECT at, value FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND at >= ?4 ORDER BY at",
-                vals![key.kind.as_str(), key.name.as_str(), signal, W(&since)],
+                "SELECT at, value FROM samples WHERE kind = ?1 AND name = ?2 AND signal = ?3 AND node = ?5 AND at >= ?4 ORDER BY at",
+                vals![key.kind.as_str(), key.name.as_str(), signal, W(&since), self.scope(key)],
             )?,
             |r| Ok((r.get(0)?, r.real(1)?)),
         )

@@ -10,10 +10,10 @@ use super::{
 };
 use crate::vocab::{IncidentStatus, Remembered, ResourceKey, StepOutcome};
 
-const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation, why, change";
+const INCIDENT_COLUMNS: &str = "id, kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, resolved_at, next_step, state, recommendation, why, change, node";
 
 /// Incident `id` with its steps, on one connection.
-pub(super) fn load_incident(c: &mut dyn Conn, id: i64) -> Result<Option<Incident>, StateError> {
+fn load_incident(c: &mut dyn Conn, id: i64) -> Result<Option<Incident>, StateError> {
     let row = c.query_opt(
         &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"),
         vals![id],
@@ -43,13 +43,39 @@ pub(super) fn load_incident(c: &mut dyn Conn, id: i64) -> Result<Option<Incident
 }
 
 impl SqlStore {
+    pub(super) fn load(&self, id: i64) -> Result<Option<Incident>, StateError> {
+        self.with(false, |c| load_incident(c, id))
+    }
+
+    /// A resource's incidents detected at or after `since`, oldest first.
+    pub(super) fn incidents_since(
+        &self,
+        key: &ResourceKey,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Incident>, StateError> {
+        self.with(false, |c| {
+            let ids = rows(
+                c.query(
+                    "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND detected_at >= ?3 AND node = ?4 ORDER BY id",
+                    vals![key.kind.as_str(), key.name.as_str(), ts(since), self.scope(key)],
+                )?,
+                |r| r.int(0),
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.extend(load_incident(c, id)?);
+            }
+            Ok(out)
+        })
+    }
+
     pub(super) fn remembered_rows(
         &self,
         key: &ResourceKey,
     ) -> Result<HashMap<String, Remembered>, StateError> {
         let found = self.query(
-            "SELECT signal, status, since, last_healthy FROM signal_state WHERE kind = ?1 AND name = ?2",
-            vals![key.kind.as_str(), key.name.as_str()],
+            "SELECT signal, status, since, last_healthy FROM signal_state WHERE kind = ?1 AND name = ?2 AND node = ?3",
+            vals![key.kind.as_str(), key.name.as_str(), self.scope(key)],
         )?;
         found
             .iter()
@@ -75,9 +101,9 @@ impl SqlStore {
         self.with(true, |c| {
             for r in rows {
                 c.execute(
-                    "INSERT INTO signal_state (kind, name, signal, status, since, last_healthy, value, detail, observed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (kind, name, signal) DO UPDATE SET status = excluded.status, since = excluded.since,
+                    "INSERT INTO signal_state (kind, name, signal, status, since, last_healthy, value, detail, observed_at, node)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (node, kind, name, signal) DO UPDATE SET status = excluded.status, since = excluded.since,
                        last_healthy = excluded.last_healthy, value = excluded.value, detail = excluded.detail,
                        observed_at = excluded.observed_at",
                     vals![
@@ -89,7 +115,8 @@ impl SqlStore {
                         r.last_healthy.map(ts),
                         r.value,
                         r.detail.as_str(),
-                        at.as_str()
+                        at.as_str(),
+                        self.scope(key)
                     ],
                 )?;
             }
@@ -99,17 +126,17 @@ impl SqlStore {
 
     pub(super) fn insert_incident(&self, n: &NewIncident<'_>) -> Result<i64, StateError> {
         self.insert(
-            "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state, why, change)
-             VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy', ?10, ?11)",
-            vals![n.key.kind.as_str(), n.key.name.as_str(), n.cause, n.signature, n.runbook, W(&n.severity), n.symptoms.to_string(), ts(n.onset), ts(n.detected), n.why, n.change.as_ref().map(|c| c.to_string())],
+            "INSERT INTO incidents (kind, name, status, cause, signature, runbook, severity, symptoms, onset_at, detected_at, state, why, change, node)
+             VALUES (?1, ?2, 'open', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'unhealthy', ?10, ?11, ?12)",
+            vals![n.key.kind.as_str(), n.key.name.as_str(), n.cause, n.signature, n.runbook, W(&n.severity), n.symptoms.to_string(), ts(n.onset), ts(n.detected), n.why, n.change.as_ref().map(|c| c.to_string()), self.scope(n.key)],
         )
     }
 
     pub(super) fn active(&self, key: &ResourceKey) -> Result<Option<Incident>, StateError> {
         self.with(false, |c| {
             let id = c.query_opt(
-                "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND status != 'resolved' ORDER BY id DESC LIMIT 1",
-                vals![key.kind.as_str(), key.name.as_str()],
+                "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND node = ?3 AND status != 'resolved' ORDER BY id DESC LIMIT 1",
+                vals![key.kind.as_str(), key.name.as_str(), self.scope(key)],
             )?;
             match id {
                 Some(row) => load_incident(c, row.int(0)?),
@@ -172,23 +199,22 @@ impl SqlStore {
         })
     }
 
+    /// The newest incidents (open ones only unless `all`): of `node` and
+    /// the shared resources, or of the whole fleet when `node` is `None`.
     pub(super) fn list_incidents(
         &self,
         all: bool,
         limit: usize,
+        node: Option<&str>,
     ) -> Result<Vec<Incident>, StateError> {
         self.with(false, |c| {
             let ids = rows(
                 c.query(
                     &format!(
-                        "SELECT id FROM incidents {} ORDER BY id DESC LIMIT ?1",
-                        if all {
-                            ""
-                        } else {
-                            "WHERE status != 'resolved'"
-                        }
+                        "SELECT id FROM incidents WHERE (?2 = '*' OR node IN ('', ?2)) {} ORDER BY id DESC LIMIT ?1",
+                        if all { "" } else { "AND status != 'resolved'" }
                     ),
-                    vals![limit as i64],
+                    vals![limit as i64, node.unwrap_or("*")],
                 )?,
                 |r| r.int(0),
             )?;
@@ -272,6 +298,7 @@ fn incident_row(r: &Row) -> Result<Incident, StateError> {
         recommendation: r.text(14)?,
         why: r.opt_text(15)?,
         change: r.opt_json(16)?,
+        node: Some(r.text(17)?).filter(|n| !n.is_empty()),
         steps: Vec::new(),
     })
 }

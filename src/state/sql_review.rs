@@ -9,9 +9,9 @@ use crate::vocab::ResourceKey;
 impl SqlStore {
     pub(super) fn insert_used_approval(&self, u: &UsedApproval) -> Result<(), StateError> {
         self.execute(
-            "INSERT INTO approvals_used (kind, name, fingerprint, file, expires, commit_sha, run_id, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (kind, name, fingerprint, expires) DO NOTHING",
-            vals![W(&u.key.kind), u.key.name.as_str(), u.fingerprint.as_str(), u.file.as_str(), W(&u.expires), u.commit.as_deref(), u.run_id, W(&u.at)],
+            "INSERT INTO approvals_used (kind, name, fingerprint, file, expires, commit_sha, run_id, at, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (node, kind, name, fingerprint, expires) DO NOTHING",
+            vals![W(&u.key.kind), u.key.name.as_str(), u.fingerprint.as_str(), u.file.as_str(), W(&u.expires), u.commit.as_deref(), u.run_id, W(&u.at), self.scope(&u.key)],
         )?;
         Ok(())
     }
@@ -19,8 +19,8 @@ impl SqlStore {
     pub(super) fn list_used_approvals(&self) -> Result<Vec<UsedApproval>, StateError> {
         rows(
             self.query(
-                "SELECT kind, name, fingerprint, file, expires, commit_sha, run_id, at FROM approvals_used ORDER BY at",
-                &[],
+                "SELECT kind, name, fingerprint, file, expires, commit_sha, run_id, at FROM approvals_used WHERE node IN ('', ?1) ORDER BY at",
+                vals![self.me()],
             )?,
             |r| {
                 Ok(UsedApproval {

@@ -16,13 +16,46 @@ use super::{
 use crate::vocab::{JournalPhase, Remembered, ResourceKey, StepOutcome};
 
 /// The state store on one database engine.
+///
+/// On a database a fleet shares, rows say which node they belong to: the
+/// journal and runs the node that wrote them, every other row keyed by a
+/// resource its scope (the node for a `host.*` resource, which belongs to
+/// the node it runs on; empty for a cloud resource the fleet shares). A
+/// member reads its own scope and the shared one. One machine's store is
+/// all node `''`.
 pub struct SqlStore {
     db: Box<dyn Db>,
+    node: String,
+}
+
+/// Journal rows this member sees: its own, and every row about a shared
+/// resource (whoever owned it then). `?N` is the node.
+pub(super) fn visible(n: usize) -> String {
+    format!("(node = ?{n} OR kind NOT LIKE 'host.%')")
 }
 
 impl SqlStore {
     pub(super) fn new(db: impl Db + 'static) -> SqlStore {
-        SqlStore { db: Box::new(db) }
+        let node = db.node().unwrap_or_default().to_string();
+        SqlStore {
+            db: Box::new(db),
+            node,
+        }
+    }
+
+    /// This member's node name (`''` on one machine's store).
+    pub(super) fn me(&self) -> &str {
+        &self.node
+    }
+
+    /// Whose rows about `key` are: this node's for a `host.*` resource,
+    /// the fleet's (`''`) for a shared one.
+    pub(super) fn scope(&self, key: &ResourceKey) -> &str {
+        if super::shared(key) {
+            ""
+        } else {
+            &self.node
+        }
     }
 
     /// Runs `work` on a connection, in one transaction when `tx`.
@@ -31,19 +64,7 @@ impl SqlStore {
         tx: bool,
         work: impl FnOnce(&mut dyn Conn) -> Result<R, StateError> + Send,
     ) -> Result<R, StateError> {
-        let mut work = Some(work);
-        let mut out = None;
-        self.db.run(tx, &mut |c| {
-            if let Some(work) = work.take() {
-                out = Some(work(c)?);
-            }
-            Ok(())
-        })?;
-        out.ok_or_else(|| {
-            StateError::Backend(super::BackendError::new(std::io::Error::other(
-                "the database did not run the statement",
-            )))
-        })
+        super::sql::with(self.db.as_ref(), tx, work)
     }
 
     pub(super) fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StateError> {
@@ -76,9 +97,13 @@ pub(super) fn rows<T>(
 }
 
 const JOURNAL_COLUMNS: &str =
-    "id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail";
+    "id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node";
 
 impl Store for SqlStore {
+    fn fleet(&self) -> Option<&dyn super::Fleet> {
+        self.db.fleet()
+    }
+
     fn lock(&self, command: &str) -> Result<(), StateError> {
         self.db.lock(command)
     }
@@ -89,8 +114,8 @@ impl Store for SqlStore {
 
     fn begin_run(&self, run: &NewRun<'_>) -> Result<i64, StateError> {
         self.insert(
-            "INSERT INTO runs (started_at, command, origin, commit_sha, mode) VALUES (?1, ?2, ?3, ?4, ?5)",
-            vals![now(), run.command, run.origin, run.commit, W(&run.mode)],
+            "INSERT INTO runs (started_at, command, origin, commit_sha, mode, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            vals![now(), run.command, run.origin, run.commit, W(&run.mode), self.me()],
         )
     }
 
@@ -103,10 +128,13 @@ impl Store for SqlStore {
     }
 
     fn journal(&self, phase: JournalPhase, r: &JournalRecord<'_>) -> Result<i64, StateError> {
+        if phase == JournalPhase::Intent && self.db.fleet().is_some() && super::shared(r.key) {
+            return self.fenced_intent(r);
+        }
         self.insert(
-            "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            vals![r.run_id, now(), W(&phase), r.fingerprint, W(&r.action), W(&r.key.kind), r.key.name.as_str(), r.commit, Wo(r.outcome.as_ref()), r.detail],
+            "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            vals![r.run_id, now(), W(&phase), r.fingerprint, W(&r.action), W(&r.key.kind), r.key.name.as_str(), r.commit, Wo(r.outcome.as_ref()), r.detail, self.me()],
         )
     }
 
@@ -114,15 +142,16 @@ impl Store for SqlStore {
         &self,
         since: Option<DateTime<Utc>>,
         limit: usize,
+        node: Option<&str>,
     ) -> Result<Vec<JournalEntry>, StateError> {
         let since = since.map(ts).unwrap_or_default();
         rows(
             self.query(
                 &format!(
                     "SELECT {JOURNAL_COLUMNS}
-                     FROM (SELECT * FROM journal WHERE at >= ?1 ORDER BY id DESC LIMIT ?2) AS j ORDER BY id"
+                     FROM (SELECT * FROM journal WHERE at >= ?1 AND (?3 = '*' OR node = ?3) ORDER BY id DESC LIMIT ?2) AS j ORDER BY id"
                 ),
-                vals![since, limit as i64],
+                vals![since, limit as i64, node.unwrap_or("*")],
             )?,
             journal_row,
         )
@@ -133,9 +162,10 @@ impl Store for SqlStore {
             self.query(
                 &format!(
                     "SELECT {JOURNAL_COLUMNS}
-                     FROM journal WHERE phase = 'outcome' AND outcome IN ('synced', 'failed') AND at >= ?1 ORDER BY id"
+                     FROM journal WHERE phase = 'outcome' AND outcome IN ('synced', 'failed') AND at >= ?1 AND {} ORDER BY id",
+                    visible(2)
                 ),
-                vals![ts(since)],
+                vals![ts(since), self.me()],
             )?,
             journal_row,
         )
@@ -144,13 +174,13 @@ impl Store for SqlStore {
     fn dangling_intents(&self) -> Result<Vec<JournalEntry>, StateError> {
         rows(
             self.query(
-                "SELECT i.id, i.run_id, i.at, i.phase, i.fingerprint, i.action, i.kind, i.name, i.commit_sha, i.outcome, i.detail
+                "SELECT i.id, i.run_id, i.at, i.phase, i.fingerprint, i.action, i.kind, i.name, i.commit_sha, i.outcome, i.detail, i.node
                  FROM journal i
-                 WHERE i.phase = 'intent' AND NOT EXISTS (
+                 WHERE i.phase = 'intent' AND i.node = ?1 AND NOT EXISTS (
                     SELECT 1 FROM journal o WHERE o.phase = 'outcome' AND o.run_id = i.run_id
                       AND o.fingerprint = i.fingerprint AND o.id > i.id)
                  ORDER BY i.id",
-                &[],
+                vals![self.me()],
             )?,
             journal_row,
         )
@@ -161,8 +191,8 @@ impl Store for SqlStore {
         self.with(true, |c| {
             for p in paths {
                 c.execute(
-                    "INSERT INTO corrections (at, kind, name, path) VALUES (?1, ?2, ?3, ?4)",
-                    vals![at.as_str(), key.kind.as_str(), key.name.as_str(), *p],
+                    "INSERT INTO corrections (at, kind, name, path, node) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    vals![at.as_str(), key.kind.as_str(), key.name.as_str(), *p, self.scope(key)],
                 )?;
             }
             Ok(())
@@ -172,8 +202,8 @@ impl Store for SqlStore {
     fn corrections_since(&self, since: DateTime<Utc>) -> Result<Vec<CorrectionRow>, StateError> {
         rows(
             self.query(
-                "SELECT at, kind, name, path FROM corrections WHERE at >= ?1 ORDER BY id",
-                vals![ts(since)],
+                "SELECT at, kind, name, path FROM corrections WHERE at >= ?1 AND node IN ('', ?2) ORDER BY id",
+                vals![ts(since), self.me()],
             )?,
             |r| {
                 Ok(CorrectionRow {
@@ -216,7 +246,7 @@ impl Store for SqlStore {
 
     fn running_steps(&self) -> Result<Vec<(Incident, IncidentStep)>, StateError> {
         let mut out = Vec::new();
-        for i in self.list_incidents(false, 1000)? {
+        for i in self.list_incidents(false, 1000, Some(self.me()))? {
             let last = i
                 .steps
                 .iter()
@@ -235,11 +265,20 @@ impl Store for SqlStore {
     }
 
     fn incident(&self, id: i64) -> Result<Option<Incident>, StateError> {
-        self.with(false, |c| super::sql_incidents::load_incident(c, id))
+        self.load(id)
     }
 
     fn incidents(&self, all: bool, limit: usize) -> Result<Vec<Incident>, StateError> {
-        self.list_incidents(all, limit)
+        self.list_incidents(all, limit, Some(self.me()))
+    }
+
+    fn fleet_incidents(
+        &self,
+        all: bool,
+        limit: usize,
+        node: Option<&str>,
+    ) -> Result<Vec<Incident>, StateError> {
+        self.list_incidents(all, limit, node)
     }
 
     fn incidents_of(
@@ -247,20 +286,7 @@ impl Store for SqlStore {
         key: &ResourceKey,
         since: DateTime<Utc>,
     ) -> Result<Vec<Incident>, StateError> {
-        self.with(false, |c| {
-            let ids = rows(
-                c.query(
-                    "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND detected_at >= ?3 ORDER BY id",
-                    vals![key.kind.as_str(), key.name.as_str(), ts(since)],
-                )?,
-                |r| r.int(0),
-            )?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.extend(super::sql_incidents::load_incident(c, id)?);
-            }
-            Ok(out)
-        })
+        self.incidents_since(key, since)
     }
 
     fn consecutive_failures(
@@ -287,17 +313,17 @@ impl Store for SqlStore {
         spec: &serde_json::Value,
     ) -> Result<(), StateError> {
         self.execute(
-            "INSERT INTO last_good (kind, name, commit_sha, spec, at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (kind, name) DO UPDATE SET commit_sha = excluded.commit_sha, spec = excluded.spec, at = excluded.at",
-            vals![key.kind.as_str(), key.name.as_str(), commit, spec.to_string(), now()],
+            "INSERT INTO last_good (kind, name, commit_sha, spec, at, node) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (node, kind, name) DO UPDATE SET commit_sha = excluded.commit_sha, spec = excluded.spec, at = excluded.at",
+            vals![key.kind.as_str(), key.name.as_str(), commit, spec.to_string(), now(), self.scope(key)],
         )?;
         Ok(())
     }
 
     fn last_good(&self, key: &ResourceKey) -> Result<Option<LastGood>, StateError> {
         let row = self.query_opt(
-            "SELECT commit_sha, spec FROM last_good WHERE kind = ?1 AND name = ?2",
-            vals![key.kind.as_str(), key.name.as_str()],
+            "SELECT commit_sha, spec FROM last_good WHERE kind = ?1 AND name = ?2 AND node = ?3",
+            vals![key.kind.as_str(), key.name.as_str(), self.scope(key)],
         )?;
         let Some(row) = row else { return Ok(None) };
         // A spec that is no longer JSON is no known good spec.
@@ -399,6 +425,32 @@ impl Store for SqlStore {
     }
 }
 
+impl SqlStore {
+    /// An intent on a resource the fleet shares, journaled only while this
+    /// member holds its unexpired lease, with the lease's epoch: checked
+    /// and written by one statement, so a member that lost the lease
+    /// (paused, cut off, killed and restarted) journals nothing and acts
+    /// on nothing.
+    fn fenced_intent(&self, r: &JournalRecord<'_>) -> Result<i64, StateError> {
+        let found = self.query(
+            "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node, epoch)
+             SELECT CAST(?1 AS BIGINT), CAST(?2 AS TEXT), 'intent', CAST(?3 AS TEXT), CAST(?4 AS TEXT), l.kind, l.name,
+                    CAST(?7 AS TEXT), NULL, CAST(?8 AS TEXT), l.holder, l.epoch
+             FROM leases l
+             WHERE l.kind = ?5 AND l.name = ?6 AND l.holder = ?9 AND l.expires_at > clock_timestamp()
+             RETURNING id",
+            vals![r.run_id, now(), r.fingerprint, W(&r.action), r.key.kind.as_str(), r.key.name.as_str(), r.commit, r.detail, self.me()],
+        )?;
+        match found.first() {
+            Some(row) => row.int(0),
+            None => Err(StateError::Fenced {
+                key: super::lease_key(r.key),
+                node: self.me().to_string(),
+            }),
+        }
+    }
+}
+
 fn journal_row(r: &Row) -> Result<JournalEntry, StateError> {
     Ok(JournalEntry {
         id: r.int(0)?,
@@ -411,5 +463,6 @@ fn journal_row(r: &Row) -> Result<JournalEntry, StateError> {
         commit: r.opt_text(8)?,
         outcome: r.get_opt(9)?,
         detail: r.text(10)?,
+        node: Some(r.text(11)?).filter(|n| !n.is_empty()),
     })
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
-use super::sql::{fingerprint_key, Conn, Db, Row, Val, Work, SCHEMA};
+use super::sql::{fingerprint_key, Conn, Db, Row, Val, Work, NODE_TABLES, SCHEMA};
 use super::sql_store::SqlStore;
 use super::{hostname, now, BackendError, StateError};
 
@@ -45,6 +45,20 @@ fn add_columns(conn: &Connection) -> rusqlite::Result<()> {
     for column in ["why", "change"] {
         if !has_column(conn, "incidents", column)? {
             conn.execute_batch(&format!("ALTER TABLE incidents ADD COLUMN {column} TEXT"))?;
+        }
+    }
+    // Every row of one machine's store is its own (node ''); the upserts
+    // name the node in their conflict target, which an index must match.
+    for (table, unique) in NODE_TABLES {
+        if !has_column(conn, table, "node")? {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN node TEXT NOT NULL DEFAULT ''"
+            ))?;
+            if let Some(columns) = unique {
+                conn.execute_batch(&format!(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {table}_node ON {table} ({columns})"
+                ))?;
+            }
         }
     }
     Ok(())
@@ -349,7 +363,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("tend.db-wal")).unwrap();
         assert!(Sqlite::open(dir.path()).is_err());
         let s = Sqlite::open_existing(dir.path()).unwrap().unwrap();
-        assert_eq!(s.history(None, 10).unwrap().len(), 1);
+        assert_eq!(s.history(None, 10, None).unwrap().len(), 1);
         assert!(s.intent(&rec(run, "b", &k)).is_err(), "nothing is written");
     }
 

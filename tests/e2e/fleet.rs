@@ -1,5 +1,7 @@
 //! Several watchers on one shared PostgreSQL (the tests' own server).
 
+use std::time::{Duration, Instant};
+
 use crate::{file_doc, pg, Workspace};
 
 /// `tend` of a workspace on the shared database `db`, as node `node`.
@@ -118,4 +120,412 @@ fn an_unreachable_database_is_an_error_and_nothing_changes() {
         run.stderr
     );
     assert!(!ws.path().join("etc/motd").exists(), "nothing was applied");
+}
+
+/// A member: `tend watch` in its own working directory (its host root)
+/// with its own state directory, on the shared database, as `node`.
+fn watch(
+    member: &Workspace,
+    repo: &Workspace,
+    db: &pg::Database,
+    node: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    let mut c = member.cmd();
+    c.env("TEND_STATE_URL", db.url())
+        .env("TEND_STATE_PASSWORD", pg::PASSWORD)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", member.path().join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            member.path().join("no-aws-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["watch", "--node", node, "--jitter", "0"])
+        .args(extra)
+        .arg(repo.desired())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(member.path().join("watch.log")).unwrap());
+    c.spawn().expect("start tend watch")
+}
+
+/// Waits for `child` to exit by itself; its status.
+fn wait(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tend watch did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `check` until it holds; how long that took.
+fn until(within: Duration, what: &str, check: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < within,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn three_watchers_reconcile_their_own_host_files_and_share_one_journal() {
+    let db = pg::database();
+    let repo = Workspace::new();
+    repo.write("motd.yaml", &file_doc("motd", "etc/motd", "hello\n"));
+    let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
+    let mut children: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            watch(
+                m,
+                &repo,
+                &db,
+                &format!("n{}", i + 1),
+                &["--interval", "1s", "--max-passes", "2"],
+            )
+        })
+        .collect();
+    for (i, c) in children.iter_mut().enumerate() {
+        let status = wait(c, Duration::from_secs(120));
+        assert!(
+            status.success(),
+            "n{}: {}",
+            i + 1,
+            std::fs::read_to_string(members[i].path().join("watch.log")).unwrap_or_default()
+        );
+    }
+    for m in &members {
+        assert_eq!(
+            std::fs::read_to_string(m.path().join("etc/motd")).unwrap(),
+            "hello\n",
+            "each node writes its own file"
+        );
+    }
+    let synced = |node: &str| {
+        db.sql(&format!(
+            "SELECT count(*) FROM journal WHERE node = '{node}' AND phase = 'outcome' AND outcome = 'synced' AND name = 'motd'"
+        ))
+    };
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(synced(node), "1", "{node} created its own motd once");
+    }
+    let history = on(&repo, &db, "n1", &["history", "--format", "json"])
+        .ok()
+        .json();
+    let nodes: std::collections::BTreeSet<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["node"].as_str())
+        .collect();
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+    let only = on(
+        &repo,
+        &db,
+        "n1",
+        &["history", "--node", "n2", "--format", "json"],
+    )
+    .ok()
+    .json();
+    let entries = only["entries"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    assert!(entries.iter().all(|e| e["node"] == "n2"), "{only}");
+
+    // Drift on n2's host only: n2 corrects it, nobody else acts.
+    std::fs::write(members[1].path().join("etc/motd"), "bye\n").unwrap();
+    let mut c = members[1].cmd();
+    c.env("TEND_STATE_URL", db.url())
+        .env("TEND_STATE_PASSWORD", pg::PASSWORD)
+        .args(["apply", "--node", "n2"])
+        .arg(repo.desired());
+    crate::Run::from(c.output().unwrap()).ok();
+    assert_eq!(synced("n2"), "2");
+    assert_eq!(synced("n1"), "1");
+    assert_eq!(synced("n3"), "1");
+}
+
+fn buckets(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "apiVersion: tend.dev/v1\nkind: aws.s3.Bucket\nmetadata: {{name: fleet-{i:03}}}\nspec:\n  tags: {{team: data}}\n"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn fleet_repo(moto: &crate::Moto, resources: usize) -> Workspace {
+    let repo = Workspace::new();
+    repo.write(
+        "settings.yaml",
+        &format!(
+            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  providers: [aws]\n  aws:\n    regions: [us-east-1]\n    endpointUrl: {}\n  state:\n    lease: 3s\n",
+            moto.url()
+        ),
+    );
+    repo.write("buckets.yaml", &buckets(resources));
+    repo
+}
+
+/// SQL: how many outcomes of `action` were journaled, and the names acted
+/// on more than once.
+fn acted(db: &pg::Database, action: &str) -> (usize, String) {
+    let n = db.sql(&format!(
+        "SELECT count(*) FROM journal WHERE phase = 'outcome' AND outcome = 'synced' AND action = '{action}'"
+    ));
+    let twice = db.sql(&format!(
+        "SELECT string_agg(name, ',') FROM (SELECT name FROM journal WHERE phase = 'outcome' AND outcome = 'synced' AND action = '{action}' GROUP BY name HAVING count(*) > 1) AS t"
+    ));
+    (n.parse().unwrap(), twice)
+}
+
+/// Buckets whose team tag is not the declared one.
+fn drifted(moto: &crate::Moto) -> usize {
+    moto.boto(
+        "n = 0\nfor b in s3.list_buckets()['Buckets']:\n    t = {x['Key']: x['Value'] for x in s3.get_bucket_tagging(Bucket=b['Name']).get('TagSet', [])}\n    n += t.get('team') != 'data'\nprint(n)\n",
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn shared_resources_are_sharded_and_a_killed_members_are_taken_over_once() {
+    let moto = crate::Moto::start();
+    let db = pg::database();
+    let repo = fleet_repo(&moto, 300);
+    let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
+    let mut children: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| watch(m, &repo, &db, &format!("n{}", i + 1), &["--interval", "2s"]))
+        .collect();
+    let created = until(Duration::from_secs(240), "300 buckets created", || {
+        db.try_sql("SELECT count(*) FROM journal WHERE phase = 'outcome' AND action = 'create'")
+            .is_ok_and(|n| n.parse::<usize>().unwrap_or(0) >= 300)
+    });
+    let (n, twice) = acted(&db, "create");
+    assert_eq!((n, twice.as_str()), (300, ""), "each bucket created once");
+    let per_node = db.sql(
+        "SELECT string_agg(node || '=' || c, ',' ORDER BY node) FROM (SELECT node, count(*) AS c FROM journal WHERE phase = 'outcome' AND action = 'create' GROUP BY node) AS t",
+    );
+    eprintln!("created 300 buckets in {created:?}: {per_node}");
+    assert_eq!(
+        per_node.split(',').count(),
+        3,
+        "all three members acted: {per_node}"
+    );
+
+    let status = on(
+        &repo,
+        &db,
+        "n1",
+        &["fleet", "status", "--format", "json", "--lease", "3s"],
+    )
+    .ok()
+    .json();
+    let live = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["live"] == true)
+        .count();
+    assert_eq!(live, 3, "{status:#}");
+    assert_eq!(status["shared"]["held"], 300, "{status:#}");
+    assert!(status["publisher"].is_string(), "{status:#}");
+
+    // n3 stops answering (SIGSTOP) and never comes back (SIGKILL); every
+    // bucket drifts, n3's first.
+    let n3_keys = db.sql(
+        "SELECT string_agg(name, ',') FROM leases WHERE holder = 'n3' AND expires_at > clock_timestamp()",
+    );
+    assert!(!n3_keys.is_empty());
+    unsafe { libc::kill(children[2].id() as i32, libc::SIGSTOP) };
+    let killed = chrono::Utc::now();
+    moto.boto(&format!(
+        "first = '{n3_keys}'.split(',')\nrest = [b['Name'] for b in s3.list_buckets()['Buckets'] if b['Name'] not in first]\nfor b in first + rest:\n    s3.put_bucket_tagging(Bucket=b, Tagging={{'TagSet': [{{'Key': 'team', 'Value': 'drift'}}]}})\n"
+    ));
+    children[2].kill().unwrap();
+    children[2].wait().unwrap();
+    until(
+        Duration::from_secs(180),
+        "every drifted bucket corrected",
+        || drifted(&moto) == 0,
+    );
+    let at = |sql: &str| {
+        chrono::DateTime::parse_from_rfc3339(&db.sql(sql))
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let first = at(&format!(
+        "SELECT min(at) FROM journal WHERE phase = 'intent' AND node <> 'n3' AND name = ANY (string_to_array('{n3_keys}', ','))"
+    ));
+    let last = at("SELECT max(at) FROM journal WHERE phase = 'outcome' AND action = 'update'");
+    eprintln!(
+        "failover: first action on a dead member's bucket {} ms after it stopped (lease 3s, interval 2s); all 300 corrected {} ms after it",
+        (first - killed).num_milliseconds(),
+        (last - killed).num_milliseconds()
+    );
+    assert!(
+        first > killed,
+        "nobody acted on n3's buckets while its lease lasted"
+    );
+    // Settle: nothing more is done.
+    std::thread::sleep(Duration::from_secs(3));
+    let (n, twice) = acted(&db, "update");
+    assert_eq!(twice, "", "no bucket corrected twice");
+    assert_eq!(n, 300, "each drift corrected exactly once");
+    let by_dead = db.sql("SELECT count(*) FROM journal WHERE node = 'n3' AND action = 'update'");
+    assert_eq!(by_dead, "0");
+    for c in &mut children[..2] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+}
+
+/// A TCP relay on 127.0.0.1 the test can cut (every connection closed,
+/// new ones refused) and restore: a member cut off from PostgreSQL while
+/// the database and the other members go on.
+struct Gate {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Gate {
+    fn start(upstream: u16) -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gate = Gate {
+            port,
+            down: Default::default(),
+            open: Default::default(),
+        };
+        let (down, open) = (gate.down.clone(), gate.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                {
+                    let mut open = open.lock().unwrap();
+                    open.push(client.try_clone().unwrap());
+                    open.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        gate
+    }
+
+    fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_member_cut_off_from_the_database_stops_acting_and_acts_on_nothing_it_lost() {
+    let moto = crate::Moto::start();
+    let db = pg::database();
+    let repo = fleet_repo(&moto, 30);
+    let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
+    let gate = Gate::start(db.port());
+    let cut_off = pg::Database::on_port(&db, gate.port);
+    let mut children: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let via = if i == 2 { &cut_off } else { &db };
+            watch(m, &repo, via, &format!("n{}", i + 1), &["--interval", "2s"])
+        })
+        .collect();
+    until(Duration::from_secs(120), "30 buckets created", || {
+        db.try_sql("SELECT count(*) FROM journal WHERE phase = 'outcome' AND action = 'create'")
+            .is_ok_and(|n| n.parse::<usize>().unwrap_or(0) >= 30)
+    });
+    let n3_keys = db.sql(
+        "SELECT string_agg(name, ',') FROM leases WHERE holder = 'n3' AND expires_at > clock_timestamp()",
+    );
+    assert!(!n3_keys.is_empty(), "n3 holds a share");
+
+    gate.cut();
+    let drift = "for b in s3.list_buckets()['Buckets']:\n    s3.put_bucket_tagging(Bucket=b['Name'], Tagging={'TagSet': [{'Key': 'team', 'Value': 'drift'}]})\n";
+    moto.boto(drift);
+    until(
+        Duration::from_secs(120),
+        "the others corrected every bucket",
+        || drifted(&moto) == 0,
+    );
+    let (n, twice) = acted(&db, "update");
+    assert_eq!((n, twice.as_str()), (30, ""), "each drift corrected once");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM journal WHERE node = 'n3' AND action = 'update'"),
+        "0",
+        "the member cut off acted on nothing"
+    );
+    assert!(children[2].try_wait().unwrap().is_none(), "n3 still runs");
+
+    // n3 comes back: it takes back a share, and a second drift is again
+    // corrected once per bucket, under one holder per lease epoch.
+    gate.restore();
+    until(Duration::from_secs(60), "n3 holds leases again", || {
+        db.sql("SELECT count(*) FROM leases WHERE holder = 'n3' AND expires_at > clock_timestamp()")
+            != "0"
+    });
+    moto.boto(drift);
+    until(
+        Duration::from_secs(120),
+        "every bucket corrected again",
+        || drifted(&moto) == 0,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let twice = db.sql(
+        "SELECT string_agg(name, ',') FROM (SELECT name FROM journal WHERE phase = 'outcome' AND outcome = 'synced' AND action = 'update' GROUP BY name HAVING count(*) > 2) AS t",
+    );
+    assert_eq!(twice, "", "no bucket corrected twice for one drift");
+    assert_eq!(acted(&db, "update").0, 60);
+    let shared_epochs = db.sql(
+        "SELECT count(*) FROM (SELECT kind, name, epoch FROM journal WHERE phase = 'intent' AND epoch IS NOT NULL GROUP BY kind, name, epoch HAVING count(DISTINCT node) > 1) AS t",
+    );
+    assert_eq!(shared_epochs, "0", "one node per lease epoch");
+    for c in &mut children {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
 }

@@ -40,9 +40,27 @@ impl Database {
         )
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The same database reached through another port (a relay).
+    pub fn on_port(db: &Database, port: u16) -> Database {
+        Database {
+            name: db.name.clone(),
+            port,
+            bin: db.bin.clone(),
+        }
+    }
+
     /// Runs SQL with psql; its output (unaligned, tuples only).
     pub fn sql(&self, sql: &str) -> String {
-        psql(&self.bin, self.port, &self.name, sql).unwrap_or_else(|e| panic!("{e}"))
+        self.try_sql(sql).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs SQL with psql, which may fail (before tend created a table).
+    pub fn try_sql(&self, sql: &str) -> Result<String, String> {
+        psql(&self.bin, self.port, &self.name, sql)
     }
 }
 

@@ -96,11 +96,11 @@ fn the_journal_reads_back_in_order_and_finds_dangling_intents() {
         let d = s.dangling_intents().unwrap();
         assert_eq!(d.len(), 1, "{}", b.name);
         assert_eq!(d[0].fingerprint, "b", "{}", b.name);
-        let all = s.history(None, 100).unwrap();
+        let all = s.history(None, 100, None).unwrap();
         assert_eq!(all.len(), 3, "{}", b.name);
         assert_eq!(all[0].detail, "it's 'quoted' ?1", "{}", b.name);
         assert_eq!(all[0].commit.as_deref(), Some("abc"));
-        let last = s.history(None, 2).unwrap();
+        let last = s.history(None, 2, None).unwrap();
         assert_eq!(
             last.iter()
                 .map(|e| e.fingerprint.as_str())
@@ -135,14 +135,14 @@ fn an_unreadable_row_is_an_error_naming_column_and_value() {
         let run = begin(s);
         s.intent(&rec(run, "a", &k)).unwrap();
         (b.raw)("UPDATE journal SET action = 'teleport'");
-        let err = s.history(None, 10).unwrap_err().to_string();
+        let err = s.history(None, 10, None).unwrap_err().to_string();
         assert!(
             err.contains("`action`") && err.contains("`teleport`"),
             "{}: {err}",
             b.name
         );
         (b.raw)("UPDATE journal SET action = 'update', at = 'yesterday'");
-        let err = s.history(None, 10).unwrap_err().to_string();
+        let err = s.history(None, 10, None).unwrap_err().to_string();
         assert!(err.contains("`at`") && err.contains("`yesterday`"), "{err}");
     }
 }
