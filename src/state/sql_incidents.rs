@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::sql::{decision_to_sql, step_action_to_sql, step_to_sql, vals, Conn, Row, W};
+use super::sql::{decision_to_sql, step_action_to_sql, step_to_sql, vals, Conn, Row, Val, W};
 use super::sql_store::{rows, SqlStore};
 use super::{
     now, ts, Incident, IncidentStep, IncidentUpdate, NewIncident, SignalRow, StateError,
@@ -53,14 +53,17 @@ impl SqlStore {
         key: &ResourceKey,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Incident>, StateError> {
+        self.incidents_where(
+            "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND detected_at >= ?3 AND node = ?4 ORDER BY id",
+            vals![key.kind.as_str(), key.name.as_str(), ts(since), self.scope(key)],
+        )
+    }
+
+    /// The incidents whose ids `sql` selects, in its order, with their
+    /// steps, read on one connection.
+    fn incidents_where(&self, sql: &str, params: &[Val]) -> Result<Vec<Incident>, StateError> {
         self.with(false, |c| {
-            let ids = rows(
-                c.query(
-                    "SELECT id FROM incidents WHERE kind = ?1 AND name = ?2 AND detected_at >= ?3 AND node = ?4 ORDER BY id",
-                    vals![key.kind.as_str(), key.name.as_str(), ts(since), self.scope(key)],
-                )?,
-                |r| r.int(0),
-            )?;
+            let ids = rows(c.query(sql, params)?, |r| r.int(0))?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 out.extend(load_incident(c, id)?);
@@ -207,23 +210,13 @@ impl SqlStore {
         limit: usize,
         node: Option<&str>,
     ) -> Result<Vec<Incident>, StateError> {
-        self.with(false, |c| {
-            let ids = rows(
-                c.query(
-                    &format!(
-                        "SELECT id FROM incidents WHERE (?2 = '*' OR node IN ('', ?2)) {} ORDER BY id DESC LIMIT ?1",
-                        if all { "" } else { "AND status != 'resolved'" }
-                    ),
-                    vals![limit as i64, node.unwrap_or("*")],
-                )?,
-                |r| r.int(0),
-            )?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                out.extend(load_incident(c, id)?);
-            }
-            Ok(out)
-        })
+        self.incidents_where(
+            &format!(
+                "SELECT id FROM incidents WHERE (?2 = '*' OR node IN ('', ?2)) {} ORDER BY id DESC LIMIT ?1",
+                if all { "" } else { "AND status != 'resolved'" }
+            ),
+            vals![limit as i64, node.unwrap_or("*")],
+        )
     }
 
     pub(super) fn failures(

@@ -421,4 +421,46 @@ mod tests {
         drop(guard);
         assert_eq!(held(), 0);
     }
+
+    /// A state written before rows named their node is brought up to date
+    /// in place: every row is this machine's, and the upserts that name
+    /// the node in their conflict target still update one row.
+    #[test]
+    fn a_state_from_before_nodes_gains_them_and_upserts_still_update() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(dir.path().join(DB)).unwrap();
+        old.execute_batch(
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started_at TEXT NOT NULL,
+                finished_at TEXT, command TEXT NOT NULL, origin TEXT NOT NULL, commit_sha TEXT,
+                mode TEXT NOT NULL, status TEXT);
+             CREATE TABLE signal_state (kind TEXT NOT NULL, name TEXT NOT NULL, signal TEXT NOT NULL,
+                status TEXT NOT NULL, since TEXT NOT NULL, last_healthy TEXT, value REAL,
+                detail TEXT NOT NULL, observed_at TEXT NOT NULL, PRIMARY KEY (kind, name, signal));
+             INSERT INTO signal_state VALUES ('host.File', 'a', 'up', 'healthy',
+                '2026-01-01T00:00:00.000Z', NULL, 1.0, '', '2026-01-01T00:00:00.000Z');",
+        )
+        .unwrap();
+        drop(old);
+        let s = Sqlite::open(dir.path()).unwrap();
+        let k = key();
+        let now = chrono::Utc::now();
+        let row = |status| crate::state::SignalRow {
+            signal: "up".into(),
+            status,
+            since: now,
+            last_healthy: None,
+            value: None,
+            detail: String::new(),
+        };
+        s.remember(&k, &[row(crate::vocab::Status::Unhealthy)])
+            .unwrap();
+        s.remember(&k, &[row(crate::vocab::Status::Unknown)])
+            .unwrap();
+        let rows = s.query("SELECT status FROM signal_state", &[]).unwrap();
+        assert_eq!(rows.len(), 1, "one row, updated in place");
+        assert_eq!(rows[0].text(0).unwrap(), "unknown");
+        let run = begin(&s);
+        s.intent(&rec(run, "a", &k)).unwrap();
+        assert_eq!(s.history(None, 10, None).unwrap().len(), 1);
+    }
 }

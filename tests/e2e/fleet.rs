@@ -274,7 +274,7 @@ fn fleet_repo(moto: &crate::Moto, resources: usize) -> Workspace {
     repo.write(
         "settings.yaml",
         &format!(
-            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  providers: [aws]\n  aws:\n    regions: [us-east-1]\n    endpointUrl: {}\n  state:\n    lease: 3s\n",
+            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  providers: [aws]\n  aws:\n    regions: [us-east-1]\n    endpointUrl: {}\n  state:\n    lease: 3s\n  safety:\n    maxActionsPerRun: 1000\n",
             moto.url()
         ),
     );
