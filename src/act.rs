@@ -152,6 +152,29 @@ impl Executor<'_> {
             intent["step"] = i.step_action.as_str().into();
         }
         if let Some(a) = &action.approval {
+            intent["approval"] = serde_json::json!({
+                "file": a.file,
+                "fingerprint": a.fingerprint,
+                "commit": self.commit,
+            });
+        }
+        // In a fleet, the intent of an action on a shared resource is
+        // written only under this member's lease: without it, nothing is
+        // done and nothing is spent.
+        match self
+            .store
+            .intent(&self.record(action, None, &intent.to_string()))
+        {
+            Err(StateError::Fenced { key, node }) => {
+                return Ok(Outcome::Skipped {
+                    reason: format!(
+                        "node {node} no longer holds the lease of {key}; its new owner acts on it"
+                    ),
+                })
+            }
+            other => other?,
+        };
+        if let Some(a) = &action.approval {
             // Used before the provider is called: a crash in between must
             // not leave the approval usable a second time.
             self.store.use_approval(&crate::state::UsedApproval {
@@ -163,14 +186,7 @@ impl Executor<'_> {
                 run_id: self.run_id,
                 at: chrono::Utc::now(),
             })?;
-            intent["approval"] = serde_json::json!({
-                "file": a.file,
-                "fingerprint": a.fingerprint,
-                "commit": self.commit,
-            });
         }
-        self.store
-            .intent(&self.record(action, None, &intent.to_string()))?;
         let result = match effect {
             Effect::Provider { desired } => self.apply(action, desired).await,
             Effect::Command(c) => run_command(&c, &action.target).await,

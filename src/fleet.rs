@@ -21,11 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::state::Store;
 use crate::vocab::ResourceKey;
 
-/// The key of the publisher's lease: its holder publishes pull requests,
-/// issues and fleet-level notifications, and reports what nobody declared.
-pub const PUBLISHER: &str = "tend.Fleet/publisher";
-
-pub use crate::state::{lease_key, shared};
+pub use crate::state::{lease_key, shared, PUBLISHER};
 
 fn score(member: &str, key: &str) -> u64 {
     let digest = Sha256::new()
@@ -75,6 +71,9 @@ pub fn assign<'a>(keys: &'a [String], members: &[String], me: &str) -> Vec<&'a s
 /// of the shared resources it is assigned, and tells the watcher when it
 /// took over new ones. Stops (and gives its leases up) when dropped.
 pub struct Member {
+    /// Held by a round while it works; set once the member leaves, so no
+    /// round that was under way takes the leases again after it.
+    left: Arc<Mutex<bool>>,
     keys: Arc<Mutex<Vec<String>>>,
     gained: Arc<tokio::sync::Notify>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -91,23 +90,32 @@ impl Member {
         lease: Duration,
     ) -> Option<Member> {
         store.fleet()?;
+        // A lease shorter than a second would renew in a busy loop.
+        let lease = lease.max(Duration::from_secs(1));
+        let left = Arc::new(Mutex::new(false));
         let keys = Arc::new(Mutex::new(wanted(resources)));
         let gained = Arc::new(tokio::sync::Notify::new());
         let (tx, mut rx) = tokio::sync::oneshot::channel();
-        round(store, &keys, lease, &gained).await;
-        let (s, k, g) = (Arc::clone(store), Arc::clone(&keys), Arc::clone(&gained));
+        round(store, &left, &keys, lease, &gained).await;
+        let (s, l, k, g) = (
+            Arc::clone(store),
+            Arc::clone(&left),
+            Arc::clone(&keys),
+            Arc::clone(&gained),
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(lease / 3);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => round(&s, &k, lease, &g).await,
+                    _ = tick.tick() => round(&s, &l, &k, lease, &g).await,
                     _ = &mut rx => break,
                 }
             }
         });
         Some(Member {
+            left,
             keys,
             gained,
             stop: Some(tx),
@@ -136,6 +144,8 @@ impl Drop for Member {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // Waits for a round under way to end.
+        *self.left.lock().unwrap_or_else(|e| e.into_inner()) = true;
         if let Some(fleet) = self.store.fleet() {
             if let Err(e) = fleet.leave() {
                 tracing::warn!(error = %e, "Failed to leave the fleet; its leases expire.");
@@ -181,14 +191,17 @@ fn saw(f: impl FnOnce(&mut Seen)) {
 /// One heartbeat and lease round, off the runtime threads.
 async fn round(
     store: &Arc<dyn Store>,
+    left: &Arc<Mutex<bool>>,
     keys: &Arc<Mutex<Vec<String>>>,
     lease: Duration,
     gained: &tokio::sync::Notify,
 ) {
     let store = Arc::clone(store);
+    let left = Arc::clone(left);
     let keys = keys.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let done = tokio::task::spawn_blocking(move || -> Result<bool, String> {
-        let Some(fleet) = store.fleet() else {
+        let left = left.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fleet) = store.fleet().filter(|_| !*left) else {
             return Ok(false);
         };
         let live = fleet.heartbeat(lease).map_err(|e| e.to_string())?;

@@ -58,7 +58,7 @@ pub enum PassError {
 
 /// Where tend keeps state, as given on the command line or in the
 /// environment, before any desired state is read.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub state_dir: Option<PathBuf>,
     /// A shared state database (`--state` or TEND_STATE_URL), and where
@@ -71,6 +71,19 @@ pub struct Options {
     /// comment its author reads): live values are shown only where they
     /// equal the declared ones, as digests elsewhere, and no probe runs.
     pub untrusted: bool,
+}
+
+/// The state URL may carry a password (from TEND_STATE_URL): never shown.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("state_dir", &self.state_dir)
+            .field("state_url", &self.state_url.as_ref().map(|(_, from)| from))
+            .field("node", &self.node)
+            .field("mode", &self.mode)
+            .field("untrusted", &self.untrusted)
+            .finish()
+    }
 }
 
 /// Desired state read and validated, and where this pass keeps its state.
@@ -126,7 +139,13 @@ pub fn load(source: &Source, opts: &Options) -> Result<Loaded, PassError> {
         _ => bootstrap_state_dir(opts)?,
     };
     let secrets = Secrets::collect(desired.resources.iter().map(|r| &r.spec));
-    let shared = shared_state(opts, &desired.settings)?;
+    // An untrusted desired state (a pull request's) chooses no database
+    // and names no password file: only the flag or environment do.
+    let shared = if opts.untrusted {
+        shared_state(opts, &Settings::default())?
+    } else {
+        shared_state(opts, &desired.settings)?
+    };
     Ok(Loaded {
         origin: snapshot.origin,
         commit: snapshot.commit,

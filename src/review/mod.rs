@@ -1610,6 +1610,12 @@ impl GitHubSink {
         let Some(cfg) = &applied.review else {
             return Ok(());
         };
+        // In a fleet, one member publishes: members publishing side by
+        // side, each with a plan of only what it owns, would withdraw each
+        // other's pull requests.
+        if applied.shared.is_some() && !crate::fleet::seen().is_some_and(|s| s.publisher) {
+            return Ok(());
+        }
         let input = Input {
             plan: &applied.plan,
             incidents: &applied.incidents,

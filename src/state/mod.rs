@@ -362,6 +362,10 @@ pub fn shared(key: &ResourceKey) -> bool {
     key.kind.provider() != Some(crate::model::ProviderName::Host)
 }
 
+/// The key of the publisher's lease: its holder publishes for the fleet
+/// and reports (and prunes) what nobody declared.
+pub const PUBLISHER: &str = "tend.Fleet/publisher";
+
 /// The key of a shared resource's lease: `kind/name`.
 pub fn lease_key(key: &ResourceKey) -> String {
     format!("{}/{}", key.kind.as_str(), key.name)

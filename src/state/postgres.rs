@@ -340,7 +340,7 @@ impl Postgres {
             .connect(NoTls)
             .map_err(|e| self.open_error(e))?;
         client
-            .batch_execute("SET statement_timeout = '30s'; SET lock_timeout = '10s'")
+            .batch_execute("SET statement_timeout = '5s'; SET lock_timeout = '2s'")
             .map_err(|e| self.open_error(e))?;
         Ok(Session {
             client,
@@ -358,33 +358,63 @@ impl Postgres {
             **guard = None;
             let mut session = self.connect()?;
             if let Some(command) = lock(&self.held).clone() {
-                self.take_lock(&mut session, &command)?;
+                self.take_lock(&mut session, &command, true)?;
             }
             **guard = Some(session);
         }
         Ok(guard.as_mut().expect("connected above"))
     }
 
-    fn take_lock(&self, s: &mut Session, command: &str) -> Result<(), StateError> {
+    /// Takes the run lock of this node on session `s`; `again` when this
+    /// store held it on a connection it lost.
+    fn take_lock(&self, s: &mut Session, command: &str, again: bool) -> Result<(), StateError> {
         let node = self.target.node.as_str();
         let mut c = PgConn {
             client: &mut s.client,
             statements: &mut s.statements,
         };
-        let got = c
-            .query(
+        let try_lock = |c: &mut PgConn<'_, Client>| -> Result<bool, StateError> {
+            Ok(c.query(
                 "SELECT pg_try_advisory_lock(hashtext('tend run ' || ?1))",
                 vals![node],
             )?
             .first()
             .map(|r| r.int(0))
             .transpose()?
-            == Some(1);
-        if !got {
-            let holder = c.query_opt(
+                == Some(1))
+        };
+        let mut got = try_lock(&mut c)?;
+        let holder = if got {
+            None
+        } else {
+            c.query_opt(
                 "SELECT pid, host, command, since FROM run_locks WHERE node = ?1",
                 vals![node],
+            )?
+        };
+        let me = (i64::from(std::process::id()), super::hostname());
+        let mine = match &holder {
+            Some(r) => again && (r.int(0)?, r.text(1)?) == me,
+            None => false,
+        };
+        if mine {
+            // This process held it on a connection it lost; the server has
+            // not noticed that one is gone yet (it can take hours on a
+            // silent network). It is ended, and the lock taken again.
+            c.query(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'advisory' AND a.application_name = ?1 AND l.pid <> pg_backend_pid()",
+                vals![format!("tend {node}")],
             )?;
+            for _ in 0..50 {
+                got = try_lock(&mut c)?;
+                if got {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if !got {
             let (pid, host, command, since) = match holder {
                 Some(r) => (r.int(0)?, r.text(1)?, r.text(2)?, r.text(3)?),
                 None => (0, node.to_string(), "tend".to_string(), String::new()),
@@ -493,7 +523,7 @@ impl Db for Postgres {
             let mut guard = lock(&self.session);
             let s = self.session(&mut guard)?;
             if lock(&self.held).is_none() {
-                self.take_lock(s, command)?;
+                self.take_lock(s, command, false)?;
             }
             *lock(&self.held) = Some(command.to_string());
             Ok(())
@@ -608,13 +638,11 @@ impl Fleet for Postgres {
         let began = Instant::now();
         let node = self.target.node.as_str();
         let keys = wanted.join("\n");
+        // A lease this member no longer wants is not renewed and runs out:
+        // an action it began under that lease has the rest of it to end
+        // before the new owner may take over. It counts as held no more,
+        // so nothing new starts under it.
         let held = with(self, true, |c| {
-            c.execute(
-                "UPDATE leases SET expires_at = clock_timestamp()
-                 WHERE holder = ?1 AND expires_at > clock_timestamp()
-                   AND NOT (kind || '/' || name = ANY (string_to_array(?2, chr(10))))",
-                vals![node, keys.as_str()],
-            )?;
             c.execute(
                 "INSERT INTO leases (kind, name, holder, epoch, expires_at)
                  SELECT split_part(k, '/', 1), substr(k, length(split_part(k, '/', 1)) + 2), CAST(?1 AS TEXT), 1,
@@ -629,8 +657,9 @@ impl Fleet for Postgres {
                 vals![node, keys.as_str(), ms(lease)],
             )?;
             let found = c.query(
-                "SELECT kind || '/' || name FROM leases WHERE holder = ?1 AND expires_at > clock_timestamp()",
-                vals![node],
+                "SELECT kind || '/' || name FROM leases WHERE holder = ?1 AND expires_at > clock_timestamp()
+                   AND kind || '/' || name = ANY (string_to_array(?2, chr(10)))",
+                vals![node, keys.as_str()],
             )?;
             found
                 .iter()

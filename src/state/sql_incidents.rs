@@ -215,7 +215,7 @@ impl SqlStore {
                 "SELECT id FROM incidents WHERE (?2 = '*' OR node IN ('', ?2)) {} ORDER BY id DESC LIMIT ?1",
                 if all { "" } else { "AND status != 'resolved'" }
             ),
-            vals![limit as i64, node.unwrap_or("*")],
+            vals![super::sql_store::clamp(limit), node.unwrap_or("*")],
         )
     }
 

@@ -58,7 +58,7 @@ impl SqlStore {
             self.query(
                 "SELECT at, operation, subject, number, url, outcome, detail
                  FROM (SELECT * FROM review_log ORDER BY id DESC LIMIT ?1) AS r ORDER BY id",
-                vals![limit as i64],
+                vals![super::sql_store::clamp(limit)],
             )?,
             |r| {
                 Ok(ReviewEvent {

@@ -96,6 +96,11 @@ pub(super) fn rows<T>(
     rows.iter().map(f).collect()
 }
 
+/// A row count as a statement's `LIMIT`.
+pub(super) fn clamp(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
 const JOURNAL_COLUMNS: &str =
     "id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node";
 
@@ -151,7 +156,7 @@ impl Store for SqlStore {
                     "SELECT {JOURNAL_COLUMNS}
                      FROM (SELECT * FROM journal WHERE at >= ?1 AND (?3 = '*' OR node = ?3) ORDER BY id DESC LIMIT ?2) AS j ORDER BY id"
                 ),
-                vals![since, limit as i64, node.unwrap_or("*")],
+                vals![since, clamp(limit), node.unwrap_or("*")],
             )?,
             journal_row,
         )
@@ -176,7 +181,7 @@ impl Store for SqlStore {
             self.query(
                 "SELECT i.id, i.run_id, i.at, i.phase, i.fingerprint, i.action, i.kind, i.name, i.commit_sha, i.outcome, i.detail, i.node
                  FROM journal i
-                 WHERE i.phase = 'intent' AND i.node = ?1 AND NOT EXISTS (
+                 WHERE i.phase = 'intent' AND (i.node = ?1 OR i.kind NOT LIKE 'host.%') AND NOT EXISTS (
                     SELECT 1 FROM journal o WHERE o.phase = 'outcome' AND o.run_id = i.run_id
                       AND o.fingerprint = i.fingerprint AND o.id > i.id)
                  ORDER BY i.id",
@@ -430,16 +435,24 @@ impl SqlStore {
     /// member holds its unexpired lease, with the lease's epoch: checked
     /// and written by one statement, so a member that lost the lease
     /// (paused, cut off, killed and restarted) journals nothing and acts
-    /// on nothing.
+    /// on nothing. What nobody declared has no lease: only the publisher
+    /// acts on it (a prune), under epoch 0.
     fn fenced_intent(&self, r: &JournalRecord<'_>) -> Result<i64, StateError> {
         let found = self.query(
             "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node, epoch)
-             SELECT CAST(?1 AS BIGINT), CAST(?2 AS TEXT), 'intent', CAST(?3 AS TEXT), CAST(?4 AS TEXT), l.kind, l.name,
-                    CAST(?7 AS TEXT), NULL, CAST(?8 AS TEXT), l.holder, l.epoch
-             FROM leases l
-             WHERE l.kind = ?5 AND l.name = ?6 AND l.holder = ?9 AND l.expires_at > clock_timestamp()
+             SELECT CAST(?1 AS BIGINT), CAST(?2 AS TEXT), 'intent', CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT),
+                    CAST(?6 AS TEXT), CAST(?7 AS TEXT), NULL, CAST(?8 AS TEXT), l.holder, l.epoch
+             FROM (
+               SELECT holder, epoch FROM leases
+               WHERE kind = ?5 AND name = ?6 AND holder = ?9 AND expires_at > clock_timestamp()
+               UNION ALL
+               SELECT holder, 0 FROM leases
+               WHERE kind || '/' || name = ?10 AND holder = ?9 AND expires_at > clock_timestamp()
+                 AND NOT EXISTS (SELECT 1 FROM leases x WHERE x.kind = ?5 AND x.name = ?6)
+             ) AS l
+             LIMIT 1
              RETURNING id",
-            vals![r.run_id, now(), r.fingerprint, W(&r.action), r.key.kind.as_str(), r.key.name.as_str(), r.commit, r.detail, self.me()],
+            vals![r.run_id, now(), r.fingerprint, W(&r.action), r.key.kind.as_str(), r.key.name.as_str(), r.commit, r.detail, self.me(), super::PUBLISHER],
         )?;
         match found.first() {
             Some(row) => row.int(0),

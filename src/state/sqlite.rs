@@ -157,7 +157,14 @@ impl Sqlite {
         conn.execute_batch(&SCHEMA.replace("{id}", "INTEGER PRIMARY KEY AUTOINCREMENT"))
             .map_err(open)?;
         conn.execute_batch(RUN_LOCK).map_err(open)?;
-        add_columns(&conn).map_err(open)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(open)?;
+        match add_columns(&conn) {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(open)?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(open(e));
+            }
+        }
         for f in [DB, "tend.db-wal", "tend.db-shm"] {
             private_file(&dir.join(f))?;
         }

@@ -348,6 +348,15 @@ fn shared_resources_are_sharded_and_a_killed_members_are_taken_over_once() {
     assert_eq!(live, 3, "{status:#}");
     assert_eq!(status["shared"]["held"], 300, "{status:#}");
     assert!(status["publisher"].is_string(), "{status:#}");
+    let human = on(&repo, &db, "n1", &["fleet", "status", "--lease", "3s"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(human.contains(": 3 of 3 members live"), "{human}");
+    assert!(human.contains("Shared resources: 300 held"), "{human}");
+    for node in ["n1", "n2", "n3"] {
+        assert!(human.lines().any(|l| l.starts_with(node)), "{human}");
+    }
 
     // n3 stops answering (SIGSTOP) and never comes back (SIGKILL); every
     // bucket drifts, n3's first.

@@ -466,3 +466,50 @@ fn a_newer_schema_and_a_bad_url_are_refused() {
     assert!(err.contains("schema version 99"), "{err}");
     assert!(!err.contains(pg::PASSWORD), "{err}");
 }
+
+/// The intent of an action on a shared resource is written only under
+/// this member's unexpired lease, with its epoch; what nobody declared
+/// (no lease at all) only by the publisher.
+#[test]
+fn an_intent_on_a_shared_resource_needs_the_lease() {
+    use std::time::Duration;
+    let db = pg::database();
+    let open = |node: &str| {
+        let t = Target::parse(&db.url_with_password(), UrlSource::Environment, None, node).unwrap();
+        tend::state::open(std::path::Path::new("/nonexistent"), Some(&t)).unwrap()
+    };
+    let (a, b) = (open("n1"), open("n2"));
+    let bucket = ResourceKey::new(Kind::AwsBucket, "x");
+    let lease = vec!["aws.s3.Bucket/x".to_string()];
+    let short = Duration::from_millis(1500);
+    let run = begin(a.as_ref());
+    let fenced = |s: &dyn Store, key: &ResourceKey| {
+        matches!(
+            s.intent(&rec(run, "f", key)),
+            Err(StateError::Fenced { .. })
+        )
+    };
+    assert!(fenced(a.as_ref(), &bucket), "no lease, no intent");
+    let (fa, fb) = (a.fleet().unwrap(), b.fleet().unwrap());
+    assert_eq!(fa.hold(&lease, short).unwrap(), lease);
+    a.intent(&rec(run, "f", &bucket)).unwrap();
+    assert!(fb.hold(&lease, short).unwrap().is_empty(), "held by n1");
+    std::thread::sleep(short + Duration::from_millis(300));
+    assert_eq!(fb.hold(&lease, short).unwrap(), lease, "taken once expired");
+    assert!(fenced(a.as_ref(), &bucket), "n1 lost it");
+    assert_eq!(
+        db.sql("SELECT string_agg(node || ':' || epoch, ',') FROM journal WHERE phase = 'intent'"),
+        "n1:1"
+    );
+    let unmanaged = ResourceKey::new(Kind::AwsBucket, "nobodys");
+    assert!(fenced(a.as_ref(), &unmanaged), "not the publisher");
+    fa.hold(&[tend::state::PUBLISHER.to_string()], short)
+        .unwrap();
+    a.intent(&rec(run, "f", &unmanaged)).unwrap();
+    assert!(
+        fenced(a.as_ref(), &bucket),
+        "the publisher does not act on a held key"
+    );
+    // A host resource is this node's own: no lease.
+    a.intent(&rec(run, "f", &key("motd"))).unwrap();
+}
