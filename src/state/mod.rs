@@ -9,6 +9,7 @@
 //! watchers runs the same statements ([`SqlStore`]) and no stage changes. This module
 //! never decides anything: it records and answers. See ARCHITECTURE.md.
 
+mod machine;
 mod postgres;
 mod scrub;
 mod sql;
@@ -335,7 +336,7 @@ pub trait Store: Send + Sync {
 /// embedded default in `dir`, creating either.
 pub fn open(dir: &Path, shared: Option<&Target>) -> Result<Box<dyn Store>, StateError> {
     Ok(match shared {
-        Some(target) => Box::new(Postgres::open(target)?),
+        Some(target) => Box::new(Postgres::open(target, dir)?),
         None => Box::new(Sqlite::open(dir)?),
     })
 }
@@ -347,7 +348,7 @@ pub fn open_existing(
     shared: Option<&Target>,
 ) -> Result<Option<Box<dyn Store>>, StateError> {
     Ok(match shared {
-        Some(target) => Some(Box::new(Postgres::open(target)?)),
+        Some(target) => Some(Box::new(Postgres::open(target, dir)?)),
         None => Sqlite::open_existing(dir)?.map(|s| Box::new(s) as Box<dyn Store>),
     })
 }

@@ -272,6 +272,10 @@ pub struct Postgres {
     held: Mutex<Option<String>>,
     /// The leases held at the last round: when it began, and for how long.
     owned: Mutex<Owned>,
+    /// This machine's state directory, and its lock while the run lock is
+    /// held (the database's lock is per node name only).
+    dir: PathBuf,
+    machine: Mutex<Option<super::machine::MachineLock>>,
 }
 
 #[derive(Default)]
@@ -299,13 +303,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Postgres {
     /// Connects, creates or migrates the schema, and reads the key secret
-    /// values are fingerprinted under.
-    pub fn open(target: &Target) -> Result<SqlStore, StateError> {
+    /// values are fingerprinted under. `dir` is this machine's state
+    /// directory (its host records, and the machine's run lock).
+    pub fn open(target: &Target, dir: &Path) -> Result<SqlStore, StateError> {
         let pg = Postgres {
             target: target.clone(),
             session: Mutex::new(None),
             held: Mutex::new(None),
             owned: Mutex::new(Owned::default()),
+            dir: dir.to_path_buf(),
+            machine: Mutex::new(None),
         };
         off_runtime(|| -> Result<(), StateError> {
             let mut session = pg.connect()?;
@@ -519,6 +526,12 @@ impl Db for Postgres {
     }
 
     fn lock(&self, command: &str) -> Result<(), StateError> {
+        {
+            let mut machine = lock(&self.machine);
+            if machine.is_none() {
+                *machine = Some(super::machine::take(&self.dir, command)?);
+            }
+        }
         off_runtime(|| {
             let mut guard = lock(&self.session);
             let s = self.session(&mut guard)?;
@@ -531,6 +544,7 @@ impl Db for Postgres {
     }
 
     fn unlock(&self) -> Result<(), StateError> {
+        lock(&self.machine).take();
         if lock(&self.held).take().is_none() {
             return Ok(());
         }

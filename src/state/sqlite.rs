@@ -186,7 +186,7 @@ impl Sqlite {
 }
 
 /// Creates the state directory 0700, or tightens an existing one.
-fn private_dir(dir: &Path) -> Result<(), StateError> {
+pub(super) fn private_dir(dir: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let err = |cause| StateError::Dir {
         path: dir.display().to_string(),

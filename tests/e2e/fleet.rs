@@ -538,3 +538,36 @@ fn a_member_cut_off_from_the_database_stops_acting_and_acts_on_nothing_it_lost()
         c.wait().unwrap();
     }
 }
+
+/// The database's run lock is per node name; one machine's state
+/// directory is locked too, so two tends on one machine under different
+/// names never act on the same host files at once.
+#[test]
+fn two_node_names_on_one_machine_never_act_at_once() {
+    let db = pg::database();
+    let ws = Workspace::new();
+    ws.write("motd.yaml", &file_doc("motd", "etc/motd", "hello\n"));
+    let mut watcher = watch(&ws, &ws, &db, "web-1", &["--interval", "1s"]);
+    until(Duration::from_secs(60), "the watcher applied", || {
+        ws.path().join("etc/motd").exists()
+    });
+    let run = on(
+        &ws,
+        &db,
+        "vm-hostname",
+        &[
+            "apply",
+            "--node",
+            "vm-hostname",
+            &ws.desired().display().to_string(),
+        ],
+    );
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+    run.code(1);
+    assert!(
+        run.stderr.contains("run.lock") && run.stderr.contains("tend watch"),
+        "{}",
+        run.stderr
+    );
+}

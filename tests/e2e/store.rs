@@ -423,9 +423,12 @@ fn samples_are_kept_per_series_capped_and_aged_out() {
 #[test]
 fn the_shared_run_lock_is_per_node_and_ends_with_its_holder() {
     let db = pg::database();
+    let dirs = tempfile::tempdir().unwrap();
     let open = |node: &str| {
         let t = Target::parse(&db.url_with_password(), UrlSource::Environment, None, node).unwrap();
-        tend::state::open(std::path::Path::new("/nonexistent"), Some(&t)).unwrap()
+        // A machine of its own each (the machine's lock is tested apart).
+        let dir = tempfile::tempdir_in(dirs.path()).unwrap().keep();
+        tend::state::open(&dir, Some(&t)).unwrap()
     };
     let first = open("n1");
     first.lock("tend watch").unwrap();
