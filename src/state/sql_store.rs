@@ -438,6 +438,18 @@ impl SqlStore {
     /// on nothing. What nobody declared has no lease: only the publisher
     /// acts on it (a prune), under epoch 0.
     fn fenced_intent(&self, r: &JournalRecord<'_>) -> Result<i64, StateError> {
+        let fenced = || StateError::Fenced {
+            key: super::lease_key(r.key),
+            node: self.me().to_string(),
+        };
+        // What this member gave up at its last round starts nothing new,
+        // though its lease runs on a while (for what is under way).
+        let owned = self.db.fleet().map(|f| f.owned()).unwrap_or_default();
+        let holds = owned.contains(&super::lease_key(r.key));
+        let publishes = owned.contains(super::PUBLISHER);
+        if !holds && !publishes {
+            return Err(fenced());
+        }
         let found = self.query(
             "INSERT INTO journal (run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node, epoch)
              SELECT CAST(?1 AS BIGINT), CAST(?2 AS TEXT), 'intent', CAST(?3 AS TEXT), CAST(?4 AS TEXT), CAST(?5 AS TEXT),
@@ -445,6 +457,7 @@ impl SqlStore {
              FROM (
                SELECT holder, epoch FROM leases
                WHERE kind = ?5 AND name = ?6 AND holder = ?9 AND expires_at > clock_timestamp()
+                 AND CAST(?11 AS INTEGER) = 1
                UNION ALL
                SELECT holder, 0 FROM leases
                WHERE kind || '/' || name = ?10 AND holder = ?9 AND expires_at > clock_timestamp()
@@ -452,14 +465,11 @@ impl SqlStore {
              ) AS l
              LIMIT 1
              RETURNING id",
-            vals![r.run_id, now(), r.fingerprint, W(&r.action), r.key.kind.as_str(), r.key.name.as_str(), r.commit, r.detail, self.me(), super::PUBLISHER],
+            vals![r.run_id, now(), r.fingerprint, W(&r.action), r.key.kind.as_str(), r.key.name.as_str(), r.commit, r.detail, self.me(), super::PUBLISHER, holds],
         )?;
         match found.first() {
             Some(row) => row.int(0),
-            None => Err(StateError::Fenced {
-                key: super::lease_key(r.key),
-                node: self.me().to_string(),
-            }),
+            None => Err(fenced()),
         }
     }
 }
