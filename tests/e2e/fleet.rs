@@ -152,6 +152,18 @@ fn watch(
     c.spawn().expect("start tend watch")
 }
 
+/// Members a test started, killed when the test ends, passed or not.
+struct Running(Vec<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Waits for `child` to exit by itself; its status.
 fn wait(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
@@ -186,20 +198,22 @@ fn three_watchers_reconcile_their_own_host_files_and_share_one_journal() {
     let repo = Workspace::new();
     repo.write("motd.yaml", &file_doc("motd", "etc/motd", "hello\n"));
     let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
-    let mut children: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            watch(
-                m,
-                &repo,
-                &db,
-                &format!("n{}", i + 1),
-                &["--interval", "1s", "--max-passes", "2"],
-            )
-        })
-        .collect();
-    for (i, c) in children.iter_mut().enumerate() {
+    let mut children = Running(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                watch(
+                    m,
+                    &repo,
+                    &db,
+                    &format!("n{}", i + 1),
+                    &["--interval", "1s", "--max-passes", "2"],
+                )
+            })
+            .collect(),
+    );
+    for (i, c) in children.0.iter_mut().enumerate() {
         let status = wait(c, Duration::from_secs(120));
         assert!(
             status.success(),
@@ -310,11 +324,13 @@ fn shared_resources_are_sharded_and_a_killed_members_are_taken_over_once() {
     let db = pg::database();
     let repo = fleet_repo(&moto, 300);
     let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
-    let mut children: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| watch(m, &repo, &db, &format!("n{}", i + 1), &["--interval", "2s"]))
-        .collect();
+    let mut children = Running(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| watch(m, &repo, &db, &format!("n{}", i + 1), &["--interval", "2s"]))
+            .collect(),
+    );
     let created = until(Duration::from_secs(240), "300 buckets created", || {
         db.try_sql("SELECT count(*) FROM journal WHERE phase = 'outcome' AND action = 'create'")
             .is_ok_and(|n| n.parse::<usize>().unwrap_or(0) >= 300)
@@ -364,13 +380,13 @@ fn shared_resources_are_sharded_and_a_killed_members_are_taken_over_once() {
         "SELECT string_agg(name, ',') FROM leases WHERE holder = 'n3' AND expires_at > clock_timestamp()",
     );
     assert!(!n3_keys.is_empty());
-    unsafe { libc::kill(children[2].id() as i32, libc::SIGSTOP) };
+    unsafe { libc::kill(children.0[2].id() as i32, libc::SIGSTOP) };
     let killed = chrono::Utc::now();
     moto.boto(&format!(
         "first = '{n3_keys}'.split(',')\nrest = [b['Name'] for b in s3.list_buckets()['Buckets'] if b['Name'] not in first]\nfor b in first + rest:\n    s3.put_bucket_tagging(Bucket=b, Tagging={{'TagSet': [{{'Key': 'team', 'Value': 'drift'}}]}})\n"
     ));
-    children[2].kill().unwrap();
-    children[2].wait().unwrap();
+    children.0[2].kill().unwrap();
+    children.0[2].wait().unwrap();
     until(
         Duration::from_secs(180),
         "every drifted bucket corrected",
@@ -401,7 +417,7 @@ fn shared_resources_are_sharded_and_a_killed_members_are_taken_over_once() {
     assert_eq!(n, 300, "each drift corrected exactly once");
     let by_dead = db.sql("SELECT count(*) FROM journal WHERE node = 'n3' AND action = 'update'");
     assert_eq!(by_dead, "0");
-    for c in &mut children[..2] {
+    for c in &mut children.0[..2] {
         c.kill().unwrap();
         c.wait().unwrap();
     }
@@ -476,14 +492,16 @@ fn a_member_cut_off_from_the_database_stops_acting_and_acts_on_nothing_it_lost()
     let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
     let gate = Gate::start(db.port());
     let cut_off = pg::Database::on_port(&db, gate.port);
-    let mut children: Vec<_> = members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let via = if i == 2 { &cut_off } else { &db };
-            watch(m, &repo, via, &format!("n{}", i + 1), &["--interval", "2s"])
-        })
-        .collect();
+    let mut children = Running(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let via = if i == 2 { &cut_off } else { &db };
+                watch(m, &repo, via, &format!("n{}", i + 1), &["--interval", "2s"])
+            })
+            .collect(),
+    );
     until(Duration::from_secs(120), "30 buckets created", || {
         db.try_sql("SELECT count(*) FROM journal WHERE phase = 'outcome' AND action = 'create'")
             .is_ok_and(|n| n.parse::<usize>().unwrap_or(0) >= 30)
@@ -508,7 +526,7 @@ fn a_member_cut_off_from_the_database_stops_acting_and_acts_on_nothing_it_lost()
         "0",
         "the member cut off acted on nothing"
     );
-    assert!(children[2].try_wait().unwrap().is_none(), "n3 still runs");
+    assert!(children.0[2].try_wait().unwrap().is_none(), "n3 still runs");
 
     // n3 comes back: it takes back a share, and a second drift is again
     // corrected once per bucket, under one holder per lease epoch.
@@ -533,7 +551,7 @@ fn a_member_cut_off_from_the_database_stops_acting_and_acts_on_nothing_it_lost()
         "SELECT count(*) FROM (SELECT kind, name, epoch FROM journal WHERE phase = 'intent' AND epoch IS NOT NULL GROUP BY kind, name, epoch HAVING count(DISTINCT node) > 1) AS t",
     );
     assert_eq!(shared_epochs, "0", "one node per lease epoch");
-    for c in &mut children {
+    for c in &mut children.0 {
         c.kill().unwrap();
         c.wait().unwrap();
     }
@@ -547,7 +565,7 @@ fn two_node_names_on_one_machine_never_act_at_once() {
     let db = pg::database();
     let ws = Workspace::new();
     ws.write("motd.yaml", &file_doc("motd", "etc/motd", "hello\n"));
-    let mut watcher = watch(&ws, &ws, &db, "web-1", &["--interval", "1s"]);
+    let mut watcher = Running(vec![watch(&ws, &ws, &db, "web-1", &["--interval", "1s"])]);
     until(Duration::from_secs(60), "the watcher applied", || {
         ws.path().join("etc/motd").exists()
     });
@@ -562,8 +580,8 @@ fn two_node_names_on_one_machine_never_act_at_once() {
             &ws.desired().display().to_string(),
         ],
     );
-    watcher.kill().unwrap();
-    watcher.wait().unwrap();
+    watcher.0[0].kill().unwrap();
+    watcher.0[0].wait().unwrap();
     run.code(1);
     assert!(
         run.stderr.contains("run.lock") && run.stderr.contains("tend watch"),

@@ -212,6 +212,7 @@ fn start() -> Result<Server, String> {
     Command::new("sh")
         .arg("-c")
         .arg(WATCHDOG)
+        .arg("tend-pg-watchdog")
         .arg(std::process::id().to_string())
         .arg(&bin)
         .arg(if root { "runuser -u postgres --" } else { "" })
