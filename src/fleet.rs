@@ -239,14 +239,14 @@ async fn round(
 /// this member holds its lease.
 pub fn owns(store: &dyn Store, key: &ResourceKey) -> bool {
     match store.fleet() {
-        Some(fleet) if shared(key) => fleet.owned().contains(&lease_key(key)),
+        Some(fleet) if shared(key) => fleet.holds(&lease_key(key)),
         _ => true,
     }
 }
 
 /// Whether this process publishes for the fleet (always on one machine).
 pub fn publishes(store: &dyn Store) -> bool {
-    store.fleet().is_none_or(|f| f.owned().contains(PUBLISHER))
+    store.fleet().is_none_or(|f| f.holds(PUBLISHER))
 }
 
 #[cfg(test)]

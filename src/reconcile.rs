@@ -430,14 +430,14 @@ async fn survey(
     if opts.untrusted {
         conceal_live(resources, &mut live);
     }
+    let index = desired.index();
     if let Some(s) = member {
         // Another member's shared resources are not this pass's to read,
         // and what nobody declared is the publisher's to report.
-        let all = desired.index();
         let publishes = crate::fleet::publishes(s);
         live.retain(|k, _| {
             !crate::fleet::shared(k)
-                || if all.contains_key(k) {
+                || if index.contains_key(k) {
                     crate::fleet::owns(s, k)
                 } else {
                     publishes
@@ -446,7 +446,6 @@ async fn survey(
     }
     let prune = scope == Scope::Full && desired.settings.prune.enabled;
     let diff = diff::diff(resources, &live, DiffOptions { prune });
-    let index = desired.index();
     let resource_mode = |k: &ResourceKey| index.get(k).and_then(|r| r.mode);
     let mut plan = plan::plan(
         &diff,

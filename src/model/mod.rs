@@ -101,6 +101,12 @@ impl Kind {
 
     /// The provider that manages resources of this kind; `None` for tend's
     /// own kinds.
+    /// Whether a fleet shares resources of this kind (a cloud resource)
+    /// rather than each node owning its own (a `host.*` resource).
+    pub fn shared_by_fleet(self) -> bool {
+        self.provider() != Some(ProviderName::Host)
+    }
+
     pub fn provider(self) -> Option<ProviderName> {
         match self {
             Kind::Settings | Kind::Signature | Kind::Runbook | Kind::Approval => None,

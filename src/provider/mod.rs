@@ -59,12 +59,6 @@ pub enum Listing {
     Mine { status: bool },
 }
 
-/// Whether a fleet shares resources of `kind` (rather than each node
-/// owning its own).
-fn shared_kind(kind: Kind) -> bool {
-    kind.provider() != Some(crate::model::ProviderName::Host)
-}
-
 /// What an applied action did, for the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -211,12 +205,12 @@ impl Providers {
                 Listing::Declared => (declared_kinds(), true),
                 // A node's own resources are never shared: it reads all of
                 // them, what nobody declared too.
-                Listing::Mine { status } if !p.kinds().iter().any(|k| shared_kind(*k)) => {
+                Listing::Mine { status } if !p.kinds().iter().any(|k| k.shared_by_fleet()) => {
                     (p.kinds().to_vec(), status)
                 }
                 Listing::Mine { status } => (declared_kinds(), status),
             };
-            let only_declared = only_declared && p.kinds().iter().any(|k| shared_kind(*k));
+            let only_declared = only_declared && p.kinds().iter().any(|k| k.shared_by_fleet());
             if kinds.is_empty() {
                 return Ok(Vec::new());
             }

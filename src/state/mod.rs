@@ -105,6 +105,10 @@ pub trait Fleet: Send + Sync {
     /// that round is younger than two thirds of its lease (a member that
     /// cannot renew stops acting before its leases can expire).
     fn owned(&self) -> std::collections::HashSet<String>;
+    /// Whether `key` is among [`Fleet::owned`] (without copying them).
+    fn holds(&self, key: &str) -> bool {
+        self.owned().contains(key)
+    }
     /// Every lease, live or expired.
     fn leases(&self) -> Result<Vec<Lease>, StateError>;
     /// Gives up this member's leases and leaves the members (a clean stop:
@@ -360,7 +364,7 @@ pub type Location = (std::path::PathBuf, Option<Arc<Target>>);
 /// Whether a fleet shares `key` (a cloud resource) rather than one node
 /// owning it (a `host.*` resource, which belongs to the node it runs on).
 pub fn shared(key: &ResourceKey) -> bool {
-    key.kind.provider() != Some(crate::model::ProviderName::Host)
+    key.kind.shared_by_fleet()
 }
 
 /// The key of the publisher's lease: its holder publishes for the fleet

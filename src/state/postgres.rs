@@ -285,6 +285,13 @@ struct Owned {
     lease: Duration,
 }
 
+impl Owned {
+    /// The last round is younger than two thirds of its lease.
+    fn fresh(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() < self.lease * 2 / 3)
+    }
+}
+
 /// Runs `f` where the driver may block: on this thread outside a runtime,
 /// else on a scoped thread of its own.
 fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
@@ -690,10 +697,16 @@ impl Fleet for Postgres {
 
     fn owned(&self) -> HashSet<String> {
         let owned = lock(&self.owned);
-        match owned.since {
-            Some(t) if t.elapsed() < owned.lease * 2 / 3 => owned.keys.clone(),
-            _ => HashSet::new(),
+        if owned.fresh() {
+            owned.keys.clone()
+        } else {
+            HashSet::new()
         }
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        let owned = lock(&self.owned);
+        owned.fresh() && owned.keys.contains(key)
     }
 
     fn leases(&self) -> Result<Vec<Lease>, StateError> {

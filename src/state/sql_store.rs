@@ -444,9 +444,9 @@ impl SqlStore {
         };
         // What this member gave up at its last round starts nothing new,
         // though its lease runs on a while (for what is under way).
-        let owned = self.db.fleet().map(|f| f.owned()).unwrap_or_default();
-        let holds = owned.contains(&super::lease_key(r.key));
-        let publishes = owned.contains(super::PUBLISHER);
+        let fleet = self.db.fleet();
+        let holds = fleet.is_some_and(|f| f.holds(&super::lease_key(r.key)));
+        let publishes = fleet.is_some_and(|f| f.holds(super::PUBLISHER));
         if !holds && !publishes {
             return Err(fenced());
         }
