@@ -74,6 +74,10 @@ pub struct Command<'a> {
     pub incident: i64,
 }
 
+/// How long a drift correction holds its fleet budget slot at most, if
+/// it is never given back (the member was killed mid-action).
+const IN_FLIGHT: Duration = Duration::from_secs(600);
+
 /// Carries out actions for one run, journaling each.
 pub struct Executor<'a> {
     pub providers: &'a Providers,
@@ -278,10 +282,28 @@ impl Executor<'_> {
                 }
             } else {
                 let span = info_span!("action", resource = %action.target, action = action.action_type.as_str(), reason = %action.reasons.join("; "));
-                let desired = index.get(&action.target).copied();
-                self.execute(action, Effect::Provider { desired })
-                    .instrument(span)
-                    .await?
+                let resource = index.get(&action.target).copied();
+                // Declared resources count against the fleet budgets that
+                // select them, while the action is in flight.
+                let waits = match resource {
+                    Some(r) => {
+                        crate::budget::take(self.store, desired, r, self.run_id, IN_FLIGHT)?.err()
+                    }
+                    None => None,
+                };
+                match waits {
+                    Some(reason) => Outcome::Skipped { reason },
+                    None => {
+                        let out = self
+                            .execute(action, Effect::Provider { desired: resource })
+                            .instrument(span)
+                            .await;
+                        if let Some(r) = resource {
+                            crate::budget::release(self.store, desired, r)?;
+                        }
+                        out?
+                    }
+                }
             };
             match &outcome {
                 Outcome::Failed { .. } => consecutive_failures += 1,

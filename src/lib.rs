@@ -32,6 +32,7 @@
 
 mod act;
 mod actions;
+pub mod budget;
 pub mod cli;
 mod controller;
 mod diff;

@@ -372,6 +372,8 @@ pub struct Planned {
     pub recovered: Vec<i64>,
     /// Every secret value the pass knows of: declared and live.
     pub secrets: Secrets,
+    /// Where the fleet budgets stand (`Settings spec.safety.fleet`).
+    pub fleet: Vec<crate::budget::Standing>,
 }
 
 /// Inventories, diffs, reads health and plans, undecided. Reads the state
@@ -465,6 +467,21 @@ async fn survey(
     } else {
         read_health(desired, resources, &live, store, &rt.prober).await?
     };
+    let fleet = fleet_budgets(store, desired, &watched, acting)?;
+    let me = store
+        .and_then(|s| s.fleet())
+        .map(|f| f.node().to_string())
+        .unwrap_or_default();
+    let budget_hold = |r: &Resource| {
+        crate::budget::stops(&fleet, desired, r).map(|s| {
+            let first = s
+                .first
+                .as_ref()
+                .is_some_and(|(node, key)| *node == me && *key == r.key)
+                && !s.waiting;
+            (s.stop.clone().unwrap_or_default(), first)
+        })
+    };
     let failures = |cause: &str, runbook: &str, step: usize| {
         store
             .and_then(|s| s.consecutive_failures(cause, runbook, step as u32).ok())
@@ -508,6 +525,7 @@ async fn survey(
             last_good: &last_good,
             signatures: &desired.signatures,
             storm: &desired.settings.safety.storm,
+            fleet: &budget_hold,
             now,
         },
     );
@@ -524,6 +542,32 @@ async fn survey(
         live,
         recovered,
         secrets,
+        fleet,
+    })
+}
+
+/// Where the fleet budgets stand for this pass. A pass that acts first
+/// reports its selected resources' health for the other members; a plan
+/// only reads (and a store too old to keep budgets has none to read).
+fn fleet_budgets(
+    store: Option<&dyn Store>,
+    desired: &DesiredState,
+    watched: &[Watched<'_>],
+    acting: Acting,
+) -> Result<Vec<crate::budget::Standing>, PassError> {
+    let Some(store) = store.filter(|_| !desired.settings.safety.fleet.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let now = chrono::Utc::now();
+    Ok(match acting {
+        Acting::Act => {
+            let onset = crate::budget::report(store, desired, watched)?;
+            crate::budget::standing(store, desired, onset, now)?
+        }
+        Acting::Plan => crate::budget::standing(store, desired, None, now).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "Could not read where the fleet budgets stand.");
+            Vec::new()
+        }),
     })
 }
 
@@ -744,6 +788,10 @@ pub async fn plan(
     )
     .await?;
     let index = desired.index();
+    let facts = &Facts {
+        fleet: planned.fleet.clone(),
+        ..facts.clone()
+    };
     let good = |k: &ResourceKey| {
         store
             .and_then(|s| s.last_good(k).ok().flatten())
@@ -878,7 +926,7 @@ async fn apply_run(
     let known = rollout::read(store, &loaded.desired, now, Some((run_id, commit)))?;
     // Held resources are kept at their last good spec.
     let desired = &rollout::pinned(&loaded.desired, &known.holds);
-    let facts = facts(Some(store), &desired.settings, now)?;
+    let mut facts = facts(Some(store), &desired.settings, now)?;
     let mut planned = survey(
         prepared,
         desired,
@@ -888,6 +936,7 @@ async fn apply_run(
         &under_way,
     )
     .await?;
+    facts.fleet = std::mem::take(&mut planned.fleet);
     // The samples forecasts and baselines learn from (numbers only): a
     // failure to keep them costs history, never the pass.
     if let Err(e) = store.add_samples(&rt.prober.history().take_unsaved()) {

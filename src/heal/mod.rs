@@ -49,6 +49,9 @@ use crate::diff::drift_of;
 /// How often a step under verification is looked at again.
 const POLL: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How often a step a full fleet budget holds asks again.
+const BUDGET_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where an incident stands after this pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -158,6 +161,8 @@ struct Job {
     switch: Option<RunbookSpec>,
     /// Why a regression is frozen rather than rolled back.
     frozen: Option<String>,
+    /// A full fleet budget holds its step (said once in the log).
+    waits: bool,
 }
 
 impl Job {
@@ -236,6 +241,7 @@ impl Runner {
                         memory: HashMap::new(),
                         switch: None,
                         frozen: None,
+                        waits: false,
                     },
                 );
             }
@@ -456,6 +462,14 @@ async fn advance(h: &Healer<'_>, job: &mut Job) -> Result<Advance, StateError> {
                         return Ok(Advance::At(Instant::now()));
                     }
                     Started::NotHealed => after_failure(h, job, resource, index).await?,
+                    Started::Waits(why) => {
+                        if !job.waits {
+                            info!(resource = %key, "{why}");
+                            job.waits = true;
+                        }
+                        job.phase = Phase::Step { index, action };
+                        return Ok(Advance::At(Instant::now() + BUDGET_RETRY));
+                    }
                 }
             }
             Phase::Verifying(v) => {
@@ -644,6 +658,8 @@ enum Started {
     Verifying(Box<Verifying>),
     /// The step could not be carried out.
     NotHealed,
+    /// A fleet budget is full: the step waits, nothing was spent.
+    Waits(String),
 }
 
 /// Carries a decided step out (or holds it for a human) and records it on
@@ -669,6 +685,17 @@ async fn start_step(
     if action.decision != Decision::Auto {
         hold(h, inc, index, step, action, started)?;
         return Ok(Started::Stands(Standing::Held));
+    }
+    // In flight, for the fleet budgets, until its verification ends.
+    let hold_for = step.within() + std::time::Duration::from_secs(60);
+    if let Err(why) = crate::budget::take(
+        h.store,
+        h.desired,
+        inc.resource,
+        h.executor.run_id,
+        hold_for,
+    )? {
+        return Ok(Started::Waits(why));
     }
     // On the incident before anything happens: a stop of tend from here
     // on leaves a `running` step, which the next pass marks interrupted.
@@ -816,6 +843,7 @@ fn end_step(
 ) -> Result<(), StateError> {
     let step = &ran.step;
     let verified = verdict.is_ok();
+    crate::budget::release(h.store, h.desired, inc.resource)?;
     h.store.record_step_result(&StepResult {
         cause: &ran.cause,
         runbook: &ran.runbook,
@@ -1059,7 +1087,8 @@ fn decide(
     live: Option<crate::vocab::LiveResource>,
 ) -> Result<Action, StateError> {
     let now = chrono::Utc::now();
-    let facts = Facts::read(h.store, &h.desired.settings, now)?;
+    let mut facts = Facts::read(h.store, &h.desired.settings, now)?;
+    facts.fleet = crate::budget::standing(h.store, h.desired, None, now)?;
     let index = h.desired.index();
     let live: HashMap<ResourceKey, crate::vocab::LiveResource> = live
         .map(|l| (action.target.clone(), l))

@@ -212,6 +212,7 @@ async fn regressed(
         memory: w.memory,
         switch: None,
         frozen,
+        waits: false,
     })
 }
 

@@ -481,6 +481,105 @@ pub struct Safety {
     pub circuit_breaker: CircuitBreaker,
     #[serde(default)]
     pub storm: Storm,
+    /// Fleet-wide budgets over the resources a label selector picks,
+    /// counted in the state database across every member.
+    #[serde(default)]
+    pub fleet: Vec<FleetBudget>,
+}
+
+/// `Settings spec.safety.fleet[]`: a budget over the resources its selector
+/// picks, across every member sharing the state database (one machine
+/// alone is a fleet of one). No policy can loosen it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FleetBudget {
+    pub name: String,
+    #[serde(default)]
+    pub selector: changes::WaveSelector,
+    /// At most this many automatic actions in flight at once (a runbook
+    /// step until its verification ends), a count or a share of the
+    /// selected resources across the fleet.
+    #[serde(default)]
+    pub max_concurrent: Option<Share>,
+    /// No automatic action while fewer selected resources than this are
+    /// healthy across the fleet: the observer or a shared dependency is
+    /// more likely broken than every host.
+    #[serde(default)]
+    pub min_healthy: Option<Share>,
+    /// No automatic action once this many actions on selected resources
+    /// failed or were not verified within `window`, fleet-wide.
+    #[serde(default)]
+    pub max_errors: Option<usize>,
+    #[serde(default = "budget_window")]
+    pub window: Span,
+}
+
+fn budget_window() -> Span {
+    Span(std::time::Duration::from_secs(3600))
+}
+
+/// A number of resources (`2`) or a share of them (`"20%"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Share {
+    Count(usize),
+    Percent(f64),
+}
+
+impl Share {
+    /// How many of `total` this is: a share rounded up.
+    pub fn of(&self, total: usize) -> usize {
+        match *self {
+            Share::Count(n) => n,
+            Share::Percent(p) => (p * total as f64 / 100.0 - 1e-9).ceil().max(0.0) as usize,
+        }
+    }
+}
+
+impl std::fmt::Display for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Share::Count(n) => write!(f, "{n}"),
+            Share::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for Share {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Share::Count(n) => s.serialize_u64(*n as u64),
+            Share::Percent(_) => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Text(String),
+        }
+        let bad = |s: &str| {
+            serde::de::Error::custom(format!(
+                "invalid share `{s}`: a count (2) or a percentage between 0% and 100% (\"20%\")"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => Ok(Share::Count(n as usize)),
+            Raw::Text(t) => {
+                let p: f64 = t
+                    .strip_suffix('%')
+                    .and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| bad(&t))?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(bad(&t));
+                }
+                Ok(Share::Percent(p))
+            }
+        }
+    }
 }
 
 /// `Settings spec.safety.storm`: when at least `share` (and at least
@@ -540,6 +639,7 @@ impl Default for Safety {
             fight_detection: FightDetection::default(),
             circuit_breaker: CircuitBreaker::default(),
             storm: Storm::default(),
+            fleet: Vec::new(),
         }
     }
 }
@@ -919,6 +1019,27 @@ pub fn load<I: Inputs + ?Sized>(input: &I) -> Result<DesiredState, Invalid> {
                             w.name
                         )));
                     }
+                }
+            }
+            let mut names = std::collections::HashSet::new();
+            for b in &settings.safety.fleet {
+                if !names.insert(b.name.as_str()) {
+                    return Err(invalid(format!(
+                        "invalid Settings: two fleet budgets are named `{}` (spec.safety.fleet)",
+                        b.name
+                    )));
+                }
+                if b.max_concurrent.is_none() && b.min_healthy.is_none() && b.max_errors.is_none() {
+                    return Err(invalid(format!(
+                        "invalid Settings: fleet budget `{}` sets none of maxConcurrent, minHealthy, maxErrors (spec.safety.fleet)",
+                        b.name
+                    )));
+                }
+                if b.max_concurrent == Some(Share::Count(0)) {
+                    return Err(invalid(format!(
+                        "invalid Settings: fleet budget `{}` has maxConcurrent 0, which stops every action; use a pause instead (spec.safety.fleet)",
+                        b.name
+                    )));
                 }
             }
             settings

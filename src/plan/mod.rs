@@ -218,6 +218,10 @@ pub struct HealingInput<'a> {
     pub signatures: &'a [crate::model::health::Signature],
     /// The storm guard (`Settings spec.safety.storm`).
     pub storm: &'a crate::model::Storm,
+    /// Why a fleet budget stops automatic action on a resource, and
+    /// whether the resource is the first unhealthy one of the fleet (the
+    /// one whose incident names the budget).
+    pub fleet: &'a dyn Fn(&Resource) -> Option<(String, bool)>,
     pub now: DateTime<Utc>,
 }
 
@@ -241,6 +245,22 @@ pub fn add_health(
             if storm.first == r.key {
                 let inc = correlated(r, &w.assessment, storm, w.prior.as_ref(), input.now);
                 plan.remedies.push(inc);
+            }
+            plan.health.push(w.assessment);
+            continue;
+        }
+        if let Some((why, first)) = (input.fleet)(r).filter(|_| w.assessment.problem.is_some()) {
+            // One incident for the whole fleet, on its first unhealthy
+            // resource; no healing step on any (the gates hold their
+            // drift corrections too).
+            if first {
+                plan.remedies.push(held_by_budget(
+                    r,
+                    &w.assessment,
+                    &why,
+                    w.prior.as_ref(),
+                    input.now,
+                ));
             }
             plan.health.push(w.assessment);
             continue;
@@ -436,7 +456,6 @@ fn correlated(
         .filter(|t| of_source.contains(&t.reading.signal))
         .cloned()
         .collect();
-    let onset = symptoms.iter().map(|t| t.since).min().unwrap_or(now);
     let names: Vec<String> = storm.members.iter().map(ToString::to_string).collect();
     let cause = format!(
         "correlated failure: {} fails for {} of the {} resources that read it",
@@ -448,6 +467,39 @@ fn correlated(
         "{cause} ({}); the source or a shared dependency is more likely broken than every resource (Settings spec.safety.storm)",
         names.join(", ")
     );
+    escalated_at_once(r, symptoms, cause, why, prior, now)
+}
+
+/// The one incident of the fleet while a fleet budget stops automatic
+/// action on what it selects: on its first unhealthy resource, naming the
+/// budget.
+fn held_by_budget(
+    r: &Resource,
+    a: &Assessment,
+    why: &str,
+    prior: Option<&remedy::Prior>,
+    now: DateTime<Utc>,
+) -> remedy::Remedy {
+    let symptoms: Vec<crate::health::Tracked> = a
+        .signals
+        .iter()
+        .filter(|t| t.reading.status != crate::health::Status::Healthy)
+        .cloned()
+        .collect();
+    let cause = why.split(':').next().unwrap_or(why).to_string();
+    escalated_at_once(r, symptoms, cause, why.to_string(), prior, now)
+}
+
+/// A remedy escalated at once with `why`, without a healing step.
+fn escalated_at_once(
+    r: &Resource,
+    symptoms: Vec<crate::health::Tracked>,
+    cause: String,
+    why: String,
+    prior: Option<&remedy::Prior>,
+    now: DateTime<Utc>,
+) -> remedy::Remedy {
+    let onset = symptoms.iter().map(|t| t.since).min().unwrap_or(now);
     remedy::Remedy {
         target: r.key.clone(),
         problem: crate::health::Problem {
@@ -717,6 +769,7 @@ mod tests {
                     last_good: &|_| None,
                     signatures: &[],
                     storm: &storm,
+                    fleet: &|_| None,
                     now,
                 },
             );

@@ -41,6 +41,8 @@ pub struct Facts {
     pub used_approvals: std::collections::HashSet<(ResourceKey, String, DateTime<Utc>)>,
     /// The emergency pauses in force.
     pub pauses: Vec<crate::state::Pause>,
+    /// Where the fleet budgets stand (`Settings spec.safety.fleet`).
+    pub fleet: Vec<crate::budget::Standing>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

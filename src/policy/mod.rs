@@ -335,6 +335,12 @@ impl<'a> Decider<'a> {
             );
         }
         gates::paused(&mut plan.actions, &self.ctx.facts.pauses, self.ctx.index);
+        crate::budget::gate(
+            &mut plan.actions,
+            &self.ctx.facts.fleet,
+            self.ctx.desired,
+            self.ctx.index,
+        );
         self.spent.store(allowed, Ordering::SeqCst);
         Ok(())
     }
@@ -395,6 +401,7 @@ impl<'a> Decider<'a> {
             );
         }
         gates::paused(one, &self.ctx.facts.pauses, self.ctx.index);
+        crate::budget::gate(one, &self.ctx.facts.fleet, self.ctx.desired, self.ctx.index);
         self.spent.fetch_add(allowed, Ordering::SeqCst);
         action
     }
@@ -490,6 +497,7 @@ impl Facts {
             outcomes,
             used_approvals,
             pauses: store.pauses(now)?,
+            fleet: Vec::new(),
         })
     }
 }

@@ -13,6 +13,7 @@ mod machine;
 mod postgres;
 mod scrub;
 mod sql;
+mod sql_budgets;
 mod sql_changes;
 mod sql_incidents;
 mod sql_review;
@@ -147,12 +148,78 @@ pub struct Lease {
     pub live: bool,
 }
 
+/// A slot asked of a fleet budget (`Settings spec.safety.fleet`) for an
+/// automatic action on `key`.
+pub struct NewSlot<'a> {
+    pub budget: &'a str,
+    pub key: &'a ResourceKey,
+    /// At most this many slots at once.
+    pub max: usize,
+    pub run_id: i64,
+    /// When the slot lapses if it is never given back (a member killed
+    /// mid-action).
+    pub until: DateTime<Utc>,
+    /// The live members' nodes, in a fleet: slots of others are not
+    /// counted.
+    pub live: Option<&'a [String]>,
+}
+
+/// An action in flight under a fleet budget.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Slot {
+    pub budget: String,
+    pub node: String,
+    #[serde(flatten)]
+    pub key: ResourceKey,
+    #[serde(with = "time_text")]
+    pub at: DateTime<Utc>,
+    #[serde(with = "time_text")]
+    pub until: DateTime<Utc>,
+}
+
+/// What a member last reported of a resource a fleet budget selects;
+/// `key` is `None` on the row that says the member looked (it may select
+/// nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReport {
+    pub node: String,
+    pub key: Option<ResourceKey>,
+    pub healthy: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// The bookkeeping of the fleet budgets, in the store every member shares.
+pub trait BudgetStore: Send + Sync {
+    /// Takes a slot of `s.budget` for this member's action on `s.key`
+    /// (serialized per budget across the fleet). Returns the slots that
+    /// fill the budget when it is full (nothing was taken), else nothing.
+    fn take_slot(&self, s: &NewSlot<'_>) -> Result<Vec<Slot>, StateError>;
+    /// Gives back this member's slots for `key`.
+    fn release_slots(&self, key: &ResourceKey) -> Result<(), StateError>;
+    /// Gives back every slot of this member (nothing of it is in flight
+    /// when it takes its run lock).
+    fn release_all_slots(&self) -> Result<(), StateError>;
+    /// Every slot held, across the fleet.
+    fn slots(&self) -> Result<Vec<Slot>, StateError>;
+    /// Replaces this member's health report for `budget`.
+    fn report_health(&self, budget: &str, rows: &[(ResourceKey, bool)]) -> Result<(), StateError>;
+    /// Every member's last health report for `budget`.
+    fn fleet_health(&self, budget: &str) -> Result<Vec<HealthReport>, StateError>;
+    /// The failed and not verified outcomes since `since`, across the
+    /// fleet.
+    fn fleet_errors(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError>;
+}
+
 /// The state store every stage talks to.
 pub trait Store: Send + Sync {
     /// The fleet this store is shared by, if it is.
     fn fleet(&self) -> Option<&dyn Fleet> {
         None
     }
+
+    /// The fleet budgets' bookkeeping.
+    fn budgets(&self) -> &dyn BudgetStore;
 
     /// Takes the run lock, or reports who holds it. A lock left by a
     /// process that no longer exists on this host is taken over.
@@ -398,6 +465,11 @@ pub struct RunLock {
 /// Takes the run lock of `store` for `command`, or reports who holds it.
 pub fn lock(store: &Arc<dyn Store>, command: &str) -> Result<RunLock, StateError> {
     store.lock(command)?;
+    // Whatever this node had in flight under a fleet budget ended with
+    // the process that started it.
+    if let Err(e) = store.budgets().release_all_slots() {
+        tracing::warn!(error = %e, "Failed to give back this node's fleet budget slots.");
+    }
     Ok(RunLock {
         store: Arc::clone(store),
     })

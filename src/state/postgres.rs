@@ -25,7 +25,7 @@ use super::{now, BackendError, Fleet, Lease, Member, StateError};
 
 /// The schema version this tend writes. A database at a newer version was
 /// written by a newer tend and is refused, never half-understood.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Tables only the shared store keeps: the run lock of each node, the
 /// members, the leases of shared resources, and the lease epoch each

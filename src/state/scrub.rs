@@ -50,6 +50,10 @@ impl Store for Scrubbing<'_> {
         self.inner.fleet()
     }
 
+    fn budgets(&self) -> &dyn super::BudgetStore {
+        self.inner.budgets()
+    }
+
     fn lock(&self, command: &str) -> Result<(), StateError> {
         self.inner.lock(command)
     }

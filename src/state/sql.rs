@@ -594,6 +594,30 @@ CREATE TABLE IF NOT EXISTS review_log (
     outcome TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS budget_locks (
+    name TEXT PRIMARY KEY,
+    touched TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS budget_slots (
+    budget TEXT NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    run_id BIGINT NOT NULL,
+    at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (budget, node, kind, name)
+);
+CREATE TABLE IF NOT EXISTS budget_health (
+    budget TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    node TEXT NOT NULL,
+    healthy BIGINT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (budget, scope, kind, name)
+);
 CREATE TABLE IF NOT EXISTS meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -105,6 +105,10 @@ const JOURNAL_COLUMNS: &str =
     "id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node";
 
 impl Store for SqlStore {
+    fn budgets(&self) -> &dyn super::BudgetStore {
+        self
+    }
+
     fn fleet(&self) -> Option<&dyn super::Fleet> {
         self.db.fleet()
     }
@@ -474,7 +478,7 @@ impl SqlStore {
     }
 }
 
-fn journal_row(r: &Row) -> Result<JournalEntry, StateError> {
+pub(super) fn journal_row(r: &Row) -> Result<JournalEntry, StateError> {
     Ok(JournalEntry {
         id: r.int(0)?,
         run_id: r.int(1)?,

@@ -516,3 +516,130 @@ fn an_intent_on_a_shared_resource_needs_the_lease() {
     // A host resource is this node's own: no lease.
     a.intent(&rec(run, "f", &key("motd"))).unwrap();
 }
+
+/// A fleet budget's slots: at most `max` at once, given back by their
+/// holder, lapsed at their expiry, and those of members that left not
+/// counted; health reports replace the member's own.
+#[test]
+fn budget_slots_and_health_reports_round_trip() {
+    use tend::state::NewSlot;
+    for b in backends() {
+        let s = b.store.as_ref();
+        let run = begin(s);
+        let slot = |k: &ResourceKey, max: usize, secs: i64, live: Option<&[String]>| {
+            s.budgets()
+                .take_slot(&NewSlot {
+                    budget: "web",
+                    key: k,
+                    max,
+                    run_id: run,
+                    until: Utc::now() + Duration::seconds(secs),
+                    live,
+                })
+                .unwrap()
+        };
+        let (a, c) = (key("a"), key("c"));
+        assert!(slot(&a, 1, 60, None).is_empty(), "{}: taken", b.name);
+        assert!(
+            slot(&a, 1, 60, None).is_empty(),
+            "{}: its own again",
+            b.name
+        );
+        let full = slot(&c, 1, 60, None);
+        assert_eq!(full.len(), 1, "{}", b.name);
+        assert_eq!(full[0].key, a, "{}", b.name);
+        s.budgets().release_slots(&a).unwrap();
+        assert!(slot(&c, 1, 60, None).is_empty(), "{}: given back", b.name);
+        assert_eq!(s.budgets().slots().unwrap().len(), 1, "{}", b.name);
+        // Lapsed: counted no more.
+        (b.raw)("UPDATE budget_slots SET expires_at = '2000-01-01T00:00:00.000Z'");
+        assert!(slot(&a, 1, 60, None).is_empty(), "{}: lapsed", b.name);
+        // Only the live members' slots count.
+        let nobody: Vec<String> = vec!["elsewhere".into()];
+        (b.raw)("UPDATE budget_slots SET node = 'gone'");
+        assert!(slot(&c, 1, 60, Some(&nobody)).is_empty(), "{}", b.name);
+        s.budgets().release_all_slots().unwrap();
+        assert_eq!(
+            s.budgets().slots().unwrap().len(),
+            1,
+            "{}: only the other node's is left",
+            b.name
+        );
+
+        s.budgets()
+            .report_health("web", &[(a.clone(), true), (c.clone(), false)])
+            .unwrap();
+        s.budgets()
+            .report_health("web", &[(a.clone(), false)])
+            .unwrap();
+        let rows = s.budgets().fleet_health("web").unwrap();
+        let keyed: Vec<_> = rows.iter().filter(|r| r.key.is_some()).collect();
+        assert_eq!(keyed.len(), 1, "{}: replaced, {rows:?}", b.name);
+        assert!(!keyed[0].healthy, "{}", b.name);
+        assert_eq!(rows.len(), 2, "{}: and the row that says it looked", b.name);
+
+        s.intent(&rec(run, "f", &a)).unwrap();
+        s.outcome(&JournalRecord {
+            outcome: Some(JournalOutcome::Failed),
+            ..rec(run, "f", &a)
+        })
+        .unwrap();
+        let errors = s
+            .budgets()
+            .fleet_errors(Utc::now() - Duration::minutes(1))
+            .unwrap();
+        assert_eq!(errors.len(), 1, "{}", b.name);
+        assert_eq!(errors[0].key, a, "{}", b.name);
+    }
+}
+
+/// Members asking one budget at the same moment queue on it: with room
+/// for one, exactly one of them gets it.
+#[test]
+fn a_budget_slot_goes_to_one_member_when_many_ask_at_once() {
+    let db = pg::database();
+    let stores: Vec<Box<dyn Store>> = (0..6)
+        .map(|i| {
+            let t = Target::parse(
+                &db.url_with_password(),
+                UrlSource::Environment,
+                None,
+                &format!("n{i}"),
+            )
+            .unwrap();
+            tend::state::open(std::path::Path::new("/nonexistent"), Some(&t)).unwrap()
+        })
+        .collect();
+    let run = begin(stores[0].as_ref());
+    for round in 0..5 {
+        let barrier = std::sync::Barrier::new(stores.len());
+        let won: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = stores
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let k = key(&format!("r{round}-{i}"));
+                        barrier.wait();
+                        s.budgets()
+                            .take_slot(&tend::state::NewSlot {
+                                budget: "web",
+                                key: &k,
+                                max: 1,
+                                run_id: run,
+                                until: Utc::now() + Duration::seconds(60),
+                                live: None,
+                            })
+                            .unwrap()
+                            .is_empty() as usize
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(won, 1, "round {round}");
+        assert_eq!(db.sql("SELECT count(*) FROM budget_slots"), "1");
+        db.sql("DELETE FROM budget_slots");
+    }
+}
