@@ -82,16 +82,21 @@ pub fn healthy(a: &crate::health::Assessment) -> bool {
 
 /// Reports this member's selected resources' health for every budget,
 /// and says since when the first of them is not healthy (for budgets
-/// with `minHealthy`), if one is not.
+/// with `minHealthy`), if one is not. A resource that does not exist yet
+/// is not counted: creating it is no healing.
 pub fn report(
     store: &dyn Store,
     desired: &DesiredState,
     watched: &[crate::plan::Watched<'_>],
+    exists: &dyn Fn(&ResourceKey) -> bool,
 ) -> Result<Option<DateTime<Utc>>, StateError> {
     let mut onset: Option<DateTime<Utc>> = None;
     for b in &desired.settings.safety.fleet {
         let mut rows = Vec::new();
-        for w in watched.iter().filter(|w| b.selector.selects(w.resource)) {
+        let selected = watched
+            .iter()
+            .filter(|w| b.selector.selects(w.resource) && exists(&w.resource.key));
+        for w in selected {
             let ok = healthy(&w.assessment);
             rows.push((w.resource.key.clone(), ok));
             if !ok && b.min_healthy.is_some() {

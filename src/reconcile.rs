@@ -467,7 +467,7 @@ async fn survey(
     } else {
         read_health(desired, resources, &live, store, &rt.prober).await?
     };
-    let fleet = fleet_budgets(store, desired, &watched, acting)?;
+    let fleet = fleet_budgets(store, desired, &watched, &|k| live.contains_key(k), acting)?;
     let me = store
         .and_then(|s| s.fleet())
         .map(|f| f.node().to_string())
@@ -553,6 +553,7 @@ fn fleet_budgets(
     store: Option<&dyn Store>,
     desired: &DesiredState,
     watched: &[Watched<'_>],
+    exists: &dyn Fn(&ResourceKey) -> bool,
     acting: Acting,
 ) -> Result<Vec<crate::budget::Standing>, PassError> {
     let Some(store) = store.filter(|_| !desired.settings.safety.fleet.is_empty()) else {
@@ -561,7 +562,7 @@ fn fleet_budgets(
     let now = chrono::Utc::now();
     Ok(match acting {
         Acting::Act => {
-            let onset = crate::budget::report(store, desired, watched)?;
+            let onset = crate::budget::report(store, desired, watched, exists)?;
             crate::budget::standing(store, desired, onset, now)?
         }
         Acting::Plan => crate::budget::standing(store, desired, None, now).unwrap_or_else(|e| {

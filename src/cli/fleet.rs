@@ -1,12 +1,12 @@
 //! `tend fleet status`: the members of a fleet sharing one state database,
-//! their heartbeats, the leases each holds, who publishes, and the open
-//! incidents of each node.
+//! their heartbeats, the leases each holds, who publishes, the actions in
+//! flight under fleet budgets, and the open incidents of each node.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{parse_duration, print, Global, HistoryFormat};
-use crate::state::{Lease, Member};
+use crate::state::{Lease, Member, Slot};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -47,6 +47,13 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         .ok_or_else(|| anyhow::anyhow!("{} is not shared by a fleet", target.shown()))?;
     let members = fleet.members(lease)?;
     let leases = fleet.leases()?;
+    let now = chrono::Utc::now();
+    let in_flight: Vec<Slot> = store
+        .budgets()
+        .slots()?
+        .into_iter()
+        .filter(|s| s.until > now && members.iter().any(|m| m.live && m.node == s.node))
+        .collect();
     let mut incidents: BTreeMap<String, usize> = BTreeMap::new();
     for i in store.fleet_incidents(false, 100_000, None)? {
         *incidents.entry(i.node.unwrap_or_default()).or_default() += 1;
@@ -56,6 +63,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
         lease,
         members: &members,
         leases: &leases,
+        in_flight: &in_flight,
         incidents: &incidents,
     };
     print(&match format {
@@ -70,6 +78,8 @@ struct Status<'a> {
     lease: std::time::Duration,
     members: &'a [Member],
     leases: &'a [Lease],
+    /// Actions in flight under fleet budgets, by live members.
+    in_flight: &'a [Slot],
     incidents: &'a BTreeMap<String, usize>,
 }
 
@@ -145,6 +155,16 @@ impl Status<'_> {
         if let Some(n) = self.incidents.get("").filter(|n| **n > 0) {
             let _ = writeln!(out, "Open incidents of shared resources: {n}");
         }
+        for s in self.in_flight {
+            let _ = writeln!(
+                out,
+                "In flight under fleet budget {}: {} on {} since {}",
+                s.budget,
+                s.key,
+                s.node,
+                s.at.format("%H:%M:%S")
+            );
+        }
         if list {
             out.push('\n');
             for l in self.leases {
@@ -171,6 +191,7 @@ impl Status<'_> {
             "shared": {"held": held, "expired": expired},
             "openIncidents": self.incidents,
             "leases": self.leases,
+            "inFlight": self.in_flight,
         })
     }
 }

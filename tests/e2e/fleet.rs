@@ -589,3 +589,211 @@ fn two_node_names_on_one_machine_never_act_at_once() {
         run.stderr
     );
 }
+
+/// A repository of two `tier: web` processes every node runs, healed by a
+/// quick restart, under the fleet budget `web` with `budget` (its YAML).
+fn web_repo(budget: &str) -> Workspace {
+    let repo = Workspace::new();
+    repo.write(
+        "settings.yaml",
+        &format!(
+            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  safety:\n    fleet:\n      - name: web\n        selector: {{labels: {{tier: web}}}}\n        {budget}\n"
+        ),
+    );
+    repo.write(
+        "runbook.yaml",
+        "apiVersion: tend.dev/v1\nkind: Runbook\nmetadata: {name: quick}\nspec:\n  steps:\n    - {action: restart, within: 10s, hold: 1s}\n    - {action: escalate}\n",
+    );
+    for name in ["w1", "w2"] {
+        repo.write(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: tend.dev/v1\nkind: host.Process\nmetadata:\n  name: {name}\n  labels: {{tier: web}}\nspec:\n  command: sleep\n  args: [\"300\"]\nremediation: {{runbook: quick}}\n"
+            ),
+        );
+    }
+    repo
+}
+
+/// Three watchers on `repo`, once each has started both processes.
+fn web_fleet(repo: &Workspace, db: &pg::Database) -> (Vec<Workspace>, Running) {
+    let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
+    let children = Running(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| watch(m, repo, db, &format!("n{}", i + 1), &["--interval", "1s"]))
+            .collect(),
+    );
+    until(Duration::from_secs(60), "six processes started", || {
+        members.iter().all(|m| {
+            ["w1", "w2"].iter().all(|n| {
+                m.state().join(format!("host/processes/{n}.json")).exists()
+                    && crate::alive(m.pid(n))
+            })
+        })
+    });
+    (members, children)
+}
+
+/// `maxConcurrent: 1`: six processes killed at once on three nodes are
+/// restarted one at a time across the fleet, each restart in flight from
+/// its intent until its verification ends.
+#[test]
+fn max_concurrent_one_lets_one_restart_fly_at_a_time_across_the_fleet() {
+    let db = pg::database();
+    let repo = web_repo("maxConcurrent: 1");
+    let (members, children) = web_fleet(&repo, &db);
+    let before: Vec<i32> = members
+        .iter()
+        .flat_map(|m| ["w1", "w2"].map(|n| m.pid(n)))
+        .collect();
+    for pid in &before {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    // `tend fleet status` shows the one restart in flight, never more.
+    let seen = std::cell::Cell::new(0);
+    until(Duration::from_secs(120), "six processes restarted", || {
+        let status = on(&repo, &db, "n1", &["fleet", "status", "--format", "json"])
+            .ok()
+            .json();
+        let flying = status["inFlight"].as_array().map_or(0, Vec::len);
+        assert!(flying <= 1, "{status:#}");
+        seen.set(seen.get().max(flying));
+        members.iter().all(|m| {
+            ["w1", "w2"]
+                .iter()
+                .all(|n| !before.contains(&m.pid(n)) && crate::alive(m.pid(n)))
+        }) && db.sql("SELECT count(*) FROM journal WHERE action = 'verify' AND phase = 'outcome'")
+            == "6"
+    });
+    assert_eq!(seen.get(), 1, "a restart was seen in flight");
+    // Each restart from its intent to its verdict.
+    let spans = db.sql(
+        "SELECT string_agg(i.node || ' ' || i.name || ' ' || i.at || ' ' || v.at, ';' ORDER BY i.at)
+         FROM journal i JOIN journal v ON v.node = i.node AND v.name = i.name AND v.fingerprint = i.fingerprint
+           AND v.action = 'verify' AND v.phase = 'outcome' AND v.id > i.id
+         WHERE i.action = 'restart' AND i.phase = 'intent'",
+    );
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    let mut spans: Vec<(String, _, _)> = spans
+        .split(';')
+        .map(|s| {
+            let f: Vec<&str> = s.split(' ').collect();
+            (format!("{} {}", f[0], f[1]), at(f[2]), at(f[3]))
+        })
+        .collect();
+    spans.sort_by_key(|s| s.1);
+    assert_eq!(spans.len(), 6, "{spans:?}");
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].2,
+            "{} started before {} was verified: {spans:?}",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+    let nodes: std::collections::BTreeSet<&str> = spans.iter().map(|s| &s.0[..2]).collect();
+    assert_eq!(nodes.len(), 3, "every node restarted its own: {spans:?}");
+    drop(children);
+}
+
+/// `minHealthy: 50%`: four of six processes die together on two nodes; no
+/// node restarts anything, and one incident in the whole fleet names the
+/// budget.
+#[test]
+fn min_healthy_stops_every_node_and_one_incident_names_the_budget() {
+    let db = pg::database();
+    let repo = web_repo("minHealthy: 50%");
+    let (members, children) = web_fleet(&repo, &db);
+    // Every member has reported all six healthy.
+    until(Duration::from_secs(30), "six healthy reports", || {
+        db.sql("SELECT count(*) FROM budget_health WHERE healthy = 1") == "6"
+    });
+    let killed: Vec<i32> = members[..2]
+        .iter()
+        .flat_map(|m| ["w1", "w2"].map(|n| m.pid(n)))
+        .collect();
+    for pid in &killed {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    until(Duration::from_secs(60), "an escalation", || {
+        db.sql("SELECT count(*) FROM incidents WHERE status = 'escalated'") != "0"
+    });
+    // Several passes of every member later, still nothing acted.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        db.sql("SELECT count(*) FROM journal WHERE action = 'restart' AND phase = 'intent'"),
+        "0",
+        "no restart anywhere"
+    );
+    for m in &members[..2] {
+        for n in ["w1", "w2"] {
+            assert!(!crate::alive(m.pid(n)), "{n} was left down");
+        }
+    }
+    assert_eq!(
+        db.sql("SELECT count(*) FROM incidents"),
+        "1",
+        "one incident: {}",
+        db.sql("SELECT string_agg(node || ' ' || name || ' ' || cause, '; ') FROM incidents")
+    );
+    assert_eq!(
+        db.sql("SELECT node || ' ' || name FROM incidents"),
+        "n1 w1",
+        "on the fleet's first unhealthy resource"
+    );
+    let shown = on(&repo, &db, "n1", &["incidents", "--format", "json"])
+        .ok()
+        .json();
+    let text = shown.to_string();
+    assert!(
+        text.contains("fleet budget `web`")
+            && text.contains("2 of the 6 resources it selects are healthy"),
+        "{shown:#}"
+    );
+    drop(children);
+}
+
+/// `maxErrors`: one machine is a fleet of one. After two failed actions
+/// on what the budget selects, tend stops acting on it and says why;
+/// what it does not select goes on.
+#[test]
+fn max_errors_stops_acting_on_what_the_budget_selects() {
+    let ws = Workspace::new();
+    ws.write(
+        "settings.yaml",
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  safety:\n    circuitBreaker: {failures: 10}\n    fleet:\n      - {name: motd, selector: {labels: {team: a}}, maxErrors: 2, window: 1h}\n",
+    );
+    ws.write(
+        "bad.yaml",
+        "apiVersion: tend.dev/v1\nkind: host.Process\nmetadata:\n  name: bad\n  labels: {team: a}\nspec:\n  command: \"false\"\n",
+    );
+    ws.run(&["apply"]).code(1);
+    ws.run(&["apply"]).code(1);
+    let plan = ws.run(&["plan"]);
+    plan.ok();
+    assert!(
+        plan.stdout
+            .contains("fleet budget `motd`: 2 actions on the resources it selects failed"),
+        "{}",
+        plan.stdout
+    );
+    let third = ws.run(&["apply", "--format", "json"]);
+    let j = third.json();
+    assert_eq!(j["actions"][0]["decision"], "deferred", "{j:#}");
+    let failed = ws.run_raw(&["history", "--format", "json"]).json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "failed")
+        .count();
+    assert_eq!(failed, 2, "nothing more was tried");
+    ws.write("other.yaml", &file_doc("other", "etc/other", "hi\n"));
+    ws.run(&["apply"]);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("etc/other")).unwrap(),
+        "hi\n",
+        "what the budget does not select goes on"
+    );
+}
