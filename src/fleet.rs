@@ -23,6 +23,63 @@ use crate::vocab::ResourceKey;
 
 pub use crate::state::{lease_key, shared, PUBLISHER};
 
+/// What one member tells the others at once, through the store
+/// (PostgreSQL `NOTIFY`): a hook it received that every member must hear.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum Announcement {
+    /// A push, a pause or a resume: a full pass at once, everywhere.
+    Changed,
+    /// One instance of an alert Alertmanager pushed, for the alert book
+    /// of every member (the resource's owner heals it).
+    Alert {
+        kind: String,
+        name: String,
+        alertname: String,
+        instance: String,
+        firing: bool,
+        summary: String,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope {
+    from: String,
+    #[serde(flatten)]
+    what: Announcement,
+}
+
+/// Tells the other members of the store's fleet, if it has one. A failure
+/// costs them only the wait for their next pass.
+pub fn announce(store: &dyn Store, what: Announcement) {
+    let Some(fleet) = store.fleet() else { return };
+    let envelope = Envelope {
+        from: fleet.node().to_string(),
+        what,
+    };
+    let payload = serde_json::to_string(&envelope).unwrap_or_default();
+    if let Err(e) = fleet.announce(&payload) {
+        tracing::warn!(error = %e, "Could not tell the other members; they see it at their next pass.");
+    }
+}
+
+/// Hands `on` what the other members announce (never this member's own),
+/// while the answer is kept.
+pub fn listen(
+    store: &dyn Store,
+    on: impl Fn(Announcement) + Send + 'static,
+) -> Option<crate::state::Listening> {
+    let fleet = store.fleet()?;
+    let me = fleet.node().to_string();
+    Some(fleet.listen(Box::new(move |payload| {
+        match serde_json::from_str::<Envelope>(payload) {
+            Ok(e) if e.from != me => on(e.what),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "An announcement tend cannot read is ignored."),
+        }
+    })))
+}
+
 fn score(member: &str, key: &str) -> u64 {
     let digest = Sha256::new()
         .chain_update(member.as_bytes())

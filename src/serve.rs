@@ -45,6 +45,8 @@ pub struct Service {
     pub pause_token: Option<String>,
     /// Records a pause, or ends pauses; answers what it did.
     pub pauses: Arc<dyn Fn(PauseRequest) -> Result<String, String> + Send + Sync>,
+    /// Tells the other members of a fleet what this one received.
+    pub announce: Arc<dyn Fn(crate::fleet::Announcement) + Send + Sync>,
 }
 
 /// What `POST /pause` and `POST /resume` ask for.
@@ -408,6 +410,7 @@ async fn github(
         _ => {
             tracing::info!(pushed, "A push: reconciling now.");
             (s.wake)();
+            (s.announce)(crate::fleet::Announcement::Changed);
             (StatusCode::ACCEPTED, "a full pass starts now\n".into())
         }
     }
@@ -471,6 +474,14 @@ async fn alertmanager(
             continue;
         }
         for key in keys {
+            (s.announce)(crate::fleet::Announcement::Alert {
+                kind: key.kind.as_str().to_string(),
+                name: key.name.clone(),
+                alertname: a.name.clone(),
+                instance: a.instance.clone(),
+                firing: a.firing,
+                summary: a.summary.clone(),
+            });
             s.alerts
                 .set_instance(key, &a.name, &a.instance, a.firing, a.summary.clone());
         }
@@ -563,8 +574,9 @@ async fn pause_or_resume(
     };
     match (s.pauses)(request) {
         Ok(done) => {
-            // Honoured at once: a pass reads it now.
+            // Honoured at once: a pass reads it now, on every member.
             (s.wake)();
+            (s.announce)(crate::fleet::Announcement::Changed);
             (StatusCode::OK, format!("{done}\n"))
         }
         Err(why) => (StatusCode::CONFLICT, format!("{why}\n")),

@@ -96,10 +96,12 @@ pub async fn run(
         sinks: publisher.spawn(),
         runner: heal::Runner::new(),
         controller: None,
-        exits: Exits::new(tx),
+        exits: Exits::new(tx.clone()),
         state: None,
         store,
         member: None,
+        listening: None,
+        wake: tx.clone(),
         current: None,
         passes: 0,
         last_full: None,
@@ -157,6 +159,15 @@ async fn listen(
             let store = Arc::clone(store);
             Arc::new(move |request| pause_request(&store, request))
         },
+        announce: {
+            let store = Arc::clone(store);
+            Arc::new(move |what| {
+                let store = store.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(store) = store {
+                    crate::fleet::announce(&*store, what);
+                }
+            })
+        },
     };
     let bound = crate::serve::spawn(addr, service)
         .await
@@ -212,6 +223,10 @@ struct Watch<'a> {
     /// This watcher as a member of the fleet sharing that store, if one
     /// does.
     member: Option<crate::fleet::Member>,
+    /// What the other members announce, while a member.
+    listening: Option<crate::state::Listening>,
+    /// Wakes this loop (for what the other members announce).
+    wake: mpsc::UnboundedSender<Wake>,
     /// The last valid desired state, prepared.
     current: Option<Prepared>,
     passes: u64,
@@ -233,6 +248,39 @@ const ALERT_SETTLE: Duration = Duration::from_millis(100);
 const ALERT_SPACING: Duration = Duration::from_secs(1);
 
 impl Watch<'_> {
+    /// Wakes this loop on what the other members announce: a full pass
+    /// for a push or a pause, the alert recorded and a healing pass for
+    /// an alert.
+    fn hear(&self, store: &Arc<dyn Store>) -> Option<crate::state::Listening> {
+        use crate::fleet::Announcement;
+        let (wake, alerts) = (self.wake.clone(), Arc::clone(&self.alerts));
+        crate::fleet::listen(&**store, move |what| match what {
+            Announcement::Changed => {
+                let _ = wake.send(Wake::Changed);
+            }
+            Announcement::Alert {
+                kind,
+                name,
+                alertname,
+                instance,
+                firing,
+                summary,
+            } => {
+                let Some(kind) = crate::model::Kind::parse(&kind) else {
+                    return;
+                };
+                alerts.set_instance(
+                    crate::vocab::ResourceKey::new(kind, name),
+                    &alertname,
+                    &instance,
+                    firing,
+                    summary,
+                );
+                let _ = wake.send(Wake::Heal);
+            }
+        })
+    }
+
     async fn run(&mut self) -> anyhow::Result<()> {
         loop {
             if self.stop.is_set() {
@@ -277,8 +325,12 @@ impl Watch<'_> {
             Some(m) if m.of(&store) => m.set_resources(&keys),
             _ => {
                 self.member = None;
+                self.listening = None;
                 self.member =
                     crate::fleet::Member::join(&store, &keys, desired.settings.lease()).await;
+                if self.member.is_some() {
+                    self.listening = Some(self.hear(&store)).flatten();
+                }
             }
         }
         start_controller(&mut self.controller, &self.runner, &self.stop, prepared);

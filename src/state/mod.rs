@@ -115,6 +115,23 @@ pub trait Fleet: Send + Sync {
     /// Gives up this member's leases and leaves the members (a clean stop:
     /// the others take over at once instead of after the lease).
     fn leave(&self) -> Result<(), StateError>;
+    /// Tells every member listening (this one too) `payload` at once.
+    fn announce(&self, payload: &str) -> Result<(), StateError>;
+    /// Hands `on` every payload announced from now on, on a connection of
+    /// its own (connected again when it is lost; what is announced while
+    /// it is down is missed), until the answer is dropped.
+    fn listen(&self, on: Box<dyn Fn(&str) + Send>) -> Listening;
+}
+
+/// Announcements being listened to; dropping it stops listening.
+pub struct Listening {
+    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// One member of a fleet.

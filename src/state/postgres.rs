@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -733,6 +734,27 @@ impl Fleet for Postgres {
         })
     }
 
+    fn announce(&self, payload: &str) -> Result<(), StateError> {
+        with(self, false, |c| {
+            c.query("SELECT pg_notify('tend_fleet', ?1)", vals![payload])?;
+            Ok(())
+        })
+    }
+
+    fn listen(&self, on: Box<dyn Fn(&str) + Send>) -> super::Listening {
+        let stop = Arc::new(AtomicBool::new(false));
+        let config = self.target.config.clone();
+        let shown = self.target.shown.clone();
+        let stopped = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new()
+            .name("tend-listen".into())
+            .spawn(move || listen_loop(&config, &shown, &stopped, &*on));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "Could not listen for the other members' announcements.");
+        }
+        super::Listening { stop }
+    }
+
     fn leave(&self) -> Result<(), StateError> {
         *lock(&self.owned) = Owned::default();
         let node = self.target.node.as_str();
@@ -747,6 +769,49 @@ impl Fleet for Postgres {
             )?;
             Ok(())
         })
+    }
+}
+
+/// Listens on `tend_fleet` until `stop`, connecting again a second after
+/// a lost connection.
+fn listen_loop(config: &postgres::Config, shown: &str, stop: &AtomicBool, on: &dyn Fn(&str)) {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut said = false;
+    while !stop.load(Ordering::SeqCst) {
+        let connected = config
+            .connect(NoTls)
+            .and_then(|mut c| c.batch_execute("LISTEN tend_fleet").map(|()| c));
+        let mut client = match connected {
+            Ok(c) => {
+                said = false;
+                c
+            }
+            Err(e) => {
+                if !said {
+                    tracing::warn!(database = shown, error = %e, "Cannot listen for the other members' announcements; trying again every second.");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        while !stop.load(Ordering::SeqCst) {
+            let next = client
+                .notifications()
+                .timeout_iter(Duration::from_millis(500))
+                .next();
+            match next {
+                Ok(Some(n)) => on(n.payload()),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(database = shown, error = %e, "Lost the connection announcements arrive on.");
+                    break;
+                }
+            }
+            if client.is_closed() {
+                break;
+            }
+        }
     }
 }
 

@@ -131,6 +131,13 @@ fn watch(
     node: &str,
     extra: &[&str],
 ) -> std::process::Child {
+    let mut c = watch_cmd(member, db, node);
+    c.args(extra).arg(repo.desired());
+    c.spawn().expect("start tend watch")
+}
+
+/// `tend watch` as `node` on the shared database, its arguments to come.
+fn watch_cmd(member: &Workspace, db: &pg::Database, node: &str) -> std::process::Command {
     let mut c = member.cmd();
     c.env("TEND_STATE_URL", db.url())
         .env("TEND_STATE_PASSWORD", pg::PASSWORD)
@@ -145,11 +152,9 @@ fn watch(
         )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .args(["watch", "--node", node, "--jitter", "0"])
-        .args(extra)
-        .arg(repo.desired())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(member.path().join("watch.log")).unwrap());
-    c.spawn().expect("start tend watch")
+    c
 }
 
 /// Members a test started, killed when the test ends, passed or not.
@@ -796,4 +801,57 @@ fn max_errors_stops_acting_on_what_the_budget_selects() {
         "hi\n",
         "what the budget does not select goes on"
     );
+}
+
+/// A hook one member receives reaches every member at once (PostgreSQL
+/// `LISTEN`/`NOTIFY`): a pause posted to n1 makes n2, an hour from its
+/// next pass, reconcile now, and a member's own announcement wakes only
+/// the others.
+#[test]
+fn a_hook_received_by_one_member_wakes_the_others_at_once() {
+    let db = pg::database();
+    let repo = Workspace::new();
+    repo.write("motd.yaml", &file_doc("motd", "etc/motd", "hello\n"));
+    let members: Vec<Workspace> = (0..2).map(|_| Workspace::new()).collect();
+    let port = crate::free_port();
+    let children = Running(vec![
+        {
+            let mut c = watch_cmd(&members[0], &db, "n1");
+            c.env("TEND_PAUSE_TOKEN", "t0ken")
+                .args(["--interval", "1h", "--listen", &format!("127.0.0.1:{port}")])
+                .arg(repo.desired());
+            c.spawn().unwrap()
+        },
+        {
+            let mut c = watch_cmd(&members[1], &db, "n2");
+            c.args(["--interval", "1h"]).arg(repo.desired());
+            c.spawn().unwrap()
+        },
+    ]);
+    let motd = |i: usize| std::fs::read_to_string(members[i].path().join("etc/motd")).ok();
+    until(
+        Duration::from_secs(60),
+        "both members wrote their motd",
+        || motd(0).is_some() && motd(1).is_some(),
+    );
+    crate::wait_http(port);
+    // Listening by now: a member listens as it joins, before its first pass.
+    std::fs::write(members[1].path().join("etc/motd"), "drifted\n").unwrap();
+    let bearer = [("Authorization", "Bearer t0ken".to_string())];
+    let (status, text) = crate::service::post(
+        port,
+        "/pause",
+        &bearer,
+        r#"{"selector": "host.File/nothing-here", "reason": "a drill", "for": "1m"}"#,
+    );
+    assert_eq!(status, 200, "{text}");
+    let took = until(Duration::from_secs(15), "n2 corrected its motd", || {
+        motd(1).as_deref() == Some("hello\n")
+    });
+    eprintln!("n2 reconciled {took:?} after n1 received the pause");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM journal WHERE node = 'n2' AND phase = 'outcome' AND outcome = 'synced'"),
+        "2"
+    );
+    drop(children);
 }
