@@ -69,6 +69,9 @@ const MIGRATION_LOCK: i64 = 0x7465_6e64_0001;
 #[derive(Clone)]
 pub struct Target {
     config: postgres::Config,
+    /// TLS when the URL asks for it (`sslmode=require`), verifying the
+    /// server against the system's roots and `sslrootcert`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// The URL without its password, for messages.
     shown: String,
     /// This member's node name (the run lock is per node).
@@ -129,7 +132,8 @@ impl Target {
         password_file: Option<&Path>,
         node: &str,
     ) -> Result<Target, StateError> {
-        let mut config = postgres::Config::from_str(url).map_err(|e| {
+        let (url, tls) = tls_params(url);
+        let mut config = postgres::Config::from_str(&url).map_err(|e| {
             bad(format!(
                 "{} is not a PostgreSQL URL ({e}); expected postgres://USER@HOST:PORT/DATABASE",
                 source.words()
@@ -180,7 +184,19 @@ impl Target {
         config.keepalives_idle(Duration::from_secs(5));
         config.application_name(&format!("tend {node}"));
         let shown = shown(&config);
+        let tls = match (config.get_ssl_mode(), tls.root) {
+            (postgres::config::SslMode::Require, root) => Some(Arc::new(tls_config(root.as_deref())?)),
+            (_, Some(root)) => {
+                return Err(bad(format!(
+                    "{} names sslrootcert {} but not sslmode=require (or verify-full): add it, or the certificate is never checked",
+                    source.words(),
+                    root.display()
+                )))
+            }
+            (_, None) => None,
+        };
         Ok(Target {
+            tls,
             config,
             shown,
             node: node.to_string(),
@@ -194,6 +210,92 @@ impl Target {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+}
+
+/// What the URL says of TLS beyond what the driver reads.
+struct TlsParams {
+    /// `sslrootcert`: a PEM file of the authorities to trust.
+    root: Option<PathBuf>,
+}
+
+/// Takes `sslrootcert` out of the URL (the driver does not know it) and
+/// reads libpq's `sslmode=verify-ca` and `verify-full` as `require`: the
+/// server's certificate is always verified when TLS is on.
+fn tls_params(url: &str) -> (String, TlsParams) {
+    let mut root = None;
+    let mut keep = |kv: &str| -> Option<String> {
+        match kv.split_once('=') {
+            Some(("sslrootcert", path)) => {
+                root = Some(PathBuf::from(path));
+                None
+            }
+            Some(("sslmode", "verify-ca" | "verify-full")) => Some("sslmode=require".into()),
+            _ => Some(kv.to_string()),
+        }
+    };
+    let url = match url.split_once('?') {
+        Some((base, query)) if url.contains("://") => {
+            let kept: Vec<String> = query.split('&').filter_map(&mut keep).collect();
+            if kept.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
+        }
+        _ if url.contains("://") => url.to_string(),
+        _ => url
+            .split_whitespace()
+            .filter_map(&mut keep)
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    (url, TlsParams { root })
+}
+
+/// A TLS client trusting the system's roots and, when given, the
+/// authorities in `root`.
+fn tls_config(root: Option<&Path>) -> Result<rustls::ClientConfig, StateError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = root {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(format!("cannot read sslrootcert {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(bad(format!(
+                "sslrootcert {} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("sslrootcert {}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Target {
+    /// Connects as the URL says: TLS when it asks for it, else plain.
+    fn connect(&self) -> Result<Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => self
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (**tls).clone(),
+                )),
+            None => self.config.connect(NoTls),
+        }
     }
 }
 
@@ -349,11 +451,7 @@ impl Postgres {
     }
 
     fn connect(&self) -> Result<Session, StateError> {
-        let mut client = self
-            .target
-            .config
-            .connect(NoTls)
-            .map_err(|e| self.open_error(e))?;
+        let mut client = self.target.connect().map_err(|e| self.open_error(e))?;
         client
             .batch_execute("SET statement_timeout = '5s'; SET lock_timeout = '2s'")
             .map_err(|e| self.open_error(e))?;
@@ -743,12 +841,12 @@ impl Fleet for Postgres {
 
     fn listen(&self, on: Box<dyn Fn(&str) + Send>) -> super::Listening {
         let stop = Arc::new(AtomicBool::new(false));
-        let config = self.target.config.clone();
+        let target = self.target.clone();
         let shown = self.target.shown.clone();
         let stopped = Arc::clone(&stop);
         let spawned = std::thread::Builder::new()
             .name("tend-listen".into())
-            .spawn(move || listen_loop(&config, &shown, &stopped, &*on));
+            .spawn(move || listen_loop(&target, &shown, &stopped, &*on));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "Could not listen for the other members' announcements.");
         }
@@ -774,12 +872,12 @@ impl Fleet for Postgres {
 
 /// Listens on `tend_fleet` until `stop`, connecting again a second after
 /// a lost connection.
-fn listen_loop(config: &postgres::Config, shown: &str, stop: &AtomicBool, on: &dyn Fn(&str)) {
+fn listen_loop(target: &Target, shown: &str, stop: &AtomicBool, on: &dyn Fn(&str)) {
     use postgres::fallible_iterator::FallibleIterator;
     let mut said = false;
     while !stop.load(Ordering::SeqCst) {
-        let connected = config
-            .connect(NoTls)
+        let connected = target
+            .connect()
             .and_then(|mut c| c.batch_execute("LISTEN tend_fleet").map(|()| c));
         let mut client = match connected {
             Ok(c) => {
@@ -988,6 +1086,23 @@ mod tests {
         .unwrap();
         assert_eq!(t.shown(), "postgres://tend@db:5433/fleet");
         assert!(!format!("{t:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_words_the_driver_does_not_know_are_taken_out() {
+        let (url, tls) = tls_params(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/ca.pem&application_name=x",
+        );
+        assert_eq!(url, "postgres://u@h/db?sslmode=require&application_name=x");
+        assert_eq!(tls.root.as_deref(), Some(Path::new("/ca.pem")));
+        let (url, tls) = tls_params("host=h user=u sslrootcert=/ca.pem sslmode=verify-ca");
+        assert_eq!(url, "host=h user=u sslmode=require");
+        assert!(tls.root.is_some());
+        let (url, _) = tls_params("postgres://u@h/db?sslrootcert=/ca.pem");
+        assert_eq!(url, "postgres://u@h/db");
+        let (url, tls) = tls_params("postgres://u@h/db");
+        assert_eq!(url, "postgres://u@h/db");
+        assert!(tls.root.is_none());
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const PASSWORD: &str = "tend-fleet-test";
 pub struct Server {
     port: u16,
     bin: PathBuf,
+    /// The authority that signed the server's TLS certificate.
+    ca: PathBuf,
 }
 
 /// One test's database on the shared server.
@@ -42,6 +44,14 @@ impl Database {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The PEM file of the authority the server's certificate is from.
+    pub fn ca(&self) -> PathBuf {
+        match SERVER.get() {
+            Some(Ok(s)) => s.ca.clone(),
+            _ => panic!("the server is not started"),
+        }
     }
 
     /// The same database reached through another port (a relay).
@@ -159,6 +169,7 @@ fn start() -> Result<Server, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let pwfile = dir.join("pw");
     std::fs::write(&pwfile, PASSWORD).map_err(|e| format!("write the password file: {e}"))?;
+    let ca = tls_files(&dir)?;
     if root {
         let ok = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -188,8 +199,10 @@ fn start() -> Result<Server, String> {
     }
     let port = free_port();
     let options = format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-        dir.display()
+        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        dir.display(),
+        dir.join("server.crt").display(),
+        dir.join("server.key").display()
     );
     // The shell outlives the test binary by at most a second, then stops
     // the server and removes its directory.
@@ -237,5 +250,35 @@ fn start() -> Result<Server, String> {
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
-    Ok(Server { port, bin })
+    Ok(Server { port, bin, ca })
+}
+
+/// A test authority and a server certificate for 127.0.0.1 it signed, in
+/// `dir`; the authority's PEM file.
+fn tls_files(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |e: rcgen::Error| format!("make the test certificates: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tend tests");
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+        .map_err(err)?
+        .signed_by(&key, &issuer)
+        .map_err(err)?;
+    let write = |name: &str, text: String, mode: u32| -> Result<(), String> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))
+    };
+    write("ca.pem", ca_cert.pem(), 0o644)?;
+    write("server.crt", cert.pem(), 0o644)?;
+    write("server.key", key.serialize_pem(), 0o600)?;
+    Ok(dir.join("ca.pem"))
 }

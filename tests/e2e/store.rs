@@ -643,3 +643,44 @@ fn a_budget_slot_goes_to_one_member_when_many_ask_at_once() {
         db.sql("DELETE FROM budget_slots");
     }
 }
+
+/// TLS as the URL asks: `sslmode=verify-full` (or `require`) with the
+/// server's authority in `sslrootcert` encrypts and verifies; an
+/// authority tend does not trust is refused, saying so; `sslrootcert`
+/// without a mode that uses it is an error, not a silent plain link.
+#[test]
+fn tls_is_used_and_verified_when_the_url_asks_for_it() {
+    let db = pg::database();
+    let nowhere = std::path::Path::new("/nonexistent");
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        db.url_with_password(),
+        db.ca().display()
+    );
+    let t = Target::parse(&url, UrlSource::Environment, None, "tls1").unwrap();
+    let s = tend::state::open(nowhere, Some(&t)).unwrap();
+    begin(s.as_ref());
+    assert_eq!(
+        db.sql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+             WHERE s.ssl AND a.application_name = 'tend tls1'"
+        ),
+        "1",
+        "tend's connection is encrypted"
+    );
+
+    let untrusted = format!("{}?sslmode=require", db.url_with_password());
+    let t = Target::parse(&untrusted, UrlSource::Environment, None, "tls2").unwrap();
+    let err = tend::state::open(nowhere, Some(&t))
+        .err()
+        .expect("an unknown authority is refused")
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!err.contains(pg::PASSWORD), "{err}");
+
+    let unused = format!("{}?sslrootcert={}", db.url(), db.ca().display());
+    let err = Target::parse(&unused, UrlSource::Environment, None, "tls3")
+        .expect_err("sslrootcert alone is refused")
+        .to_string();
+    assert!(err.contains("sslmode=require"), "{err}");
+}
