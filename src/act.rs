@@ -299,7 +299,9 @@ impl Executor<'_> {
                             .instrument(span)
                             .await;
                         if let Some(r) = resource {
-                            crate::budget::release(self.store, desired, r)?;
+                            if let Err(e) = crate::budget::release(self.store, desired, r) {
+                                warn!(error = %e, "Could not give back a fleet budget slot; it lapses.");
+                            }
                         }
                         out?
                     }

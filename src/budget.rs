@@ -39,6 +39,9 @@ pub struct Standing {
     /// The stop only waits for the other members' health reports: no
     /// incident for it.
     pub waiting: bool,
+    /// The stop comes from `minHealthy`, which holds no creation (a
+    /// resource that does not exist yet is not counted either).
+    pub by_health: bool,
     /// The first unhealthy resource of the fleet (by node, then key): the
     /// one whose incident names the budget when it stops.
     pub first: Option<(String, ResourceKey)>,
@@ -80,25 +83,36 @@ pub fn healthy(a: &crate::health::Assessment) -> bool {
         .all(|t| t.reading.status == Status::Healthy)
 }
 
+/// How long a member waits for the others' health reports before it
+/// judges a `minHealthy` budget with the reports there are (a member that
+/// stopped reporting must not hold the fleet for ever).
+const WAIT_CAP: chrono::TimeDelta = chrono::TimeDelta::minutes(2);
+
 /// Reports this member's selected resources' health for every budget,
-/// and says since when the first of them is not healthy (for budgets
-/// with `minHealthy`), if one is not. A resource that does not exist yet
-/// is not counted: creating it is no healing.
+/// and says, per budget with `minHealthy`, since when the first of them
+/// is not healthy, if one is not. A resource that does not exist yet is
+/// not counted: creating it is no healing.
 pub fn report(
     store: &dyn Store,
     desired: &DesiredState,
     watched: &[crate::plan::Watched<'_>],
     exists: &dyn Fn(&ResourceKey) -> bool,
-) -> Result<Option<DateTime<Utc>>, StateError> {
-    let mut onset: Option<DateTime<Utc>> = None;
+) -> Result<HashMap<String, DateTime<Utc>>, StateError> {
+    let mut onsets = HashMap::new();
     for b in &desired.settings.safety.fleet {
+        let mut onset: Option<DateTime<Utc>> = None;
         let mut rows = Vec::new();
         let selected = watched
             .iter()
             .filter(|w| b.selector.selects(w.resource) && exists(&w.resource.key));
         for w in selected {
             let ok = healthy(&w.assessment);
-            rows.push((w.resource.key.clone(), ok));
+            let health = match (ok, w.assessment.problem.is_some()) {
+                (true, _) => crate::state::Health::Healthy,
+                (false, true) => crate::state::Health::Problem,
+                (false, false) => crate::state::Health::Unwell,
+            };
+            rows.push((w.resource.key.clone(), health));
             if !ok && b.min_healthy.is_some() {
                 let since = w
                     .assessment
@@ -111,17 +125,21 @@ pub fn report(
             }
         }
         store.budgets().report_health(&b.name, &rows)?;
+        if let Some(t) = onset {
+            onsets.insert(b.name.clone(), t);
+        }
     }
-    Ok(onset)
+    Ok(onsets)
 }
 
 /// Where every budget stands: stopped by `minHealthy` or `maxErrors`, or
-/// (when `onset` says since when this member's selected resources are
-/// unhealthy) waiting for the other members' reports.
+/// (when `onsets` says since when this member's resources a budget
+/// selects are unhealthy) waiting for the other members' reports, for at
+/// most two minutes.
 pub fn standing(
     store: &dyn Store,
     desired: &DesiredState,
-    onset: Option<DateTime<Utc>>,
+    onsets: &HashMap<String, DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Standing>, StateError> {
     let budgets = &desired.settings.safety.fleet;
@@ -155,7 +173,9 @@ pub fn standing(
                     total += 1;
                     if r.healthy {
                         good += 1;
-                    } else if first.as_ref().is_none_or(|f| (&r.node, k) < (&f.0, &f.1)) {
+                    } else if r.problem
+                        && first.as_ref().is_none_or(|f| (&r.node, k) < (&f.0, &f.1))
+                    {
                         first = Some((r.node.clone(), k.clone()));
                     }
                 }
@@ -163,21 +183,26 @@ pub fn standing(
         }
         let mut stop = None;
         let mut waiting = false;
+        let mut by_health = false;
         if let Some(min) = b.min_healthy {
-            let needed = min.of(total);
+            // Never more than there are: nothing selected exists yet, nothing
+            // is held.
+            let needed = min.of(total).min(total);
+            let onset = onsets.get(&b.name).filter(|t| now - **t < WAIT_CAP);
             let stale: Vec<&str> = match onset {
                 Some(onset) => {
                     let mut nodes: Vec<&str> = live
                         .iter()
                         .flatten()
                         .map(String::as_str)
-                        .filter(|n| looked.get(n).is_none_or(|at| *at < onset))
+                        .filter(|n| looked.get(n).is_none_or(|at| at < onset))
                         .collect();
                     nodes.sort_unstable();
                     nodes
                 }
                 None => Vec::new(),
             };
+            by_health = true;
             if good < needed {
                 stop = Some(format!(
                     "fleet budget `{}`: {good} of the {total} resources it selects are healthy, fewer than minHealthy {min}; the observer or a shared dependency is more likely broken than every one of them (Settings spec.safety.fleet)",
@@ -190,6 +215,8 @@ pub fn standing(
                     b.name,
                     stale.join(", ")
                 ));
+            } else {
+                by_health = false;
             }
         }
         if let (None, Some(max)) = (&stop, b.max_errors) {
@@ -213,6 +240,7 @@ pub fn standing(
             budget: b.name.clone(),
             stop,
             waiting,
+            by_health,
             first,
         });
     }
@@ -253,6 +281,35 @@ pub fn take(
     let live = live(store, desired)?;
     let members = live.as_ref().map_or(1, |l| l.len().max(1));
     let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
+    let taken = take_each(
+        store,
+        desired,
+        r,
+        &limited,
+        members,
+        live.as_deref(),
+        run_id,
+        until,
+    );
+    if !matches!(taken, Ok(Ok(()))) {
+        // Nothing half taken: the slots of the budgets before the full
+        // (or failing) one are given back.
+        let _ = store.budgets().release_slots(&r.key);
+    }
+    taken
+}
+
+#[allow(clippy::too_many_arguments)]
+fn take_each(
+    store: &dyn Store,
+    desired: &DesiredState,
+    r: &Resource,
+    limited: &[&FleetBudget],
+    members: usize,
+    live: Option<&[String]>,
+    run_id: i64,
+    until: DateTime<Utc>,
+) -> Result<Result<(), String>, StateError> {
     for b in limited {
         let Some(share) = b.max_concurrent else {
             continue;
@@ -276,12 +333,12 @@ pub fn take(
             max,
             run_id,
             until,
-            live: live.as_deref(),
+            live,
         })?;
         if !full.is_empty() {
-            store.budgets().release_slots(&r.key)?;
-            let held: Vec<String> = full
+            let mut held: Vec<String> = full
                 .iter()
+                .take(3)
                 .map(|s| {
                     let node = if s.node.is_empty() {
                         String::new()
@@ -291,6 +348,9 @@ pub fn take(
                     format!("{node}{} since {}", s.key, s.at.format("%H:%M:%S"))
                 })
                 .collect();
+            if full.len() > 3 {
+                held.push(format!("and {} more", full.len() - 3));
+            }
             return Ok(Err(format!(
                 "fleet budget `{}` is full: {} of at most {max} actions in flight ({}); the action waits (maxConcurrent {share}, Settings spec.safety.fleet)",
                 b.name,
@@ -328,6 +388,9 @@ pub fn gate(
             continue;
         };
         if let Some(s) = stops(standing, desired, r) {
+            if s.by_health && action.action_type == crate::vocab::ActionType::Create {
+                continue;
+            }
             let why = s.stop.clone().unwrap_or_default();
             action.decision = crate::vocab::Decision::Deferred;
             action.reasons.push(why);

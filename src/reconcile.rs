@@ -562,13 +562,14 @@ fn fleet_budgets(
     let now = chrono::Utc::now();
     Ok(match acting {
         Acting::Act => {
-            let onset = crate::budget::report(store, desired, watched, exists)?;
-            crate::budget::standing(store, desired, onset, now)?
+            let onsets = crate::budget::report(store, desired, watched, exists)?;
+            crate::budget::standing(store, desired, &onsets, now)?
         }
-        Acting::Plan => crate::budget::standing(store, desired, None, now).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "Could not read where the fleet budgets stand.");
-            Vec::new()
-        }),
+        Acting::Plan => crate::budget::standing(store, desired, &Default::default(), now)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "Could not read where the fleet budgets stand.");
+                Vec::new()
+            }),
     })
 }
 

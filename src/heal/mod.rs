@@ -686,8 +686,25 @@ async fn start_step(
         hold(h, inc, index, step, action, started)?;
         return Ok(Started::Stands(Standing::Held));
     }
-    // In flight, for the fleet budgets, until its verification ends.
-    let hold_for = step.within() + std::time::Duration::from_secs(60);
+    if crate::budget::selecting(h.desired, inc.resource)
+        .next()
+        .is_some()
+    {
+        // A budget may have stopped since the step was decided (it waited
+        // for a slot, or for a diagnosis).
+        let standing =
+            crate::budget::standing(h.store, h.desired, &HashMap::new(), chrono::Utc::now())?;
+        if let Some(s) = crate::budget::stops(&standing, h.desired, inc.resource) {
+            let mut held = action.clone();
+            held.decision = Decision::Deferred;
+            held.reasons.push(s.stop.clone().unwrap_or_default());
+            hold(h, inc, index, step, &held, started)?;
+            return Ok(Started::Stands(Standing::Held));
+        }
+    }
+    // In flight, for the fleet budgets, until its verification ends (the
+    // step itself may take up to its deadline, then the verification).
+    let hold_for = step.within() * 2 + std::time::Duration::from_secs(60);
     if let Err(why) = crate::budget::take(
         h.store,
         h.desired,
@@ -697,6 +714,25 @@ async fn start_step(
     )? {
         return Ok(Started::Waits(why));
     }
+    let carried = carry_out(h, inc, index, action, started).await;
+    if carried.is_err() {
+        // The job ends here: nothing of it stays in flight.
+        let _ = crate::budget::release(h.store, h.desired, inc.resource);
+    }
+    carried
+}
+
+/// Carries out a step that holds its fleet budget slots: records it as
+/// running, executes it, and begins its verification.
+async fn carry_out(
+    h: &Healer<'_>,
+    inc: &Incident<'_>,
+    index: usize,
+    action: &Action,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<Started, StateError> {
+    let id = inc.id;
+    let step = &inc.spec.steps[index];
     // On the incident before anything happens: a stop of tend from here
     // on leaves a `running` step, which the next pass marks interrupted.
     h.store.add_step(
@@ -1088,7 +1124,7 @@ fn decide(
 ) -> Result<Action, StateError> {
     let now = chrono::Utc::now();
     let mut facts = Facts::read(h.store, &h.desired.settings, now)?;
-    facts.fleet = crate::budget::standing(h.store, h.desired, None, now)?;
+    facts.fleet = crate::budget::standing(h.store, h.desired, &HashMap::new(), now)?;
     let index = h.desired.index();
     let live: HashMap<ResourceKey, crate::vocab::LiveResource> = live
         .map(|l| (action.target.clone(), l))

@@ -203,7 +203,21 @@ pub struct HealthReport {
     pub node: String,
     pub key: Option<ResourceKey>,
     pub healthy: bool,
+    /// Unhealthy with a problem tend would heal (not only a signal that
+    /// is unknown or not yet failing for long enough).
+    pub problem: bool,
     pub at: DateTime<Utc>,
+}
+
+/// How a member reports a resource a fleet budget selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Every signal read healthy.
+    Healthy,
+    /// Unhealthy, with a problem tend would heal.
+    Problem,
+    /// Not every signal healthy, but no problem (yet).
+    Unwell,
 }
 
 /// The bookkeeping of the fleet budgets, in the store every member shares.
@@ -220,7 +234,8 @@ pub trait BudgetStore: Send + Sync {
     /// Every slot held, across the fleet.
     fn slots(&self) -> Result<Vec<Slot>, StateError>;
     /// Replaces this member's health report for `budget`.
-    fn report_health(&self, budget: &str, rows: &[(ResourceKey, bool)]) -> Result<(), StateError>;
+    fn report_health(&self, budget: &str, rows: &[(ResourceKey, Health)])
+        -> Result<(), StateError>;
     /// Every member's last health report for `budget`.
     fn fleet_health(&self, budget: &str) -> Result<Vec<HealthReport>, StateError>;
     /// The failed and not verified outcomes since `since`, across the

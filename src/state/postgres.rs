@@ -20,13 +20,13 @@ use postgres::config::Host;
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{Client, GenericClient, NoTls, Statement};
 
-use super::sql::{fingerprint_key, vals, with, Conn, Db, Row, Val, Work, SCHEMA};
+use super::sql::{fingerprint_key, vals, with, Conn, Db, Row, Val, Work, BUDGET_SCHEMA, SCHEMA};
 use super::sql_store::SqlStore;
 use super::{now, BackendError, Fleet, Lease, Member, StateError};
 
 /// The schema version this tend writes. A database at a newer version was
 /// written by a newer tend and is refused, never half-understood.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 1;
 
 /// Tables only the shared store keeps: the run lock of each node, the
 /// members, the leases of shared resources, and the lease epoch each
@@ -598,6 +598,9 @@ fn migrate(client: &mut Client) -> Result<(), Box<dyn std::error::Error + Send +
             )?;
         }
     }
+    // Added tables, which a member of the same version that does not
+    // know them runs beside.
+    tx.batch_execute(BUDGET_SCHEMA)?;
     tx.commit()?;
     Ok(())
 }

@@ -594,6 +594,28 @@ CREATE TABLE IF NOT EXISTS review_log (
     outcome TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS proposals (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    number BIGINT,
+    url TEXT,
+    state TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    head TEXT,
+    PRIMARY KEY (kind, name)
+);
+";
+
+/// The fleet budgets' tables, added after the first schema version:
+/// created (when missing) each time a store is opened, by every engine,
+/// so a database an earlier tend wrote gains them without a new version
+/// (members of the earlier version go on running beside).
+pub(super) const BUDGET_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS budget_locks (
     name TEXT PRIMARY KEY,
     touched TEXT NOT NULL
@@ -617,21 +639,6 @@ CREATE TABLE IF NOT EXISTS budget_health (
     healthy BIGINT NOT NULL,
     at TEXT NOT NULL,
     PRIMARY KEY (budget, scope, kind, name)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS proposals (
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    number BIGINT,
-    url TEXT,
-    state TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    head TEXT,
-    PRIMARY KEY (kind, name)
 );
 ";
 

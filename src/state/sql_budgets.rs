@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::sql::{vals, Row};
 use super::sql_store::{rows, SqlStore};
-use super::{now, ts, BudgetStore, HealthReport, JournalEntry, NewSlot, Slot, StateError};
+use super::{now, ts, BudgetStore, Health, HealthReport, JournalEntry, NewSlot, Slot, StateError};
 use crate::vocab::ResourceKey;
 
 fn slot_row(r: &Row) -> Result<Slot, StateError> {
@@ -94,12 +94,25 @@ impl BudgetStore for SqlStore {
         )
     }
 
-    fn report_health(&self, budget: &str, rows: &[(ResourceKey, bool)]) -> Result<(), StateError> {
+    fn report_health(
+        &self,
+        budget: &str,
+        rows: &[(ResourceKey, Health)],
+    ) -> Result<(), StateError> {
         let me = self.me().to_string();
         let at = now();
-        let scoped: Vec<(String, &ResourceKey, bool)> = rows
+        // 1 healthy, 0 unhealthy with a problem tend would heal, 2
+        // unhealthy without one; -1 on the row that says the member looked.
+        let scoped: Vec<(String, &ResourceKey, i64)> = rows
             .iter()
-            .map(|(k, h)| (self.scope(k).to_string(), k, *h))
+            .map(|(k, h)| {
+                let code = match h {
+                    Health::Healthy => 1,
+                    Health::Problem => 0,
+                    Health::Unwell => 2,
+                };
+                (self.scope(k).to_string(), k, code)
+            })
             .collect();
         self.with(true, |c| {
             c.execute(
@@ -118,7 +131,7 @@ impl BudgetStore for SqlStore {
                         key.kind.as_str(),
                         key.name.as_str(),
                         me.as_str(),
-                        i64::from(*healthy),
+                        *healthy,
                         at.as_str()
                     ],
                 )?;
@@ -148,6 +161,7 @@ impl BudgetStore for SqlStore {
                         .then(|| Ok::<_, StateError>(ResourceKey::new(r.get(1)?, r.text(2)?)))
                         .transpose()?,
                     healthy: healthy == 1,
+                    problem: healthy == 0,
                     at: r.get(4)?,
                 })
             },

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
-use super::sql::{fingerprint_key, Conn, Db, Row, Val, Work, NODE_TABLES, SCHEMA};
+use super::sql::{fingerprint_key, Conn, Db, Row, Val, Work, BUDGET_SCHEMA, NODE_TABLES, SCHEMA};
 use super::sql_store::SqlStore;
 use super::{hostname, now, BackendError, StateError};
 
@@ -156,6 +156,7 @@ impl Sqlite {
             .map_err(open)?;
         conn.execute_batch(&SCHEMA.replace("{id}", "INTEGER PRIMARY KEY AUTOINCREMENT"))
             .map_err(open)?;
+        conn.execute_batch(BUDGET_SCHEMA).map_err(open)?;
         conn.execute_batch(RUN_LOCK).map_err(open)?;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(open)?;
         match add_columns(&conn) {

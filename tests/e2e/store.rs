@@ -522,7 +522,7 @@ fn an_intent_on_a_shared_resource_needs_the_lease() {
 /// counted; health reports replace the member's own.
 #[test]
 fn budget_slots_and_health_reports_round_trip() {
-    use tend::state::NewSlot;
+    use tend::state::{Health, NewSlot};
     for b in backends() {
         let s = b.store.as_ref();
         let run = begin(s);
@@ -567,15 +567,18 @@ fn budget_slots_and_health_reports_round_trip() {
         );
 
         s.budgets()
-            .report_health("web", &[(a.clone(), true), (c.clone(), false)])
+            .report_health(
+                "web",
+                &[(a.clone(), Health::Healthy), (c.clone(), Health::Unwell)],
+            )
             .unwrap();
         s.budgets()
-            .report_health("web", &[(a.clone(), false)])
+            .report_health("web", &[(a.clone(), Health::Problem)])
             .unwrap();
         let rows = s.budgets().fleet_health("web").unwrap();
         let keyed: Vec<_> = rows.iter().filter(|r| r.key.is_some()).collect();
         assert_eq!(keyed.len(), 1, "{}: replaced, {rows:?}", b.name);
-        assert!(!keyed[0].healthy, "{}", b.name);
+        assert!(!keyed[0].healthy && keyed[0].problem, "{}", b.name);
         assert_eq!(rows.len(), 2, "{}: and the row that says it looked", b.name);
 
         s.intent(&rec(run, "f", &a)).unwrap();
