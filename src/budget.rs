@@ -124,7 +124,7 @@ pub fn report(
                 onset = onset.into_iter().chain(since).min();
             }
         }
-        store.budgets().report_health(&b.name, &rows)?;
+        store.fleet_rows().report_health(&b.name, &rows)?;
         if let Some(t) = onset {
             onsets.insert(b.name.clone(), t);
         }
@@ -152,14 +152,14 @@ pub fn standing(
     let widest = budgets.iter().map(|b| b.window.0).max().unwrap_or_default();
     let errors = if budgets.iter().any(|b| b.max_errors.is_some()) {
         store
-            .budgets()
+            .fleet_rows()
             .fleet_errors(now - chrono::Duration::from_std(widest).unwrap_or_default())?
     } else {
         Vec::new()
     };
     let mut out = Vec::with_capacity(budgets.len());
     for b in budgets {
-        let reports = store.budgets().fleet_health(&b.name)?;
+        let reports = store.fleet_rows().fleet_health(&b.name)?;
         let reports: Vec<_> = reports.into_iter().filter(|r| is_live(&r.node)).collect();
         let mut first: Option<(String, ResourceKey)> = None;
         let (mut total, mut good) = (0usize, 0usize);
@@ -294,7 +294,7 @@ pub fn take(
     if !matches!(taken, Ok(Ok(()))) {
         // Nothing half taken: the slots of the budgets before the full
         // (or failing) one are given back.
-        let _ = store.budgets().release_slots(&r.key);
+        let _ = store.fleet_rows().release_slots(&r.key);
     }
     taken
 }
@@ -327,7 +327,7 @@ fn take_each(
             })
             .sum();
         let max = share.of(selected).max(1);
-        let full = store.budgets().take_slot(&NewSlot {
+        let full = store.fleet_rows().take_slot(&NewSlot {
             budget: &b.name,
             key: &r.key,
             max,
@@ -365,7 +365,7 @@ fn take_each(
 /// Gives back what [`take`] took for an action on `r`.
 pub fn release(store: &dyn Store, desired: &DesiredState, r: &Resource) -> Result<(), StateError> {
     if selecting(desired, r).any(|b| b.max_concurrent.is_some()) {
-        store.budgets().release_slots(&r.key)?;
+        store.fleet_rows().release_slots(&r.key)?;
     }
     Ok(())
 }

@@ -546,6 +546,29 @@ async fn survey(
     })
 }
 
+/// A member's findings that need a human, for the publisher: the drift
+/// corrections of a full pass a policy sent to review, scrubbed of every
+/// secret this member knows of (the publisher does not know them).
+fn keep_findings(store: &Scrubbing<'_>, plan: &Plan) -> Result<(), PassError> {
+    let found: Vec<crate::state::Finding> = plan
+        .actions
+        .iter()
+        .filter(|a| a.decision == crate::vocab::Decision::Review && a.incident.is_none())
+        .filter_map(|a| {
+            let action = serde_json::to_value(a).ok()?;
+            Some(crate::state::Finding {
+                node: String::new(),
+                key: a.target.clone(),
+                fingerprint: a.fingerprint.clone(),
+                action: store.json(&action),
+                at: chrono::Utc::now(),
+            })
+        })
+        .collect();
+    store.fleet_rows().save_findings(&found)?;
+    Ok(())
+}
+
 /// Where the fleet budgets stand for this pass. A pass that acts first
 /// reports its selected resources' health for the other members; a plan
 /// only reads (and a store too old to keep budgets has none to read).
@@ -846,6 +869,8 @@ pub struct Applied {
     pub state_dir: PathBuf,
     /// The shared state database, when the fleet keeps one.
     pub shared: Option<Arc<crate::state::Target>>,
+    /// The fleet's lease (`Settings spec.state.lease`).
+    pub lease: std::time::Duration,
     /// How long the pass took.
     pub duration: std::time::Duration,
 }
@@ -975,6 +1000,9 @@ async fn apply_run(
     for a in &planned.plan.health {
         store.remember(&a.target, &health_stage::rows_of(a))?;
     }
+    if scope == Scope::Full && store.fleet().is_some() {
+        keep_findings(store, &planned.plan)?;
+    }
     record_shadow(store, desired, &planned.plan, now)?;
     let executor = Executor {
         providers: &rt.providers,
@@ -1064,6 +1092,7 @@ async fn apply_run(
         notify: desired.settings.notify.clone(),
         state_dir: loaded.state_dir.clone(),
         shared: loaded.shared.clone(),
+        lease: desired.settings.lease(),
         duration: std::time::Duration::ZERO,
     })
 }

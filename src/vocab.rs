@@ -9,7 +9,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -38,7 +38,7 @@ pub fn cause_kind(cause: &str) -> &str {
 }
 
 /// One field that differs: where, what it is, what it should be.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FieldChange {
     pub path: String,
     pub from: Value,
@@ -59,7 +59,16 @@ pub struct LiveResource {
 }
 
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
 )]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
@@ -86,6 +95,7 @@ pub enum ActionType {
     PartialOrd,
     Ord,
     Serialize,
+    Deserialize,
     strum::IntoStaticStr,
     strum::EnumString,
 )]
@@ -101,7 +111,16 @@ pub enum Risk {
 /// (`deferred`, by a safety gate), propose it to a human (`review`), only
 /// report it (`observe`), or refuse it (`deny`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, strum::IntoStaticStr, strum::EnumString,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::EnumString,
 )]
 #[serde(rename_all = "lowercase")]
 #[strum(serialize_all = "lowercase")]
@@ -113,7 +132,7 @@ pub enum Decision {
     Deny,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
     /// Stable across runs for the same correction: a hash of type, target
     /// and changes.
@@ -131,7 +150,7 @@ pub struct Action {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// Fight detection stopped auto-correcting this action's fields.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub contested: bool,
     /// Where the resource is declared (absent for deletions).
     #[serde(rename = "declaredAt", skip_serializing_if = "Option::is_none")]
@@ -155,7 +174,7 @@ pub struct Action {
 }
 
 /// A change as policies, plans and incidents see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeRef {
     /// The commit that declared the change, when known.
@@ -183,7 +202,7 @@ pub struct Rollback {
 
 /// Which approval authorised an action (the journal adds the commit that
 /// carried it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalRef {
     /// The approval document (`approvals/<kind>/<name>.yaml`).
@@ -196,7 +215,7 @@ pub struct ApprovalRef {
 }
 
 /// Which incident and runbook step an action carries out.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IncidentRef {
     pub cause: String,

@@ -49,7 +49,7 @@ pub fn run(args: Args, global: &Global) -> anyhow::Result<u8> {
     let leases = fleet.leases()?;
     let now = chrono::Utc::now();
     let in_flight: Vec<Slot> = store
-        .budgets()
+        .fleet_rows()
         .slots()?
         .into_iter()
         .filter(|s| s.until > now && members.iter().any(|m| m.live && m.node == s.node))

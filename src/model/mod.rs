@@ -204,7 +204,7 @@ pub enum Mode {
 words!(Mode);
 
 /// Where a document was declared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
     /// Shared by every document of the file.
     pub file: Arc<str>,

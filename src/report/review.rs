@@ -34,6 +34,61 @@ pub struct PullRequestView<'a> {
     pub keep_live: bool,
     /// Whether the keep-live box is offered, and why not when it is not.
     pub keep_live_offer: Result<(), String>,
+    /// In a fleet: the nodes that found this change, and those that found
+    /// another change to the resource.
+    pub nodes: Option<&'a crate::review::Nodes>,
+}
+
+/// In a fleet, the line of a pull request's body that says which nodes
+/// found its change (and which found another one).
+pub fn nodes_line(n: &crate::review::Nodes) -> String {
+    let list = |nodes: &[String]| {
+        nodes
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut line = format!(
+        "Found on {} {}.",
+        if n.same.len() == 1 { "node" } else { "nodes" },
+        list(&n.same)
+    );
+    if !n.different.is_empty() {
+        line.push_str(&format!(
+            " Another change to it is pending on {}; it is proposed once this one is settled.",
+            list(&n.different)
+        ));
+    }
+    line
+}
+
+/// `body` (a pull request's, as tend wrote it) with its nodes line made
+/// `n`'s: replaced, or added after the change's fingerprint line.
+pub fn with_nodes_line(body: &str, n: &crate::review::Nodes) -> String {
+    let line = nodes_line(n);
+    let mut out = Vec::new();
+    let mut placed = false;
+    for l in body.lines() {
+        if l.starts_with("Found on node") {
+            if !placed {
+                out.push(line.clone());
+                placed = true;
+            }
+            continue;
+        }
+        out.push(l.to_string());
+        if !placed && l.starts_with("Change fingerprint `") {
+            out.push(String::new());
+            out.push(line.clone());
+            placed = true;
+        }
+    }
+    let mut text = out.join("\n");
+    if body.ends_with('\n') {
+        text.push('\n');
+    }
+    text
 }
 
 pub fn revert_title(key: &ResourceKey) -> String {
@@ -143,6 +198,9 @@ pub fn pull_request_body(v: &PullRequestView<'_>) -> String {
             .map(|d| format!(", declared in `{d}`"))
             .unwrap_or_default()
     );
+    if let Some(n) = v.nodes {
+        let _ = writeln!(head, "{}\n", nodes_line(n));
+    }
 
     let mut tail = String::new();
     if let Some(i) = v.incident {

@@ -119,9 +119,19 @@ pub struct Summary {
     pub issues_closed: usize,
 }
 
+/// In a fleet, which nodes found a resource's proposed change (`same`)
+/// and which found another change to it (`different`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Nodes {
+    pub same: Vec<String>,
+    pub different: Vec<String>,
+}
+
 /// What a pass hands to review.
 pub struct Input<'a> {
     pub plan: &'a Plan,
+    /// In a fleet, the nodes that found each proposal, by resource.
+    pub nodes: &'a HashMap<ResourceKey, Nodes>,
     pub incidents: &'a [Incident],
     pub approvals: &'a [Approval],
     pub secrets: &'a Secrets,
@@ -495,7 +505,29 @@ impl Reviewer {
             });
         }
         if same(ask) {
-            summary.unchanged += 1;
+            // The same change; in a fleet, the nodes that found it may
+            // have changed: then only the body is brought up to date.
+            let nodes_moved = input
+                .nodes
+                .get(&p.key)
+                .is_some_and(|n| !pr.body.contains(&text::nodes_line(n)));
+            if let Some(n) = input.nodes.get(&p.key).filter(|_| nodes_moved) {
+                // The rest of the body (the approval's expiry with it)
+                // stays as the branch has it.
+                let body = input.secrets.scrub(&text::with_nodes_line(&pr.body, n));
+                self.write(
+                    ReviewOperation::UpdatePullRequest,
+                    &p.key.to_string(),
+                    Some(pr.number),
+                    Method::Patch,
+                    &self.client.path(&format!("/pulls/{}", pr.number)),
+                    &json!({"body": body}),
+                )
+                .await?;
+                summary.updated += 1;
+            } else {
+                summary.unchanged += 1;
+            }
             return Ok(row(state_of(ask), Some(pr)));
         }
         let mut note = None;
@@ -759,6 +791,7 @@ impl Reviewer {
             commit: input.plan.source.commit.as_deref().or(Some(&base.sha)),
             keep_live: ask == Ask::KeepLive,
             keep_live_offer: offer,
+            nodes: input.nodes.get(&p.key),
         })
     }
 
@@ -1616,16 +1649,22 @@ impl GitHubSink {
         if applied.shared.is_some() && !crate::fleet::seen().is_some_and(|s| s.publisher) {
             return Ok(());
         }
+        let reviewer = self
+            .reviewer(cfg, &(applied.state_dir.clone(), applied.shared.clone()))
+            .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?;
+        let (plan, nodes) = match applied.shared {
+            Some(_) => gather(&*reviewer.store, applied)
+                .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?,
+            None => (applied.plan.clone(), HashMap::new()),
+        };
         let input = Input {
-            plan: &applied.plan,
+            plan: &plan,
+            nodes: &nodes,
             incidents: &applied.incidents,
             approvals: &applied.approvals,
             secrets: &applied.secrets,
             full: *full,
         };
-        let reviewer = self
-            .reviewer(cfg, &(applied.state_dir.clone(), applied.shared.clone()))
-            .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?;
         let result = reviewer.publish(&input).await;
         match result {
             Ok(summary) => {
@@ -1635,4 +1674,92 @@ impl GitHubSink {
             Err(e) => Err(PublishError::Review(what.scrub(e.to_string()))),
         }
     }
+}
+
+/// In a fleet, the publisher's plan with what the other live members found
+/// that needs a human, and which nodes found each proposal. A resource
+/// the publisher has a proposal for keeps it; for one it has none for,
+/// the change most nodes found is proposed (the first node's, on a tie),
+/// from the actions of the first node that found it. The same drift seen
+/// by many nodes is one proposal, listing them.
+fn gather(
+    store: &dyn Store,
+    applied: &crate::reconcile::Applied,
+) -> Result<(Plan, HashMap<ResourceKey, Nodes>), StateError> {
+    let mut plan = applied.plan.clone();
+    let Some(fleet) = store.fleet() else {
+        return Ok((plan, HashMap::new()));
+    };
+    let me = fleet.node().to_string();
+    let live: HashSet<String> = fleet
+        .members(applied.lease)?
+        .into_iter()
+        .filter(|m| m.live)
+        .map(|m| m.node)
+        .collect();
+    let proposes = |a: &crate::vocab::Action| {
+        a.decision == crate::vocab::Decision::Review && a.incident.is_none()
+    };
+    // By resource, by node: the fingerprints of the actions found.
+    let mut seen: BTreeMap<ResourceKey, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for a in plan.actions.iter().filter(|a| proposes(a)) {
+        seen.entry(a.target.clone())
+            .or_default()
+            .entry(me.clone())
+            .or_default()
+            .push(a.fingerprint.clone());
+    }
+    let mut theirs: HashMap<(ResourceKey, String), Vec<crate::vocab::Action>> = HashMap::new();
+    for f in store.fleet_rows().findings()? {
+        if f.node == me || !live.contains(&f.node) {
+            continue;
+        }
+        match serde_json::from_value::<crate::vocab::Action>(f.action) {
+            Ok(a) if proposes(&a) && a.target == f.key => {
+                seen.entry(f.key.clone())
+                    .or_default()
+                    .entry(f.node.clone())
+                    .or_default()
+                    .push(a.fingerprint.clone());
+                theirs.entry((f.key, f.node)).or_default().push(a);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(node = %f.node, resource = %f.key, error = %e, "A finding this tend cannot read is left out.");
+            }
+        }
+    }
+    let change =
+        |fps: &Vec<String>| crate::vocab::change_fingerprint(fps.iter().map(String::as_str));
+    let mut nodes = HashMap::new();
+    for (key, by_node) in &seen {
+        let chosen = match by_node.get(&me) {
+            Some(fps) => change(fps),
+            None => {
+                let mut counts: BTreeMap<String, (usize, &String)> = BTreeMap::new();
+                for (node, fps) in by_node {
+                    counts.entry(change(fps)).or_insert((0, node)).0 += 1;
+                }
+                let best = counts
+                    .iter()
+                    .max_by(|a, b| a.1 .0.cmp(&b.1 .0).then(b.1 .1.cmp(a.1 .1)))
+                    .map(|(c, (_, node))| (c.clone(), (*node).clone()));
+                let Some((c, node)) = best else { continue };
+                if let Some(actions) = theirs.remove(&(key.clone(), node)) {
+                    plan.actions.extend(actions);
+                }
+                c
+            }
+        };
+        let mut found = Nodes::default();
+        for (node, fps) in by_node {
+            if change(fps) == chosen {
+                found.same.push(node.clone());
+            } else {
+                found.different.push(node.clone());
+            }
+        }
+        nodes.insert(key.clone(), found);
+    }
+    Ok((plan, nodes))
 }

@@ -271,6 +271,7 @@ mod tests {
             commit: None,
             keep_live,
             keep_live_offer: Ok(()),
+            nodes: None,
         })
     }
 

@@ -220,8 +220,21 @@ pub enum Health {
     Unwell,
 }
 
-/// The bookkeeping of the fleet budgets, in the store every member shares.
-pub trait BudgetStore: Send + Sync {
+/// A finding of one member that needs a human: an action a policy sent
+/// to review at its last full pass, for the publisher to propose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub node: String,
+    pub key: ResourceKey,
+    pub fingerprint: String,
+    /// The action, scrubbed of every secret the member knew of.
+    pub action: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// What the members of a fleet share beyond the journal: the fleet
+/// budgets' bookkeeping and the findings the publisher proposes.
+pub trait FleetRows: Send + Sync {
     /// Takes a slot of `s.budget` for this member's action on `s.key`
     /// (serialized per budget across the fleet). Returns the slots that
     /// fill the budget when it is full (nothing was taken), else nothing.
@@ -241,6 +254,10 @@ pub trait BudgetStore: Send + Sync {
     /// The failed and not verified outcomes since `since`, across the
     /// fleet.
     fn fleet_errors(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError>;
+    /// Replaces this member's findings.
+    fn save_findings(&self, rows: &[Finding]) -> Result<(), StateError>;
+    /// Every member's findings.
+    fn findings(&self) -> Result<Vec<Finding>, StateError>;
 }
 
 /// The state store every stage talks to.
@@ -251,7 +268,7 @@ pub trait Store: Send + Sync {
     }
 
     /// The fleet budgets' bookkeeping.
-    fn budgets(&self) -> &dyn BudgetStore;
+    fn fleet_rows(&self) -> &dyn FleetRows;
 
     /// Takes the run lock, or reports who holds it. A lock left by a
     /// process that no longer exists on this host is taken over.
@@ -499,7 +516,7 @@ pub fn lock(store: &Arc<dyn Store>, command: &str) -> Result<RunLock, StateError
     store.lock(command)?;
     // Whatever this node had in flight under a fleet budget ended with
     // the process that started it.
-    if let Err(e) = store.budgets().release_all_slots() {
+    if let Err(e) = store.fleet_rows().release_all_slots() {
         tracing::warn!(error = %e, "Failed to give back this node's fleet budget slots.");
     }
     Ok(RunLock {

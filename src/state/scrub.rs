@@ -27,7 +27,7 @@ impl Scrubbing<'_> {
 
     /// `v` with every string (keys included) scrubbed: walked, never
     /// rewritten as text, so it stays JSON and nothing is kept unscrubbed.
-    fn json(&self, v: &serde_json::Value) -> serde_json::Value {
+    pub fn json(&self, v: &serde_json::Value) -> serde_json::Value {
         use serde_json::Value;
         if self.secrets.is_empty() {
             return v.clone();
@@ -50,8 +50,8 @@ impl Store for Scrubbing<'_> {
         self.inner.fleet()
     }
 
-    fn budgets(&self) -> &dyn super::BudgetStore {
-        self.inner.budgets()
+    fn fleet_rows(&self) -> &dyn super::FleetRows {
+        self.inner.fleet_rows()
     }
 
     fn lock(&self, command: &str) -> Result<(), StateError> {

@@ -611,11 +611,21 @@ CREATE TABLE IF NOT EXISTS proposals (
 );
 ";
 
-/// The fleet budgets' tables, added after the first schema version:
+/// The tables a fleet shares beyond the first schema version (the fleet
+/// budgets', the findings the publisher proposes):
 /// created (when missing) each time a store is opened, by every engine,
 /// so a database an earlier tend wrote gains them without a new version
 /// (members of the earlier version go on running beside).
 pub(super) const BUDGET_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS findings (
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    action TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (node, kind, name, fingerprint)
+);
 CREATE TABLE IF NOT EXISTS budget_locks (
     name TEXT PRIMARY KEY,
     touched TEXT NOT NULL

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 
 use super::sql::{vals, Row};
 use super::sql_store::{rows, SqlStore};
-use super::{now, ts, BudgetStore, Health, HealthReport, JournalEntry, NewSlot, Slot, StateError};
+use super::{
+    now, ts, Finding, FleetRows, Health, HealthReport, JournalEntry, NewSlot, Slot, StateError,
+};
 use crate::vocab::ResourceKey;
 
 fn slot_row(r: &Row) -> Result<Slot, StateError> {
@@ -18,7 +20,7 @@ fn slot_row(r: &Row) -> Result<Slot, StateError> {
     })
 }
 
-impl BudgetStore for SqlStore {
+impl FleetRows for SqlStore {
     fn take_slot(&self, s: &NewSlot<'_>) -> Result<Vec<Slot>, StateError> {
         let me = self.me().to_string();
         self.with(true, |c| {
@@ -163,6 +165,49 @@ impl BudgetStore for SqlStore {
                     healthy: healthy == 1,
                     problem: healthy == 0,
                     at: r.get(4)?,
+                })
+            },
+        )
+    }
+
+    fn save_findings(&self, found: &[Finding]) -> Result<(), StateError> {
+        let me = self.me().to_string();
+        let at = now();
+        self.with(true, |c| {
+            c.execute("DELETE FROM findings WHERE node = ?1", vals![me.as_str()])?;
+            for f in found {
+                c.execute(
+                    "INSERT INTO findings (node, kind, name, fingerprint, action, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (node, kind, name, fingerprint) DO UPDATE SET
+                       action = excluded.action, at = excluded.at",
+                    vals![
+                        me.as_str(),
+                        f.key.kind.as_str(),
+                        f.key.name.as_str(),
+                        f.fingerprint.as_str(),
+                        f.action.to_string(),
+                        at.as_str()
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn findings(&self) -> Result<Vec<Finding>, StateError> {
+        rows(
+            self.query(
+                "SELECT node, kind, name, fingerprint, action, at FROM findings ORDER BY node, kind, name, fingerprint",
+                &[],
+            )?,
+            |r| {
+                Ok(Finding {
+                    node: r.text(0)?,
+                    key: ResourceKey::new(r.get(1)?, r.text(2)?),
+                    fingerprint: r.text(3)?,
+                    action: r.json(4)?,
+                    at: r.get(5)?,
                 })
             },
         )

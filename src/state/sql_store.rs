@@ -105,7 +105,7 @@ const JOURNAL_COLUMNS: &str =
     "id, run_id, at, phase, fingerprint, action, kind, name, commit_sha, outcome, detail, node";
 
 impl Store for SqlStore {
-    fn budgets(&self) -> &dyn super::BudgetStore {
+    fn fleet_rows(&self) -> &dyn super::FleetRows {
         self
     }
 

@@ -855,3 +855,109 @@ fn a_hook_received_by_one_member_wakes_the_others_at_once() {
     );
     drop(children);
 }
+
+/// One publisher for the fleet: the same drift needing review on three
+/// nodes is one pull request (Prism-checked fake GitHub) that lists the
+/// three nodes, whichever member publishes.
+#[test]
+fn the_same_drift_on_three_nodes_is_one_pull_request_listing_them() {
+    let gh = crate::github::github();
+    let db = pg::database();
+    let repo_name = format!("tend-e2e/fleet-review-{}", db.name);
+    let repo = Workspace::new();
+    let files = [
+        (
+            "settings.yaml".to_string(),
+            format!(
+                "apiVersion: tend.dev/v1\nkind: Settings\nmetadata:\n  name: settings\nspec:\n  policies:\n    dirs: [policies]\n  review:\n    github:\n      repository: {repo_name}\n      baseBranch: main\n      apiUrl: {}\n",
+                gh.api_url()
+            ),
+        ),
+        (
+            "policies/review.rego".to_string(),
+            "package tend\n\nreview contains \"a change to a managed file needs a human\" if {\n\tinput.action.target.kind == \"host.File\"\n\tinput.action.type == \"update\"\n}\n".to_string(),
+        ),
+        ("motd.yaml".to_string(), file_doc("motd", "www/motd.txt", "hello\n")),
+    ];
+    for (p, t) in &files {
+        repo.write(p, t);
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    gh.create_repo(&repo_name, &refs);
+    let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
+    let children = Running(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut c = watch_cmd(m, &db, &format!("n{}", i + 1));
+                c.env("TEND_GITHUB_TOKEN", "ghp_fleet-test-token")
+                    .env_remove("GITHUB_TOKEN")
+                    .args(["--interval", "1s"])
+                    .arg(repo.desired());
+                c.spawn().unwrap()
+            })
+            .collect(),
+    );
+    let motd = |m: &Workspace| std::fs::read_to_string(m.path().join("www/motd.txt")).ok();
+    until(Duration::from_secs(60), "three motd files created", || {
+        members.iter().all(|m| motd(m).is_some())
+    });
+    for m in &members {
+        std::fs::write(m.path().join("www/motd.txt"), "edited by hand\n").unwrap();
+    }
+    until(
+        Duration::from_secs(60),
+        "a pull request listing three nodes",
+        || {
+            gh.pulls(&repo_name)
+                .iter()
+                .any(|p| p.body.contains("Found on nodes `n1`, `n2`, `n3`."))
+        },
+    );
+    // A few passes of every member later, still one.
+    std::thread::sleep(Duration::from_secs(4));
+    let pulls = gh.pulls(&repo_name);
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    assert_eq!(pulls[0].state, "open");
+    assert_eq!(pulls[0].head_ref, "tend/review/host.File/motd");
+    for m in &members {
+        assert_eq!(
+            motd(m).as_deref(),
+            Some("edited by hand\n"),
+            "nothing applied"
+        );
+    }
+    // The publisher's own file is put back: the others' findings keep the
+    // pull request open, its body now listing only them.
+    let publisher = db.sql(
+        "SELECT holder FROM leases WHERE kind || '/' || name = 'tend.Fleet/publisher' AND expires_at > clock_timestamp()",
+    );
+    let i: usize = publisher[1..].parse::<usize>().unwrap() - 1;
+    std::fs::write(members[i].path().join("www/motd.txt"), "hello\n").unwrap();
+    let others: Vec<String> = (1..=3)
+        .filter(|n| *n != i + 1)
+        .map(|n| format!("`n{n}`"))
+        .collect();
+    let listed = format!("Found on nodes {}.", others.join(", "));
+    until(
+        Duration::from_secs(30),
+        "the pull request lists the other two",
+        || {
+            gh.pulls(&repo_name)
+                .iter()
+                .any(|p| p.body.contains(&listed))
+        },
+    );
+    let pulls = gh.pulls(&repo_name);
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    assert_eq!(
+        pulls[0].state, "open",
+        "{publisher} publishes the others' findings"
+    );
+    drop(children);
+    gh.assert_no_violations(&repo_name);
+}

@@ -527,7 +527,7 @@ fn budget_slots_and_health_reports_round_trip() {
         let s = b.store.as_ref();
         let run = begin(s);
         let slot = |k: &ResourceKey, max: usize, secs: i64, live: Option<&[String]>| {
-            s.budgets()
+            s.fleet_rows()
                 .take_slot(&NewSlot {
                     budget: "web",
                     key: k,
@@ -548,9 +548,9 @@ fn budget_slots_and_health_reports_round_trip() {
         let full = slot(&c, 1, 60, None);
         assert_eq!(full.len(), 1, "{}", b.name);
         assert_eq!(full[0].key, a, "{}", b.name);
-        s.budgets().release_slots(&a).unwrap();
+        s.fleet_rows().release_slots(&a).unwrap();
         assert!(slot(&c, 1, 60, None).is_empty(), "{}: given back", b.name);
-        assert_eq!(s.budgets().slots().unwrap().len(), 1, "{}", b.name);
+        assert_eq!(s.fleet_rows().slots().unwrap().len(), 1, "{}", b.name);
         // Lapsed: counted no more.
         (b.raw)("UPDATE budget_slots SET expires_at = '2000-01-01T00:00:00.000Z'");
         assert!(slot(&a, 1, 60, None).is_empty(), "{}: lapsed", b.name);
@@ -558,24 +558,24 @@ fn budget_slots_and_health_reports_round_trip() {
         let nobody: Vec<String> = vec!["elsewhere".into()];
         (b.raw)("UPDATE budget_slots SET node = 'gone'");
         assert!(slot(&c, 1, 60, Some(&nobody)).is_empty(), "{}", b.name);
-        s.budgets().release_all_slots().unwrap();
+        s.fleet_rows().release_all_slots().unwrap();
         assert_eq!(
-            s.budgets().slots().unwrap().len(),
+            s.fleet_rows().slots().unwrap().len(),
             1,
             "{}: only the other node's is left",
             b.name
         );
 
-        s.budgets()
+        s.fleet_rows()
             .report_health(
                 "web",
                 &[(a.clone(), Health::Healthy), (c.clone(), Health::Unwell)],
             )
             .unwrap();
-        s.budgets()
+        s.fleet_rows()
             .report_health("web", &[(a.clone(), Health::Problem)])
             .unwrap();
-        let rows = s.budgets().fleet_health("web").unwrap();
+        let rows = s.fleet_rows().fleet_health("web").unwrap();
         let keyed: Vec<_> = rows.iter().filter(|r| r.key.is_some()).collect();
         assert_eq!(keyed.len(), 1, "{}: replaced, {rows:?}", b.name);
         assert!(!keyed[0].healthy && keyed[0].problem, "{}", b.name);
@@ -588,7 +588,7 @@ fn budget_slots_and_health_reports_round_trip() {
         })
         .unwrap();
         let errors = s
-            .budgets()
+            .fleet_rows()
             .fleet_errors(Utc::now() - Duration::minutes(1))
             .unwrap();
         assert_eq!(errors.len(), 1, "{}", b.name);
@@ -625,7 +625,7 @@ fn a_budget_slot_goes_to_one_member_when_many_ask_at_once() {
                     scope.spawn(move || {
                         let k = key(&format!("r{round}-{i}"));
                         barrier.wait();
-                        s.budgets()
+                        s.fleet_rows()
                             .take_slot(&tend::state::NewSlot {
                                 budget: "web",
                                 key: &k,
