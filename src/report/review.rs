@@ -36,12 +36,20 @@ pub struct PullRequestView<'a> {
     pub keep_live_offer: Result<(), String>,
     /// In a fleet: the nodes that found this change, and those that found
     /// another change to the resource.
-    pub nodes: Option<&'a crate::review::Nodes>,
+    pub nodes: Option<&'a Nodes>,
+}
+
+/// In a fleet, which nodes found a resource's proposed change (`same`)
+/// and which found another change to it (`different`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Nodes {
+    pub same: Vec<String>,
+    pub different: Vec<String>,
 }
 
 /// In a fleet, the line of a pull request's body that says which nodes
 /// found its change (and which found another one).
-pub fn nodes_line(n: &crate::review::Nodes) -> String {
+pub fn nodes_line(n: &Nodes) -> String {
     let list = |nodes: &[String]| {
         nodes
             .iter()
@@ -65,7 +73,7 @@ pub fn nodes_line(n: &crate::review::Nodes) -> String {
 
 /// `body` (a pull request's, as tend wrote it) with its nodes line made
 /// `n`'s: replaced, or added after the change's fingerprint line.
-pub fn with_nodes_line(body: &str, n: &crate::review::Nodes) -> String {
+pub fn with_nodes_line(body: &str, n: &Nodes) -> String {
     let line = nodes_line(n);
     let mut out = Vec::new();
     let mut placed = false;

@@ -119,13 +119,7 @@ pub struct Summary {
     pub issues_closed: usize,
 }
 
-/// In a fleet, which nodes found a resource's proposed change (`same`)
-/// and which found another change to it (`different`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Nodes {
-    pub same: Vec<String>,
-    pub different: Vec<String>,
-}
+pub use crate::report::review::Nodes;
 
 /// What a pass hands to review.
 pub struct Input<'a> {
