@@ -800,6 +800,7 @@ pub async fn plan(
         None => rollout::Known {
             rows: Vec::new(),
             holds: Vec::new(),
+            fleet: None,
         },
     };
     let desired = rollout::pinned(&loaded.desired, &known.holds);

@@ -113,6 +113,57 @@ fn horizon(desired: &DesiredState, now: DateTime<Utc>) -> DateTime<Utc> {
 pub struct Known {
     pub rows: Vec<ChangeRow>,
     pub holds: Vec<Hold>,
+    /// In a fleet: every live member's changes, for waves across nodes.
+    pub fleet: Option<FleetChanges>,
+}
+
+/// Every live member's changes and last good specs, as a fleet's waves
+/// read them.
+pub struct FleetChanges {
+    pub me: String,
+    /// The live members' nodes, sorted.
+    pub live: Vec<String>,
+    /// Each node's changes, oldest first.
+    pub rows: Vec<(String, ChangeRow)>,
+    /// The digest of each node's last good spec of each resource.
+    pub good: HashMap<(String, ResourceKey), String>,
+}
+
+fn fleet_changes(
+    store: &dyn Store,
+    desired: &DesiredState,
+    now: DateTime<Utc>,
+) -> Result<Option<FleetChanges>, StateError> {
+    let Some(fleet) = store.fleet() else {
+        return Ok(None);
+    };
+    if desired.settings.changes.waves.is_empty() {
+        return Ok(None);
+    }
+    let mut live: Vec<String> = fleet
+        .members(desired.settings.lease())?
+        .into_iter()
+        .filter(|m| m.live)
+        .map(|m| m.node)
+        .collect();
+    let me = fleet.node().to_string();
+    if !live.contains(&me) {
+        live.push(me.clone());
+    }
+    live.sort();
+    let rows = store.fleet_rows().fleet_changes(horizon(desired, now))?;
+    let good = store
+        .fleet_rows()
+        .fleet_last_good()?
+        .into_iter()
+        .map(|(node, key, spec)| ((node, key), spec_digest(&spec)))
+        .collect();
+    Ok(Some(FleetChanges {
+        me,
+        live,
+        rows,
+        good,
+    }))
 }
 
 /// Reads the recent changes and the holds in force. A hold on a spec that
@@ -173,7 +224,8 @@ pub fn read(
             settle(store, row, status, why, run_id, commit)?;
         }
     }
-    Ok(Known { rows, holds })
+    let fleet = fleet_changes(store, desired, now)?;
+    Ok(Known { rows, holds, fleet })
 }
 
 /// Ends a hold, journaled.
@@ -292,9 +344,155 @@ pub fn prepare(
     }
     let mut held_back = HashMap::new();
     for w in &desired.settings.changes.waves {
-        waves(plan, desired, w, known, now, &mut held_back);
+        match &known.fleet {
+            Some(f) => fleet_waves(plan, desired, w, f, now, &mut held_back),
+            None => waves(plan, desired, w, known, now, &mut held_back),
+        }
     }
     held_back
+}
+
+/// One wave selector's rollout across the fleet: the rollout is every
+/// live node's copy of each selected `host.*` resource (and each shared
+/// one once), in the order of node and name, cut into the waves. A
+/// member changes its copy when every copy of the waves before its own
+/// has passed verification (its change verified, or its last good spec
+/// is the declared one) and their bake time is over; a failed copy stops
+/// the rest. Every member computes the same order from the database.
+fn fleet_waves(
+    plan: &mut Plan,
+    desired: &DesiredState,
+    w: &Waves,
+    f: &FleetChanges,
+    now: DateTime<Utc>,
+    held_back: &mut HashMap<String, String>,
+) {
+    let mut units: Vec<(&str, &Resource)> = Vec::new();
+    for r in desired
+        .resources
+        .iter()
+        .filter(|r| w.selector.selects(r) && verified(r, desired))
+    {
+        if crate::state::shared(&r.key) {
+            units.push(("", r));
+        } else {
+            units.extend(f.live.iter().map(|n| (n.as_str(), r)));
+        }
+    }
+    units.sort_by(|a, b| (a.0, &a.1.key.name).cmp(&(b.0, &b.1.key.name)));
+    let total = units.len();
+    let index = desired.index();
+    let mut pending: Vec<&mut Action> = plan
+        .actions
+        .iter_mut()
+        .filter(|a| {
+            a.change.is_some() && index.get(&a.target).is_some_and(|r| w.selector.selects(r))
+        })
+        .collect();
+    if pending.is_empty() || total < 2 {
+        return;
+    }
+    let waves = w.count(total);
+    let wave_of = |pos: usize| {
+        (0..waves)
+            .find(|&n| w.reached(n, total) > pos)
+            .unwrap_or(waves - 1)
+    };
+    // Each copy's latest change to the spec declared now.
+    let mut latest: HashMap<(&str, &ResourceKey), &ChangeRow> = HashMap::new();
+    for (node, row) in &f.rows {
+        let node = if crate::state::shared(&row.key) {
+            ""
+        } else {
+            node.as_str()
+        };
+        if index
+            .get(&row.key)
+            .is_some_and(|d| spec_digest(&d.spec) == row.digest)
+        {
+            latest.insert((node, &row.key), row);
+        }
+    }
+    let failed = units.iter().find_map(|(node, r)| {
+        latest
+            .get(&(*node, &r.key))
+            .filter(|c| c.status == ChangeStatus::Failed)
+            .map(|c| (*node, *c))
+    });
+    for a in pending.iter_mut() {
+        let me = if crate::state::shared(&a.target) {
+            ""
+        } else {
+            f.me.as_str()
+        };
+        let Some(pos) = units
+            .iter()
+            .position(|(node, r)| *node == me && r.key == a.target)
+        else {
+            continue;
+        };
+        let wave = wave_of(pos);
+        if let Some(c) = a.change.as_mut() {
+            c.wave = Some(u32::try_from(wave + 1).unwrap_or(u32::MAX));
+        }
+        // The copies of the waves before this one's.
+        let before = if wave == 0 {
+            &units[..0]
+        } else {
+            &units[..w.reached(wave - 1, total).min(units.len())]
+        };
+        let mut waiting = Vec::new();
+        let mut settled: Option<DateTime<Utc>> = None;
+        for (node, r) in before {
+            let declared = spec_digest(&r.spec);
+            let row = latest.get(&(*node, &r.key));
+            let done = match row {
+                Some(c) => c.status == ChangeStatus::Verified,
+                None => f.good.get(&(node.to_string(), r.key.clone())) == Some(&declared),
+            };
+            if done {
+                settled = settled.max(row.and_then(|c| c.settled_at));
+            } else {
+                waiting.push(format!(
+                    "{} on {}",
+                    r.key,
+                    if node.is_empty() { "the fleet" } else { node }
+                ));
+            }
+        }
+        let bake_until = settled.map(|t| {
+            t + chrono::Duration::from_std(w.bake.map(|b| b.0).unwrap_or_default())
+                .unwrap_or_default()
+        });
+        let why = if let Some((node, c)) = failed {
+            Some(format!(
+                "rollout stopped: wave {} failed ({} on {} of node {}); the rest is not changed until the declared specs change",
+                c.wave.unwrap_or(1),
+                c.cause.as_deref().unwrap_or("a regression"),
+                c.key,
+                if node.is_empty() { "the fleet" } else { node }
+            ))
+        } else if !waiting.is_empty() {
+            let shown: Vec<&String> = waiting.iter().take(3).collect();
+            Some(format!(
+                "wave {} of {waves} across the fleet: goes out once the waves before it passed verification (waiting for {}{})",
+                wave + 1,
+                shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                if waiting.len() > 3 { format!(" and {} more", waiting.len() - 3) } else { String::new() }
+            ))
+        } else {
+            bake_until.filter(|t| *t > now).map(|t| {
+                format!(
+                    "wave {} of {waves} waits for the bake time after the wave before it: until {}",
+                    wave + 1,
+                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )
+            })
+        };
+        if let Some(why) = why {
+            held_back.insert(a.fingerprint.clone(), why);
+        }
+    }
 }
 
 /// One wave selector's rollout: which of this pass's changes go out now.

@@ -254,6 +254,11 @@ pub trait FleetRows: Send + Sync {
     /// The failed and not verified outcomes since `since`, across the
     /// fleet.
     fn fleet_errors(&self, since: DateTime<Utc>) -> Result<Vec<JournalEntry>, StateError>;
+    /// Every node's changes applied since `since` or still verifying or
+    /// failed, oldest first, with the node each is of.
+    fn fleet_changes(&self, since: DateTime<Utc>) -> Result<Vec<(String, ChangeRow)>, StateError>;
+    /// Every node's last known good specs: node, resource, spec.
+    fn fleet_last_good(&self) -> Result<Vec<(String, ResourceKey, serde_json::Value)>, StateError>;
     /// Replaces this member's findings.
     fn save_findings(&self, rows: &[Finding]) -> Result<(), StateError>;
     /// Every member's findings.

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use super::sql::{vals, Row};
 use super::sql_store::{rows, SqlStore};
 use super::{
-    now, ts, Finding, FleetRows, Health, HealthReport, JournalEntry, NewSlot, Slot, StateError,
+    now, ts, ChangeRow, Finding, FleetRows, Health, HealthReport, JournalEntry, NewSlot, Slot,
+    StateError,
 };
 use crate::vocab::ResourceKey;
 
@@ -166,6 +167,32 @@ impl FleetRows for SqlStore {
                     problem: healthy == 0,
                     at: r.get(4)?,
                 })
+            },
+        )
+    }
+
+    fn fleet_changes(&self, since: DateTime<Utc>) -> Result<Vec<(String, ChangeRow)>, StateError> {
+        rows(
+            self.query(
+                &format!(
+                    "SELECT {}, node FROM changes WHERE applied_at >= ?1 OR status IN ('verifying', 'failed') ORDER BY id",
+                    super::sql_changes::COLUMNS
+                ),
+                vals![ts(since)],
+            )?,
+            |r| Ok((r.text(16)?, super::sql_changes::change_row(r)?)),
+        )
+    }
+
+    fn fleet_last_good(&self) -> Result<Vec<(String, ResourceKey, serde_json::Value)>, StateError> {
+        rows(
+            self.query("SELECT node, kind, name, spec FROM last_good", &[])?,
+            |r| {
+                Ok((
+                    r.text(0)?,
+                    ResourceKey::new(r.get(1)?, r.text(2)?),
+                    r.json(3)?,
+                ))
             },
         )
     }

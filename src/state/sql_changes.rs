@@ -10,7 +10,7 @@ use super::{
 };
 use crate::vocab::ResourceKey;
 
-const COLUMNS: &str = "id, kind, name, digest, commit_sha, fields, applied_at, until, status, cause, incident_id, wave, rolled_back, settled_at, good_commit, good_spec";
+pub(super) const COLUMNS: &str = "id, kind, name, digest, commit_sha, fields, applied_at, until, status, cause, incident_id, wave, rolled_back, settled_at, good_commit, good_spec";
 
 impl SqlStore {
     pub(super) fn insert_change(&self, c: &NewChange<'_>) -> Result<i64, StateError> {
@@ -243,7 +243,7 @@ impl SqlStore {
     }
 }
 
-fn change_row(r: &Row) -> Result<ChangeRow, StateError> {
+pub(super) fn change_row(r: &Row) -> Result<ChangeRow, StateError> {
     let good = match r.opt_json(15)? {
         Some(spec) => Some(LastGood {
             commit: r.opt_text(14)?,

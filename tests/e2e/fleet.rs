@@ -961,3 +961,60 @@ fn the_same_drift_on_three_nodes_is_one_pull_request_listing_them() {
     drop(children);
     gh.assert_no_violations(&repo_name);
 }
+
+/// Waves across nodes: a change to a `tier: web` file every node keeps
+/// goes out first on the first wave's node (`n1`); the other nodes change
+/// theirs only once its change passed verification, read in the database.
+#[test]
+fn a_change_goes_out_in_waves_across_the_nodes() {
+    let db = pg::database();
+    let repo = Workspace::new();
+    repo.write(
+        "settings.yaml",
+        "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {name: s}\nspec:\n  changes:\n    window: 3s\n    waves:\n      - selector: {labels: {tier: web}}\n        steps: [{count: 1}, {percent: 100}]\n",
+    );
+    let doc = |content: &str| {
+        format!(
+            "apiVersion: tend.dev/v1\nkind: host.File\nmetadata:\n  name: motd\n  labels: {{tier: web}}\nspec:\n  path: etc/motd\n  content: \"{content}\"\nhealth: {{}}\n"
+        )
+    };
+    repo.write("motd.yaml", &doc("v1"));
+    let members: Vec<Workspace> = (0..3).map(|_| Workspace::new()).collect();
+    let children = Running(
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| watch(m, &repo, &db, &format!("n{}", i + 1), &["--interval", "1s"]))
+            .collect(),
+    );
+    until(
+        Duration::from_secs(60),
+        "v1 known good on every node",
+        || {
+            db.try_sql("SELECT count(*) FROM last_good WHERE name = 'motd'")
+                .is_ok_and(|n| n == "3")
+        },
+    );
+    repo.write("motd.yaml", &doc("v2"));
+    let content = |m: &Workspace| std::fs::read_to_string(m.path().join("etc/motd")).ok();
+    until(Duration::from_secs(60), "v2 on every node", || {
+        members.iter().all(|m| content(m).as_deref() == Some("v2"))
+    });
+    let rows = db.sql(
+        "SELECT string_agg(node || ' ' || wave || ' ' || applied_at || ' ' || COALESCE(settled_at, '-'), ';' ORDER BY node) FROM changes WHERE name = 'motd'",
+    );
+    let at = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap();
+    let rows: Vec<Vec<&str>> = rows.split(';').map(|r| r.split(' ').collect()).collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!((rows[0][0], rows[0][1]), ("n1", "1"), "{rows:?}");
+    let first_verified = at(rows[0][3]);
+    for r in &rows[1..] {
+        assert_eq!(r[1], "2", "{rows:?}");
+        assert!(
+            at(r[2]) >= first_verified,
+            "{} changed before n1's change passed verification: {rows:?}",
+            r[0]
+        );
+    }
+    drop(children);
+}
