@@ -1651,10 +1651,15 @@ impl GitHubSink {
                 .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?,
             None => (applied.plan.clone(), HashMap::new()),
         };
+        let incidents = match applied.shared {
+            Some(_) => fleet_incidents(&*reviewer.store, applied)
+                .map_err(|e| PublishError::Review(what.scrub(e.to_string())))?,
+            None => applied.incidents.clone(),
+        };
         let input = Input {
             plan: &plan,
             nodes: &nodes,
-            incidents: &applied.incidents,
+            incidents: &incidents,
             approvals: &applied.approvals,
             secrets: &applied.secrets,
             full: *full,
@@ -1756,4 +1761,27 @@ fn gather(
         nodes.insert(key.clone(), found);
     }
     Ok((plan, nodes))
+}
+
+/// In a fleet, the incidents the publisher's issues follow: its pass's,
+/// and the most recent ones of every other node (scrubbed by the member
+/// that wrote them), so an escalation anywhere gets its issue and a
+/// resolution anywhere closes it.
+fn fleet_incidents(
+    store: &dyn Store,
+    applied: &crate::reconcile::Applied,
+) -> Result<Vec<Incident>, StateError> {
+    let mut all = applied.incidents.clone();
+    let known: HashSet<i64> = all.iter().map(|i| i.id).collect();
+    for i in store.fleet_incidents(true, 200, None)? {
+        if !known.contains(&i.id)
+            && matches!(
+                i.status,
+                IncidentStatus::Escalated | IncidentStatus::Resolved
+            )
+        {
+            all.push(i);
+        }
+    }
+    Ok(all)
 }

@@ -151,6 +151,8 @@ fn watch_cmd(member: &Workspace, db: &pg::Database, node: &str) -> std::process:
             member.path().join("no-aws-credentials"),
         )
         .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("TEND_GITHUB_TOKEN", "ghp_fleet-test-token")
+        .env_remove("GITHUB_TOKEN")
         .args(["watch", "--node", node, "--jitter", "0"])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(member.path().join("watch.log")).unwrap());
@@ -597,12 +599,12 @@ fn two_node_names_on_one_machine_never_act_at_once() {
 
 /// A repository of two `tier: web` processes every node runs, healed by a
 /// quick restart, under the fleet budget `web` with `budget` (its YAML).
-fn web_repo(budget: &str) -> Workspace {
+fn web_repo(budget: &str, spec: &str) -> Workspace {
     let repo = Workspace::new();
     repo.write(
         "settings.yaml",
         &format!(
-            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n  safety:\n    fleet:\n      - name: web\n        selector: {{labels: {{tier: web}}}}\n        {budget}\n"
+            "apiVersion: tend.dev/v1\nkind: Settings\nmetadata: {{name: s}}\nspec:\n{spec}  safety:\n    fleet:\n      - name: web\n        selector: {{labels: {{tier: web}}}}\n        {budget}\n"
         ),
     );
     repo.write(
@@ -647,7 +649,7 @@ fn web_fleet(repo: &Workspace, db: &pg::Database) -> (Vec<Workspace>, Running) {
 #[test]
 fn max_concurrent_one_lets_one_restart_fly_at_a_time_across_the_fleet() {
     let db = pg::database();
-    let repo = web_repo("maxConcurrent: 1");
+    let repo = web_repo("maxConcurrent: 1", "");
     let (members, children) = web_fleet(&repo, &db);
     let before: Vec<i32> = members
         .iter()
@@ -709,7 +711,16 @@ fn max_concurrent_one_lets_one_restart_fly_at_a_time_across_the_fleet() {
 #[test]
 fn min_healthy_stops_every_node_and_one_incident_names_the_budget() {
     let db = pg::database();
-    let repo = web_repo("minHealthy: 50%");
+    // Escalations reach GitHub through the one publisher, whichever node
+    // escalated.
+    let gh = crate::github::github();
+    let repo_name = format!("tend-e2e/fleet-budget-{}", db.name);
+    let review = format!(
+        "  review:\n    github:\n      repository: {repo_name}\n      baseBranch: main\n      apiUrl: {}\n",
+        gh.api_url()
+    );
+    let repo = web_repo("minHealthy: 50%", &review);
+    gh.create_repo(&repo_name, &[("README.md", "fleet\n")]);
     let (members, children) = web_fleet(&repo, &db);
     // Every member has reported all six healthy.
     until(Duration::from_secs(30), "six healthy reports", || {
@@ -757,7 +768,15 @@ fn min_healthy_stops_every_node_and_one_incident_names_the_budget() {
             && text.contains("2 of the 6 resources it selects are healthy"),
         "{shown:#}"
     );
+    until(Duration::from_secs(30), "the escalation's issue", || {
+        gh.issues(&repo_name)
+            .iter()
+            .any(|i| i.title.contains("fleet budget `web`"))
+    });
+    let issues = gh.issues(&repo_name);
+    assert_eq!(issues.len(), 1, "{issues:#?}");
     drop(children);
+    gh.assert_no_violations(&repo_name);
 }
 
 /// `maxErrors`: one machine is a fleet of one. After two failed actions
