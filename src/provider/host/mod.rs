@@ -81,7 +81,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tend-tmp-{}", std::process::id()));
+    // Unique per write: two threads of this tend writing one record at
+    // once (a restart and the exit watcher) must not rename each other's
+    // temporary file away.
+    let tmp = dir.join(format!(
+        ".{name}.tend-tmp-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
