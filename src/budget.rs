@@ -26,7 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::health::Status;
-use crate::model::{DesiredState, FleetBudget, Resource};
+use crate::model::{DesiredState, FleetBudget, Resource, Share};
 use crate::state::{NewSlot, StateError, Store};
 use crate::vocab::ResourceKey;
 
@@ -62,17 +62,10 @@ pub fn selecting<'a>(
 
 /// The live members' nodes, in a fleet.
 fn live(store: &dyn Store, desired: &DesiredState) -> Result<Option<Vec<String>>, StateError> {
-    let Some(fleet) = store.fleet() else {
-        return Ok(None);
-    };
-    let members = fleet.members(desired.settings.lease())?;
-    Ok(Some(
-        members
-            .into_iter()
-            .filter(|m| m.live)
-            .map(|m| m.node)
-            .collect(),
-    ))
+    store
+        .fleet()
+        .map(|f| f.live_nodes(desired.settings.lease()))
+        .transpose()
 }
 
 /// Whether a resource counts as healthy for `minHealthy`: every signal
@@ -281,39 +274,9 @@ pub fn take(
     let live = live(store, desired)?;
     let members = live.as_ref().map_or(1, |l| l.len().max(1));
     let until = Utc::now() + chrono::Duration::from_std(hold).unwrap_or_default();
-    let taken = take_each(
-        store,
-        desired,
-        r,
-        &limited,
-        members,
-        live.as_deref(),
-        run_id,
-        until,
-    );
-    if !matches!(taken, Ok(Ok(()))) {
-        // Nothing half taken: the slots of the budgets before the full
-        // (or failing) one are given back.
-        let _ = store.fleet_rows().release_slots(&r.key);
-    }
-    taken
-}
-
-#[allow(clippy::too_many_arguments)]
-fn take_each(
-    store: &dyn Store,
-    desired: &DesiredState,
-    r: &Resource,
-    limited: &[&FleetBudget],
-    members: usize,
-    live: Option<&[String]>,
-    run_id: i64,
-    until: DateTime<Utc>,
-) -> Result<Result<(), String>, StateError> {
-    for b in limited {
-        let Some(share) = b.max_concurrent else {
-            continue;
-        };
+    let take_one = |b: &FleetBudget, share: Share| -> Result<Result<(), String>, StateError> {
+        // A share of the selected resources across the fleet: each
+        // `host.*` one once per live member.
         let selected: usize = desired
             .resources
             .iter()
@@ -333,33 +296,48 @@ fn take_each(
             max,
             run_id,
             until,
-            live,
+            live: live.as_deref(),
         })?;
-        if !full.is_empty() {
-            let mut held: Vec<String> = full
-                .iter()
-                .take(3)
-                .map(|s| {
-                    let node = if s.node.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{} ", s.node)
-                    };
-                    format!("{node}{} since {}", s.key, s.at.format("%H:%M:%S"))
-                })
-                .collect();
-            if full.len() > 3 {
-                held.push(format!("and {} more", full.len() - 3));
+        if full.is_empty() {
+            return Ok(Ok(()));
+        }
+        let mut held: Vec<String> = full
+            .iter()
+            .take(3)
+            .map(|s| {
+                let node = if s.node.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} ", s.node)
+                };
+                format!("{node}{} since {}", s.key, s.at.format("%H:%M:%S"))
+            })
+            .collect();
+        if full.len() > 3 {
+            held.push(format!("and {} more", full.len() - 3));
+        }
+        Ok(Err(format!(
+            "fleet budget `{}` is full: {} of at most {max} actions in flight ({}); the action waits (maxConcurrent {share}, Settings spec.safety.fleet)",
+            b.name,
+            full.len(),
+            held.join(", ")
+        )))
+    };
+    let mut taken = Ok(Ok(()));
+    for b in limited {
+        if let Some(share) = b.max_concurrent {
+            taken = take_one(b, share);
+            if !matches!(taken, Ok(Ok(()))) {
+                break;
             }
-            return Ok(Err(format!(
-                "fleet budget `{}` is full: {} of at most {max} actions in flight ({}); the action waits (maxConcurrent {share}, Settings spec.safety.fleet)",
-                b.name,
-                full.len(),
-                held.join(", ")
-            )));
         }
     }
-    Ok(Ok(()))
+    if !matches!(taken, Ok(Ok(()))) {
+        // Nothing half taken: the slots of the budgets before the full
+        // (or failing) one are given back.
+        let _ = store.fleet_rows().release_slots(&r.key);
+    }
+    taken
 }
 
 /// Gives back what [`take`] took for an action on `r`.
@@ -387,10 +365,14 @@ pub fn gate(
         let Some(r) = index.get(&action.target) else {
             continue;
         };
-        if let Some(s) = stops(standing, desired, r) {
-            if s.by_health && action.action_type == crate::vocab::ActionType::Create {
-                continue;
-            }
+        // A creation is held by every stopped budget but `minHealthy`.
+        let create = action.action_type == crate::vocab::ActionType::Create;
+        let stopped = selecting(desired, r).find_map(|b| {
+            standing
+                .iter()
+                .find(|s| s.budget == b.name && s.stop.is_some() && !(create && s.by_health))
+        });
+        if let Some(s) = stopped {
             let why = s.stop.clone().unwrap_or_default();
             action.decision = crate::vocab::Decision::Deferred;
             action.reasons.push(why);

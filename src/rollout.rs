@@ -140,12 +140,7 @@ fn fleet_changes(
     if desired.settings.changes.waves.is_empty() {
         return Ok(None);
     }
-    let mut live: Vec<String> = fleet
-        .members(desired.settings.lease())?
-        .into_iter()
-        .filter(|m| m.live)
-        .map(|m| m.node)
-        .collect();
+    let mut live = fleet.live_nodes(desired.settings.lease())?;
     let me = fleet.node().to_string();
     if !live.contains(&me) {
         live.push(me.clone());

@@ -1690,12 +1690,7 @@ fn gather(
         return Ok((plan, HashMap::new()));
     };
     let me = fleet.node().to_string();
-    let live: HashSet<String> = fleet
-        .members(applied.lease)?
-        .into_iter()
-        .filter(|m| m.live)
-        .map(|m| m.node)
-        .collect();
+    let live: HashSet<String> = fleet.live_nodes(applied.lease)?.into_iter().collect();
     let proposes = |a: &crate::vocab::Action| {
         a.decision == crate::vocab::Decision::Review && a.incident.is_none()
     };

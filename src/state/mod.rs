@@ -93,6 +93,15 @@ pub trait Fleet: Send + Sync {
     fn heartbeat(&self, lease: std::time::Duration) -> Result<Vec<Member>, StateError>;
     /// Every member known, live or not, with the leases each holds.
     fn members(&self, lease: std::time::Duration) -> Result<Vec<Member>, StateError>;
+    /// The nodes of the live members (a heartbeat younger than `lease`).
+    fn live_nodes(&self, lease: std::time::Duration) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .members(lease)?
+            .into_iter()
+            .filter(|m| m.live)
+            .map(|m| m.node)
+            .collect())
+    }
     /// Takes or renews the leases of `wanted` (`kind/name`) for `lease`,
     /// gives up the others this member holds; the keys it now holds. A
     /// lease another member holds is taken only once it expired, with a
